@@ -1,0 +1,1 @@
+"""Shared utilities: registries, config validation, checkpoints, datasets, masks, results."""

@@ -1,0 +1,57 @@
+"""One registry class; one instance per kind (architectures, datasets, flavours, policies...)."""
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Generic, Iterator, TypeVar
+
+from utils.errors import UserError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A name -> object map that refuses duplicates and explains unknown names."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str | None = None) -> Callable[[T], T]:
+        """Decorator registering an object under `name` (default: its __name__)."""
+
+        def deco(obj: T) -> T:
+            self.add(name or getattr(obj, "__name__"), obj)
+            return obj
+
+        return deco
+
+    def add(self, name: str, obj: T) -> None:
+        """Register `obj` under `name`; a duplicate name raises."""
+        if name in self._items:
+            raise ValueError(f"duplicate {self.kind} name {name!r}")
+        self._items[name] = obj
+
+    def get(self, name: str) -> T:
+        """Look up `name`; an unknown name raises a UserError listing valid names."""
+        if name not in self._items:
+            raise UserError(unknown_name_message(self.kind, name, self.names()))
+        return self._items[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def unknown_name_message(kind: str, name: str, valid: list[str]) -> str:
+    """'unknown X 'foo' (did you mean 'fo'?); valid: a, b' -- shared by registries and recipes."""
+    close = difflib.get_close_matches(str(name), valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown {kind} {name!r}{hint}; valid: {', '.join(valid)}"
