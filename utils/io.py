@@ -70,3 +70,7 @@ def append_csv_row(path: str | Path, row: dict[str, Any]) -> None:
             os.fsync(f.fileno())
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,38 @@
+# Two commands set everything up: `make demo` and `make test`. Both are idempotent.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-requirements
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: demo test venv data bench clean-demo
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	@touch $(STAMP)
+
+# Debian's dataset-fashion-mnist package: installed when apt is available and the files are missing.
+data:
+	@if [ ! -f $(FASHION_MNIST) ]; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's dataset-fashion-mnist"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	  else \
+	    echo "Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist' (files go to $(dir $(FASHION_MNIST)))"; \
+	  fi; \
+	fi
+
+demo: venv data
+	$(PY) -m utils.demo
+
+test: venv data
+	$(PY) -m pytest
+
+bench: venv
+	$(PY) bench/masked_step.py
+
+clean-demo:
+	rm -rf experiments/demo

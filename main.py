@@ -1,0 +1,83 @@
+"""Full fine-tuning of a (sparse) upstream checkpoint on a downstream dataset, keeping its sparsity.
+
+Example:
+    python main.py --dset cifar10 --dset_path /data/cifar10 \
+        --config_path configs/trainers/study_full_lr001.yaml \
+        --from_checkpoint_path ckpts/acdc_resnet50_90.pth --manual_seed 21
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+from utils.errors import exit_on_user_error
+
+
+def parse_gpus(values: list[str] | None) -> list[int] | None:
+    if not values:
+        return None
+    try:
+        return [int(g) for v in values for g in str(v).split(",") if g.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--gpus expects integers like '0' or '0,1', got {values}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("the study's flags")
+    g.add_argument("--dset", required=True, help="dataset name (see configs/datasets/) or 'imagefolder'")
+    g.add_argument("--dset_path", help="dataset root on disk (layout auto-detected)")
+    g.add_argument("--config_path", required=True, help="trainer config: configs/trainers/*.yaml")
+    g.add_argument("--transfer_config_path", help="transfer config: configs/transfer/*.yaml")
+    g.add_argument("--from_checkpoint_path", help="upstream checkpoint to fine-tune")
+    g.add_argument("--epochs", type=int, help="override the trainer config's epochs")
+    g.add_argument("--batch_size", type=int, help="override the trainer config's batch size")
+    g.add_argument("--workers", type=int, default=4, help="data loader worker processes")
+    g.add_argument("--manual_seed", type=int, default=0, help="seed for everything random")
+    g.add_argument("--experiment_root_path", default="experiments", help="where run directories go")
+    g.add_argument("--exp_name", help="run directory name (default: DSET_CHECKPOINT_seedSEED)")
+    g.add_argument("--interpolation", choices=["bilinear", "bicubic"], help="override the flavour's resize")
+    g.add_argument("--use_wandb", action="store_true", help="log to Weights & Biases (offline without a key)")
+    g.add_argument("--wandb_project", default="sparse-transfer")
+    g.add_argument("--wandb_group")
+    g.add_argument("--wandb_name")
+    g.add_argument("--gpus", nargs="+", help="GPU ids, e.g. '0' or '0,1' (several: DataParallel)")
+    g.add_argument("--cpu", action="store_true", help="run on CPU even when CUDA is present")
+    g.add_argument("--eval_only", action="store_true", help="only evaluate a fine-tuned checkpoint")
+    g.add_argument("--fp16", action="store_true", help="mixed precision on CUDA")
+    o = p.add_argument_group("additions")
+    o.add_argument("--checkpoint_flavour", help="flavour name or YAML path (auto-detected when omitted)")
+    o.add_argument("--resume", action="store_true", help="continue the run in the run directory")
+    o.add_argument("--arch", help="train this architecture from scratch instead of loading a checkpoint")
+    o.add_argument("--lr", type=float, help="override the trainer config's learning rate")
+    o.add_argument("--image_size", type=int, help="input size (default: the model's)")
+    o.add_argument("--max_train_samples", type=int, help="use a seeded subset of the train split")
+    o.add_argument("--model_label", help="the 'model' (method) column of results.csv, e.g. 'AC/DC'")
+    o.add_argument("--sparsity_label", type=float, help="the 'sparsity' column (default: measured)")
+    o.add_argument("--no_progress", action="store_true", help="no progress bars")
+    o.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from utils.config import validate
+    from utils.experiment import RunOptions
+    from utils.finetune import run_full_finetuning
+
+    values = {k: v for k, v in vars(args).items() if k not in ("no_progress", "verbose") and v is not None}
+    values["gpus"] = parse_gpus(args.gpus)
+    opts = validate({**values, "progress": not args.no_progress}, RunOptions, source="command line")
+    result = run_full_finetuning(opts)
+    shown = {k: result[k] for k in ("dset", "model", "sparsity", "seed", "val_acc", "measured_sparsity",
+                                    "run_dir") if k in result}
+    print(json.dumps(shown))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""The events the Manager emits; policies react to them, loggers observe them."""
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Event(Enum):
+    """The training loop, as pseudocode (policies hook in at each named point):
+
+    FIT_START                               # masks applied, optimizer/schedule state restored
+    for epoch in range(start_epoch, num_epochs):
+        EPOCH_START                         # RNG for shuffling/augmentation seeded from (seed, epoch)
+        for inputs, targets in train_loader:
+            BATCH_START                     # schedules set lr / weight decay for state.step
+            loss = criterion(model(inputs), targets); loss.backward()
+            AFTER_BACKWARD                  # masks zero pruned gradients
+            optimizer.step(); state.step += 1
+            AFTER_OPTIMIZER_STEP            # masks re-zero pruned weights
+        evaluate on the test split (every `eval_every_epochs`, and always after the last epoch)
+        EPOCH_END                           # metrics written, checkpoint saved atomically
+    FIT_END                                 # sparsity verified, final model and result written
+    """
+
+    FIT_START = "fit_start"
+    EPOCH_START = "epoch_start"
+    BATCH_START = "batch_start"
+    AFTER_BACKWARD = "after_backward"
+    AFTER_OPTIMIZER_STEP = "after_optimizer_step"
+    EPOCH_END = "epoch_end"
+    FIT_END = "fit_end"

@@ -1,0 +1,94 @@
+"""Observers: they read the state at events and never change training."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from tqdm.auto import tqdm
+
+from policies.base import Policy, TrainState
+from utils.errors import UserError
+from utils.io import append_jsonl, atomic_torch_save
+
+log = logging.getLogger(__name__)
+
+
+class MetricsLogger(Policy):
+    """Appends one JSON line of metrics per epoch to `metrics.jsonl`."""
+
+    name = "metrics_logger"
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        append_jsonl(self.path, {"step": state.step, **state.metrics})
+
+
+class ProgressBar(Policy):
+    """tqdm bars for epochs and batches."""
+
+    name = "progress"
+
+    def __init__(self, *, enabled: bool = True, desc: str = "train"):
+        self.enabled = enabled
+        self.desc = desc
+        self._epochs = self._batches = None
+
+    def on_fit_start(self, state: TrainState) -> None:
+        self._epochs = tqdm(total=state.num_epochs, initial=state.epoch, desc=self.desc, unit="epoch",
+                            disable=not self.enabled, dynamic_ncols=True)
+
+    def on_epoch_start(self, state: TrainState) -> None:
+        self._batches = tqdm(total=state.steps_per_epoch, desc=f"epoch {state.epoch}", unit="batch",
+                             leave=False, disable=not self.enabled, dynamic_ncols=True)
+
+    def on_after_optimizer_step(self, state: TrainState) -> None:
+        self._batches.update(1)
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        self._batches.close()
+        shown = {k: round(v, 4) for k, v in state.metrics.items() if k in ("train_loss", "train_acc", "test_acc")}
+        self._epochs.set_postfix(shown)
+        self._epochs.update(1)
+
+    def on_fit_end(self, state: TrainState) -> None:
+        self._epochs.close()
+
+
+class CheckpointSaver(Policy):
+    """Writes the full training state atomically at the end of every epoch."""
+
+    name = "checkpoint_saver"
+
+    def __init__(self, path: Path, collect: Callable[[], dict[str, Any]]):
+        self.path = path
+        self.collect = collect
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        atomic_torch_save(self.path, self.collect())
+
+
+class WandbLogger(Policy):
+    """Logs epoch metrics to Weights & Biases; offline mode when no account is configured."""
+
+    name = "wandb"
+
+    def __init__(self, *, project: str, group: str | None, run_name: str | None, config: dict, run_dir: Path):
+        try:
+            import wandb
+        except ImportError:
+            raise UserError("--use_wandb needs the wandb package: pip install wandb") from None
+        if not os.environ.get("WANDB_API_KEY") and "WANDB_MODE" not in os.environ:
+            os.environ["WANDB_MODE"] = "offline"
+            log.info("wandb: no WANDB_API_KEY, logging offline to %s", run_dir)
+        self._run = wandb.init(project=project, group=group, name=run_name, config=config, dir=str(run_dir),
+                               resume="allow")
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        self._run.log(dict(state.metrics), step=state.step)
+
+    def on_fit_end(self, state: TrainState) -> None:
+        self._run.finish()

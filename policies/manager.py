@@ -1,0 +1,153 @@
+"""The Manager: runs the training loop and emits events to its policies."""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from contextlib import nullcontext
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from policies.base import Policy, TrainState
+from policies.events import Event
+from utils.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    """The one place that seeds Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Seed for one epoch's shuffling and augmentation: a pure function, so resuming is exact."""
+    return (seed * 1_000_003 + epoch * 7919 + 1) % 2**63
+
+
+class Manager:
+    """Owns the loop; everything that changes training is a policy reacting to events."""
+
+    def __init__(self, *, state: TrainState, policies: Iterable[Policy], train_loader: DataLoader,
+                 test_loader: DataLoader, label_smoothing: float = 0.0, eval_every_epochs: int = 1,
+                 grad_clip_norm: float | None = None, amp: bool = False,
+                 frozen_modules: Iterable[nn.Module] = ()):
+        self.state = state
+        self.policies = list(policies)
+        self.train_loader = train_loader
+        self.test_loader = test_loader
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.eval_every_epochs = eval_every_epochs
+        self.grad_clip_norm = grad_clip_norm
+        self.amp = amp and state.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.frozen_modules = list(frozen_modules)
+
+    def emit(self, event: Event) -> None:
+        for policy in self.policies:
+            policy.on_event(event, self.state)
+
+    def fit(self) -> dict[str, Any]:
+        """Run the remaining epochs; returns the last metrics (the final epoch's test accuracy)."""
+        s = self.state
+        self.emit(Event.FIT_START)
+        for epoch in range(s.epoch, s.num_epochs):
+            s.epoch = epoch
+            s.metrics = {"epoch": epoch}
+            seed_everything(epoch_seed(s.seed, epoch))
+            generator = getattr(self.train_loader, "generator", None)
+            if generator is not None:
+                generator.manual_seed(epoch_seed(s.seed, epoch))
+            self.emit(Event.EPOCH_START)
+            start = time.perf_counter()
+            s.metrics.update(self._train_epoch())
+            s.metrics["train_time_s"] = time.perf_counter() - start
+            last = epoch == s.num_epochs - 1
+            if last or (epoch + 1) % self.eval_every_epochs == 0:
+                s.metrics.update(evaluate(s.forward_model, self.test_loader, s.device, amp=self.amp))
+            self.emit(Event.EPOCH_END)
+        self.emit(Event.FIT_END)
+        return dict(s.metrics)
+
+    def _train_epoch(self) -> dict[str, float]:
+        s = self.state
+        s.forward_model.train()
+        for module in self.frozen_modules:
+            module.eval()  # frozen BatchNorm keeps its running statistics
+        total_loss, correct, seen = torch.zeros((), device=s.device), torch.zeros((), device=s.device), 0
+        autocast = torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
+        for inputs, targets in self.train_loader:
+            inputs = inputs.to(s.device, non_blocking=True)
+            targets = targets.to(s.device, non_blocking=True)
+            self.emit(Event.BATCH_START)
+            with autocast:
+                logits = s.forward_model(inputs)
+                loss = self.criterion(logits, targets)
+            if not torch.isfinite(loss):
+                lr = s.optimizer.param_groups[0]["lr"]
+                raise UserError(f"loss became {loss.item()} at step {s.step} (epoch {s.epoch}) with lr {lr:g}; "
+                                "lower the learning rate in the trainer config or recipe")
+            s.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.emit(Event.AFTER_BACKWARD)
+            if self.grad_clip_norm:
+                self.scaler.unscale_(s.optimizer)
+                nn.utils.clip_grad_norm_(s.model.parameters(), self.grad_clip_norm)
+            self.scaler.step(s.optimizer)
+            self.scaler.update()
+            s.step += 1
+            self.emit(Event.AFTER_OPTIMIZER_STEP)
+            total_loss += loss.detach() * targets.numel()
+            correct += (logits.detach().argmax(1) == targets).sum()
+            seen += targets.numel()
+        return {"train_loss": (total_loss / max(seen, 1)).item(), "train_acc": (correct / max(seen, 1)).item()}
+
+    def training_state(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue exactly where this one stands."""
+        s = self.state
+        return {
+            "epochs_completed": s.epoch + 1,
+            "step": s.step,
+            "model": s.model.state_dict(),
+            "optimizer": s.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "policies": {p.name: p.state_dict() for p in self.policies},
+            # Each epoch reseeds from (seed, epoch); the state is kept for inspection and restored anyway.
+            "rng": {"torch": torch.get_rng_state()},
+        }
+
+    def restore(self, checkpoint: dict[str, Any]) -> None:
+        """Load a `training_state()` dict: the next `fit()` continues with the next epoch."""
+        s = self.state
+        s.model.load_state_dict(checkpoint["model"])
+        s.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        for policy in self.policies:
+            policy.load_state_dict(checkpoint["policies"].get(policy.name, {}))
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        s.epoch = checkpoint["epochs_completed"]
+        s.step = checkpoint["step"]
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, *, amp: bool = False) -> dict[str, float]:
+    """Top-1 accuracy and mean cross-entropy on a loader."""
+    was_training = model.training
+    model.eval()
+    total_loss, correct, seen = 0.0, 0, 0
+    autocast = torch.autocast("cuda", dtype=torch.float16) if amp else nullcontext()
+    for inputs, targets in loader:
+        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        with autocast:
+            logits = model(inputs)
+        total_loss += nn.functional.cross_entropy(logits.float(), targets, reduction="sum").item()
+        correct += (logits.argmax(1) == targets).sum().item()
+        seen += targets.numel()
+    model.train(was_training)
+    return {"test_loss": total_loss / max(seen, 1), "test_acc": correct / max(seen, 1)}

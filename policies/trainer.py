@@ -1,0 +1,124 @@
+"""The trainer config (optimizer + LR schedule) and the policy that applies it.
+
+Schedules are pure functions of the optimizer step, so resuming needs no hidden counters.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from pydantic import Field, PositiveInt
+
+from policies.base import Policy, TrainState
+from utils.config import StrictModel
+from utils.registry import Registry
+
+OPTIMIZERS: Registry = Registry("optimizer")
+LR_SCHEDULES: Registry = Registry("lr schedule")
+
+
+class OptimizerConfig(StrictModel):
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(default=0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    no_weight_decay_on_bn_and_bias: bool = False
+
+
+class ScheduleConfig(StrictModel):
+    name: Literal["step", "cosine", "constant"] = "step"
+    milestones_epochs: list[float] = Field(default_factory=lambda: [50, 100])
+    gamma: float = Field(default=0.1, gt=0)
+    final_lr: float = Field(default=0.0, ge=0)
+    warmup_epochs: float = Field(default=0.0, ge=0)
+    warmup_start_lr: float = Field(default=0.0, ge=0)
+
+
+class TrainerConfig(StrictModel):
+    """A `configs/trainers/*.yaml` file."""
+
+    epochs: PositiveInt = 150
+    batch_size: PositiveInt = 64
+    test_batch_size: PositiveInt | None = None
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    eval_every_epochs: PositiveInt = 1
+    grad_clip_norm: float | None = Field(default=None, gt=0)
+    optimizer: OptimizerConfig
+    schedule: ScheduleConfig = ScheduleConfig()
+
+
+@OPTIMIZERS.register("sgd")
+def build_sgd(groups: list[dict], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                           weight_decay=cfg.weight_decay)
+
+
+@OPTIMIZERS.register("adam")
+def build_adam(groups: list[dict], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+@OPTIMIZERS.register("adamw")
+def build_adamw(groups: list[dict], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """Optimizer over trainable parameters; optionally no weight decay on BN weights and biases."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if cfg.no_weight_decay_on_bn_and_bias:
+        decay = [p for _, p in params if p.ndim > 1]
+        no_decay = [p for _, p in params if p.ndim <= 1]
+        groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+    else:
+        groups = [{"params": [p for _, p in params]}]
+    return OPTIMIZERS.get(cfg.name)(groups, cfg)
+
+
+@LR_SCHEDULES.register("step")
+def step_lr(progress_epochs: float, base_lr: float, total_epochs: float, cfg: ScheduleConfig) -> float:
+    """Multiply by gamma after each milestone (the study: x0.1 after epochs 50 and 100 of 150)."""
+    del total_epochs
+    passed = sum(progress_epochs >= m for m in cfg.milestones_epochs)
+    return base_lr * cfg.gamma**passed
+
+
+@LR_SCHEDULES.register("cosine")
+def cosine_lr(progress_epochs: float, base_lr: float, total_epochs: float, cfg: ScheduleConfig) -> float:
+    span = max(total_epochs - cfg.warmup_epochs, 1e-12)
+    t = min(max((progress_epochs - cfg.warmup_epochs) / span, 0.0), 1.0)
+    return cfg.final_lr + 0.5 * (base_lr - cfg.final_lr) * (1 + math.cos(math.pi * t))
+
+
+@LR_SCHEDULES.register("constant")
+def constant_lr(progress_epochs: float, base_lr: float, total_epochs: float, cfg: ScheduleConfig) -> float:
+    del progress_epochs, total_epochs, cfg
+    return base_lr
+
+
+def lr_at(step: int, *, steps_per_epoch: int, total_epochs: int, base_lr: float, cfg: ScheduleConfig) -> float:
+    """The learning rate for optimizer step `step` (0-based): linear warm-up, then the schedule."""
+    epoch = step / steps_per_epoch
+    if epoch < cfg.warmup_epochs:
+        return cfg.warmup_start_lr + (base_lr - cfg.warmup_start_lr) * epoch / cfg.warmup_epochs
+    return LR_SCHEDULES.get(cfg.name)(epoch, base_lr, total_epochs, cfg)
+
+
+class LRSchedulePolicy(Policy):
+    """Sets every param group's lr from `lr_at(state.step)` before each batch."""
+
+    name = "lr_schedule"
+
+    def __init__(self, *, base_lr: float, cfg: ScheduleConfig):
+        self.base_lr = base_lr
+        self.cfg = cfg
+
+    def on_batch_start(self, state: TrainState) -> None:
+        lr = lr_at(state.step, steps_per_epoch=state.steps_per_epoch, total_epochs=state.num_epochs,
+                   base_lr=self.base_lr, cfg=self.cfg)
+        for group in state.optimizer.param_groups:
+            group["lr"] = lr
+        state.metrics["lr"] = lr
