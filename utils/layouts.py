@@ -1,0 +1,606 @@
+"""On-disk layouts a dataset can be read from: each one recognises its tree and lists the samples.
+
+A layout never decodes images (except the in-memory formats: CIFAR pickles, idx files, digits,
+synthetic); it returns file paths or uint8/float tensors plus integer labels. Split conventions
+(which files form train and test) live here, one place per layout, and are stated in `expects`.
+"""
+from __future__ import annotations
+
+import colorsys
+import gzip
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import torch
+
+from utils.errors import UserError
+from utils.registry import Registry
+
+if TYPE_CHECKING:
+    from utils.datasets import DatasetSpec
+
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+@dataclass(frozen=True)
+class FileSamples:
+    """Image files and their integer labels; decoded lazily by the dataset."""
+
+    paths: list[Path]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, indices: Sequence[int]) -> "FileSamples":
+        return FileSamples([self.paths[i] for i in indices], self.labels[np.asarray(indices, dtype=int)])
+
+
+@dataclass(frozen=True)
+class TensorSamples:
+    """In-memory images N x C x H x W (uint8 0..255 or float32 0..1, C = 1 or 3) and labels."""
+
+    images: torch.Tensor
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: Sequence[int]) -> "TensorSamples":
+        idx = np.asarray(indices, dtype=int)
+        return TensorSamples(self.images[torch.from_numpy(idx)], self.labels[idx])
+
+
+Samples = FileSamples | TensorSamples
+
+
+@dataclass(frozen=True)
+class RawSplits:
+    """What a layout reads: both splits and the class names (index = label)."""
+
+    train: Samples
+    test: Samples
+    classes: list[str]
+
+
+class Layout:
+    """A tree shape: `find_root` says whether (and where) a path matches, `read` lists the samples."""
+
+    name = ""
+    expects = ""  # one line, shown in every error about this layout
+    needs_path = True
+    wrappers: tuple[str, ...] = ()  # sub-folders also tried: torchvision roots, archive folders
+
+    def matches(self, root: Path) -> bool:
+        raise NotImplementedError
+
+    def find_root(self, path: Path) -> Path | None:
+        """The dataset folder for `path` (itself or a known sub-folder), or None if nothing matches."""
+        for candidate in (path, *(path / w for w in self.wrappers)):
+            if candidate.is_dir() and self.matches(candidate):
+                return candidate
+        return None
+
+    def read(self, root: Path | None, spec: "DatasetSpec") -> RawSplits:
+        raise NotImplementedError
+
+    def error(self, where: Path, problem: str) -> UserError:
+        return UserError(f"{where}: {problem} (layout '{self.name}' expects {self.expects})")
+
+
+LAYOUTS: Registry[Layout] = Registry("dataset layout")
+
+
+def register_layout(layout: Layout) -> Layout:
+    LAYOUTS.add(layout.name, layout)
+    return layout
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _visible(name: str) -> bool:
+    return not name.startswith(".")
+
+
+def class_dirs(folder: Path) -> list[str]:
+    """Sorted class sub-folder names (as torchvision's ImageFolder sorts them), hidden ones skipped."""
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and _visible(e.name))
+
+
+def image_files(folder: Path, layout: Layout, *, recursive: bool) -> list[Path]:
+    """Sorted image files of one class folder; an empty class folder is an error."""
+    if recursive:
+        found = [
+            Path(dirpath) / f
+            for dirpath, dirnames, files in os.walk(folder, followlinks=True)
+            for f in files
+            if _visible(f) and f.lower().endswith(IMG_EXTENSIONS)
+        ]
+    else:
+        found = [folder / e.name for e in os.scandir(folder)
+                 if e.is_file() and _visible(e.name) and e.name.lower().endswith(IMG_EXTENSIONS)]
+    if not found:
+        raise layout.error(folder, f"class folder has no images ({', '.join(IMG_EXTENSIONS)})")
+    return sorted(found)
+
+
+def read_lines(path: Path, layout: Layout, what: str) -> list[str]:
+    """Non-empty, stripped lines of a split/annotation file; a missing file is a missing split."""
+    if not path.is_file():
+        raise layout.error(path, f"missing {what}")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def label_array(names: Sequence[str], classes: list[str], layout: Layout, source: Path) -> np.ndarray:
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted(set(names) - set(index))
+    if unknown:
+        raise layout.error(source, f"class {unknown[0]!r} does not occur in the train split")
+    return np.array([index[n] for n in names], dtype=np.int64)
+
+
+def load_mat(path: Path, layout: Layout, key: str) -> Any:
+    """One variable of a MATLAB file (scipy.io), squeezed; missing file/key is a UserError."""
+    import scipy.io
+
+    if not path.is_file():
+        raise layout.error(path, "missing file")
+    try:
+        data = scipy.io.loadmat(str(path), squeeze_me=True)
+    except Exception as err:  # scipy raises several unrelated types for a bad file
+        raise layout.error(path, f"cannot read MATLAB file ({err})") from None
+    if key not in data:
+        raise layout.error(path, f"has no variable {key!r}")
+    return data[key]
+
+
+# ---------------------------------------------------------------- image-file layouts
+
+
+class FoldersLayout(Layout):
+    name = "folders"
+    expects = "train/<class>/<image> and test/<class>/<image> folders (valid/ or val/ also accepted as test)"
+    TEST_NAMES = ("test", "valid", "val")
+
+    def matches(self, root: Path) -> bool:
+        return (root / "train").is_dir()
+
+    def read(self, root, spec):
+        test_dir = next((root / n for n in self.TEST_NAMES if (root / n).is_dir()), None)
+        if test_dir is None:
+            raise self.error(root, "found train/ but no test split (test/, valid/ or val/)")
+        classes = class_dirs(root / "train")
+        if not classes:
+            raise self.error(root / "train", "no class folders")
+        test_classes = class_dirs(test_dir)
+        if test_classes != classes:
+            diff = sorted(set(classes) ^ set(test_classes))
+            raise self.error(test_dir, f"class folders differ from train/ (e.g. {diff[0]!r})")
+        train, test = (self._samples(root / "train", classes), self._samples(test_dir, classes))
+        return RawSplits(train, test, classes)
+
+    def _samples(self, split_dir: Path, classes: list[str]) -> FileSamples:
+        paths, labels = [], []
+        for label, cls in enumerate(classes):
+            files = image_files(split_dir / cls, self, recursive=True)
+            paths += files
+            labels += [label] * len(files)
+        return FileSamples(paths, np.array(labels, dtype=np.int64))
+
+
+register_layout(FoldersLayout())
+
+
+class CaltechLayout(Layout):
+    """Caltech-101/256: one folder per class; the first `train_per_class` files (by name) train."""
+
+    def __init__(self, name: str, folder: str, wrapper: str):
+        self.name, self.folder, self.wrappers = name, folder, (wrapper,)
+        self.expects = (f"{folder}/<class>/<image>.jpg; train = the first train_per_class images of each "
+                        "class sorted by file name, test = the rest")
+
+    def matches(self, root):
+        return (root / self.folder).is_dir()
+
+    def find_root(self, path):
+        return path.parent if path.name == self.folder and path.is_dir() else super().find_root(path)
+
+    def read(self, root, spec):
+        if spec.train_per_class is None:
+            raise UserError(f"dataset {spec.name!r}: layout {self.name!r} needs 'train_per_class' in its YAML")
+        base, count = root / self.folder, spec.train_per_class
+        classes = [c for c in class_dirs(base) if c not in spec.exclude_classes]
+        train_paths, train_labels, test_paths, test_labels = [], [], [], []
+        for label, cls in enumerate(classes):
+            files = image_files(base / cls, self, recursive=False)
+            if len(files) <= count:
+                raise self.error(base / cls, f"{len(files)} images; needs more than train_per_class={count}")
+            train_paths += files[:count]
+            test_paths += files[count:]
+            train_labels += [label] * count
+            test_labels += [label] * (len(files) - count)
+        return RawSplits(FileSamples(train_paths, np.array(train_labels, dtype=np.int64)),
+                         FileSamples(test_paths, np.array(test_labels, dtype=np.int64)), classes)
+
+
+register_layout(CaltechLayout("caltech101", "101_ObjectCategories", "caltech101"))
+register_layout(CaltechLayout("caltech256", "256_ObjectCategories", "caltech256"))
+
+
+class AircraftLayout(Layout):
+    name = "fgvc_aircraft"
+    wrappers = ("fgvc-aircraft-2013b",)
+    expects = ("fgvc-aircraft-2013b/data/images/<id>.jpg with data/images_variant_trainval.txt (train) and "
+               "data/images_variant_test.txt (test), lines '<id> <variant>'")
+
+    def matches(self, root):
+        return (root / "data" / "images").is_dir()
+
+    def read(self, root, spec):
+        splits = []
+        for split in ("trainval", "test"):
+            path = root / "data" / f"images_variant_{split}.txt"
+            # variant names may contain spaces and slashes ('F/A-18', 'Boeing 717'): split once
+            pairs = [line.split(" ", 1) for line in read_lines(path, self, f"{split} split file")]
+            if any(len(p) != 2 for p in pairs):
+                raise self.error(path, "malformed line; expected '<image id> <variant name>'")
+            splits.append((path, pairs))
+        # Sorted variant names, as the study's reader (np.unique) orders them.
+        classes = sorted({variant for _, variant in splits[0][1]})
+        train, test = (
+            FileSamples([root / "data" / "images" / f"{i}.jpg" for i, _ in pairs],
+                        label_array([v for _, v in pairs], classes, self, path))
+            for path, pairs in splits
+        )
+        return RawSplits(train, test, classes)
+
+
+register_layout(AircraftLayout())
+
+
+class ClassPathListLayout(Layout):
+    """Split files list '<class>/<file>' paths under an images folder (DTD, Food-101)."""
+
+    images = "images"
+    suffix = ""
+    split_files: dict[str, tuple[str, ...]] = {}
+
+    def matches(self, root):
+        return (root / self.images).is_dir() and all(
+            (root / f).parent.is_dir() for files in self.split_files.values() for f in files)
+
+    def read(self, root, spec):
+        lines = {split: [line for f in files for line in read_lines(root / f, self, f"{split} split file")]
+                 for split, files in self.split_files.items()}
+        classes = sorted({line.split("/")[0] for line in lines["train"]})
+        train, test = (
+            FileSamples([root / self.images / f"{line}{self.suffix}" for line in lines[split]],
+                        label_array([line.split("/")[0] for line in lines[split]], classes, self,
+                                    root / self.split_files[split][0]))
+            for split in ("train", "test")
+        )
+        return RawSplits(train, test, classes)
+
+
+class DTDLayout(ClassPathListLayout):
+    name = "dtd"
+    wrappers = ("dtd", "dtd/dtd")
+    split_files = {"train": ("labels/train1.txt", "labels/val1.txt"), "test": ("labels/test1.txt",)}
+    expects = ("dtd/images/<class>/<file>.jpg with dtd/labels/train1.txt, val1.txt, test1.txt "
+               "(partition 1; train = train1 + val1, test = test1)")
+
+
+register_layout(DTDLayout())
+
+
+class Food101Layout(ClassPathListLayout):
+    name = "food101"
+    wrappers = ("food-101",)
+    suffix = ".jpg"
+    split_files = {"train": ("meta/train.txt",), "test": ("meta/test.txt",)}
+    expects = ("food-101/images/<class>/<id>.jpg with food-101/meta/train.txt and meta/test.txt "
+               "('<class>/<id>' lines)")
+
+
+register_layout(Food101Layout())
+
+
+class Flowers102Layout(Layout):
+    name = "flowers102"
+    wrappers = ("flowers-102",)
+    expects = ("flowers-102/jpg/image_NNNNN.jpg with imagelabels.mat and setid.mat; "
+               "train = trnid + valid (2,040 images), test = tstid (6,149)")
+
+    def matches(self, root):
+        return (root / "jpg").is_dir() and (root / "imagelabels.mat").is_file()
+
+    def read(self, root, spec):
+        labels = np.atleast_1d(load_mat(root / "imagelabels.mat", self, "labels")).astype(np.int64)
+        ids = {key: np.atleast_1d(load_mat(root / "setid.mat", self, key)).astype(np.int64)
+               for key in ("trnid", "valid", "tstid")}
+        originals = sorted(set(labels.tolist()))  # 1-based class ids
+        remap = {c: i for i, c in enumerate(originals)}
+
+        def samples(image_ids: np.ndarray) -> FileSamples:
+            if image_ids.size and (image_ids.min() < 1 or image_ids.max() > len(labels)):
+                raise self.error(root / "setid.mat", f"image ids outside 1..{len(labels)} of imagelabels.mat")
+            return FileSamples([root / "jpg" / f"image_{i:05d}.jpg" for i in image_ids],
+                               np.array([remap[labels[i - 1]] for i in image_ids], dtype=np.int64))
+
+        train = samples(np.concatenate([ids["trnid"], ids["valid"]]))
+        return RawSplits(train, samples(ids["tstid"]), [str(c) for c in originals])
+
+
+register_layout(Flowers102Layout())
+
+
+class PetsLayout(Layout):
+    name = "oxford_pets"
+    wrappers = ("oxford-iiit-pet",)
+    expects = ("oxford-iiit-pet/images/<Breed>_<n>.jpg with annotations/trainval.txt (train) and "
+               "annotations/test.txt (test), lines '<image> <class id> <species> <breed id>'")
+
+    def matches(self, root):
+        return (root / "images").is_dir() and (root / "annotations").is_dir()
+
+    def read(self, root, spec):
+        rows = {}
+        for split in ("trainval", "test"):
+            path = root / "annotations" / f"{split}.txt"
+            lines = [line.split() for line in read_lines(path, self, f"{split} split file")
+                     if not line.startswith("#")]
+            if any(len(p) < 2 or not p[1].isdigit() for p in lines):
+                raise self.error(path, "malformed line; expected '<image> <class id> ...'")
+            rows[split] = [(p[0], int(p[1])) for p in lines]
+        ids = sorted({cid for _, cid in rows["trainval"]})
+        names = {cid: image.rsplit("_", 1)[0] for image, cid in rows["trainval"]}
+        classes = [names[c] for c in ids]
+        train, test = (
+            FileSamples([root / "images" / f"{image}.jpg" for image, _ in rows[split]],
+                        label_array([names.get(cid, str(cid)) for _, cid in rows[split]], classes, self,
+                                    root / "annotations" / f"{split}.txt"))
+            for split in ("trainval", "test")
+        )
+        return RawSplits(train, test, classes)
+
+
+register_layout(PetsLayout())
+
+
+class StanfordCarsLayout(Layout):
+    name = "stanford_cars"
+    wrappers = ("stanford_cars",)
+    expects = ("stanford_cars/cars_train/, cars_test/, devkit/cars_meta.mat, devkit/cars_train_annos.mat "
+               "and cars_test_annos_withlabels.mat (torchvision's layout)")
+
+    def matches(self, root):
+        return (root / "devkit").is_dir() and (root / "cars_train").is_dir()
+
+    def read(self, root, spec):
+        classes = [str(c) for c in np.atleast_1d(load_mat(root / "devkit" / "cars_meta.mat", self, "class_names"))]
+        test_annos = root / "cars_test_annos_withlabels.mat"
+        if not test_annos.is_file() and (root / "devkit" / test_annos.name).is_file():
+            test_annos = root / "devkit" / test_annos.name
+        train = self._samples(root / "devkit" / "cars_train_annos.mat", root / "cars_train", len(classes))
+        return RawSplits(train, self._samples(test_annos, root / "cars_test", len(classes)), classes)
+
+    def _samples(self, annos: Path, images: Path, num_classes: int) -> FileSamples:
+        records = np.atleast_1d(load_mat(annos, self, "annotations"))
+        try:
+            paths = [images / str(r["fname"]) for r in records]
+            labels = np.array([int(r["class"]) - 1 for r in records], dtype=np.int64)
+        except (ValueError, IndexError, KeyError):
+            raise self.error(annos, "annotations lack 'fname'/'class' fields") from None
+        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+            raise self.error(annos, f"class ids outside 1..{num_classes} of cars_meta.mat")
+        return FileSamples(paths, labels)
+
+
+register_layout(StanfordCarsLayout())
+
+
+class SUN397Layout(Layout):
+    name = "sun397"
+    wrappers = ("SUN397",)
+    expects = ("SUN397/ClassName.txt, SUN397/<letter>/<class>/sun_*.jpg and Partitions/Training_01.txt + "
+               "Testing_01.txt (partition 1, lines '/<letter>/<class>/<file>'; the two files may also "
+               "sit beside ClassName.txt)")
+
+    def matches(self, root):
+        return (root / "ClassName.txt").is_file()
+
+    def read(self, root, spec):
+        # '/a/abbey' -> 'abbey', '/b/bakery/shop' -> 'bakery/shop' (as torchvision names them)
+        classes = ["/".join(line.strip("/").split("/")[1:])
+                   for line in read_lines(root / "ClassName.txt", self, "class list")]
+        splits = []
+        for split in ("Training_01.txt", "Testing_01.txt"):
+            path = root / "Partitions" / split
+            path = path if path.is_file() or not (root / split).is_file() else root / split
+            parts = [line.strip("/").split("/") for line in read_lines(path, self, "partition file")]
+            splits.append(FileSamples([root.joinpath(*p) for p in parts],
+                                      label_array(["/".join(p[1:-1]) for p in parts], classes, self, path)))
+        return RawSplits(splits[0], splits[1], classes)
+
+
+register_layout(SUN397Layout())
+
+
+# ---------------------------------------------------------------- in-memory layouts
+
+
+def load_pickle(path: Path, layout: Layout) -> dict[str, Any]:
+    """A CIFAR batch (Python 2 pickle); keys normalised to str."""
+    if not path.is_file():
+        raise layout.error(path, "missing batch file")
+    try:
+        with open(path, "rb") as f:
+            data = pickle.load(f, encoding="latin1")
+    except Exception as err:  # a truncated or foreign file raises many types
+        raise layout.error(path, f"cannot unpickle ({type(err).__name__}: {err})") from None
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in data.items()}
+
+
+class CifarLayout(Layout):
+    """CIFAR-10/100 'python version' pickles: data N x 3072 uint8 (R, G, B planes of 32 x 32)."""
+
+    def __init__(self, name: str, folder: str, *, train: tuple[str, ...], test: str, meta: str,
+                 label_key: str, names_key: str):
+        self.name, self.wrappers = name, (folder,)
+        self.train, self.test, self.meta, self.label_key, self.names_key = train, test, meta, label_key, names_key
+        self.expects = f"{folder}/ with {', '.join(train)}, {test} and {meta} (python pickles)"
+
+    def matches(self, root):
+        return (root / self.meta).is_file()
+
+    def read(self, root, spec):
+        meta = load_pickle(root / self.meta, self)
+        classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta.get(self.names_key, [])]
+        splits = []
+        for files in (self.train, (self.test,)):
+            images, labels = [], []
+            for name in files:
+                batch = load_pickle(root / name, self)
+                if "data" not in batch or self.label_key not in batch:
+                    raise self.error(root / name, f"batch lacks 'data' or {self.label_key!r}")
+                images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                labels += list(batch[self.label_key])
+            splits.append(TensorSamples(torch.from_numpy(np.concatenate(images)),
+                                        np.array(labels, dtype=np.int64)))
+        if not classes:
+            classes = [str(i) for i in range(int(splits[0].labels.max()) + 1)]
+        return RawSplits(splits[0], splits[1], classes)
+
+
+register_layout(CifarLayout(
+    "cifar10_python", "cifar-10-batches-py", train=tuple(f"data_batch_{i}" for i in range(1, 6)),
+    test="test_batch", meta="batches.meta", label_key="labels", names_key="label_names"))
+register_layout(CifarLayout(
+    "cifar100_python", "cifar-100-python", train=("train",), test="test", meta="meta",
+    label_key="fine_labels", names_key="fine_label_names"))
+
+
+def read_idx(path: Path, layout: Layout) -> np.ndarray:
+    """An idx file (MNIST format: magic 0x0000 08 <ndim>, big-endian dims, uint8 data), .gz or not."""
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        if raw[:3] != b"\x00\x00\x08":
+            raise ValueError("bad magic number; not a uint8 idx file")
+        ndim = raw[3]
+        shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+        data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+        if data.size != int(np.prod(shape)):
+            raise ValueError(f"{data.size} values for shape {shape}; file truncated?")
+    except (OSError, EOFError, ValueError, gzip.BadGzipFile) as err:
+        raise layout.error(path, f"cannot read idx file ({err})") from None
+    return data.reshape(shape)
+
+
+class IdxLayout(Layout):
+    name = "mnist_idx"
+    wrappers = ("FashionMNIST/raw", "raw")
+    STEMS = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+    expects = ("train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and "
+               "t10k-labels-idx1-ubyte.gz (or unpacked without .gz)")
+
+    def _file(self, root: Path, stem: str) -> Path:
+        gz = root / f"{stem}.gz"
+        return gz if gz.is_file() or not (root / stem).is_file() else root / stem
+
+    def matches(self, root):
+        return self._file(root, self.STEMS["train"][0]).is_file()
+
+    def read(self, root, spec):
+        splits = []
+        for split, (images_stem, labels_stem) in self.STEMS.items():
+            paths = [self._file(root, s) for s in (images_stem, labels_stem)]
+            for p in paths:
+                if not p.is_file():
+                    raise self.error(p, f"missing {split} file")
+            images, labels = (read_idx(p, self) for p in paths)
+            if images.ndim != 3 or len(images) != len(labels):
+                raise self.error(paths[0], f"{images.shape} images for {len(labels)} labels")
+            splits.append(TensorSamples(torch.from_numpy(images.copy()).unsqueeze(1), labels.astype(np.int64)))
+        num = int(splits[0].labels.max()) + 1
+        names = spec.class_names
+        classes = list(names) if names and len(names) == num else [str(i) for i in range(num)]
+        return RawSplits(splits[0], splits[1], classes)
+
+
+register_layout(IdxLayout())
+
+
+DIGITS_TEST_FRACTION = 0.25
+DIGITS_SPLIT_SEED = 0
+
+
+class DigitsLayout(Layout):
+    name = "sklearn_digits"
+    needs_path = False
+    expects = (f"no files: scikit-learn's bundled load_digits (8x8, values 0..16 scaled to 0..1); a fixed "
+               f"stratified split, {DIGITS_TEST_FRACTION:.0%} test, random_state={DIGITS_SPLIT_SEED}")
+
+    def read(self, root, spec):
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        digits = load_digits()
+        images = torch.from_numpy((digits.images / 16.0).astype(np.float32)).unsqueeze(1)
+        train_idx, test_idx = train_test_split(
+            np.arange(len(images)), test_size=DIGITS_TEST_FRACTION, stratify=digits.target,
+            random_state=DIGITS_SPLIT_SEED)
+        splits = [TensorSamples(images[torch.from_numpy(np.sort(i))], digits.target[np.sort(i)].astype(np.int64))
+                  for i in (train_idx, test_idx)]
+        return RawSplits(splits[0], splits[1], [str(c) for c in digits.target_names])
+
+
+register_layout(DigitsLayout())
+
+
+SYNTHETIC_SEED = 0
+
+
+def make_synthetic(*, num_classes: int, size: int, train_per_class: int, test_per_class: int,
+                   seed: int = SYNTHETIC_SEED) -> RawSplits:
+    """Stripes in one hue and orientation per class, random phase + noise per image (uint8)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.meshgrid(np.linspace(0, 1, size), np.linspace(0, 1, size), indexing="ij")
+
+    def one_split(per_class: int) -> TensorSamples:
+        images = np.empty((num_classes * per_class, 3, size, size), dtype=np.uint8)
+        for c in range(num_classes):
+            colour = np.array(colorsys.hsv_to_rgb(c / num_classes, 0.8, 0.9))[:, None, None]
+            angle, freq = np.pi * c / num_classes, 2 + c % 3
+            for k in range(per_class):
+                wave = 0.5 + 0.5 * np.sin(2 * np.pi * freq * (xx * np.cos(angle) + yy * np.sin(angle))
+                                          + rng.uniform(0, 2 * np.pi))
+                img = colour * (0.6 + 0.4 * wave) + rng.normal(0, 0.05, (3, size, size))
+                images[c * per_class + k] = np.clip(img * 255, 0, 255).astype(np.uint8)
+        return TensorSamples(torch.from_numpy(images), np.repeat(np.arange(num_classes), per_class))
+
+    train = one_split(train_per_class)
+    return RawSplits(train, one_split(test_per_class), [f"pattern{c}" for c in range(num_classes)])
+
+
+class SyntheticLayout(Layout):
+    name = "synthetic"
+    needs_path = False
+    expects = (f"no files: num_classes x train_per_class/test_per_class coloured stripe images of "
+               f"native_size pixels, generated from seed {SYNTHETIC_SEED}")
+
+    def read(self, root, spec):
+        if None in (spec.num_classes, spec.native_size, spec.train_per_class, spec.test_per_class):
+            raise UserError(f"dataset {spec.name!r}: layout 'synthetic' needs num_classes, native_size, "
+                            "train_per_class and test_per_class in its YAML")
+        return make_synthetic(num_classes=spec.num_classes, size=spec.native_size,
+                              train_per_class=spec.train_per_class, test_per_class=spec.test_per_class)
+
+
+register_layout(SyntheticLayout())
