@@ -33,6 +33,8 @@ class FixedMaskPolicy(Policy):
         apply_masks_(named, self.masks)
 
     def on_after_backward(self, state: TrainState) -> None:
+        if not self._params:
+            return
         grads = [p.grad for p in self._params if p.grad is not None]
         if len(grads) == len(self._params):
             torch._foreach_mul_(grads, self._float_masks)
@@ -42,6 +44,8 @@ class FixedMaskPolicy(Policy):
                     p.grad.mul_(m)
 
     def on_after_optimizer_step(self, state: TrainState) -> None:
+        if not self._params:
+            return
         with torch.no_grad():
             torch._foreach_mul_(self._params, self._float_masks)
 

@@ -13,6 +13,8 @@ from policies.base import TrainState
 from policies.loggers import CheckpointSaver, MetricsLogger, ProgressBar, WandbLogger
 from policies.manager import Manager, evaluate, seed_everything
 from policies.masking import FixedMaskPolicy
+from policies.modifiers.runs import build_run_recipe
+from policies.quantization import qat_modules, qat_state
 from policies.trainer import LRSchedulePolicy, TrainerConfig, build_optimizer
 from utils.checkpoints import save_native_checkpoint
 from utils.config import load_config
@@ -81,13 +83,18 @@ def run_full_finetuning(opts: RunOptions) -> dict[str, Any]:
     train_loader, test_loader = make_loaders(data, batch_size=batch_size,
                                              test_batch_size=trainer.test_batch_size or batch_size,
                                              workers=opts.workers, device=device)
+    recipe_policies = None
+    if opts.recipe:  # the recipe replaces the trainer's LR schedule and the fixed masks, and sets the epochs
+        recipe_policies, epochs, _ = build_run_recipe(opts.recipe, opts.recipe_args, model=model,
+                                                      steps_per_epoch=len(train_loader), run_dir=run_dir,
+                                                      resuming=status == "resume", epochs_flag=opts.epochs)
     optimizer = build_optimizer(model, trainer.optimizer.model_copy(update={"lr": base_lr}))
     forward_model = nn.DataParallel(model, device_ids=gpus) if len(gpus) > 1 else model
     state = TrainState(model=model, forward_model=forward_model, optimizer=optimizer, device=device,
                        steps_per_epoch=len(train_loader), num_epochs=epochs, seed=opts.manual_seed,
                        run_dir=run_dir)
     resolved = {
-        "options": opts.model_dump(), "trainer": trainer.model_dump(), "transfer": transfer.model_dump(),
+        "options": opts.model_dump(exclude={"resume", "progress"}), "trainer": trainer.model_dump(), "transfer": transfer.model_dump(),
         "checkpoint": info, "dataset": {"name": data.spec.name, "layout": data.layout,
                                         "num_classes": data.num_classes, "train_size": len(data.train),
                                         "test_size": len(data.test), "image_size": image_size},
@@ -97,8 +104,8 @@ def run_full_finetuning(opts: RunOptions) -> dict[str, Any]:
     }
     write_run_config(run_dir, resolved, check_existing=status == "resume")
 
-    policies = [LRSchedulePolicy(base_lr=base_lr, cfg=trainer.schedule), FixedMaskPolicy(masks),
-                MetricsLogger(run_dir / "metrics.jsonl"), ProgressBar(enabled=opts.progress, desc=run_dir.name)]
+    schedule = recipe_policies or [LRSchedulePolicy(base_lr=base_lr, cfg=trainer.schedule), FixedMaskPolicy(masks)]
+    policies = [*schedule, MetricsLogger(run_dir / "metrics.jsonl"), ProgressBar(enabled=opts.progress, desc=run_dir.name)]
     if opts.use_wandb:
         policies.append(WandbLogger(project=opts.wandb_project, group=opts.wandb_group,
                                     run_name=opts.wandb_name or run_dir.name, config=resolved, run_dir=run_dir))
@@ -114,17 +121,21 @@ def run_full_finetuning(opts: RunOptions) -> dict[str, Any]:
 
     metrics = manager.fit()
     final_sparsity = measured_sparsity(model)
-    if final_sparsity != loaded_sparsity:
+    if recipe_policies is not None:  # the recipe decides the sparsity; record what it produced
+        masks = masks_from_zeros(sparse_layers(model))
+    elif final_sparsity != loaded_sparsity:
         raise UserError(f"final sparsity {final_sparsity:.6f} differs from the loaded {loaded_sparsity:.6f}: "
                         "the mask was not kept; this is a bug, please report it")
     save_native_checkpoint(run_dir / "model.pt", model, arch=info["arch"], arch_kwargs=info["arch_kwargs"],
-                           masks=masks, normalization=normalization, interpolation=info["interpolation"])
+                           masks=masks, normalization=normalization, interpolation=info["interpolation"],
+                           extra={"quantization": qat_state(model)} if qat_modules(model) else None)
     result = {
         "dset": opts.dset, "model": opts.model_label or info["method"] or info["flavour"] or "Dense",
-        "sparsity": opts.sparsity_label if opts.sparsity_label is not None else round(loaded_sparsity, 2),
+        "sparsity": opts.sparsity_label if opts.sparsity_label is not None
+        else round(final_sparsity if recipe_policies is not None else loaded_sparsity, 2),
         "seed": opts.manual_seed, "val_acc": metrics["test_acc"], "test_loss": metrics["test_loss"],
         "finetuning": "full", "arch": info["arch"], "checkpoint": opts.from_checkpoint_path or "",
-        "flavour": info["flavour"] or "", "recipe": "", "solver": "", "lr": base_lr, "epochs": epochs,
+        "flavour": info["flavour"] or "", "recipe": opts.recipe or "", "solver": "", "lr": base_lr, "epochs": epochs,
         "batch_size": batch_size, "measured_sparsity": final_sparsity, "run_dir": str(run_dir),
         "git_commit": resolved["git_commit"], "finished_at": now_iso(),
         "per_layer_sparsity": layer_sparsity(masks),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ def prepare_run_dir(run_dir: Path, *, resume: bool) -> str:
 
 def write_run_config(run_dir: Path, config: dict[str, Any], *, check_existing: bool) -> None:
     """Write config.yaml; when resuming, refuse a config that differs from the saved one."""
+    config = json.loads(json.dumps(config, default=str))  # plain YAML types only (tuples, versions...)
     path = run_dir / "config.yaml"
     if check_existing and path.exists():
         saved = read_yaml(path) or {}
@@ -71,7 +73,7 @@ def write_run_config(run_dir: Path, config: dict[str, Any], *, check_existing: b
 
 
 def environment_info() -> dict[str, Any]:
-    return {"git_commit": git_commit(), "torch": torch.__version__,
+    return {"git_commit": git_commit(), "torch": str(torch.__version__),
             "cuda": torch.version.cuda if torch.cuda.is_available() else None}
 
 
