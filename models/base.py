@@ -1,0 +1,62 @@
+"""The architecture registry and the interface every model here shares.
+
+Every registered model is an `nn.Module` with:
+  classifier_name     module name of the classifier (e.g. "fc")
+  num_features        width of the pooled features fed to the classifier
+  default_input_size  the input side length it was designed for (224, or 32 for small nets)
+  forward_features(x) -> (N, num_features) globally average-pooled features
+  reset_classifier(n) replaces the classifier with a fresh dense nn.Linear(num_features, n)
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from utils.errors import UserError
+from utils.registry import Registry
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("architecture")
+
+
+class ClassifierMixin:
+    """Shared head handling: `forward` = classifier(forward_features(x))."""
+
+    classifier_name: str = "fc"
+    num_features: int
+    default_input_size: int = 224
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def get_classifier(self) -> nn.Module:
+        return self.get_submodule(self.classifier_name)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier with a freshly initialised dense Linear layer."""
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        old = self.get_classifier()
+        head = nn.Linear(self.num_features, num_classes)
+        ref = next(old.parameters(), None)
+        if ref is not None:
+            head = head.to(device=ref.device, dtype=ref.dtype)
+        setattr(self, self.classifier_name, head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.get_classifier()(self.forward_features(x))
+
+
+def build_model(arch: str, num_classes: int, **arch_kwargs: Any) -> nn.Module:
+    """Instantiate a registered architecture with a `num_classes`-way classifier."""
+    factory = MODELS.get(arch)
+    params = inspect.signature(factory).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        valid = sorted(n for n in params if n != "num_classes")
+        unknown = sorted(set(arch_kwargs) - set(valid))
+        if unknown:
+            raise UserError(f"architecture {arch!r} does not accept arch_kwargs {unknown}; "
+                            f"valid: {', '.join(valid) or '(none)'}")
+    return factory(num_classes=num_classes, **arch_kwargs)
