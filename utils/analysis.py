@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from utils.errors import UserError
+from utils.io import atomic_write_text
 from utils.results import (ARCH_ORDER, DATASET_ORDER, DENSE, FINETUNING_MODES, METHOD_ORDER, check_tidy,
                            sparsity_label)
 
@@ -245,8 +246,7 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, *, figures: bool = True,
     out, written = Path(out_dir), []
 
     def write(rel: str, text: str) -> None:
-        (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        (out / rel).write_text(text)
+        atomic_write_text(out / rel, text)
         written.append(out / rel)
 
     summary = summarize(df)

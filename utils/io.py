@@ -10,7 +10,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
@@ -36,6 +35,8 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 def atomic_torch_save(path: str | Path, obj: Any) -> None:
+    import torch  # lazily: the analysis tools use this module without needing torch
+
     atomic_write(path, lambda p: torch.save(obj, p))
 
 

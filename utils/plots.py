@@ -18,6 +18,7 @@ from matplotlib.lines import Line2D
 from utils.analysis import (AVERAGE, FINETUNING_TITLES, average_over_datasets, dataset_order, delta_table, method_order,
                             select, summarize)
 from utils.errors import UserError
+from utils.io import atomic_write
 from utils.results import DENSE, FINETUNING_MODES
 
 ACC_LABEL = "Top-1 accuracy (%)"
@@ -170,5 +171,5 @@ def save_figure(fig: Figure, stem: str | Path, *, formats: tuple[str, ...] = ("p
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_name(f"{stem.name}.{fmt}") for fmt in formats]
     for path in paths:
-        fig.savefig(path, dpi=dpi)
+        atomic_write(path, lambda tmp, fmt=path.suffix[1:]: fig.savefig(tmp, dpi=dpi, format=fmt))
     return paths

@@ -35,12 +35,10 @@ def prune_checkpoint(src: str | Path, dst: str | Path, *, sparsity: float, scope
     loaded = load_checkpoint(src, flavour=flavour, keep_classifier=True)
     model = loaded.model
     masks = magnitude_prune_(model, sparsity, scope=scope)
-    fl = loaded.flavour
-    save_native_checkpoint(dst, model, arch=loaded.arch,
-                           arch_kwargs=dict(getattr(loaded, "arch_kwargs", None) or fl.arch_kwargs or {}),
-                           masks=masks, normalization=fl.normalization, interpolation=fl.interpolation,
-                           extra={"pruning": {"method": "one-shot magnitude", "scope": scope, "sparsity": sparsity,
-                                              "source": str(src)}})
+    save_native_checkpoint(dst, model, arch=loaded.arch, arch_kwargs=loaded.arch_kwargs, masks=masks,
+                           normalization=loaded.normalization, interpolation=loaded.interpolation,
+                           extra={"method": "Magnitude", "pruning": {"method": "one-shot magnitude", "scope": scope,
+                                                                     "sparsity": sparsity, "source": str(src)}})
     return global_sparsity(prunable_parameters(model, exclude_prefixes=[model.classifier_name]))
 
 

@@ -1,0 +1,4 @@
+"""Shared test set-up."""
+import matplotlib
+
+matplotlib.use("Agg")
