@@ -260,6 +260,12 @@ def make_synthetic_tree(root: Path) -> Tree:
     return Tree([None], [f"pattern{c}" for c in range(4)], 64, 32)
 
 
+@builder("generated_shapes")
+def make_shapes_tree(root: Path) -> Tree:
+    from utils.shapes import CLASSES
+    return Tree([None], list(CLASSES), 1600, 800)
+
+
 PAIRS = [(name, layout) for name in DATASETS.names() for layout in get_dataset_spec(name).layouts]
 
 

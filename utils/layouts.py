@@ -604,3 +604,6 @@ class SyntheticLayout(Layout):
 
 
 register_layout(SyntheticLayout())
+
+# Generated datasets that live in their own modules register their layouts on import.
+from utils import shapes  # noqa: E402,F401  isort: skip
