@@ -1,0 +1,35 @@
+"""Run a whole study (checkpoints x datasets x modes x seeds) from one file; finished cells are skipped.
+
+    python sweep.py configs/studies/demo.yaml [--executor local|slurm|submitit-local] [--jobs N]
+                    [--dry-run] [--retry-failed] [--no-wait] [--no-report]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+
+from utils.errors import exit_on_user_error
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("study", help="a study file: configs/studies/*.yaml")
+    p.add_argument("--executor", default="local", help="local (default), slurm, or submitit-local")
+    p.add_argument("--jobs", type=int, default=1, help="local: cells run at once (one per GPU when GPUs exist)")
+    p.add_argument("--dry-run", action="store_true", help="print what is done / to do / failed; run nothing")
+    p.add_argument("--retry-failed", action="store_true", help="run failed cells again")
+    p.add_argument("--no-wait", action="store_true", help="slurm: submit and exit without waiting")
+    p.add_argument("--no-report", action="store_true", help="skip the Markdown report at the end")
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from utils.sweep import run_study
+
+    return run_study(args.study, executor=args.executor, jobs=args.jobs, dry_run=args.dry_run,
+                     retry_failed=args.retry_failed, wait=not args.no_wait, report=not args.no_report)
+
+
+if __name__ == "__main__":
+    main()
