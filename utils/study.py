@@ -69,6 +69,7 @@ class DatasetEntry(StrictModel):
 
 class FullMode(StrictModel):
     config_path: str
+    seeds: list[int] | None = Field(default=None, min_length=1)   # default: the study's seeds
     transfer_config_path: str | None = None
     recipe: str | None = None
     recipe_args: dict[str, Any] = Field(default_factory=dict)
@@ -77,6 +78,7 @@ class FullMode(StrictModel):
 
 class LinearMode(StrictModel):
     solver: Literal["lbfgs", "sklearn", "sgd"] = "lbfgs"
+    seeds: list[int] | None = Field(default=None, min_length=1)   # default: the study's seeds
     training_config_path: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
 

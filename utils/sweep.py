@@ -134,7 +134,7 @@ def expand(study: Study, upstream_paths: dict[str, Path | None]) -> tuple[list[C
         shas[u.name] = shas.get(u.name) or file_sha256(ckpt)
         for dataset in study.datasets:
             for mode in study.modes:
-                for seed in study.seeds:
+                for seed in getattr(study, mode).seeds or study.seeds:
                     opts = {k: v for k, v in cell_options(study, upstream=u, dataset=dataset, mode=mode, seed=seed,
                                                           checkpoint=ckpt).items() if v is not None}
                     key = cell_key(checkpoint_sha256=shas[u.name], dataset=dataset, mode=mode, seed=seed, options=opts)
@@ -215,7 +215,9 @@ def run_study(study_path: str | Path, *, executor: str = "local", jobs: int = 1,
     validate_cells(cells, source=str(study_path))
     status = {c.key: cell_status(c) for c in cells}
     counts = {s: sum(v == s for v in status.values()) for s in ("done", "todo", "failed")}
-    progress(f"study {study.name}: {len(cells)} cells -- {counts['done']} done, {counts['todo']} to do, "
+    planned = len(study.upstreams) * len(study.datasets) * sum(len(getattr(study, m).seeds or study.seeds)
+                                                               for m in study.modes)
+    progress(f"study {study.name}: grid of {planned} cells; {len(cells)} ready -- {counts['done']} done, {counts['todo']} to do, "
              f"{counts['failed']} failed" + (f"; upstreams not available yet: {', '.join(blocked)} (their cells "
                                              "are not counted)" if blocked else ""))
     for c in cells:
