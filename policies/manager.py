@@ -64,6 +64,10 @@ class Manager:
             generator = getattr(self.train_loader, "generator", None)
             if generator is not None:
                 generator.manual_seed(epoch_seed(s.seed, epoch))
+            sampler = getattr(self.train_loader, "sampler", None)
+            if hasattr(sampler, "set_epoch"):  # DistributedSampler: same permutation on every rank
+                sampler.seed = s.seed
+                sampler.set_epoch(epoch)
             self.emit(Event.EPOCH_START)
             start = time.perf_counter()
             s.metrics.update(self._train_epoch())
