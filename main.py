@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--model_label", help="the 'model' (method) column of results.csv, e.g. 'AC/DC'")
     o.add_argument("--sparsity_label", type=float, help="the 'sparsity' column (default: measured)")
     o.add_argument("--no_progress", action="store_true", help="no progress bars")
+    o.add_argument("--recipe", help="SparseML-style recipe (configs/recipes/): sets epochs, LR, weight decay, "
+                                    "pruning and quantization; the trainer config then only names the optimizer")
+    o.add_argument("--recipe_args", help="override recipe variables: JSON '{\"num_epochs\": 150}' or 'k=v,k2=v2'")
     o.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 

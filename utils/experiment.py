@@ -8,11 +8,12 @@ from typing import Literal
 import torch
 from pydantic import Field
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from models import build_model
 from utils.checkpoints import load_checkpoint
 from utils.config import StrictModel
+from utils.distributed import DistInfo
 from utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,8 @@ class RunOptions(StrictModel):
     fp16: bool = False
     resume: bool = False
     progress: bool = True
+    recipe: str | None = None                 # SparseML-style recipe: drives epochs, LR, WD, pruning, QAT
+    recipe_args: str | None = None            # JSON or k=v,k2=v2 overrides of the recipe's variables
 
 
 def pick_device(opts: RunOptions) -> tuple[torch.device, list[int]]:
@@ -84,10 +87,11 @@ def load_upstream(opts: RunOptions) -> tuple[nn.Module, dict]:
     if opts.from_checkpoint_path:
         loaded = load_checkpoint(opts.from_checkpoint_path, flavour=opts.checkpoint_flavour,
                                  keep_classifier=opts.eval_only)
-        model, flavour = loaded.model, loaded.flavour
-        info = {"arch": loaded.arch, "flavour": flavour.name, "method": getattr(flavour, "method", None),
-                "interpolation": flavour.interpolation, "normalization": flavour.normalization,
-                "arch_kwargs": dict(getattr(loaded, "arch_kwargs", None) or flavour.arch_kwargs or {})}
+        model = loaded.model
+        method = loaded.header.get("extra", {}).get("method")  # native files may name their method
+        info = {"arch": loaded.arch, "flavour": loaded.flavour.name, "method": method or loaded.flavour.method,
+                "interpolation": loaded.interpolation, "normalization": loaded.normalization,
+                "arch_kwargs": dict(loaded.arch_kwargs)}
     elif opts.arch:
         model = build_model(opts.arch, num_classes=1)
         info = {"arch": opts.arch, "flavour": None, "method": "Dense", "interpolation": "bilinear",
@@ -119,11 +123,16 @@ def freeze_(model: nn.Module, transfer: TransferConfig) -> list[nn.Module]:
     return frozen
 
 
-def make_loaders(data, *, batch_size: int, test_batch_size: int, workers: int, device: torch.device):
+def make_loaders(data, *, batch_size: int, test_batch_size: int, workers: int, device: torch.device,
+                 dist: "DistInfo | None" = None):
+    """Train loader shuffled by a generator the Manager reseeds per epoch (a DistributedSampler under DDP)."""
     generator = torch.Generator()
     pin = device.type == "cuda"
-    train = DataLoader(data.train, batch_size=batch_size, shuffle=True, generator=generator,
-                       num_workers=workers, pin_memory=pin, drop_last=False)
+    sampler = None
+    if dist is not None and dist.enabled:
+        sampler = DistributedSampler(data.train, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=0)
+    train = DataLoader(data.train, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
+                       generator=generator, num_workers=workers, pin_memory=pin, drop_last=False)
     test = DataLoader(data.test, batch_size=test_batch_size, shuffle=False, num_workers=workers, pin_memory=pin)
     if len(train) == 0:
         raise UserError(f"dataset {data.spec.name!r}: the train split is empty")

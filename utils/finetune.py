@@ -19,6 +19,7 @@ from policies.trainer import LRSchedulePolicy, TrainerConfig, build_optimizer
 from utils.checkpoints import save_native_checkpoint
 from utils.config import load_config
 from utils.datasets import load_datasets
+from utils.distributed import DistInfo, barrier, init_distributed, shutdown
 from utils.errors import UserError
 from utils.experiment import (RunOptions, TransferConfig, load_upstream, default_exp_name, freeze_,
                               make_loaders, pick_device, reinitialize_unloaded_)
@@ -39,6 +40,14 @@ def measured_sparsity(model: nn.Module) -> float:
     return global_sparsity(prunable_parameters(model, exclude_prefixes=[model.classifier_name]))
 
 
+def per_rank_batch_size(batch_size: int, dist_info: DistInfo) -> int:
+    """The configured batch is the global one: each of N processes takes batch_size / N."""
+    if batch_size % dist_info.world_size:
+        raise UserError(f"batch size {batch_size} is not divisible by the {dist_info.world_size} processes; "
+                        "pick a multiple of --nproc_per_node")
+    return batch_size // dist_info.world_size
+
+
 def run_full_finetuning(opts: RunOptions) -> dict[str, Any]:
     """Fine-tune every (unfrozen) weight of a sparse checkpoint, keeping its zeros; returns the result."""
     trainer = load_config(opts.config_path, TrainerConfig)
@@ -48,10 +57,16 @@ def run_full_finetuning(opts: RunOptions) -> dict[str, Any]:
     batch_size = opts.batch_size or trainer.batch_size
     base_lr = opts.lr or trainer.optimizer.lr
     device, gpus = pick_device(opts)
+    dist_info = init_distributed(use_cuda=device.type == "cuda")
+    if dist_info.enabled:
+        batch_size = per_rank_batch_size(batch_size, dist_info)
+        if device.type == "cuda":
+            device, gpus = torch.device(f"cuda:{dist_info.local_rank}"), [dist_info.local_rank]
     experiment_root = Path(opts.experiment_root_path)
     run_dir = experiment_root / (opts.exp_name or default_exp_name(opts))
 
     status = "new" if opts.eval_only else prepare_run_dir(run_dir, resume=opts.resume)
+    barrier(dist_info)  # every rank has decided new/resume/finished before the main one writes
     if status == "finished":
         log.info("%s is already finished; reporting its result", run_dir)
         return read_json(run_dir / "result.json")
@@ -82,14 +97,17 @@ def run_full_finetuning(opts: RunOptions) -> dict[str, Any]:
 
     train_loader, test_loader = make_loaders(data, batch_size=batch_size,
                                              test_batch_size=trainer.test_batch_size or batch_size,
-                                             workers=opts.workers, device=device)
+                                             workers=opts.workers, device=device, dist=dist_info)
     recipe_policies = None
     if opts.recipe:  # the recipe replaces the trainer's LR schedule and the fixed masks, and sets the epochs
         recipe_policies, epochs, _ = build_run_recipe(opts.recipe, opts.recipe_args, model=model,
                                                       steps_per_epoch=len(train_loader), run_dir=run_dir,
                                                       resuming=status == "resume", epochs_flag=opts.epochs)
     optimizer = build_optimizer(model, trainer.optimizer.model_copy(update={"lr": base_lr}))
-    forward_model = nn.DataParallel(model, device_ids=gpus) if len(gpus) > 1 else model
+    if dist_info.enabled:
+        forward_model = nn.parallel.DistributedDataParallel(model, device_ids=gpus or None)
+    else:
+        forward_model = nn.DataParallel(model, device_ids=gpus) if len(gpus) > 1 else model
     state = TrainState(model=model, forward_model=forward_model, optimizer=optimizer, device=device,
                        steps_per_epoch=len(train_loader), num_epochs=epochs, seed=opts.manual_seed,
                        run_dir=run_dir)
@@ -102,17 +120,21 @@ def run_full_finetuning(opts: RunOptions) -> dict[str, Any]:
                     "steps_per_epoch": state.steps_per_epoch, "loaded_sparsity": loaded_sparsity},
         **environment_info(),
     }
-    write_run_config(run_dir, resolved, check_existing=status == "resume")
+    if dist_info.is_main:
+        write_run_config(run_dir, resolved, check_existing=status == "resume")
 
     schedule = recipe_policies or [LRSchedulePolicy(base_lr=base_lr, cfg=trainer.schedule), FixedMaskPolicy(masks)]
-    policies = [*schedule, MetricsLogger(run_dir / "metrics.jsonl"), ProgressBar(enabled=opts.progress, desc=run_dir.name)]
-    if opts.use_wandb:
+    # Only the main process observes and writes; every rank runs the same schedule and masks.
+    policies = [*schedule, MetricsLogger(run_dir / "metrics.jsonl"),
+                ProgressBar(enabled=opts.progress, desc=run_dir.name)] if dist_info.is_main else [*schedule]
+    if opts.use_wandb and dist_info.is_main:
         policies.append(WandbLogger(project=opts.wandb_project, group=opts.wandb_group,
                                     run_name=opts.wandb_name or run_dir.name, config=resolved, run_dir=run_dir))
     manager = Manager(state=state, policies=policies, train_loader=train_loader, test_loader=test_loader,
                       label_smoothing=trainer.label_smoothing, eval_every_epochs=trainer.eval_every_epochs,
                       grad_clip_norm=trainer.grad_clip_norm, amp=opts.fp16, frozen_modules=frozen)
-    manager.policies.append(CheckpointSaver(run_dir / "checkpoint.pt", manager.training_state))
+    if dist_info.is_main:
+        manager.policies.append(CheckpointSaver(run_dir / "checkpoint.pt", manager.training_state))
     if status == "resume":
         manager.restore(torch.load(run_dir / "checkpoint.pt", map_location=device, weights_only=True))
         log.info("resuming %s at epoch %d (step %d)", run_dir, state.epoch, state.step)
@@ -126,6 +148,10 @@ def run_full_finetuning(opts: RunOptions) -> dict[str, Any]:
     elif final_sparsity != loaded_sparsity:
         raise UserError(f"final sparsity {final_sparsity:.6f} differs from the loaded {loaded_sparsity:.6f}: "
                         "the mask was not kept; this is a bug, please report it")
+    if not dist_info.is_main:
+        barrier(dist_info)
+        shutdown(dist_info)
+        return {"val_acc": metrics["test_acc"], "measured_sparsity": final_sparsity, "rank": dist_info.rank}
     save_native_checkpoint(run_dir / "model.pt", model, arch=info["arch"], arch_kwargs=info["arch_kwargs"],
                            masks=masks, normalization=normalization, interpolation=info["interpolation"],
                            extra={"quantization": qat_state(model)} if qat_modules(model) else None)
@@ -141,6 +167,8 @@ def run_full_finetuning(opts: RunOptions) -> dict[str, Any]:
         "per_layer_sparsity": layer_sparsity(masks),
     }
     record_result(run_dir, experiment_root, result)
+    barrier(dist_info)
+    shutdown(dist_info)
     return result
 
 

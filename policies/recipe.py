@@ -1,0 +1,250 @@
+"""SparseML-compatible recipes: YAML (or Markdown carrying YAML) with `!Modifier` tags and variables.
+
+Every top-level key whose name contains `modifiers` holds a list of modifiers; every other key is a variable.
+`eval(...)` strings in variables and modifier arguments go through `policies.expressions` (never Python's
+eval). Overrides (`--recipe_args`) replace existing variables before evaluation. The evaluated recipe is
+plain data (`Recipe.to_yaml()`), saved with every run and checkpoint, and loads back to the same recipe.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from policies.expressions import evaluate_expression, expression_body, free_names
+from utils.errors import UserError
+from utils.registry import unknown_name_message
+
+log = logging.getLogger(__name__)
+
+FRONT_MATTER = re.compile(r"^---[ \t]*\n(?P<body>.*?)\n(?:---|\.\.\.)[ \t]*$", re.DOTALL | re.MULTILINE)
+FENCED_YAML = re.compile(r"^```[ \t]*(?:yaml|yml)[ \t]*\n(?P<body>.*?)^```", re.DOTALL | re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class ModifierSpec:
+    """One `!Name` entry of a recipe: the tag and its (raw or evaluated) arguments."""
+
+    type: str
+    args: dict[str, Any]
+
+
+@dataclass
+class Recipe:
+    """Variables and groups of modifiers; `evaluate_recipe` turns every eval(...) into a value."""
+
+    variables: dict[str, Any]
+    groups: dict[str, list[ModifierSpec]]
+    source: str = "<recipe>"
+    extra_sections: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def modifiers(self) -> list[tuple[str, int, ModifierSpec]]:
+        """(group, index in group, spec) for every modifier, in file order."""
+        return [(g, i, spec) for g, specs in self.groups.items() for i, spec in enumerate(specs)]
+
+    def to_yaml(self) -> str:
+        """The recipe as YAML with `!Name` tags (after evaluation: plain numbers, no eval strings)."""
+        data: dict[str, Any] = dict(self.variables)
+        data.update({g: [_TaggedForDump(s.type, s.args) for s in specs] for g, specs in self.groups.items()})
+        return yaml.dump(data, Dumper=_RecipeDumper, sort_keys=False, default_flow_style=False)
+
+
+class _TaggedForDump:
+    def __init__(self, tag: str, args: dict[str, Any]):
+        self.tag, self.args = tag, args
+
+
+class _RecipeDumper(yaml.SafeDumper):
+    pass
+
+
+_RecipeDumper.add_representer(_TaggedForDump, lambda d, obj: d.represent_mapping(f"!{obj.tag}", obj.args))
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """Safe YAML plus `!AnyName` tags on mappings, which become ModifierSpecs."""
+
+
+def _construct_modifier(loader: yaml.SafeLoader, tag_suffix: str, node: yaml.Node) -> ModifierSpec:
+    if isinstance(node, yaml.ScalarNode) and not node.value:
+        return ModifierSpec(tag_suffix, {})
+    if not isinstance(node, yaml.MappingNode):
+        raise yaml.constructor.ConstructorError(None, None, f"!{tag_suffix} must be followed by a mapping of "
+                                                "arguments", node.start_mark)
+    return ModifierSpec(tag_suffix, loader.construct_mapping(node, deep=True))
+
+
+_RecipeLoader.add_multi_constructor("!", _construct_modifier)
+# PyYAML (YAML 1.1) reads `1e-4` as a string; recipes mean a number.
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"), list("-+0123456789."))
+
+
+def extract_yaml(text: str, *, source: str) -> str:
+    """The YAML of a recipe file: the whole text, Markdown front matter, or a ```yaml block with modifiers."""
+    stripped = text.lstrip("\ufeff")
+    front = FRONT_MATTER.search(stripped)
+    # Front matter must come first (an HTML licence comment may precede it, as in SparseML's recipe.md files).
+    if front and not re.sub(r"<!--.*?-->", "", stripped[:front.start()], flags=re.DOTALL).strip():
+        return front.group("body")
+    blocks = [m.group("body") for m in FENCED_YAML.finditer(stripped)]
+    with_modifiers = [b for b in blocks if re.search(r"^\s*-?\s*!\w+", b, re.MULTILINE)]
+    if with_modifiers:
+        return with_modifiers[0]
+    if front is None and blocks and source.endswith(".md"):
+        return blocks[0]
+    return stripped
+
+
+def parse_recipe_text(text: str, *, source: str = "<recipe>") -> Recipe:
+    """Parse recipe text into raw variables and modifier groups (nothing evaluated yet)."""
+    body = extract_yaml(text, source=source)
+    try:
+        data = yaml.load(body, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        raise UserError(f"{source}: invalid recipe YAML: {' '.join(str(err).split())[:300]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: a recipe must be a mapping of variables and '*modifiers' lists, "
+                        f"got {type(data).__name__}")
+    variables, groups = {}, {}
+    for key, value in data.items():
+        key = str(key)
+        if "modifiers" in key:
+            groups[key] = _modifier_list(value, key=key, source=source)
+        elif isinstance(value, ModifierSpec) or (isinstance(value, list) and value
+                                                 and all(isinstance(v, ModifierSpec) for v in value)):
+            raise UserError(f"{source}: key {key!r} holds modifiers but its name lacks 'modifiers'; "
+                            f"rename it, e.g. '{key}_modifiers'")
+        else:
+            variables[key] = value
+    if not groups:
+        raise UserError(f"{source}: no modifiers found; a recipe needs a key like 'training_modifiers:' "
+                        "holding a list of '!ModifierName' entries")
+    return Recipe(variables=variables, groups=groups, source=source)
+
+
+def _modifier_list(value: Any, *, key: str, source: str) -> list[ModifierSpec]:
+    if value is None:
+        return []
+    items = value if isinstance(value, list) else [value]
+    bad = [i for i, v in enumerate(items) if not isinstance(v, ModifierSpec)]
+    if bad:
+        raise UserError(f"{source}: {key}[{bad[0]}] is not a '!ModifierName' entry; every item under a "
+                        "'*modifiers' key must be tagged, e.g. '- !EpochRangeModifier'")
+    return items
+
+
+def parse_recipe_args(text: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    """`--recipe_args`: a JSON object, or `k=v,k2=v2` (values parsed as YAML scalars)."""
+    if text is None or text == "":
+        return {}
+    if isinstance(text, Mapping):
+        return dict(text)
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        try:
+            data = json.loads(stripped)
+        except json.JSONDecodeError as err:
+            raise UserError(f"--recipe_args: invalid JSON ({err.msg}); "
+                            "expected e.g. '{\"num_epochs\": 150}'") from None
+        if not isinstance(data, dict):
+            raise UserError("--recipe_args: expected a JSON object like '{\"num_epochs\": 150}'")
+        return data
+    out = {}
+    for item in filter(None, (p.strip() for p in stripped.split(","))):
+        if "=" not in item:
+            raise UserError(f"--recipe_args: {item!r} is not 'name=value'; use 'num_epochs=150,init_lr=0.1' "
+                            "or a JSON object")
+        name, value = item.split("=", 1)
+        out[name.strip()] = yaml.load(value.strip(), Loader=_RecipeLoader) if value.strip() else ""  # noqa: S506
+    return out
+
+
+def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any]) -> Recipe:
+    """Replace existing variables (before evaluation); an unknown name is an error with a suggestion."""
+    for name in overrides:
+        if name not in recipe.variables:
+            raise UserError(f"{recipe.source}: --recipe_args: "
+                            + unknown_name_message("recipe variable", name, sorted(recipe.variables)))
+    return Recipe(variables={**recipe.variables, **overrides}, groups=recipe.groups, source=recipe.source)
+
+
+def resolve_variables(variables: Mapping[str, Any], *, source: str) -> dict[str, Any]:
+    """Evaluate every variable, in whatever order their references need; cycles are named."""
+    resolved: dict[str, Any] = {}
+    visiting: list[str] = []
+
+    def resolve(name: str) -> Any:
+        if name in resolved:
+            return resolved[name]
+        if name in visiting:
+            cycle = " -> ".join(visiting[visiting.index(name):] + [name])
+            raise UserError(f"{source}: recipe variables refer to each other in a cycle: {cycle}")
+        raw = variables[name]
+        body = expression_body(raw)
+        if body is None:
+            resolved[name] = raw
+            return raw
+        visiting.append(name)
+        where = f"{source}: variable {name!r}"
+        for ref in sorted(free_names(body, source=where)):
+            if ref in variables:
+                resolve(ref)
+        value = evaluate_expression(body, resolved, source=where)
+        visiting.pop()
+        resolved[name] = value
+        return value
+
+    for name in variables:
+        resolve(name)
+    return {name: resolved[name] for name in variables}
+
+
+def evaluate_value(value: Any, variables: Mapping[str, Any], *, source: str) -> Any:
+    """Evaluate eval(...) strings anywhere inside lists and mappings (keys included)."""
+    body = expression_body(value)
+    if body is not None:
+        return evaluate_expression(body, variables, source=source)
+    if isinstance(value, list):
+        return [evaluate_value(v, variables, source=f"{source}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {evaluate_value(k, variables, source=source): evaluate_value(v, variables, source=f"{source}.{k}")
+                for k, v in value.items()}
+    return value
+
+
+def evaluate_recipe(recipe: Recipe, overrides: Mapping[str, Any] | None = None) -> Recipe:
+    """Apply overrides, resolve variables, evaluate every modifier argument; returns a plain-data recipe."""
+    recipe = apply_overrides(recipe, overrides or {})
+    variables = resolve_variables(recipe.variables, source=recipe.source)
+    groups = {}
+    for group, specs in recipe.groups.items():
+        groups[group] = [ModifierSpec(spec.type, {str(k): evaluate_value(v, variables,
+                                                                         source=f"{recipe.source}: {group}[{i}] "
+                                                                                f"!{spec.type}.{k}")
+                                                  for k, v in spec.args.items()})
+                         for i, spec in enumerate(specs)]
+    return Recipe(variables=variables, groups=groups, source=recipe.source)
+
+
+def load_recipe(path: str | Path, overrides: str | Mapping[str, Any] | None = None) -> Recipe:
+    """Read, override and evaluate a recipe file (YAML or Markdown)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: recipe file not found; see configs/recipes/ for examples")
+    recipe = parse_recipe_text(path.read_text(), source=str(path))
+    return evaluate_recipe(recipe, parse_recipe_args(overrides) if not isinstance(overrides, Mapping) else overrides)
+
+
+def load_recipe_text(text: str, overrides: str | Mapping[str, Any] | None = None, *,
+                     source: str = "<recipe>") -> Recipe:
+    """Like `load_recipe`, from text (e.g. the evaluated recipe saved in a checkpoint)."""
+    recipe = parse_recipe_text(text, source=source)
+    return evaluate_recipe(recipe, parse_recipe_args(overrides) if not isinstance(overrides, Mapping) else overrides)
