@@ -1,0 +1,68 @@
+"""Sparse transfer the Sparsify way: a use case, an ImageFolder tree and an optim level -> a deployable model.
+
+    python sparse_transfer.py --use-case image_classification --data /data/flowers --optim-level 0.5
+
+Without --model, configs/zoo.yaml (--zoo) lists your upstream checkpoints and the optim level picks one:
+0 the largest dense model (fp32, no optimizations); < 0.25 the largest dense model + INT8; < 0.5 the
+largest pruned model + INT8; < 0.75 the medium pruned model + INT8; <= 1 the smallest pruned model + INT8
+(size = nonzero backbone parameters; see configs/zoo.yaml). INT8 means quantization-aware training at
+the end of the transfer (configs/recipes/sparse_transfer_resnet50.yaml; level 0 runs
+configs/recipes/sparse_transfer_fp32.yaml). The run fine-tunes keeping every zero, exports ONNX (fp32, and
+INT8 QDQ), times it in ONNX Runtime against a dense model, and writes summary.json + summary.md.
+Data: DIR/train/<class>/<image> and DIR/val/<class>/<image> (or test/).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+
+from utils.errors import exit_on_user_error
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--use-case", "--use_case", dest="use_case", required=True,
+                   help="cv-classification or an alias (ic, classification, image-classification; case, '-' and "
+                        "'_' ignored); detection, segmentation and NLP use cases are not supported yet")
+    p.add_argument("--data", required=True, help="ImageFolder root: train/<class>/<image> + val/ (or test/)")
+    p.add_argument("--model", help="upstream checkpoint to use instead of the zoo's choice")
+    p.add_argument("--flavour", help="--model's checkpoint flavour (auto-detected when omitted)")
+    p.add_argument("--optim-level", "--optim_level", dest="optim_level", type=float, default=0.5,
+                   help="0..1: how much to optimise (default 0.5: the medium pruned model + INT8)")
+    p.add_argument("--recipe", help="override the recipe (default: by optim level, see above)")
+    p.add_argument("--recipe_args", "--recipe-args", dest="recipe_args",
+                   help="override recipe variables: JSON '{\"num_epochs\": 30}' or 'num_epochs=30,init_lr=0.05'")
+    p.add_argument("--zoo", help="the model zoo file (default: configs/zoo.yaml)")
+    p.add_argument("--out", help="run directory (default: experiments/sparse_transfer/DATA_MODEL_optimL_seedS)")
+    p.add_argument("--config_path", help="trainer config naming the optimizer and batch size "
+                                         "(default: configs/trainers/study_full_lr001.yaml)")
+    p.add_argument("--batch_size", type=int, help="override the trainer config's batch size")
+    p.add_argument("--image_size", type=int, help="input size (default: the model's)")
+    p.add_argument("--workers", type=int, default=4, help="data loader worker processes")
+    p.add_argument("--seed", type=int, default=0, help="seed for everything random")
+    p.add_argument("--cpu", action="store_true", help="train on CPU even when CUDA is present")
+    p.add_argument("--resume", action="store_true", help="continue (or re-export) the run in --out")
+    p.add_argument("--latency_batch_size", type=int, default=1, help="batch size of the latency comparison")
+    p.add_argument("--latency_runs", type=int, default=20, help="timed ONNX Runtime calls per model")
+    p.add_argument("--no_progress", action="store_true", help="no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from utils.config import validate
+    from utils.sparsify import SparseTransferOptions, run_sparse_transfer, summary_markdown
+
+    values = {k: v for k, v in vars(args).items() if k not in ("no_progress", "verbose") and v is not None}
+    opts = validate({**values, "progress": not args.no_progress}, SparseTransferOptions, source="command line")
+    summary = run_sparse_transfer(opts)
+    print(summary_markdown(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
