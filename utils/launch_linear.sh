@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Shared launcher behind run_dataset_generalize_preextracted*.sh and
+# run_dataset_generalize_linear_finetuning_onnxruntime.sh: loops over checkpoints and seeds.
+# Usage (from a run_*.sh): launch_linear GPU DATASET DATA_PATH [extra finetune_pre_extracted_features.py flags...]
+# Environment overrides:
+#   CHECKPOINTS      space-separated checkpoint files, each optionally "path:flavour" (default: every
+#                    *.pth / *.pt / *.tar file in CKPT_DIR)
+#   CKPT_DIR         directory scanned when CHECKPOINTS is unset
+#   SEEDS            space-separated seeds (default: "21 51 81 111 141")
+#   SOLVER           lbfgs (default), sklearn, or sgd (the study's 150-epoch SGD protocol)
+#   TRAINING_CONFIG  the sgd solver's trainer config (default: configs/trainers/study_linear_sgd.yaml)
+#   EXPERIMENT_ROOT  where run directories and results.csv go (default: experiments/linear)
+#   FEATURES_CACHE   where extracted features are cached (default: features_cache)
+set -euo pipefail
+
+launch_linear() {
+  local gpu=$1 dset=$2 data=$3
+  shift 3
+  local here
+  here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  local python=${PYTHON:-$here/.venv/bin/python}
+  local seeds=${SEEDS:-"21 51 81 111 141"}
+  local solver=${SOLVER:-lbfgs}
+  local trainer=${TRAINING_CONFIG:-$here/configs/trainers/study_linear_sgd.yaml}
+  local root=${EXPERIMENT_ROOT:-experiments/linear}
+  local cache=${FEATURES_CACHE:-features_cache}
+  local checkpoints=${CHECKPOINTS:-}
+  if [[ -z $checkpoints ]]; then
+    local dir=${CKPT_DIR:-checkpoints}
+    [[ -d $dir ]] || { echo "error: checkpoint directory $dir not found; set CKPT_DIR=/dir/with/checkpoints or CHECKPOINTS=\"a.pth b.pth:flavour\"" >&2; exit 2; }
+    checkpoints=$(find "$dir" -maxdepth 1 -type f \( -name '*.pth' -o -name '*.pt' -o -name '*.tar' \) | sort | tr '\n' ' ')
+    [[ -n $checkpoints ]] || { echo "error: no *.pth/*.pt/*.tar checkpoints in $dir" >&2; exit 2; }
+  fi
+  local gpu_flags=(--gpus "$gpu")
+  [[ $gpu == cpu ]] && gpu_flags=(--cpu)
+  local failed=0 entry ckpt flavour seed
+  for entry in $checkpoints; do
+    ckpt=${entry%%:*}
+    flavour=""
+    [[ $entry == *:* ]] && flavour=${entry#*:}
+    for seed in $seeds; do
+      echo "== $dset | $ckpt | $solver | seed $seed"
+      "$python" "$here/finetune_pre_extracted_features.py" --dataset "$dset" --dataset_path "$data" \
+        --from_checkpoint_path "$ckpt" ${flavour:+--checkpoint_flavour "$flavour"} --solver "$solver" \
+        --training_config_path "$trainer" --features_cache "$cache" --seed "$seed" \
+        --experiment_root_path "$root" --resume "${gpu_flags[@]}" "$@" \
+        || { echo "!! failed: $dset $ckpt seed $seed (continuing)" >&2; failed=$((failed + 1)); }
+    done
+  done
+  echo "done; $failed run(s) failed; results in $root/results.csv"
+  [[ $failed -eq 0 ]]
+}
