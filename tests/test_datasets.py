@@ -596,3 +596,20 @@ def test_bad_split_file_lines_name_the_file(tmp_path):
     write_lines(split, ["1000004 Concorde"])
     one_line_error(lambda: load_datasets("aircraft", tmp_path, strict_classes=False),
                    str(split), "'Concorde' does not occur in the train split")
+
+
+@pytest.mark.parametrize("name, augment", [("digits", True), ("fashion_mnist", False), ("synthetic", True)])
+def test_precomputed_in_memory_transforms_equal_per_sample_ones(name, augment, monkeypatch):
+    import utils.datasets as datasets_module
+
+    fast = load_datasets(name, None, image_size=12, augment=augment, max_train_samples=64)
+    assert fast.train.prepared is not None and fast.test.prepared is not None
+    monkeypatch.setattr(datasets_module, "PRECOMPUTE_BUDGET_BYTES", 0)
+    slow = load_datasets(name, None, image_size=12, augment=augment, max_train_samples=64)
+    assert slow.train.prepared is None
+    for split in ("train", "test"):
+        torch.manual_seed(0)
+        a = [getattr(fast, split)[i] for i in range(20)]
+        torch.manual_seed(0)
+        b = [getattr(slow, split)[i] for i in range(20)]
+        assert all(torch.equal(x, y) and lx == ly for (x, lx), (y, ly) in zip(a, b)), split

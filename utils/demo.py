@@ -1,8 +1,9 @@
-"""`make demo`: the study's core path in miniature, on real data that ships offline.
+"""`make demo`: the study in miniature (configs/studies/demo.yaml), on real data that ships offline.
 
-Upstream: a small dense ResNet trained on Fashion-MNIST; sparse upstream versions by one-shot
-magnitude pruning; then full fine-tuning of dense and sparse models on scikit-learn's digits with
-the masks fixed. Finished steps are reused, so a second run takes seconds.
+A dense small ResNet trained on Fashion-MNIST is the upstream model; GMP, AC/DC and one-shot magnitude
+pruning make sparse versions at 80/90/95%; each is transferred (full and linear) to scikit-learn's digits
+and to generated shapes with 2 seeds; the sweep writes the paper-style report. Finished cells are reused,
+so a second run takes seconds.
 """
 from __future__ import annotations
 
@@ -11,64 +12,49 @@ import logging
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from utils.errors import exit_on_user_error
-from utils.experiment import RunOptions
-from utils.finetune import run_full_finetuning
-from utils.prune import prune_checkpoint
+from utils.study import load_study
+from utils.sweep import run_study
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-SPARSITIES = (0.8, 0.9)
-log = logging.getLogger("demo")
+STUDY = Path(__file__).resolve().parent.parent / "configs" / "studies" / "demo.yaml"
 
 
-def train_upstream(root: Path, *, workers: int) -> Path:
-    """Dense resnet_small on a 12k-image Fashion-MNIST subset; returns its native checkpoint."""
-    opts = RunOptions(dset="fashion_mnist", arch="resnet_small", config_path=str(CONFIGS / "trainers/demo_upstream.yaml"),
-                      experiment_root_path=str(root / "upstream"), exp_name="dense", manual_seed=0,
-                      max_train_samples=12000, workers=workers, resume=True, model_label="Dense")
-    result = run_full_finetuning(opts)
-    log.info("upstream Fashion-MNIST test accuracy: %.4f", result["val_acc"])
-    return Path(result["run_dir"]) / "model.pt"
+def side_by_side(results_csv: Path) -> pd.DataFrame:
+    """Rows model@sparsity; columns dataset x mode (mean test accuracy over seeds, %), plus measured sparsity."""
+    df = pd.read_csv(results_csv)
+    df = df.drop_duplicates(subset=["dset", "model", "sparsity", "seed", "finetuning"], keep="last")
+    acc = df.pivot_table(index=["model", "sparsity"], columns=["dset", "finetuning"], values="val_acc",
+                         aggfunc="mean") * 100
+    acc.columns = [f"{d} {m}" for d, m in acc.columns]
+    acc["measured sparsity"] = df.groupby(["model", "sparsity"])["measured_sparsity"].mean()
+    order = sorted(acc.index, key=lambda ms: (ms[0] != "Dense", ms[1], ms[0]))
+    return acc.loc[order]
 
 
-def make_sparse(dense: Path, sparsity: float) -> Path:
-    out = dense.parent.parent / f"magnitude_{int(sparsity * 100)}.pt"
-    if not out.exists():
-        prune_checkpoint(dense, out, sparsity=sparsity)
-    return out
-
-
-def finetune(root: Path, checkpoint: Path, *, label: str, sparsity: float, seed: int, workers: int) -> dict:
-    opts = RunOptions(dset="digits", from_checkpoint_path=str(checkpoint),
-                      config_path=str(CONFIGS / "trainers/demo_finetune.yaml"),
-                      experiment_root_path=str(root / "transfer"), exp_name=f"digits_{checkpoint.stem}_seed{seed}",
-                      manual_seed=seed, workers=workers, resume=True, model_label=label, sparsity_label=sparsity)
-    return run_full_finetuning(opts)
-
-
-def print_table(results: list[dict], root: Path) -> None:
-    print("\nFull fine-tuning on scikit-learn digits (upstream: Fashion-MNIST)")
-    print(f"{'model':<10} {'sparsity':>8} {'seed':>4} {'test acc':>9} {'measured sparsity':>18}")
-    for r in results:
-        print(f"{r['model']:<10} {r['sparsity']:>8.2f} {r['seed']:>4} {r['val_acc']:>9.4f} {r['measured_sparsity']:>18.4f}")
-    print(f"\nresults: {root / 'transfer' / 'results.csv'}\nrun directories: {root / 'transfer'}")
+def print_table(table: pd.DataFrame) -> None:
+    cols = list(table.columns)
+    print(f"\n{'model':<10} {'sparsity':>8}  " + "  ".join(f"{c:>14}" for c in cols))
+    for (model, sparsity), row in table.iterrows():
+        cells = [f"{row[c]:>14.4f}" if c == "measured sparsity" else f"{row[c]:>14.1f}" for c in cols]
+        print(f"{model:<10} {sparsity:>8.2f}  " + "  ".join(cells))
+    print("(test top-1 %, mean over seeds; 'measured sparsity' is the fine-tuned models' zeros, classifier excluded)")
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--root", default="experiments/demo", help="where the demo writes everything")
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--study", default=str(STUDY), help="the study file to run")
+    p.add_argument("--jobs", type=int, default=1, help="cells run at once")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     start = time.perf_counter()
-    root = Path(args.root)
-    dense = train_upstream(root, workers=args.workers)
-    runs = [("Dense", 0.0, dense)] + [("Magnitude", s, make_sparse(dense, s)) for s in SPARSITIES]
-    results = [finetune(root, ckpt, label=label, sparsity=s, seed=args.seed, workers=args.workers)
-               for label, s, ckpt in runs]
-    print_table(results, root)
+    run_study(args.study, jobs=args.jobs)
+    root = Path(load_study(args.study).experiment_root)
+    print("\nFull and linear transfer from Fashion-MNIST (upstream) to digits and shapes:")
+    print_table(side_by_side(root / "results.csv"))
+    print(f"\nresults: {root / 'results.csv'}\nreport:  {root / 'report' / 'report.md'}")
     print(f"demo took {time.perf_counter() - start:.0f} s")
 
 
