@@ -33,6 +33,9 @@ test: venv data
 
 bench: venv
 	$(PY) bench/masked_step.py
+	$(PY) bench/linear_probe.py
+	$(PY) bench/extract.py
+	$(PY) bench/deploy.py
 
 clean-demo:
-	rm -rf experiments/demo
+	rm -rf experiments/demo experiments/demo_*
