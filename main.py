@@ -9,18 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 
+from utils.cli import options_from_args, setup_logging
 from utils.errors import exit_on_user_error
 
-
-def parse_gpus(values: list[str] | None) -> list[int] | None:
-    if not values:
-        return None
-    try:
-        return [int(g) for v in values for g in str(v).split(",") if g.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--gpus expects integers like '0' or '0,1', got {values}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,15 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from utils.config import validate
+    setup_logging(args.verbose)
     from utils.experiment import RunOptions
     from utils.finetune import run_full_finetuning
 
-    values = {k: v for k, v in vars(args).items() if k not in ("no_progress", "verbose") and v is not None}
-    values["gpus"] = parse_gpus(args.gpus)
-    opts = validate({**values, "progress": not args.no_progress}, RunOptions, source="command line")
+    opts = options_from_args(args, RunOptions)
     result = run_full_finetuning(opts)
     shown = {k: result[k] for k in ("dset", "model", "sparsity", "seed", "val_acc", "measured_sparsity",
                                     "run_dir") if k in result}

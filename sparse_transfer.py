@@ -14,8 +14,8 @@ Data: DIR/train/<class>/<image> and DIR/val/<class>/<image> (or test/).
 from __future__ import annotations
 
 import argparse
-import logging
 
+from utils.cli import options_from_args, setup_logging
 from utils.errors import exit_on_user_error
 
 
@@ -52,13 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from utils.config import validate
+    setup_logging(args.verbose)
     from utils.sparsify import SparseTransferOptions, run_sparse_transfer, summary_markdown
 
-    values = {k: v for k, v in vars(args).items() if k not in ("no_progress", "verbose") and v is not None}
-    opts = validate({**values, "progress": not args.no_progress}, SparseTransferOptions, source="command line")
+    opts = options_from_args(args, SparseTransferOptions)
     summary = run_sparse_transfer(opts)
     print(summary_markdown(summary))
     return summary

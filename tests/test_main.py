@@ -111,6 +111,8 @@ def test_resume_with_other_config_is_refused(tmp_path, sparse_ckpt, trainer, mon
      "did you mean 'resnet_small'"),
     (["--dset", "synthetic", "--config_path", "configs/trainers/demo_finetune.yaml", "--arch", "resnet_small",
       "--epochs", "0"], "epochs"),
+    (["--dset", "synthetic", "--config_path", "configs/trainers/demo_finetune.yaml", "--arch", "resnet_small",
+      "--gpus", "zero"], "--gpus expects GPU ids"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -1,0 +1,39 @@
+"""What every entry point does with its parsed flags: logging set-up and validated options."""
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+from utils.config import validate
+from utils.errors import UserError
+
+M = TypeVar("M", bound=BaseModel)
+NOT_OPTIONS = ("no_progress", "verbose")
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def parse_gpus(values: list[str] | None) -> list[int] | None:
+    """`--gpus 0 1` or `--gpus 0,1` -> [0, 1]."""
+    if not values:
+        return None
+    try:
+        return [int(g) for v in values for g in str(v).split(",") if g.strip()]
+    except ValueError:
+        raise UserError(f"--gpus expects GPU ids like '0' or '0,1', got {' '.join(values)}") from None
+
+
+def options_from_args(args: argparse.Namespace, model: type[M]) -> M:
+    """Validate the flags that were given (None = not given) as `model`; `--no_progress` -> progress."""
+    values = {k: v for k, v in vars(args).items() if k not in NOT_OPTIONS and v is not None}
+    if "gpus" in values:
+        values["gpus"] = parse_gpus(values["gpus"])
+    if hasattr(args, "no_progress"):
+        values["progress"] = not args.no_progress
+    return validate(values, model, source="command line")
