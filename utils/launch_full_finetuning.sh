@@ -9,6 +9,7 @@
 #   EXPERIMENT_ROOT  where run directories and results.csv go (default: experiments/full)
 #   TRANSFER_CONFIG  transfer config (default: configs/transfer/full_finetuning.yaml)
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/launch_common.sh"
 
 launch_full_finetuning() {
   local trainer=$1 gpu=$2 dset=$3 data=$4
@@ -19,13 +20,8 @@ launch_full_finetuning() {
   local seeds=${SEEDS:-"21 23 25"}
   local root=${EXPERIMENT_ROOT:-experiments/full}
   local transfer=${TRANSFER_CONFIG:-$here/configs/transfer/full_finetuning.yaml}
-  local checkpoints=${CHECKPOINTS:-}
-  if [[ -z $checkpoints ]]; then
-    local dir=${CKPT_DIR:-checkpoints}
-    [[ -d $dir ]] || { echo "error: checkpoint directory $dir not found; set CKPT_DIR=/dir/with/checkpoints or CHECKPOINTS=\"a.pth b.pth:flavour\"" >&2; exit 2; }
-    checkpoints=$(find "$dir" -maxdepth 1 -type f \( -name '*.pth' -o -name '*.pt' -o -name '*.tar' \) | sort | tr '\n' ' ')
-    [[ -n $checkpoints ]] || { echo "error: no *.pth/*.pt/*.tar checkpoints in $dir" >&2; exit 2; }
-  fi
+  local checkpoints
+  checkpoints=$(list_checkpoints) || exit 2
   local gpu_flags=(--gpus "$gpu")
   [[ $gpu == cpu ]] && gpu_flags=(--cpu)
   local failed=0 entry ckpt flavour seed

@@ -12,6 +12,7 @@
 #   EXPERIMENT_ROOT  where run directories and results.csv go (default: experiments/linear)
 #   FEATURES_CACHE   where extracted features are cached (default: features_cache)
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/launch_common.sh"
 
 launch_linear() {
   local gpu=$1 dset=$2 data=$3
@@ -24,13 +25,8 @@ launch_linear() {
   local trainer=${TRAINING_CONFIG:-$here/configs/trainers/study_linear_sgd.yaml}
   local root=${EXPERIMENT_ROOT:-experiments/linear}
   local cache=${FEATURES_CACHE:-features_cache}
-  local checkpoints=${CHECKPOINTS:-}
-  if [[ -z $checkpoints ]]; then
-    local dir=${CKPT_DIR:-checkpoints}
-    [[ -d $dir ]] || { echo "error: checkpoint directory $dir not found; set CKPT_DIR=/dir/with/checkpoints or CHECKPOINTS=\"a.pth b.pth:flavour\"" >&2; exit 2; }
-    checkpoints=$(find "$dir" -maxdepth 1 -type f \( -name '*.pth' -o -name '*.pt' -o -name '*.tar' \) | sort | tr '\n' ' ')
-    [[ -n $checkpoints ]] || { echo "error: no *.pth/*.pt/*.tar checkpoints in $dir" >&2; exit 2; }
-  fi
+  local checkpoints
+  checkpoints=$(list_checkpoints) || exit 2
   local gpu_flags=(--gpus "$gpu")
   [[ $gpu == cpu ]] && gpu_flags=(--cpu)
   local failed=0 entry ckpt flavour seed
