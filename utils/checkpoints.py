@@ -359,7 +359,10 @@ def load_checkpoint(path: str | Path, *, flavour: str | None = None, num_classes
     return LoadedCheckpoint(
         model=model, masks=masks, flavour=chosen, arch=arch, arch_kwargs=arch_kwargs, report=report,
         source_path=path, num_classes=model.get_classifier().out_features, classifier_loaded=keep_classifier,
-        interpolation=chosen.interpolation, normalization=chosen.normalization, input_size=chosen.input_size,
+        interpolation=chosen.interpolation, normalization=chosen.normalization,
+        # native files record the size they were trained at; otherwise the model's own default
+        input_size=(header.get("extra", {}).get("input_size", model.default_input_size) if header
+                    else chosen.input_size),
         detected=named is None, header=header)
 
 

@@ -152,11 +152,15 @@ def run_full_finetuning(opts: RunOptions) -> dict[str, Any]:
         barrier(dist_info)
         shutdown(dist_info)
         return {"val_acc": metrics["test_acc"], "measured_sparsity": final_sparsity, "rank": dist_info.rank}
+    label = opts.model_label or info["method"] or info["flavour"] or "Dense"
+    extra = {"method": label, "input_size": image_size}
+    if qat_modules(model):
+        extra["quantization"] = qat_state(model)
     save_native_checkpoint(run_dir / "model.pt", model, arch=info["arch"], arch_kwargs=info["arch_kwargs"],
                            masks=masks, normalization=normalization, interpolation=info["interpolation"],
-                           extra={"quantization": qat_state(model)} if qat_modules(model) else None)
+                           extra=extra)
     result = {
-        "dset": opts.dset, "model": opts.model_label or info["method"] or info["flavour"] or "Dense",
+        "dset": opts.dset, "model": label,
         "sparsity": opts.sparsity_label if opts.sparsity_label is not None
         else round(final_sparsity if recipe_policies is not None else loaded_sparsity, 2),
         "seed": opts.manual_seed, "val_acc": metrics["test_acc"], "test_loss": metrics["test_loss"],
