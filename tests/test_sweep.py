@@ -10,7 +10,6 @@ import yaml
 import sweep
 from models import build_model
 from utils.checkpoints import save_native_checkpoint
-from utils.errors import UserError
 from utils.prune import magnitude_prune_
 from utils.study import load_study
 from utils.sweep import cell_status, expand, resolve_upstreams

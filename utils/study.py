@@ -14,7 +14,6 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from utils.checkpoints import file_sha256
 from utils.config import StrictModel, load_config
 from utils.errors import UserError
 
