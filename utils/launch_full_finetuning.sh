@@ -22,22 +22,14 @@ launch_full_finetuning() {
   local transfer=${TRANSFER_CONFIG:-$here/configs/transfer/full_finetuning.yaml}
   local checkpoints
   checkpoints=$(list_checkpoints) || exit 2
-  local gpu_flags=(--gpus "$gpu")
-  [[ $gpu == cpu ]] && gpu_flags=(--cpu)
-  local failed=0 entry ckpt flavour seed
-  for entry in $checkpoints; do
-    ckpt=${entry%%:*}
-    flavour=""
-    [[ $entry == *:* ]] && flavour=${entry#*:}
-    for seed in $seeds; do
-      echo "== $dset | $ckpt | seed $seed"
-      "$python" "$here/main.py" --dset "$dset" --dset_path "$data" --config_path "$trainer" \
-        --transfer_config_path "$transfer" --from_checkpoint_path "$ckpt" ${flavour:+--checkpoint_flavour "$flavour"} \
-        --manual_seed "$seed" --experiment_root_path "$root" \
-        --exp_name "${dset}_$(basename "${ckpt%.*}")_seed${seed}" --resume "${gpu_flags[@]}" "$@" \
-        || { echo "!! failed: $dset $ckpt seed $seed (continuing)" >&2; failed=$((failed + 1)); }
-    done
-  done
-  echo "done; $failed run(s) failed; results in $root/results.csv"
-  [[ $failed -eq 0 ]]
+  local gpu_flags
+  read -ra gpu_flags <<< "$(device_flags "$gpu")"
+  run_full_one() {  # CHECKPOINT FLAVOUR SEED
+    "$python" "$here/main.py" --dset "$dset" --dset_path "$data" --config_path "$trainer" \
+      --transfer_config_path "$transfer" --from_checkpoint_path "$1" ${2:+--checkpoint_flavour "$2"} \
+      --manual_seed "$3" --experiment_root_path "$root" \
+      --exp_name "${dset}_$(basename "${1%.*}")_seed${3}" --resume "${gpu_flags[@]}" "${extra[@]}"
+  }
+  local extra=("$@")
+  run_grid run_full_one "$checkpoints" "$seeds" "$root/results.csv"
 }

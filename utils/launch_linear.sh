@@ -27,22 +27,14 @@ launch_linear() {
   local cache=${FEATURES_CACHE:-features_cache}
   local checkpoints
   checkpoints=$(list_checkpoints) || exit 2
-  local gpu_flags=(--gpus "$gpu")
-  [[ $gpu == cpu ]] && gpu_flags=(--cpu)
-  local failed=0 entry ckpt flavour seed
-  for entry in $checkpoints; do
-    ckpt=${entry%%:*}
-    flavour=""
-    [[ $entry == *:* ]] && flavour=${entry#*:}
-    for seed in $seeds; do
-      echo "== $dset | $ckpt | $solver | seed $seed"
-      "$python" "$here/finetune_pre_extracted_features.py" --dataset "$dset" --dataset_path "$data" \
-        --from_checkpoint_path "$ckpt" ${flavour:+--checkpoint_flavour "$flavour"} --solver "$solver" \
-        --training_config_path "$trainer" --features_cache "$cache" --seed "$seed" \
-        --experiment_root_path "$root" --resume "${gpu_flags[@]}" "$@" \
-        || { echo "!! failed: $dset $ckpt seed $seed (continuing)" >&2; failed=$((failed + 1)); }
-    done
-  done
-  echo "done; $failed run(s) failed; results in $root/results.csv"
-  [[ $failed -eq 0 ]]
+  local gpu_flags
+  read -ra gpu_flags <<< "$(device_flags "$gpu")"
+  run_linear_one() {  # CHECKPOINT FLAVOUR SEED
+    "$python" "$here/finetune_pre_extracted_features.py" --dataset "$dset" --dataset_path "$data" \
+      --from_checkpoint_path "$1" ${2:+--checkpoint_flavour "$2"} --solver "$solver" \
+      --training_config_path "$trainer" --features_cache "$cache" --seed "$3" \
+      --experiment_root_path "$root" --resume "${gpu_flags[@]}" "${extra[@]}"
+  }
+  local extra=("$@")
+  run_grid run_linear_one "$checkpoints" "$seeds" "$root/results.csv"
 }
