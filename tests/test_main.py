@@ -89,6 +89,18 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, sparse_ckpt, trainer, 
     assert len(list(csv.DictReader(open(tmp_path / "exp/results.csv")))) == 2
 
 
+def test_finished_run_whose_row_was_lost_gets_it_back_on_resume(tmp_path, sparse_ckpt, trainer):
+    ckpt, _ = sparse_ckpt
+    first = run(tmp_path, ckpt, trainer, "--exp_name", "r")
+    table = tmp_path / "exp" / "results.csv"
+    header = table.read_text().splitlines()[0]
+    table.write_text(header + "\n")  # a crash between result.json and the results.csv append
+    again = run(tmp_path, ckpt, trainer, "--exp_name", "r", "--resume")
+    rows = list(csv.DictReader(open(table)))
+    assert again["val_acc"] == first["val_acc"]
+    assert len(rows) == 1 and float(rows[0]["val_acc"]) == first["val_acc"]
+
+
 def test_resume_with_other_config_is_refused(tmp_path, sparse_ckpt, trainer, monkeypatch, capsys):
     ckpt, _ = sparse_ckpt
     with monkeypatch.context() as m:

@@ -23,9 +23,10 @@ from utils.distributed import DistInfo, barrier, init_distributed, shutdown
 from utils.errors import UserError
 from utils.experiment import (RunOptions, TransferConfig, load_upstream, default_exp_name, freeze_,
                               make_loaders, pick_device, reinitialize_unloaded_)
-from utils.io import atomic_write_json, read_json
+from utils.io import atomic_write_json
 from utils.masks import global_sparsity, layer_sparsity, masks_from_zeros, prunable_parameters
-from utils.run import environment_info, now_iso, prepare_run_dir, record_result, write_run_config
+from utils.run import (environment_info, finished_result, now_iso, prepare_run_dir, record_result,
+                       write_run_config)
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def run_full_finetuning(opts: RunOptions) -> dict[str, Any]:
     barrier(dist_info)  # every rank has decided new/resume/finished before the main one writes
     if status == "finished":
         log.info("%s is already finished; reporting its result", run_dir)
-        return read_json(run_dir / "result.json")
+        return finished_result(run_dir, experiment_root)
 
     seed_everything(opts.manual_seed)
     model, info = load_upstream(opts)

@@ -26,11 +26,12 @@ from utils.errors import UserError
 from utils.experiment import pick_device
 from utils.features import BACKENDS, FeatureSet, build_backend, cached_features, describe_split, extract_features
 from utils.finetune import measured_sparsity, sparse_layers
-from utils.io import append_jsonl, atomic_torch_save, read_json
+from utils.io import append_jsonl, atomic_torch_save
 from utils.linear_baselines import fit_sgd_epochs
 from utils.linear_probe import SOLVERS, LinearClassifier, LinearProbeConfig, SolverSettings, score
 from utils.masks import layer_sparsity, masks_from_zeros
-from utils.run import environment_info, now_iso, prepare_run_dir, record_result, write_run_config
+from utils.run import (environment_info, finished_result, now_iso, prepare_run_dir, record_result,
+                       write_run_config)
 from utils.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def run_linear_finetuning(opts: LinearOptions) -> dict[str, Any]:
     run_dir = experiment_root / (opts.exp_name or default_exp_name(opts))
     if prepare_run_dir(run_dir, resume=opts.resume) == "finished":
         log.info("%s is already finished; reporting its result", run_dir)
-        return read_json(run_dir / "result.json")
+        return finished_result(run_dir, experiment_root)
 
     seed_everything(opts.seed)
     up = load_frozen(opts)

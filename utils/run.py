@@ -1,6 +1,7 @@
 """Run directories: resolved config, git commit, result.json, and the shared results.csv."""
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import json
 import subprocess
@@ -75,6 +76,16 @@ def write_run_config(run_dir: Path, config: dict[str, Any], *, check_existing: b
 def environment_info() -> dict[str, Any]:
     return {"git_commit": git_commit(), "torch": str(torch.__version__),
             "cuda": torch.version.cuda if torch.cuda.is_available() else None}
+
+
+def finished_result(run_dir: Path, experiment_root: Path) -> dict[str, Any]:
+    """A finished run's result; re-appends its results.csv row if a crash came between the two writes."""
+    result = json.loads((run_dir / "result.json").read_text())
+    table = experiment_root / "results.csv"
+    rows = list(csv.DictReader(table.open())) if table.exists() else []
+    if not any(r.get("run_dir") == str(run_dir) for r in rows):
+        append_csv_row(table, {col: result.get(col, "") for col in RESULT_COLUMNS})
+    return result
 
 
 def record_result(run_dir: Path, experiment_root: Path, result: dict[str, Any]) -> None:
