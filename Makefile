@@ -26,7 +26,7 @@ data:
 	fi
 
 demo: venv data
-	$(PY) -m utils.demo
+	$(PY) -m utils.studies
 
 test: venv data
 	$(PY) -m pytest

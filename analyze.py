@@ -6,11 +6,10 @@ summary.csv, mean_rank.csv, tables/*.{csv,tex}, figures/*.{png,pdf}, and prints 
 from __future__ import annotations
 
 import argparse
-import logging
 
-from utils.analysis import analyze_files
+from utils.analysis import PAPER_RESULTS_DIR, analyze_files
+from utils.cli import setup_logging
 from utils.errors import exit_on_user_error
-from utils.results import PAPER_RESULTS_DIR
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -27,7 +26,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    setup_logging(args.verbose, quiet=True)
     written = analyze_files(args.files or [PAPER_RESULTS_DIR], args.out, duplicates=args.duplicates,
                             figures=not args.no_figures)
     print("\n".join(map(str, written)))

@@ -17,14 +17,13 @@ from utils.cli import options_from_args, setup_logging
 from utils.errors import exit_on_user_error
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("the study's flags")
     g.add_argument("--from_checkpoint_path", required=True, help="upstream checkpoint whose backbone is frozen")
     g.add_argument("--dataset", required=True, help="dataset name (see configs/datasets/)")
     g.add_argument("--dataset_path", help="dataset root on disk (layout auto-detected)")
-    g.add_argument("--training_config_path", help="trainer config of the sgd solver "
+    g.add_argument("--training_config_path", dest="trainer_config_path", help="trainer config of the sgd solver "
                    "(default: configs/trainers/study_linear_sgd.yaml, the study's protocol)")
     g.add_argument("--epochs", type=int, help="sgd: override the trainer config's epochs")
     g.add_argument("--batch_size", type=int, help="sgd: override the trainer config's batch size")
@@ -60,14 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    from utils.linear import LinearOptions, run_linear_finetuning
+    from utils.runs import RUNS  # here, not at the top: --help stays fast
 
-    opts = options_from_args(args, LinearOptions)
-    result = run_linear_finetuning(opts)
-    shown = {k: result[k] for k in ("dset", "model", "sparsity", "seed", "solver", "val_acc", "l2",
-                                    "measured_sparsity", "run_dir") if k in result}
+    kind = RUNS.get("linear")
+    result = kind.run(options_from_args(args, kind.options))
+    shown = {k: result.record[k] for k in ("dset", "model", "sparsity", "seed", "solver", "val_acc", "l2",
+                                           "measured_sparsity", "run_dir") if k in result.record}
     print(json.dumps(shown))
-    return result
+    return result.record
 
 
 if __name__ == "__main__":

@@ -14,19 +14,18 @@ from utils.cli import options_from_args, setup_logging
 from utils.errors import exit_on_user_error
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("the study's flags")
-    g.add_argument("--dset", required=True, help="dataset name (see configs/datasets/) or 'imagefolder'")
-    g.add_argument("--dset_path", help="dataset root on disk (layout auto-detected)")
-    g.add_argument("--config_path", required=True, help="trainer config: configs/trainers/*.yaml")
+    g.add_argument("--dset", dest="dataset", required=True, help="dataset name (see configs/datasets/) or 'imagefolder'")
+    g.add_argument("--dset_path", dest="dataset_path", help="dataset root on disk (layout auto-detected)")
+    g.add_argument("--config_path", dest="trainer_config_path", required=True, help="trainer config: configs/trainers/*.yaml")
     g.add_argument("--transfer_config_path", help="transfer config: configs/transfer/*.yaml")
     g.add_argument("--from_checkpoint_path", help="upstream checkpoint to fine-tune")
     g.add_argument("--epochs", type=int, help="override the trainer config's epochs")
     g.add_argument("--batch_size", type=int, help="override the trainer config's batch size")
     g.add_argument("--workers", type=int, default=4, help="data loader worker processes")
-    g.add_argument("--manual_seed", type=int, default=0, help="seed for everything random")
+    g.add_argument("--manual_seed", dest="seed", type=int, default=0, help="seed for everything random")
     g.add_argument("--experiment_root_path", default="experiments", help="where run directories go")
     g.add_argument("--exp_name", help="run directory name (default: DSET_CHECKPOINT_seedSEED)")
     g.add_argument("--interpolation", choices=["bilinear", "bicubic"], help="override the flavour's resize")
@@ -59,15 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    from utils.experiment import RunOptions
-    from utils.finetune import run_full_finetuning
+    from utils.runs import RUNS  # here, not at the top: --help stays fast
 
-    opts = options_from_args(args, RunOptions)
-    result = run_full_finetuning(opts)
-    shown = {k: result[k] for k in ("dset", "model", "sparsity", "seed", "val_acc", "measured_sparsity",
-                                    "run_dir") if k in result}
+    kind = RUNS.get("full")
+    result = kind.run(options_from_args(args, kind.options))
+    shown = {k: result.record[k] for k in ("dset", "model", "sparsity", "seed", "val_acc", "measured_sparsity",
+                                           "run_dir") if k in result.record}
     print(json.dumps(shown))
-    return result
+    return result.record
 
 
 if __name__ == "__main__":

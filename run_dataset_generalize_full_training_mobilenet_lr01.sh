@@ -3,6 +3,6 @@
 # Usage: ./run_dataset_generalize_full_training_mobilenet_lr01.sh GPU DATASET DATA_PATH [extra main.py flags]   (GPU: an id such as 0, or "cpu")
 # Checkpoints: CHECKPOINTS="a.pth b.pth:flavour" or CKPT_DIR=checkpoints/mobilenet; seeds: SEEDS="21 23 25".
 set -euo pipefail
-source "$(dirname "$0")/utils/launch_full_finetuning.sh"
+source "$(dirname "$0")/utils/launch/full_finetuning.sh"
 [[ $# -ge 3 ]] || { sed -n '2,4p' "$0" >&2; exit 2; }
 CKPT_DIR=${CKPT_DIR:-checkpoints/mobilenet} launch_full_finetuning "$(dirname "$0")/configs/trainers/study_full_lr01.yaml" "$@"

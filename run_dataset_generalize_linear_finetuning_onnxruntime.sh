@@ -4,7 +4,7 @@
 # Usage: ./run_dataset_generalize_linear_finetuning_onnxruntime.sh DATASET DATA_PATH [extra finetune_pre_extracted_features.py flags]
 # Checkpoints: CHECKPOINTS="a.pth b.pth:flavour" or CKPT_DIR=checkpoints/resnet50; seeds: SEEDS="21 51 81 111 141".
 set -euo pipefail
-source "$(dirname "$0")/utils/launch_linear.sh"
+source "$(dirname "$0")/utils/launch/linear.sh"
 [[ $# -ge 2 ]] || { sed -n '4,5p' "$0" >&2; exit 2; }
 CKPT_DIR=${CKPT_DIR:-checkpoints/resnet50} SOLVER=sgd EXPERIMENT_ROOT=${EXPERIMENT_ROOT:-experiments/linear_onnxruntime} \
   launch_linear cpu "$@" --augment --feature_backend onnxruntime

@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    from utils.sparsify_run import SparseTransferOptions, run_sparse_transfer, summary_markdown
+    from utils.sparsify import SparseTransferOptions, run_sparse_transfer, summary_markdown
 
     opts = options_from_args(args, SparseTransferOptions)
     summary = run_sparse_transfer(opts)

@@ -6,8 +6,8 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
+from utils.cli import setup_logging
 from utils.errors import exit_on_user_error
 
 
@@ -23,12 +23,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--no-report", action="store_true", help="skip the Markdown report at the end")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from utils.sweep import run_study
+    setup_logging(args.verbose, quiet=True)
+    from utils.studies import run_study  # here, not at the top: --help stays fast
 
     return run_study(args.study, executor=args.executor, jobs=args.jobs, dry_run=args.dry_run,
-                     retry_failed=args.retry_failed, wait=not args.no_wait, report=not args.no_report)
+                     retry_failed=args.retry_failed, wait=not args.no_wait, report=not args.no_report, progress=print)
 
 
 if __name__ == "__main__":

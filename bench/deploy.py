@@ -11,6 +11,7 @@ sessions alternate so machine drift hits both equally; the median per-batch late
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import tempfile
@@ -23,8 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from models import build_model  # noqa: E402
 from policies.quantization import (freeze_bn_stats_, load_qat_state_, prepare_qat_, qat_modules,  # noqa: E402
                                    quantizable_modules, set_observers_)
-from utils.export import compare_with_torch, compressed_size_report, export_onnx, onnx_session  # noqa: E402
-from utils.prune import magnitude_prune_  # noqa: E402
+from utils.checkpoints import load_checkpoint  # noqa: E402
+from utils.deploy import compare_with_torch, compressed_size_report, export_onnx, onnx_session  # noqa: E402
+from utils.sparsity import magnitude_prune_  # noqa: E402
 
 
 def random_sparse_model(arch: str, sparsity: float, size: int) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -45,13 +47,13 @@ def random_sparse_model(arch: str, sparsity: float, size: int) -> tuple[torch.nn
 
 
 def from_checkpoint(path: str) -> tuple[torch.nn.Module, torch.nn.Module]:
-    from utils.checkpoints import load_checkpoint
-
-    model = load_checkpoint(path, keep_classifier=True).model.eval()
-    quant = (torch.load(path, map_location="cpu", weights_only=True).get("extra") or {}).get("quantization")
+    """(float model, its QAT twin with the file's quantization state), both read from one load of `path`."""
+    loaded = load_checkpoint(path, keep_classifier=True)
+    quant = loaded.extra.get("quantization")
     if not quant or not quant.get("modules"):
         raise SystemExit(f"{path} holds no quantization state: train it with a recipe that has a QuantizationModifier")
-    qat = load_checkpoint(path, keep_classifier=True).model
+    model = loaded.model.eval()
+    qat = copy.deepcopy(model)
     load_qat_state_(qat, quant)
     return model, qat.eval()
 

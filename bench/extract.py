@@ -21,8 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from models import build_model  # noqa: E402
-from utils.features import build_backend  # noqa: E402
-from utils.prune import magnitude_prune_  # noqa: E402
+from utils.linear import build_backend  # noqa: E402
+from utils.sparsity import magnitude_prune_  # noqa: E402
 
 
 def images_per_second(run, batches: list[torch.Tensor]) -> tuple[float, np.ndarray]:

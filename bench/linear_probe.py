@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import tempfile
 import time
@@ -27,8 +26,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from policies.trainer import TrainerConfig  # noqa: E402
 from utils.config import load_config  # noqa: E402
-from utils.features import read_entry  # noqa: E402
-from utils.linear_probe import SOLVERS, LinearProbeConfig, SolverSettings, score  # noqa: E402
+from utils.cli import setup_logging  # noqa: E402
+from utils.linear import SOLVERS, LinearProbeConfig, SolverSettings, read_entry, score  # noqa: E402
 
 
 def synthetic_features(n: int, *, dim: int, classes: int, spread: float, seed: int, split_seed: int):
@@ -76,7 +75,7 @@ def main() -> None:
     p.add_argument("--trainer_config", default=str(REPO / "configs/trainers/study_linear_sgd.yaml"))
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    setup_logging(quiet=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.train:

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from models import build_model  # noqa: E402
 from policies.base import TrainState  # noqa: E402
 from policies.masking import FixedMaskPolicy  # noqa: E402
-from utils.masks import magnitude_mask, prunable_parameters  # noqa: E402
+from utils.sparsity import magnitude_mask, prunable_parameters  # noqa: E402
 
 
 def make_step(model, optimizer, batch, policy=None, state=None):

@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import logging
-import random
 import time
 from contextlib import nullcontext
 from typing import Any, Iterable
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -15,20 +13,9 @@ from torch.utils.data import DataLoader
 from policies.base import Policy, TrainState
 from policies.events import Event
 from utils.errors import UserError
+from utils.seed import epoch_seed, seed_everything
 
 log = logging.getLogger(__name__)
-
-
-def seed_everything(seed: int) -> None:
-    """The one place that seeds Python, NumPy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """Seed for one epoch's shuffling and augmentation: a pure function, so resuming is exact."""
-    return (seed * 1_000_003 + epoch * 7919 + 1) % 2**63
 
 
 class Manager:

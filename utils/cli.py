@@ -14,9 +14,13 @@ M = TypeVar("M", bound=BaseModel)
 NOT_OPTIONS = ("no_progress", "verbose")
 
 
-def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def setup_logging(verbose: bool = False, *, quiet: bool = False) -> None:
+    """The one logging set-up of every entry point: INFO (WARNING when `quiet`), one step more with --verbose."""
+    if quiet:
+        level = logging.INFO if verbose else logging.WARNING
+    else:
+        level = logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def parse_gpus(values: list[str] | None) -> list[int] | None:

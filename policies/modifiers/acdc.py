@@ -20,7 +20,7 @@ from policies.base import TrainState
 from policies.modifiers.base import MODIFIERS, ModifierArgs, check_fraction
 from policies.modifiers.pruning import MaskingModifier
 from utils.errors import UserError
-from utils.structured_masks import make_masks, parse_mask_type
+from utils.sparsity import make_masks, parse_mask_type
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +111,9 @@ class ACDCPruningModifier(MaskingModifier):
             if self.masks is not None and self.args.momentum_buffer_reset:
                 reset_momentum_(state.optimizer)
             return phase, None
-        params = {n: self._params[n] for n in self.param_names}
         try:
-            masks = make_masks(params, self.sparsity, mask_type=self.mask_type, global_scope=self.args.global_sparsity)
+            masks = make_masks(self.held_params, self.sparsity, mask_type=self.mask_type,
+                               global_scope=self.args.global_sparsity)
         except ValueError as err:
             raise UserError(f"{self.source}: {err}") from None
         return phase, masks

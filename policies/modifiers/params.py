@@ -13,7 +13,7 @@ from typing import Iterable
 from torch import nn
 
 from utils.errors import UserError
-from utils.masks import prunable_parameters
+from utils.sparsity import prunable_parameters
 from utils.registry import unknown_name_message
 
 log = logging.getLogger(__name__)

@@ -10,16 +10,14 @@ import logging
 import sys
 from typing import Any, Literal
 
-import torch
 from pydantic import Field
 from torch import nn
 
-from policies.base import TrainState
+from policies.masking import MaskPolicy
 from policies.modifiers.base import MODIFIERS, Modifier, ModifierArgs, check_fraction
 from policies.modifiers.params import resolve_params
 from utils.errors import UserError
-from utils.masks import check_masks_match_zeros, masks_from_zeros
-from utils.structured_masks import make_masks, parse_mask_type
+from utils.sparsity import make_masks, masks_from_zeros, parse_mask_type
 
 log = logging.getLogger(__name__)
 
@@ -42,71 +40,16 @@ def interpolate_sparsity(fraction: float, init: float, final: float, inter_func:
     return init + (final - init) * y
 
 
-class MaskingModifier(Modifier):
-    """Holds masks over its parameters; subclasses decide when and how masks change (`masks_for_step`)."""
+class MaskingModifier(MaskPolicy, Modifier):
+    """A recipe modifier holding masks over its `params` (policies.masking); subclasses say when they change."""
 
     def setup(self, model: nn.Module) -> None:
         self.param_names = resolve_params(model, self.args.params, source=self.source)
         if not self.param_names:
             raise UserError(f"{self.source}: 'params' selects no parameters")
-        self.masks: dict[str, torch.Tensor] | None = None
-        self.applied: Any = None          # marker of the schedule point the masks belong to
-        self._params: dict[str, torch.Tensor] = {}
-
-    def masks_for_step(self, step: int, state: TrainState) -> tuple[Any, dict[str, torch.Tensor] | None] | None:
-        """(marker, masks) when the schedule point at `step` differs from `self.applied`, else None."""
-        raise NotImplementedError
-
-    def _update(self, state: TrainState) -> None:
-        change = self.masks_for_step(state.step, state)
-        if change is None:
-            return
-        self.applied, masks = change
-        self.masks = None if masks is None else {n: m.to(state.device) for n, m in masks.items()}
-        self._apply_weights()
-
-    def _apply_weights(self) -> None:
-        if self.masks is not None:
-            with torch.no_grad():
-                for name, mask in self.masks.items():
-                    self._params[name].mul_(mask)
-
-    def on_fit_start(self, state: TrainState) -> None:
-        named = dict(state.model.named_parameters())
-        self._params = {n: named[n] for n in self.param_names}
-        if self.masks is not None:
-            self.masks = {n: m.to(state.device) for n, m in self.masks.items()}
-        self._update(state)
-        self._apply_weights()
-
-    def on_after_backward(self, state: TrainState) -> None:
-        if self.masks is not None:
-            for name, mask in self.masks.items():
-                grad = self._params[name].grad
-                if grad is not None:
-                    grad.mul_(mask)
-
-    def on_after_optimizer_step(self, state: TrainState) -> None:
-        self._apply_weights()
-        self._update(state)
-
-    def on_fit_end(self, state: TrainState) -> None:
-        if self.masks is not None:
-            bad = check_masks_match_zeros(self._params, self.masks)
-            if bad:
-                raise UserError(f"{self.source}: masked weights became nonzero in {bad[:5]}: this is a bug, "
-                                "please report it")
 
     def current_sparsity(self) -> dict[str, float]:
-        return {n: float((p == 0).float().mean()) for n, p in self._params.items()}
-
-    def state_dict(self) -> dict[str, Any]:
-        masks = None if self.masks is None else {n: m.cpu() for n, m in self.masks.items()}
-        return {"masks": masks, "applied": self.applied}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state:
-            self.masks, self.applied = state["masks"], state["applied"]
+        return {n: float((p == 0).float().mean()) for n, p in self.held_params.items()}
 
 
 @MODIFIERS.register("ConstantPruningModifier")
@@ -120,7 +63,7 @@ class ConstantPruningModifier(MaskingModifier):
     def masks_for_step(self, step, state):
         inside = step >= self.start_step and (self.end_step is None or step < self.end_step)
         if inside and self.applied != "held":
-            return "held", masks_from_zeros({n: self._params[n] for n in self.param_names})
+            return "held", masks_from_zeros(self.held_params)
         if not inside and step >= self.start_step and self.applied == "held":
             return "released", None
         return None
@@ -155,7 +98,7 @@ class GMPruningModifier(MaskingModifier):
         if a.params is not None:
             super().setup(model)
         else:
-            self.param_names, self.masks, self.applied, self._params = list(self.final), None, None, {}
+            self.param_names = list(self.final)
         if isinstance(self.final, dict):
             missing = [n for n in self.param_names if n not in self.final]
             if missing:
@@ -217,9 +160,8 @@ class GMPruningModifier(MaskingModifier):
         if point == self.applied:
             return None
         target = self.sparsity_at(step)
-        params = {n: self._params[n] for n in self.param_names}
         try:
-            masks = make_masks(params, target, mask_type=self.mask_type, global_scope=self.global_scope)
+            masks = make_masks(self.held_params, target, mask_type=self.mask_type, global_scope=self.global_scope)
         except ValueError as err:
             raise UserError(f"{self.source}: {err}") from None
         log.debug("%s: step %d sparsity %s", self.name, step, target)

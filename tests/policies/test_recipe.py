@@ -1,0 +1,263 @@
+"""Recipe parsing: tags, variables, overrides, Markdown, the shipped recipes and the study authors' AC/DC."""
+from pathlib import Path
+
+import pytest
+
+from models import build_model
+from policies.modifiers import build_modifiers, build_recipe_policies
+from policies.modifiers.acdc import ACDCPruningModifier
+from policies.modifiers.quantization import QuantizationModifier
+from policies.modifiers.training import RecipeSchedule, ScheduleWriter
+from policies.recipe import load_recipe, load_recipe_text, parse_recipe_args, parse_recipe_text
+from utils.errors import UserError
+from utils.paths import RECIPE_DIR
+
+RECIPES = sorted(RECIPE_DIR.glob("*.*"))
+ACDC = next(p for p in RECIPES if p.name.startswith("acdc_resnet50"))
+
+# The YOLOv5 sparse-transfer recipe as published (Markdown around a ```yaml block); its `model.N` submodules
+# exist only in YOLOv5, so it is parsed and evaluated here, not run.
+YOLO_MD = """# Sparse Transfer Learning with SparseML
+
+For example, the Sparse Transfer Learning Recipe for YOLOv5s looks like the following:
+
+```yaml
+
+# General Epoch/LR Hyperparams
+num_epochs: 52
+init_lr: 0.0032
+final_lr: 0.000384
+warmup_epochs: 2
+weights_warmup_lr: 0
+biases_warmup_lr: 0.05
+quantization_lr: 0.000002
+
+# Quantization Params
+quantization_start_epoch: 50
+
+# modifiers
+training_modifiers:
+  - !EpochRangeModifier
+    start_epoch: 0.0
+    end_epoch: eval(num_epochs)
+
+  - !LearningRateFunctionModifier
+    start_epoch: eval(warmup_epochs)
+    end_epoch: eval(num_epochs)
+    lr_func: cosine
+    init_lr: eval(init_lr)
+    final_lr: eval(final_lr)
+
+  - !LearningRateFunctionModifier
+    start_epoch: 0
+    end_epoch: eval(warmup_epochs)
+    lr_func: linear
+    init_lr: eval(weights_warmup_lr)
+    final_lr: eval(init_lr)
+    param_groups: [0, 1]
+
+  - !LearningRateFunctionModifier
+    start_epoch: 0
+    end_epoch: eval(warmup_epochs)
+    lr_func: linear
+    init_lr: eval(biases_warmup_lr)
+    final_lr: eval(init_lr)
+    param_groups: [2]
+
+  - !SetLearningRateModifier
+    start_epoch: eval(quantization_start_epoch)
+    learning_rate: eval(quantization_lr)
+
+pruning_modifiers:
+  - !ConstantPruningModifier
+    start_epoch: 0.0
+    params: __ALL_PRUNABLE__
+
+quantization_modifiers:
+  - !QuantizationModifier
+    start_epoch: eval(quantization_start_epoch)
+    submodules: [ 'model.0', 'model.1', 'model.2', 'model.3', 'model.4', 'model.5', 'model.6', 'model.7', 'model.8', 'model.9', 'model.10', 'model.11', 'model.12', 'model.13', 'model.14', 'model.15', 'model.16', 'model.17', 'model.18', 'model.19', 'model.20', 'model.21', 'model.22', 'model.23' ]
+```
+
+The `pruning_modifiers` and `quantization_modifiers` sections are where the magic happens.
+
+```bash
+python3 train.py --weights zoo:cv/detection/yolov5-s/pytorch/ultralytics/coco/prunedXXX_quant-none
+```
+"""
+
+SMALL = """
+num_epochs: 4
+lr: eval(base * 2)
+base: 0.05
+names: ['conv1.weight']
+training_modifiers:
+  - !EpochRangeModifier
+    end_epoch: eval(num_epochs)
+  - !SetLearningRateModifier
+    start_epoch: 0
+    learning_rate: eval(lr)
+pruning_modifiers:
+  - !ConstantPruningModifier
+    params: eval(names)
+"""
+
+
+def arch_for(path: Path) -> str:
+    return "resnet50" if "resnet50" in path.name else "resnet_small"
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_every_shipped_recipe_parses_and_builds(path):
+    recipe = load_recipe(path)
+    policies, epochs = build_recipe_policies(recipe, model=build_model(arch_for(path), num_classes=10),
+                                             steps_per_epoch=3)
+    assert epochs > 0 and policies
+    assert len({p.name for p in policies}) == len(policies), "policy names must be unique"
+    again = load_recipe_text(recipe.to_yaml(), source="saved")
+    assert again.to_yaml() == recipe.to_yaml(), "the evaluated recipe must load back unchanged"
+
+
+def test_yolov5_sparse_transfer_recipe_parses_as_published():
+    recipe = load_recipe_text(YOLO_MD, source="yolo.md")
+    types = [spec.type for _, _, spec in recipe.modifiers]
+    assert types == ["EpochRangeModifier"] + ["LearningRateFunctionModifier"] * 3 + [
+        "SetLearningRateModifier", "ConstantPruningModifier", "QuantizationModifier"]
+    groups = [spec.args.get("param_groups") for _, _, spec in recipe.modifiers][1:4]
+    assert groups == [None, [0, 1], [2]]
+    assert recipe.groups["pruning_modifiers"][0].args["params"] == "__ALL_PRUNABLE__"
+    quant = recipe.groups["quantization_modifiers"][0].args
+    assert quant["start_epoch"] == 50 and quant["submodules"][-1] == "model.23"
+
+
+def test_markdown_front_matter_after_a_licence_comment():
+    text = "<!--\nlicence\n-->\n\n---\n" + SMALL + "\n---\n\n# Notes\n\nmore text\n"
+    recipe = load_recipe_text(text, source="x.md")
+    assert recipe.variables["lr"] == pytest.approx(0.1)
+
+
+def test_variables_resolve_in_any_order_and_lists_pass_through():
+    assert load_recipe_text(SMALL.replace("base: 0.05", "base: 5e-2")).variables["base"] == 0.05, \
+        "1e-4 style numbers are numbers, not YAML 1.1 strings"
+    recipe = load_recipe_text(SMALL)
+    assert recipe.variables == {"num_epochs": 4, "lr": pytest.approx(0.1), "base": 0.05, "names": ["conv1.weight"]}
+    assert recipe.groups["pruning_modifiers"][0].args["params"] == ["conv1.weight"]
+    assert recipe.groups["training_modifiers"][1].args["learning_rate"] == pytest.approx(0.1)
+
+
+def test_cycles_and_unknown_names_are_named():
+    with pytest.raises(UserError, match="cycle: a -> b -> a"):
+        load_recipe_text("a: eval(b)\nb: eval(a + 1)\nm_modifiers:\n  - !EpochRangeModifier\n    end_epoch: 1\n")
+    with pytest.raises(UserError, match=r"unknown variable 'num_epoch' \(did you mean 'num_epochs'\?\)"):
+        load_recipe_text(SMALL.replace("eval(num_epochs)", "eval(num_epoch)"))
+
+
+def test_malicious_expressions_in_a_recipe_are_rejected():
+    for expr in ("__import__('os').system('touch /tmp/pwned')", "base.__class__", "open('x').read()"):
+        with pytest.raises(UserError, match="not allowed"):
+            load_recipe_text(SMALL.replace("eval(base * 2)", f"eval({expr})"))
+
+
+def test_recipe_args_override_before_evaluation():
+    assert parse_recipe_args('{"num_epochs": 150}') == {"num_epochs": 150}
+    assert parse_recipe_args("num_epochs=150,base=1e-4,names=[a]") == {"num_epochs": 150, "base": 1e-4, "names": ["a"]}
+    recipe = load_recipe_text(SMALL, '{"base": 0.5}')
+    assert recipe.variables["lr"] == pytest.approx(1.0)
+    with pytest.raises(UserError, match=r"unknown recipe variable 'bse' \(did you mean 'base'\?\)"):
+        load_recipe_text(SMALL, "bse=1")
+    with pytest.raises(UserError, match="invalid JSON"):
+        parse_recipe_args("{num_epochs: 1")
+    with pytest.raises(UserError, match="not 'name=value'"):
+        parse_recipe_args("num_epochs")
+
+
+def test_unknown_modifiers_and_arguments_suggest_the_right_name():
+    model = build_model("resnet_small", num_classes=10)
+    bad_type = load_recipe_text(SMALL.replace("!SetLearningRateModifier", "!SetLearningRateModifer"))
+    with pytest.raises(UserError, match=r"did you mean 'SetLearningRateModifier'\?"):
+        build_modifiers(bad_type, model=model, steps_per_epoch=2)
+    bad_arg = load_recipe_text(SMALL.replace("learning_rate:", "learning_rat:"))
+    with pytest.raises(UserError, match=r"unknown argument of SetLearningRateModifier 'learning_rat' "
+                                        r"\(did you mean 'learning_rate'\?\)"):
+        build_modifiers(bad_arg, model=model, steps_per_epoch=2)
+    bad_param = load_recipe_text(SMALL.replace("['conv1.weight']", "['conv1.weigth']"))
+    with pytest.raises(UserError, match=r"did you mean 'conv1.weight'\?"):
+        build_modifiers(bad_param, model=model, steps_per_epoch=2)
+
+
+def test_structural_mistakes_are_clear():
+    with pytest.raises(UserError, match="no modifiers found"):
+        parse_recipe_text("a: 1\n")
+    with pytest.raises(UserError, match="not a '!ModifierName' entry"):
+        parse_recipe_text("training_modifiers:\n  - start_epoch: 0\n")
+    with pytest.raises(UserError, match="invalid recipe YAML"):
+        parse_recipe_text("training_modifiers: [\n")
+
+
+# ---------------------------------------------------------------- the study authors' AC/DC recipe
+
+SPE = 10  # steps per epoch used to check the schedule
+
+
+@pytest.fixture(scope="module")
+def acdc():
+    recipe = load_recipe(ACDC)
+    modifiers = build_modifiers(recipe, model=build_model("resnet50", num_classes=1000), steps_per_epoch=SPE)
+    return recipe, modifiers
+
+
+def test_acdc_recipe_variables_evaluate_as_its_text_implies(acdc):
+    recipe, _ = acdc
+    v = recipe.variables
+    assert v["num_epochs"] == 206 and v["quantization_start_epoch"] == 200 and v["quantization_end_epoch"] == 206
+    assert v["pruning_epochs"] == int((206 - 6) * 0.925) == 185
+    assert v["pruning_start_epoch"] == 5 and v["pruning_end_epoch"] == 190
+
+
+def test_acdc_recipe_phases_params_and_length(acdc):
+    recipe, modifiers = acdc
+    _, epochs = build_recipe_policies(recipe, model=build_model("resnet50", num_classes=1000), steps_per_epoch=SPE)
+    assert epochs == 206
+    ac = next(m for m in modifiers if isinstance(m, ACDCPruningModifier))
+    # 65 listed names with duplicates -> 52 distinct convs: every conv of the stages, not the stem nor fc.
+    assert len(ac.args.params) == 65 and len(ac.param_names) == 52
+    assert "conv1.weight" not in ac.param_names and "layer1.0.downsample.0.weight" in ac.param_names
+    assert ac.mask_type.kind == "block" and ac.mask_type.block == 4 and ac.args.global_sparsity is False
+    phases = ac.phases()
+    assert phases[0] == (5, 10, "dense") and phases[1] == (10, 15, "compressed")
+    assert len(phases) == 36 and phases[-1] == (180, 185, "compressed"), "ends compressed (190 trimmed to 185)"
+    assert all(kind == ("compressed" if i % 2 else "dense") for i, (_, _, kind) in enumerate(phases))
+    assert ac.phase_at(4 * SPE) is None
+    assert ac.phase_at(12 * SPE) == (1, True) and ac.phase_at(17 * SPE) == (2, False)
+    assert ac.phase_at(200 * SPE) == (35, True), "after the last phase the compressed masks are held"
+
+
+def test_acdc_recipe_learning_rate_weight_decay_and_qat_epochs(acdc):
+    _, modifiers = acdc
+    schedule = RecipeSchedule([m for m in modifiers if isinstance(m, ScheduleWriter)])
+
+    def lr(epoch):
+        return schedule.value_at(round(epoch * SPE), "lr", 0)
+
+    assert lr(0) == pytest.approx(0.0512)
+    assert lr(2.5) == pytest.approx(0.0512 + (0.256 - 0.0512) / 2)
+    assert lr(5) == pytest.approx(0.256)
+    assert lr(102.5) == pytest.approx(0.128)                  # half-way through the cosine 5 -> 200
+    assert lr(199.9) == pytest.approx(0.0, abs=1e-6)
+    assert lr(200) == lr(201) == pytest.approx(5e-5)          # SetLearningRate at QAT start, held 2 epochs
+    assert lr(202) == pytest.approx(5e-5) and lr(204) == pytest.approx(2.5e-5)   # cosine 202 -> 206
+    assert schedule.value_at(0, "weight_decay", 0) == pytest.approx(1e-5)
+    assert schedule.value_at(205 * SPE, "weight_decay", 0) == pytest.approx(1e-5)
+    quant = next(m for m in modifiers if isinstance(m, QuantizationModifier))
+    assert quant.phase_at(199 * SPE) == {"quantize": False, "observers_frozen": False, "bn_frozen": False}
+    assert quant.phase_at(200 * SPE) == {"quantize": True, "observers_frozen": False, "bn_frozen": False}
+    assert quant.phase_at(201 * SPE) == {"quantize": True, "observers_frozen": True, "bn_frozen": False}
+    assert quant.phase_at(202 * SPE) == {"quantize": True, "observers_frozen": True, "bn_frozen": True}
+    quantized = set(quant.module_names)
+    assert "conv1" in quantized and "layer4.2.conv3" in quantized and "fc" not in quantized
+
+
+def test_acdc_recipe_args_change_the_schedule():
+    recipe = load_recipe(ACDC, '{"num_epochs": 150}')
+    assert recipe.variables["quantization_start_epoch"] == 144
+    assert recipe.variables["pruning_end_epoch"] == 5 + int(144 * 0.925)

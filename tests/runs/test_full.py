@@ -1,0 +1,135 @@
+"""main.py end to end on the synthetic dataset and a tiny native checkpoint."""
+import csv
+import pytest
+import torch
+
+import main
+from models import build_model
+from policies.loggers import CheckpointSaver
+from utils.checkpoints import save_native_checkpoint
+from utils.sparsity import magnitude_prune_
+
+TRAINER = """
+epochs: 2
+batch_size: 16
+optimizer: {name: sgd, lr: 0.05, momentum: 0.9, weight_decay: 0.0005}
+schedule: {name: step, milestones_epochs: [1]}
+"""
+
+
+@pytest.fixture()
+def sparse_ckpt(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("resnet_small", num_classes=7)
+    masks = magnitude_prune_(model, 0.8)
+    path = tmp_path / "up.pt"
+    save_native_checkpoint(path, model, arch="resnet_small", arch_kwargs={}, masks=masks)
+    return path, masks
+
+
+@pytest.fixture()
+def trainer(tmp_path):
+    path = tmp_path / "trainer.yaml"
+    path.write_text(TRAINER)
+    return path
+
+
+def run(tmp_path, ckpt, trainer, *extra):
+    return main.main(["--dset", "synthetic", "--config_path", str(trainer), "--from_checkpoint_path", str(ckpt),
+                      "--experiment_root_path", str(tmp_path / "exp"), "--workers", "0", "--manual_seed", "3",
+                      "--no_progress", "--image_size", "16", *extra])
+
+
+def test_full_finetuning_keeps_mask_and_writes_run_dir(tmp_path, sparse_ckpt, trainer):
+    ckpt, masks = sparse_ckpt
+    result = run(tmp_path, ckpt, trainer, "--exp_name", "r1", "--model_label", "GMP")
+    run_dir = tmp_path / "exp" / "r1"
+    for name in ("config.yaml", "metrics.jsonl", "checkpoint.pt", "model.pt", "result.json"):
+        assert (run_dir / name).exists(), name
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+    final = torch.load(run_dir / "model.pt", weights_only=True)["state_dict"]
+    for name, mask in masks.items():
+        assert torch.equal(final[name] == 0, ~mask), name
+    assert result["measured_sparsity"] == pytest.approx(0.8, abs=1e-3)
+    rows = list(csv.DictReader(open(tmp_path / "exp" / "results.csv")))
+    assert len(rows) == 1 and rows[0]["model"] == "GMP" and rows[0]["dset"] == "synthetic"
+    assert rows[0]["sparsity"] == "0.8" and float(rows[0]["val_acc"]) == result["val_acc"]
+    assert "git_commit" in (run_dir / "config.yaml").read_text()
+
+
+def kill_after_first_checkpoint(monkeypatch):
+    original = CheckpointSaver.on_epoch_end
+
+    def save_then_die(self, state):
+        original(self, state)
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(CheckpointSaver, "on_epoch_end", save_then_die)
+
+
+def test_resume_after_kill_equals_uninterrupted(tmp_path, sparse_ckpt, trainer, monkeypatch):
+    ckpt, _ = sparse_ckpt
+    straight = run(tmp_path, ckpt, trainer, "--exp_name", "straight")
+    with monkeypatch.context() as m:
+        kill_after_first_checkpoint(m)
+        with pytest.raises(KeyboardInterrupt):
+            run(tmp_path, ckpt, trainer, "--exp_name", "killed")
+    with pytest.raises(SystemExit):  # a started run is not overwritten without --resume
+        run(tmp_path, ckpt, trainer, "--exp_name", "killed")
+    resumed = run(tmp_path, ckpt, trainer, "--exp_name", "killed", "--resume")
+
+    assert resumed["val_acc"] == straight["val_acc"]
+    a = torch.load(tmp_path / "exp/straight/model.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "exp/killed/model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len((tmp_path / "exp/killed/metrics.jsonl").read_text().splitlines()) == 2
+    # a finished run resumed again reports its result without re-appending
+    again = run(tmp_path, ckpt, trainer, "--exp_name", "killed", "--resume")
+    assert again["val_acc"] == straight["val_acc"]
+    assert len(list(csv.DictReader(open(tmp_path / "exp/results.csv")))) == 2
+
+
+def test_finished_run_whose_row_was_lost_gets_it_back_on_resume(tmp_path, sparse_ckpt, trainer):
+    ckpt, _ = sparse_ckpt
+    first = run(tmp_path, ckpt, trainer, "--exp_name", "r")
+    table = tmp_path / "exp" / "results.csv"
+    header = table.read_text().splitlines()[0]
+    table.write_text(header + "\n")  # a crash between result.json and the results.csv append
+    again = run(tmp_path, ckpt, trainer, "--exp_name", "r", "--resume")
+    rows = list(csv.DictReader(open(table)))
+    assert again["val_acc"] == first["val_acc"]
+    assert len(rows) == 1 and float(rows[0]["val_acc"]) == first["val_acc"]
+
+
+def test_resume_with_other_config_is_refused(tmp_path, sparse_ckpt, trainer, monkeypatch, capsys):
+    ckpt, _ = sparse_ckpt
+    with monkeypatch.context() as m:
+        kill_after_first_checkpoint(m)
+        with pytest.raises(KeyboardInterrupt):
+            run(tmp_path, ckpt, trainer, "--exp_name", "x")
+    with pytest.raises(SystemExit) as exit_info:
+        run(tmp_path, ckpt, trainer, "--exp_name", "x", "--resume", "--lr", "0.5")
+    assert exit_info.value.code == 2
+    assert "cannot resume with a different configuration" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dset", "synthetic", "--config_path", "nope.yaml", "--arch", "resnet_small"], "nope.yaml: config file not found"),
+    (["--dset", "no_such_set", "--config_path", "configs/trainers/demo_finetune.yaml", "--arch", "resnet_small"],
+     "unknown dataset"),
+    (["--dset", "synthetic", "--config_path", "configs/trainers/demo_finetune.yaml",
+      "--from_checkpoint_path", "missing.pth"], "missing.pth"),
+    (["--dset", "synthetic", "--config_path", "configs/trainers/demo_finetune.yaml", "--arch", "resnet_smal"],
+     "did you mean 'resnet_small'"),
+    (["--dset", "synthetic", "--config_path", "configs/trainers/demo_finetune.yaml", "--arch", "resnet_small",
+      "--epochs", "0"], "epochs"),
+    (["--dset", "synthetic", "--config_path", "configs/trainers/demo_finetune.yaml", "--arch", "resnet_small",
+      "--gpus", "zero"], "--gpus expects GPU ids"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main.main(argv + ["--experiment_root_path", str(tmp_path), "--no_progress"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err

@@ -1,0 +1,124 @@
+"""The study runner: grid expansion, content keys, skip-done, failure isolation, submitit path."""
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import sweep
+from models import build_model
+from utils.checkpoints import save_native_checkpoint
+from utils.sparsity import magnitude_prune_
+from utils.studies import load_study
+from utils.studies import cell_status, expand, resolve_upstreams
+
+TRAINER = "epochs: 1\nbatch_size: 32\noptimizer: {name: sgd, lr: 0.05}\nschedule: {name: constant}\n"
+
+
+def make_ckpt(path: Path, sparsity: float, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    model = build_model("resnet_small", num_classes=3, widths=[8, 8, 8])
+    masks = magnitude_prune_(model, sparsity) if sparsity else None
+    save_native_checkpoint(path, model, arch="resnet_small", arch_kwargs={"widths": [8, 8, 8]}, masks=masks)
+    return path
+
+
+def write_study(tmp_path: Path, upstreams: list[dict], **extra) -> Path:
+    (tmp_path / "trainer.yaml").write_text(TRAINER)
+    study = {"name": "t", "experiment_root": str(tmp_path / "exp"), "seeds": [1, 2], "upstreams": upstreams,
+             "datasets": [{"name": "synthetic"}], "full": {"trainer_config_path": str(tmp_path / "trainer.yaml")},
+             "options": {"image_size": 16, "workers": 0}, "slurm": {"gpus_per_job": 0, "cpus_per_job": 1}}
+    study.update(extra)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+@pytest.fixture()
+def two_upstreams(tmp_path):
+    dense = make_ckpt(tmp_path / "dense.pt", 0.0)
+    sparse = make_ckpt(tmp_path / "sparse.pt", 0.5)
+    return [{"name": "dense", "model": "Dense", "sparsity": 0.0, "path": str(dense)},
+            {"name": "gmp50", "model": "GMP", "sparsity": 0.5, "path": str(sparse)}]
+
+
+def test_grid_expansion_and_content_keys(tmp_path, two_upstreams):
+    path = write_study(tmp_path, two_upstreams)
+    study = load_study(path)
+    cells, blocked = expand(study, resolve_upstreams(study, make=False, progress=lambda s: None))
+    assert blocked == [] and len(cells) == 2 * 1 * 1 * 2
+    assert len({c.key for c in cells}) == len(cells)
+    # the key follows content, not file names: a renamed copy of a checkpoint gives the same keys
+    shutil.copy(tmp_path / "sparse.pt", tmp_path / "renamed.pt")
+    two_upstreams[1]["path"] = str(tmp_path / "renamed.pt")
+    study2 = load_study(write_study(tmp_path, two_upstreams))
+    cells2, _ = expand(study2, resolve_upstreams(study2, make=False, progress=lambda s: None))
+    assert [c.key for c in cells2] == [c.key for c in cells]
+    # ... and a changed trainer config changes every key
+    (tmp_path / "trainer.yaml").write_text(TRAINER.replace("lr: 0.05", "lr: 0.01"))
+    cells3, _ = expand(study2, resolve_upstreams(study2, make=False, progress=lambda s: None))
+    assert not {c.key for c in cells3} & {c.key for c in cells}
+
+
+def test_skip_done_failure_isolation_and_retry(tmp_path, two_upstreams, capsys):
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    ups = two_upstreams + [{"name": "broken", "model": "X", "sparsity": 0.9, "path": str(broken)}]
+    path = write_study(tmp_path, ups)
+    counts = sweep.main([str(path), "--no-report"])
+    assert counts == {"done": 4, "todo": 0, "failed": 2}
+    out = capsys.readouterr().out
+    assert "[6/6]" in out and "failed" in out
+    rows = list(csv.DictReader(open(tmp_path / "exp" / "results.csv")))
+    assert sorted((r["model"], r["seed"]) for r in rows) == [("Dense", "1"), ("Dense", "2"), ("GMP", "1"), ("GMP", "2")]
+    study = load_study(path)
+    cells, _ = expand(study, resolve_upstreams(study, make=False, progress=lambda s: None))
+    failed = [c for c in cells if cell_status(c) == "failed"]
+    assert len(failed) == 2 and all((c.run_dir / "error.json").exists() for c in failed)
+
+    # a second sweep repeats nothing finished and, without --retry-failed, leaves failures alone
+    counts = sweep.main([str(path), "--no-report"])
+    assert counts == {"done": 4, "todo": 0, "failed": 2}
+    assert "ran 0 cells" in capsys.readouterr().out
+    assert len(list(csv.DictReader(open(tmp_path / "exp" / "results.csv")))) == 4
+
+    make_ckpt(broken, 0.9)  # the user fixes the file: its content (and so its cells' keys) change
+    counts = sweep.main([str(path), "--no-report", "--retry-failed"])
+    assert counts["done"] == 6 and counts["todo"] == 0
+
+
+def test_submitit_path_with_local_executor(tmp_path, two_upstreams, capsys):
+    path = write_study(tmp_path, two_upstreams[:1], seeds=[5])
+    counts = sweep.main([str(path), "--executor", "submitit-local", "--no-report"])
+    assert counts == {"done": 1, "todo": 0, "failed": 0}
+    assert list((tmp_path / "exp" / "slurm_logs").glob("*_0_log.out"))
+
+
+def test_dry_run_runs_nothing(tmp_path, two_upstreams, capsys):
+    path = write_study(tmp_path, two_upstreams)
+    counts = sweep.main([str(path), "--dry-run"])
+    assert counts == {"done": 0, "todo": 4, "failed": 0}
+    assert "to do: full" in capsys.readouterr().out
+    assert not (tmp_path / "exp" / "results.csv").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"seeds": []}, "seeds"),
+    ({"full": None, "linear": None}, "enable at least one mode"),
+    ({"upstreams": [{"name": "a", "model": "A", "sparsity": 0.1}]}, "exactly one of 'path'"),
+    ({"upstreams": [{"name": "a", "model": "A", "sparsity": 0.1, "path": "x", "colour": 1}]}, "colour"),
+    ({"options": {"image_size": 16, "wokers": 0}}, "wokers"),
+])
+def test_bad_study_files_give_clear_errors(tmp_path, two_upstreams, change, message, capsys):
+    path = write_study(tmp_path, change.pop("upstreams", two_upstreams), **change)
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.main([str(path), "--dry-run"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and str(path) in err and "Traceback" not in err
+
+
+def test_shipped_study_files_validate():
+    for path in sorted(Path("configs/studies").glob("*.yaml")):
+        assert load_study(path).seeds

@@ -1,0 +1,69 @@
+"""Reading checkpoint files, which are untrusted: `weights_only=True`, with a flavour's allow-listed globals only."""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from utils.errors import UserError
+
+_SHOW = 5  # offending names listed in an error message
+
+
+def file_sha256(path: str | Path, *, chunk_bytes: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's content, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class _StandIn:
+    """Takes the place of an allow-listed class that cannot be imported here (e.g. a training repo's
+    LR-scheduler class stored by reference); it only records what the pickle gives it."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state: Any) -> None:
+        self.__dict__.update(state if isinstance(state, dict) else {"state": state})
+
+
+def _resolve_global(name: str) -> tuple[Any, str]:
+    module_name, _, attr = name.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), attr), name
+    except (ImportError, AttributeError):
+        return type(attr, (_StandIn,), {"__module__": module_name}), name
+
+
+def read_checkpoint_file(path: str | Path, *, trusted_globals: list[str] = (), flavour_name: str | None = None) -> Any:
+    """torch.load(weights_only=True) with the allow-listed globals; clear errors for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint file not found")
+    allowed = [_resolve_global(g) for g in trusted_globals]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for bad files; each becomes one clear line
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # legacy (non-zip) files cannot be scanned
+            unsafe = []
+        # Names torch reports while unpickling (legacy files; types only met when building objects).
+        unsafe += re.findall(r"Unsupported global: GLOBAL ([\w.]+)|but got <class '([\w.]+)'>", str(err))
+        unsafe = list(dict.fromkeys(n for g in unsafe for n in ((g,) if isinstance(g, str) else g)
+                                    if n and n not in trusted_globals))
+        if unsafe:
+            where = f"configs/checkpoints/{flavour_name}.yaml" if flavour_name else "a flavour YAML"
+            raise UserError(f"{path}: refusing to unpickle {', '.join(unsafe[:_SHOW])} (loading arbitrary objects can "
+                            f"run code); if you trust this file, add them to trusted_globals in {where} (or a copy "
+                            f"of it) and pass it with --checkpoint_flavour") from None
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {first})") from None

@@ -1,0 +1,116 @@
+"""ONNX export (fp32, and INT8 QDQ for quantization-aware-trained models), ONNX Runtime sessions, and the
+check that an exported file computes what the torch model computes."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from utils.errors import UserError
+
+OPSET = 17
+
+
+def _onnx():
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError:
+        raise UserError("export needs the onnx and onnxruntime packages: pip install onnx onnxruntime") from None
+    return onnx, onnxruntime
+
+
+def export_onnx(model: nn.Module, path: str | Path, *, input_size: int, channels: int = 3, opset: int = OPSET) -> Path:
+    """Export `model` (eval mode, batch dimension dynamic) to ONNX and validate it with onnx.checker."""
+    onnx, _ = _onnx()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    example = torch.randn(1, channels, input_size, input_size, device=device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        # The TorchScript exporter maps torch.fake_quantize_* to QuantizeLinear/DequantizeLinear pairs.
+        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    model.train(was_training)
+    proto = onnx.load(str(path))
+    if fold_quantized_weights_(proto):
+        onnx.save(proto, str(path))
+    onnx.checker.check_model(str(path))
+    return path
+
+
+def fold_quantized_weights_(proto) -> int:
+    """Store weights as int8 initializers: each QuantizeLinear of a constant becomes its int8 result, so the
+    INT8 file holds 1 byte per weight and only DequantizeLinear runs on them. Returns how many were folded."""
+    from onnx import numpy_helper
+
+    graph = proto.graph
+    inits = {i.name: i for i in graph.initializer}
+    consts = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
+
+    def constant(name: str) -> np.ndarray | None:
+        if name in inits:
+            return numpy_helper.to_array(inits[name])
+        if name in consts:
+            return numpy_helper.to_array(consts[name].attribute[0].t)
+        return None
+
+    folded, keep = 0, []
+    for node in graph.node:
+        values = [constant(i) for i in node.input] if node.op_type == "QuantizeLinear" else []
+        if len(values) < 3 or node.input[0] not in inits or any(v is None for v in values):
+            keep.append(node)
+            continue
+        weight, scale, zero_point = values
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        shape = [1] * weight.ndim
+        if scale.ndim == 1 and scale.size > 1:
+            shape[axis] = scale.size
+        info = np.iinfo(zero_point.dtype)
+        # np.rint rounds half to even, as QuantizeLinear (and torch's fake-quantize) do.
+        q = np.clip(np.rint(weight / scale.reshape(shape)) + zero_point.reshape(shape).astype(np.int32),
+                    info.min, info.max).astype(zero_point.dtype)
+        graph.initializer.append(numpy_helper.from_array(q, name=node.output[0]))
+        folded += 1
+    if folded:
+        del graph.node[:]
+        graph.node.extend(keep)
+        used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        alive = [i for i in graph.initializer if i.name in used]
+        del graph.initializer[:]
+        graph.initializer.extend(alive)
+    return folded
+
+
+def onnx_session(path: str | Path, *, threads: int | None = None):
+    """An ONNX Runtime CPU session with full graph optimisation (QDQ pairs fuse into int8 kernels)."""
+    _, ort = _onnx()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+@torch.no_grad()
+def compare_with_torch(model: nn.Module, onnx_path: str | Path, inputs: torch.Tensor, *,
+                       batch_size: int = 32) -> dict[str, float]:
+    """Max |logit difference| and top-1 agreement between the torch model and its ONNX Runtime twin."""
+    session = onnx_session(onnx_path)
+    model.eval()
+    device = next(model.parameters()).device
+    diffs, agree = [], []
+    for start in range(0, len(inputs), batch_size):
+        x = inputs[start:start + batch_size]
+        ref = model(x.to(device)).float().cpu().numpy()
+        out = session.run(None, {"input": x.cpu().numpy()})[0]
+        diffs.append(float(np.abs(out - ref).max()))
+        agree.append(out.argmax(1) == ref.argmax(1))
+    return {"max_abs_diff": max(diffs), "top1_agreement": float(np.concatenate(agree).mean()),
+            "num_samples": int(len(inputs))}

@@ -1,0 +1,21 @@
+"""Runs: one module per run kind, the `RUNS` registry they are launched through, run directories, typed results.
+
+    from utils.runs import RUNS
+    kind = RUNS.get("linear")
+    result = kind.run(kind.options(dataset="dtd", dataset_path="/data/dtd", from_checkpoint_path="acdc_90.pth"))
+    result.val_acc, result.run_dir
+"""
+from pathlib import Path
+
+from utils.runs.dirs import RESULT_COLUMNS
+from utils.runs.full import run_full_finetuning
+from utils.runs.kinds import RUNS, InputSettings, RunKind, RunResult
+from utils.runs.linear import run_linear_finetuning
+from utils.runs.options import FullOptions, LinearOptions, RunOptions, TransferConfig
+
+RUNS.add("full", RunKind("full", FullOptions, run_full_finetuning))
+RUNS.add("linear", RunKind("linear", LinearOptions, run_linear_finetuning,
+                           cell_defaults=lambda root: {"features_cache": str(Path(root) / "features_cache")}))
+
+__all__ = ["RESULT_COLUMNS", "RUNS", "FullOptions", "InputSettings", "LinearOptions", "RunKind", "RunOptions",
+           "RunResult", "TransferConfig", "run_full_finetuning", "run_linear_finetuning"]

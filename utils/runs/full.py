@@ -1,0 +1,274 @@
+"""Full fine-tuning: one run from options to result, in named stages (main.py calls `run_full_finetuning`).
+
+    plan  ->  upstream + data  ->  prepare the model  ->  policies  ->  fit  ->  record
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from models import build_model
+from policies.base import Policy, TrainState
+from policies.loggers import CheckpointSaver, MetricsLogger, ProgressBar, WandbLogger
+from policies.manager import Manager, evaluate
+from policies.masking import FixedMaskPolicy
+from policies.quantization import qat_modules, qat_state
+from policies.trainer import LRSchedulePolicy, TrainerConfig, build_optimizer
+from utils.checkpoints import save_native_checkpoint
+from utils.config import load_config
+from utils.data import DatasetSplits, load_datasets
+from utils.distributed import DistInfo, barrier, init_distributed, shutdown
+from utils.errors import UserError
+from utils.io import atomic_write_json
+from utils.runs.dirs import (environment_info, finished_result, now_iso, prepare_run_dir, record_result,
+                             write_run_config)
+from utils.runs.kinds import InputSettings, RunResult
+from utils.runs.options import FullOptions, TransferConfig
+from utils.runs.recipe import build_run_recipe
+from utils.runs.setup import (Upstream, freeze_, load_upstream, make_loaders, per_rank_batch_size, pick_device,
+                              reinitialize_unloaded_)
+from utils.seed import seed_everything
+from utils.sparsity import layer_sparsity, masks_from_zeros, measured_sparsity, sparse_layers
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The options resolved: configs read, device and processes chosen, the run directory decided."""
+
+    trainer: TrainerConfig
+    transfer: TransferConfig
+    epochs: int
+    batch_size: int                # per process
+    lr: float
+    device: torch.device
+    gpus: list[int]
+    dist: DistInfo
+    experiment_root: Path
+    run_dir: Path
+    status: str                    # "new" | "resume" | "finished"
+
+
+def default_exp_name(dataset: str, source: str | None, seed: int) -> str:
+    """DATASET_CHECKPOINT-STEM_seedSEED (the architecture's name when training from scratch)."""
+    return f"{dataset}_{Path(source).stem if source else 'model'}_seed{seed}"
+
+
+def plan_run(opts: FullOptions) -> Plan:
+    trainer = load_config(opts.trainer_config_path, TrainerConfig)
+    transfer = load_config(opts.transfer_config_path, TransferConfig) if opts.transfer_config_path else TransferConfig()
+    batch_size = opts.batch_size or trainer.batch_size
+    device, gpus = pick_device(cpu=opts.cpu, gpus=opts.gpus)
+    dist_info = init_distributed(use_cuda=device.type == "cuda")
+    if dist_info.enabled:
+        batch_size = per_rank_batch_size(batch_size, dist_info)
+        if device.type == "cuda":
+            device, gpus = torch.device(f"cuda:{dist_info.local_rank}"), [dist_info.local_rank]
+    experiment_root = Path(opts.experiment_root_path)
+    run_dir = experiment_root / (opts.exp_name or default_exp_name(
+        opts.dataset, opts.from_checkpoint_path or opts.arch, opts.seed))
+    status = "new" if opts.eval_only else prepare_run_dir(run_dir, resume=opts.resume)
+    barrier(dist_info)  # every rank has decided new/resume/finished before the main one writes
+    return Plan(trainer=trainer, transfer=transfer, epochs=opts.epochs or trainer.epochs, batch_size=batch_size,
+                lr=opts.lr or trainer.optimizer.lr, device=device, gpus=gpus, dist=dist_info,
+                experiment_root=experiment_root, run_dir=run_dir, status=status)
+
+
+def load_data(upstream: Upstream, *, dataset: str, dataset_path: str | None, image_size: int | None,
+              interpolation: str | None, max_train_samples: int | None, seed: int) -> tuple[DatasetSplits, InputSettings]:
+    """The downstream splits, prepared as the upstream expects (its resize and normalisation unless overridden)."""
+    inputs = InputSettings(image_size=image_size or upstream.model.default_input_size,
+                           interpolation=interpolation or upstream.interpolation,
+                           normalization=upstream.normalization)
+    mean, std = inputs.mean_std()
+    data = load_datasets(dataset, dataset_path, image_size=inputs.image_size, interpolation=inputs.interpolation,
+                         mean=mean, std=std, max_train_samples=max_train_samples, seed=seed)
+    return data, inputs
+
+
+def prepare_model_(upstream: Upstream, *, num_classes: int, transfer: TransferConfig,
+                   device: torch.device) -> tuple[dict[str, torch.Tensor], list[nn.Module]]:
+    """New head, optional re-initialisation and freezing; returns (the masks to hold, the frozen modules).
+
+    The mask held during fine-tuning is the loaded zeros (the loader checked they agree with any stored
+    mask), so the sparsity pattern is kept exactly, zero for zero.
+    """
+    model = upstream.model
+    model.reset_classifier(num_classes)
+    if transfer.load_modules is not None:
+        fresh = build_model(upstream.arch, num_classes=num_classes, **upstream.arch_kwargs)
+        reset = reinitialize_unloaded_(model, fresh, transfer.load_modules, model.classifier_name)
+        log.info("re-initialised %d tensors outside load_modules", len(reset))
+    masks = masks_from_zeros(sparse_layers(model))
+    frozen = freeze_(model, transfer)
+    model.to(device)
+    return masks, frozen
+
+
+def observers(run_dir: Path, *, progress: bool, wandb: dict[str, Any] | None) -> list[Policy]:
+    """What watches the run (the main process only): metrics.jsonl, a progress bar, optionally wandb."""
+    found: list[Policy] = [MetricsLogger(run_dir / "metrics.jsonl"), ProgressBar(enabled=progress, desc=run_dir.name)]
+    if wandb is not None:
+        found.append(WandbLogger(**wandb, run_dir=run_dir))
+    return found
+
+
+def fit(state: TrainState, policies: list[Policy], *, plan: Plan, loaders: tuple, amp: bool,
+        frozen: list[nn.Module]) -> dict[str, Any]:
+    """Run (or resume) the loop; returns the final epoch's metrics."""
+    trainer = plan.trainer
+    manager = Manager(state=state, policies=policies, train_loader=loaders[0], test_loader=loaders[1],
+                      label_smoothing=trainer.label_smoothing, eval_every_epochs=trainer.eval_every_epochs,
+                      grad_clip_norm=trainer.grad_clip_norm, amp=amp, frozen_modules=frozen)
+    if plan.dist.is_main:
+        manager.policies.append(CheckpointSaver(plan.run_dir / "checkpoint.pt", manager.training_state))
+    if plan.status == "resume":
+        manager.restore(torch.load(plan.run_dir / "checkpoint.pt", map_location=state.device, weights_only=True))
+        log.info("resuming %s at epoch %d (step %d)", plan.run_dir, state.epoch, state.step)
+    if amp and state.device.type != "cuda":
+        log.warning("--fp16 needs CUDA; training in fp32 on %s", state.device)
+    return manager.fit()
+
+
+def run_full_finetuning(opts: FullOptions) -> RunResult:
+    """Fine-tune every (unfrozen) weight of a sparse checkpoint, keeping its zeros; returns the result."""
+    plan = plan_run(opts)
+    if plan.status == "finished":
+        log.info("%s is already finished; reporting its result", plan.run_dir)
+        return finished_result(plan.run_dir, plan.experiment_root)
+    seed_everything(opts.seed)
+    upstream = load_upstream(checkpoint_path=opts.from_checkpoint_path, flavour=opts.checkpoint_flavour,
+                             arch=opts.arch, keep_classifier=opts.eval_only)
+    data, inputs = load_data(upstream, dataset=opts.dataset, dataset_path=opts.dataset_path,
+                             image_size=opts.image_size, interpolation=opts.interpolation,
+                             max_train_samples=opts.max_train_samples, seed=opts.seed)
+    if opts.eval_only:
+        return evaluate_only(upstream.model, data, opts=opts, device=plan.device, run_dir=plan.run_dir)
+    seed_everything(opts.seed)
+    masks, frozen = prepare_model_(upstream, num_classes=data.num_classes, transfer=plan.transfer, device=plan.device)
+    loaded_sparsity = measured_sparsity(upstream.model)
+    loaders = make_loaders(data, batch_size=plan.batch_size, test_batch_size=plan.trainer.test_batch_size or
+                           plan.batch_size, workers=opts.workers, device=plan.device, dist=plan.dist)
+    schedule, epochs = training_schedule(opts, plan, model=upstream.model, masks=masks,
+                                         steps_per_epoch=len(loaders[0]))
+    state = train_state(upstream.model, plan, epochs=epochs, steps_per_epoch=len(loaders[0]), seed=opts.seed)
+    resolved = resolved_config(opts, plan, upstream=upstream, data=data, inputs=inputs, state=state,
+                               loaded_sparsity=loaded_sparsity)
+    policies = list(schedule)
+    if plan.dist.is_main:  # only the main process observes and writes; every rank runs the same schedule
+        write_run_config(plan.run_dir, resolved, check_existing=plan.status == "resume")
+        wandb = dict(project=opts.wandb_project, group=opts.wandb_group, config=resolved,
+                     run_name=opts.wandb_name or plan.run_dir.name) if opts.use_wandb else None
+        policies += observers(plan.run_dir, progress=opts.progress, wandb=wandb)
+    metrics = fit(state, policies, plan=plan, loaders=loaders, amp=opts.fp16, frozen=frozen)
+    final_masks = check_sparsity(upstream.model, masks, recipe=opts.recipe is not None,
+                                 loaded_sparsity=loaded_sparsity)
+    return finish(opts, plan, upstream=upstream, masks=final_masks, metrics=metrics, inputs=inputs,
+                  loaded_sparsity=loaded_sparsity, epochs=epochs, git_commit=resolved["git_commit"])
+
+
+def training_schedule(opts: FullOptions, plan: Plan, *, model: nn.Module, masks: dict[str, torch.Tensor],
+                      steps_per_epoch: int) -> tuple[list[Policy], int]:
+    """(LR schedule + fixed masks, the trainer's epochs), or what a recipe says instead (it sets the epochs)."""
+    if opts.recipe:
+        policies, epochs, _ = build_run_recipe(opts.recipe, opts.recipe_args, model=model,
+                                               steps_per_epoch=steps_per_epoch, run_dir=plan.run_dir,
+                                               resuming=plan.status == "resume", epochs_flag=opts.epochs)
+        return policies, epochs
+    return [LRSchedulePolicy(base_lr=plan.lr, cfg=plan.trainer.schedule), FixedMaskPolicy(masks)], plan.epochs
+
+
+def train_state(model: nn.Module, plan: Plan, *, epochs: int, steps_per_epoch: int, seed: int) -> TrainState:
+    """The loop's state: the optimizer over the model, and the model wrapped for several devices if asked."""
+    optimizer = build_optimizer(model, plan.trainer.optimizer.model_copy(update={"lr": plan.lr}))
+    if plan.dist.enabled:
+        forward_model = nn.parallel.DistributedDataParallel(model, device_ids=plan.gpus or None)
+    else:
+        forward_model = nn.DataParallel(model, device_ids=plan.gpus) if len(plan.gpus) > 1 else model
+    return TrainState(model=model, forward_model=forward_model, optimizer=optimizer, device=plan.device,
+                      steps_per_epoch=steps_per_epoch, num_epochs=epochs, seed=seed, run_dir=plan.run_dir)
+
+
+def resolved_config(opts: FullOptions, plan: Plan, *, upstream: Upstream, data: DatasetSplits, inputs: InputSettings,
+                    state: TrainState, loaded_sparsity: float) -> dict[str, Any]:
+    """config.yaml: the options, configs and derived values the run used, and where the code stood."""
+    return {
+        "options": opts.model_dump(exclude={"resume", "progress"}), "trainer": plan.trainer.model_dump(),
+        "transfer": plan.transfer.model_dump(), "checkpoint": upstream.describe(),
+        "dataset": {"name": data.spec.name, "layout": data.layout, "num_classes": data.num_classes,
+                    "train_size": len(data.train), "test_size": len(data.test), "image_size": inputs.image_size},
+        "derived": {"epochs": state.num_epochs, "batch_size": plan.batch_size, "lr": plan.lr,
+                    "device": str(plan.device), "steps_per_epoch": state.steps_per_epoch,
+                    "loaded_sparsity": loaded_sparsity},
+        **environment_info(),
+    }
+
+
+def check_sparsity(model: nn.Module, masks: dict[str, torch.Tensor], *, recipe: bool,
+                   loaded_sparsity: float) -> dict[str, torch.Tensor]:
+    """The masks the final model has: a recipe decides them (recorded as they are); fixed masks must hold."""
+    if recipe:
+        return masks_from_zeros(sparse_layers(model))
+    final = measured_sparsity(model)
+    if final != loaded_sparsity:
+        raise UserError(f"final sparsity {final:.6f} differs from the loaded {loaded_sparsity:.6f}: "
+                        "the mask was not kept; this is a bug, please report it")
+    return masks
+
+
+def finish(opts: FullOptions, plan: Plan, *, upstream: Upstream, masks: dict[str, torch.Tensor],
+           metrics: dict[str, Any], inputs: InputSettings, loaded_sparsity: float, epochs: int,
+           git_commit: str) -> RunResult:
+    """The main process saves model.pt and records the result; the others only report theirs."""
+    model, final_sparsity = upstream.model, measured_sparsity(upstream.model)
+    if not plan.dist.is_main:
+        barrier(plan.dist)
+        shutdown(plan.dist)
+        record = {"val_acc": metrics["test_acc"], "measured_sparsity": final_sparsity, "rank": plan.dist.rank}
+        return RunResult(record=record, run_dir=plan.run_dir, input=inputs)
+    label = opts.model_label or upstream.method or upstream.flavour or "Dense"
+    extra: dict[str, Any] = {"method": label, "input_size": inputs.image_size}
+    if qat_modules(model):
+        extra["quantization"] = qat_state(model)
+    save_native_checkpoint(plan.run_dir / "model.pt", model, arch=upstream.arch, arch_kwargs=upstream.arch_kwargs,
+                           masks=masks, normalization=upstream.normalization, interpolation=inputs.interpolation,
+                           extra=extra)
+    sparsity = final_sparsity if opts.recipe else loaded_sparsity
+    record = {
+        "dset": opts.dataset, "model": label,
+        "sparsity": opts.sparsity_label if opts.sparsity_label is not None else round(sparsity, 2),
+        "seed": opts.seed, "val_acc": metrics["test_acc"], "test_loss": metrics["test_loss"],
+        "finetuning": "full", "arch": upstream.arch, "checkpoint": opts.from_checkpoint_path or "",
+        "flavour": upstream.flavour or "", "recipe": opts.recipe or "", "solver": "", "lr": plan.lr,
+        "epochs": epochs, "batch_size": plan.batch_size, "measured_sparsity": final_sparsity,
+        "run_dir": str(plan.run_dir), "git_commit": git_commit, "finished_at": now_iso(),
+        "per_layer_sparsity": layer_sparsity(masks), "loaded_sparsity": loaded_sparsity,
+        "input": asdict(inputs),
+    }
+    record_result(plan.run_dir, plan.experiment_root, record)
+    barrier(plan.dist)
+    shutdown(plan.dist)
+    return RunResult(record=record, run_dir=plan.run_dir, input=inputs)
+
+
+def evaluate_only(model: nn.Module, data: DatasetSplits, *, opts: FullOptions, device: torch.device,
+                  run_dir: Path) -> RunResult:
+    """--eval_only: score a model that already has its downstream head on the test split."""
+    out_features = getattr(getattr(model, model.classifier_name), "out_features", None)
+    if out_features != data.num_classes:
+        raise UserError(f"{opts.from_checkpoint_path}: classifier has {out_features} outputs but dataset "
+                        f"{opts.dataset!r} has {data.num_classes} classes; --eval_only needs a fine-tuned checkpoint")
+    model.to(device)
+    _, test_loader = make_loaders(data, batch_size=opts.batch_size or 64, test_batch_size=opts.batch_size or 64,
+                                  workers=opts.workers, device=device)
+    metrics = evaluate(model, test_loader, device)
+    record = {"dset": opts.dataset, "checkpoint": opts.from_checkpoint_path, "val_acc": metrics["test_acc"],
+              "test_loss": metrics["test_loss"], "measured_sparsity": measured_sparsity(model)}
+    atomic_write_json(run_dir / "eval_result.json", record)
+    return RunResult(record=record, run_dir=run_dir)

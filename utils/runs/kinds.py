@@ -1,0 +1,68 @@
+"""Run kinds and what a run returns: one registry (`RUNS`), one typed result.
+
+Everything that launches runs -- the entry points, the sweep, sparse_transfer.py, the demo -- looks the
+kind up by name and calls it; nothing compares kind names:
+
+    kind = RUNS.get("full")
+    result = kind.run(kind.options(**values))      # -> RunResult
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from utils.registry import Registry
+from utils.runs.options import RunOptions
+
+
+@dataclass(frozen=True)
+class InputSettings:
+    """How a run prepared its images: what a deployment must feed the model."""
+
+    image_size: int
+    interpolation: str
+    normalization: Any   # "dataset" (the dataset's statistics) or {"mean": [...], "std": [...]}
+
+    def mean_std(self) -> tuple[Any, Any]:
+        """(mean, std) for load_datasets: None, None for the dataset's own statistics."""
+        if self.normalization == "dataset":
+            return None, None
+        return self.normalization["mean"], self.normalization["std"]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A finished run: the record it wrote (result.json; its results.csv row is a subset) and where it lives."""
+
+    record: dict[str, Any]
+    run_dir: Path
+    input: InputSettings | None = None        # None only for runs recorded before inputs were kept
+    details: dict[str, Any] = field(default_factory=dict)   # this process's extras, never written
+
+    @property
+    def val_acc(self) -> float:
+        return float(self.record["val_acc"])
+
+    @property
+    def measured_sparsity(self) -> float:
+        return float(self.record["measured_sparsity"])
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], run_dir: Path) -> "RunResult":
+        """The result of a run recorded earlier (its result.json)."""
+        given = record.get("input")
+        return cls(record=record, run_dir=run_dir, input=InputSettings(**given) if given else None)
+
+
+@dataclass(frozen=True)
+class RunKind:
+    """A kind of run: its options model, the function that runs it, and what a sweep cell adds to its options."""
+
+    name: str
+    options: type[RunOptions]
+    run: Callable[[Any], RunResult]
+    cell_defaults: Callable[[Path], dict[str, Any]] = lambda root: {}   # shared caches under a study's root
+
+
+RUNS: Registry[RunKind] = Registry("run kind")

@@ -1,0 +1,244 @@
+"""Linear fine-tuning: one run from options to result. finetune_pre_extracted_features.py calls
+`run_linear_finetuning`.
+
+The backbone is frozen; its pooled features are extracted once per (checkpoint, dataset split,
+transform) into the features cache, and only a linear classifier is fitted (utils.linear.solvers).
+With `augment`, training features come from freshly augmented images every epoch instead (the
+study's DeepSparse variant; SGD only, nothing cached for training).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from policies.trainer import TrainerConfig
+from utils.checkpoints import LoadedCheckpoint, file_sha256, load_checkpoint
+from utils.config import load_config
+from utils.data import IMAGENET_MEAN, IMAGENET_STD, DatasetSplits, load_datasets
+from utils.errors import UserError
+from utils.io import append_jsonl, atomic_torch_save
+from utils.linear import (BACKENDS, SOLVERS, FeatureSet, LinearClassifier, LinearProbeConfig, SolverSettings,
+                          build_backend, cached_features, describe_split, extract_features, fit_sgd_epochs, score)
+from utils.runs.dirs import (environment_info, finished_result, now_iso, prepare_run_dir, record_result,
+                             write_run_config)
+from utils.runs.kinds import InputSettings, RunResult
+from utils.runs.options import LinearOptions
+from utils.runs.setup import pick_device
+from utils.seed import epoch_seed, seed_everything
+from utils.sparsity import layer_sparsity, masks_from_zeros, measured_sparsity, sparse_layers
+
+log = logging.getLogger(__name__)
+
+
+def default_exp_name(opts: LinearOptions) -> str:
+    variant = opts.solver + ("-aug" if opts.augment else "") + (
+        f"-{opts.feature_backend}" if opts.feature_backend != "torch" else "")
+    return f"{opts.dataset}_{Path(opts.from_checkpoint_path).stem}_linear-{variant}_seed{opts.seed}"
+
+
+def check_options(opts: LinearOptions) -> None:
+    SOLVERS.get(opts.solver)
+    BACKENDS.get(opts.feature_backend)
+    if opts.augment and opts.solver != "sgd":
+        raise UserError(f"--augment feeds new features every epoch, which only the sgd solver can use; "
+                        f"got --solver {opts.solver}")
+    if not Path(opts.from_checkpoint_path).is_file():
+        raise UserError(f"--from_checkpoint_path {opts.from_checkpoint_path}: file not found")
+
+
+def solver_settings(opts: LinearOptions) -> SolverSettings:
+    """The probe config (lbfgs, sklearn) and, for sgd, the study's trainer config with its overrides."""
+    probe = load_config(opts.probe_config_path, LinearProbeConfig)
+    if opts.solver != "sgd":
+        return SolverSettings(probe=probe)
+    trainer = load_config(opts.trainer_config_path, TrainerConfig)
+    return SolverSettings(probe=probe, trainer=trainer, epochs=opts.epochs or trainer.epochs,
+                          batch_size=opts.batch_size or trainer.batch_size)
+
+
+@dataclass(frozen=True)
+class FrozenUpstream:
+    """The frozen backbone and what its features depend on."""
+
+    loaded: LoadedCheckpoint
+    checkpoint: dict[str, Any]  # path, content hash, flavour, arch: the cache's checkpoint key
+    inputs: InputSettings
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.loaded.model
+
+    def data_kwargs(self) -> dict[str, Any]:
+        mean, std = self.inputs.mean_std()
+        return {"image_size": self.inputs.image_size, "interpolation": self.inputs.interpolation,
+                "mean": mean, "std": std}
+
+
+def load_frozen(path: str, *, flavour: str | None, normalization: str, image_size: int | None,
+                interpolation: str | None) -> FrozenUpstream:
+    """The checkpoint in eval mode with gradients off, and the inputs its features are extracted from.
+
+    normalization 'imagenet' uses ImageNet's statistics (the study's pre-extraction); 'checkpoint' the file's.
+    """
+    loaded = load_checkpoint(path, flavour=flavour)
+    loaded.model.eval()
+    for p in loaded.model.parameters():
+        p.requires_grad_(False)
+    checkpoint = {"path": str(Path(path).resolve()), "sha256": file_sha256(path), "flavour": loaded.flavour.name,
+                  "arch": loaded.arch, "arch_kwargs": dict(loaded.arch_kwargs or {})}
+    stats = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)} if normalization == "imagenet" \
+        else loaded.normalization
+    inputs = InputSettings(image_size=image_size or loaded.model.default_input_size,
+                           interpolation=interpolation or loaded.interpolation, normalization=stats)
+    return FrozenUpstream(loaded=loaded, checkpoint=checkpoint, inputs=inputs)
+
+
+def run_linear_finetuning(opts: LinearOptions) -> RunResult:
+    """Freeze the checkpoint's backbone, fit a linear classifier on its features; returns the result."""
+    check_options(opts)
+    settings = solver_settings(opts)
+    device, _ = pick_device(cpu=opts.cpu, gpus=opts.gpus)
+    experiment_root = Path(opts.experiment_root_path)
+    run_dir = experiment_root / (opts.exp_name or default_exp_name(opts))
+    if prepare_run_dir(run_dir, resume=opts.resume) == "finished":
+        log.info("%s is already finished; reporting its result", run_dir)
+        return finished_result(run_dir, experiment_root)
+
+    seed_everything(opts.seed)
+    up = load_frozen(opts.from_checkpoint_path, flavour=opts.checkpoint_flavour, normalization=opts.normalization,
+                     image_size=opts.image_size, interpolation=opts.interpolation)
+    data = load_datasets(opts.dataset, opts.dataset_path, augment=False, max_train_samples=opts.max_train_samples,
+                         seed=opts.seed, **up.data_kwargs())
+    extractor = Extractor(backend=opts.feature_backend, model=up.model, device=device,
+                          workdir=Path(opts.features_cache) / "onnx", input_size=up.inputs.image_size)
+    splits = {split: cached_split(opts, up, data, split, extractor)
+              for split in (["test"] if opts.augment else ["train", "test"])}
+    resolved = resolved_config(opts, up, data=data, settings=settings, splits=splits, device=device)
+    write_run_config(run_dir, resolved, check_existing=False)
+
+    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path.unlink(missing_ok=True)
+    settings = dataclasses.replace(settings, on_epoch_end=epoch_logger(metrics_path, splits["test"]))
+    if opts.augment:
+        classifier = fit_augmented(opts, up, extractor=extractor, num_classes=data.num_classes, device=device,
+                                   settings=settings)
+    else:
+        classifier = SOLVERS.get(opts.solver)(splits["train"].features, splits["train"].labels,
+                                              num_classes=data.num_classes, seed=opts.seed, device=device,
+                                              settings=settings)
+    return finish(opts, up, classifier, splits=splits, settings=settings, num_classes=data.num_classes,
+                  run_dir=run_dir, experiment_root=experiment_root, git_commit=resolved["git_commit"])
+
+
+@dataclass(frozen=True)
+class Extractor:
+    """Which backend runs the frozen backbone, and on what; `build()` makes it (only when features are missing)."""
+
+    backend: str
+    model: torch.nn.Module
+    device: torch.device
+    workdir: Path
+    input_size: int
+
+    def build(self) -> Callable:
+        return build_backend(self.backend, self.model, device=self.device, workdir=self.workdir,
+                             input_size=self.input_size)
+
+
+def cached_split(opts: LinearOptions, up: FrozenUpstream, data: DatasetSplits, split: str,
+                 extractor: Extractor) -> FeatureSet:
+    """One split's features from the cache, extracted first if needed."""
+    dataset = getattr(data, split)
+    description = describe_split(checkpoint=up.checkpoint, dataset_meta=data.meta, split=split, dataset=dataset,
+                                 backend=opts.feature_backend)
+    return cached_features(extractor.build, dataset, cache_root=opts.features_cache, description=description,
+                           dim=up.model.num_features, batch_size=opts.extract_batch_size, workers=opts.workers,
+                           progress=opts.progress)
+
+
+def resolved_config(opts: LinearOptions, up: FrozenUpstream, *, data: DatasetSplits, settings: SolverSettings,
+                    splits: dict[str, FeatureSet], device: torch.device) -> dict[str, Any]:
+    """config.yaml: the options, probe and trainer configs, checkpoint, data, features the run used."""
+    return {
+        "options": opts.model_dump(), "probe": settings.probe.model_dump(),
+        "trainer": settings.trainer.model_dump() if settings.trainer else None, "checkpoint": up.checkpoint,
+        "dataset": {"name": data.spec.name, "layout": data.layout, "num_classes": data.num_classes,
+                    "train_size": len(data.train), "test_size": len(data.test), **up.data_kwargs()},
+        "features": {name: {"path": str(fs.path), "reused": fs.reused, "count": int(fs.meta["count"]),
+                            "dim": int(fs.meta["dim"])} for name, fs in splits.items()},
+        "derived": {"device": str(device), "epochs": settings.epochs, "batch_size": settings.batch_size},
+        **environment_info(),
+    }
+
+
+def epoch_logger(metrics_path: Path, test: FeatureSet) -> Callable[[int, dict, LinearClassifier], None]:
+    """sgd: one metrics.jsonl line per epoch, with the test accuracy observed (as the study logged it)."""
+
+    def log_epoch(epoch: int, metrics: dict, clf: LinearClassifier) -> None:
+        observed = score(clf, test.features, test.labels)
+        append_jsonl(metrics_path, {"epoch": epoch, **metrics, "test_acc": observed["acc"],
+                                    "test_loss": observed["loss"]})
+
+    return log_epoch
+
+
+def finish(opts: LinearOptions, up: FrozenUpstream, classifier: LinearClassifier, *, splits: dict[str, FeatureSet],
+           settings: SolverSettings, num_classes: int, run_dir: Path, experiment_root: Path,
+           git_commit: str) -> RunResult:
+    """Score the test split once, save the classifier, record the result."""
+    for entry in classifier.info.get("grid", []):
+        append_jsonl(run_dir / "metrics.jsonl", {"stage": "l2_search", "l2": entry["l2"], "val_acc": entry["acc"],
+                                                 "val_loss": entry["loss"]})
+    final = score(classifier, splits["test"].features, splits["test"].labels)  # the test set's only use
+    atomic_torch_save(run_dir / "classifier.pt", {**classifier.state_dict(), "info": classifier.info,
+                                                  "num_classes": num_classes, "checkpoint": up.checkpoint})
+    record = result_record(opts, up, classifier, final, settings=settings, run_dir=run_dir, git_commit=git_commit,
+                           splits=splits)
+    record_result(run_dir, experiment_root, record)
+    return RunResult(record=record, run_dir=run_dir, input=up.inputs)
+
+
+def result_record(opts: LinearOptions, up: FrozenUpstream, classifier: LinearClassifier, final: dict, *,
+                  settings: SolverSettings, run_dir: Path, git_commit: str, splits: dict) -> dict[str, Any]:
+    """The result: the same keys as full fine-tuning's, finetuning=linear, plus the probe's."""
+    model, flavour = up.model, up.loaded.flavour
+    sparsity = measured_sparsity(model)
+    return {
+        "dset": opts.dataset, "model": opts.model_label or flavour.method or flavour.name or "Dense",
+        "sparsity": opts.sparsity_label if opts.sparsity_label is not None else round(sparsity, 2),
+        "seed": opts.seed, "val_acc": final["acc"], "test_loss": final["loss"],
+        "finetuning": "linear", "arch": up.loaded.arch, "checkpoint": opts.from_checkpoint_path,
+        "flavour": flavour.name or "", "recipe": "", "solver": opts.solver,
+        "lr": settings.trainer.optimizer.lr if settings.trainer else "", "epochs": settings.epochs or "",
+        "batch_size": settings.batch_size or "", "measured_sparsity": sparsity, "run_dir": str(run_dir),
+        "git_commit": git_commit, "finished_at": now_iso(),
+        "l2": classifier.info.get("l2"), "l2_grid": classifier.info.get("grid"),
+        "feature_backend": opts.feature_backend, "augment": opts.augment,
+        "features_reused": {name: fs.reused for name, fs in splits.items()},
+        "per_layer_sparsity": layer_sparsity(masks_from_zeros(sparse_layers(model))),
+        "input": asdict(up.inputs),
+    }
+
+
+def fit_augmented(opts: LinearOptions, up: FrozenUpstream, *, extractor: Extractor, num_classes: int,
+                  device: torch.device, settings: SolverSettings) -> LinearClassifier:
+    """SGD on features of freshly augmented training images each epoch, through the frozen backbone."""
+    data = load_datasets(opts.dataset, opts.dataset_path, augment=True, max_train_samples=opts.max_train_samples,
+                         seed=opts.seed, **up.data_kwargs())
+    run = extractor.build()
+    dim = up.model.num_features
+
+    def epoch_features(epoch: int):
+        torch.manual_seed(epoch_seed(opts.seed, epoch))  # augmentation in the main process (workers=0)
+        fs = extract_features(run, data.train, dim=dim, batch_size=opts.extract_batch_size, workers=opts.workers,
+                              desc=f"epoch {epoch} features", progress=opts.progress, seed=epoch_seed(opts.seed, epoch))
+        return fs.features, fs.labels
+
+    return fit_sgd_epochs(epoch_features, dim=dim, num_classes=num_classes, seed=opts.seed, device=device,
+                          trainer=settings.trainer, epochs=settings.epochs, batch_size=settings.batch_size,
+                          on_epoch_end=settings.on_epoch_end)

@@ -1,0 +1,79 @@
+"""What a run is told: one validated options model per run kind, sharing one spelling for shared concepts.
+
+Inside the code a dataset is `dataset`/`dataset_path`, a seed is `seed` and a trainer config is
+`trainer_config_path`; the entry points keep the study's flag names (main.py's `--dset`, `--dset_path`,
+`--manual_seed`, `--config_path`; the linear script's `--training_config_path`) and map them here.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from utils.config import StrictModel
+from utils.paths import PROBE_DIR, TRAINER_DIR
+
+
+class TransferConfig(StrictModel):
+    """A `configs/transfer/*.yaml` file: which upstream modules to load and which to freeze."""
+
+    load_modules: list[str] | None = None      # module-name prefixes; None = all but the classifier
+    freeze_modules: list[str] = Field(default_factory=list)
+    freeze_backbone: bool = False             # freeze everything but the classifier
+
+
+class RunOptions(StrictModel):
+    """Options every run kind takes: what to transfer where, with which seed, and where the run lives."""
+
+    dataset: str
+    dataset_path: str | None = None
+    from_checkpoint_path: str | None = None
+    checkpoint_flavour: str | None = None
+    trainer_config_path: str | None = None
+    epochs: int | None = Field(default=None, gt=0)
+    batch_size: int | None = Field(default=None, gt=0)
+    seed: int = 0
+    workers: int = Field(default=4, ge=0)
+    interpolation: Literal["bilinear", "bicubic"] | None = None
+    image_size: int | None = Field(default=None, gt=0)
+    max_train_samples: int | None = Field(default=None, gt=0)
+    experiment_root_path: str = "experiments"
+    exp_name: str | None = None
+    model_label: str | None = None             # results.csv's 'model' (method) column
+    sparsity_label: float | None = Field(default=None, ge=0, le=1)   # results.csv's 'sparsity' column
+    gpus: list[int] | None = None
+    cpu: bool = False
+    resume: bool = False
+    progress: bool = True
+
+
+class FullOptions(RunOptions):
+    """Full fine-tuning (main.py): every unfrozen weight trains, the upstream's zeros stay zero."""
+
+    trainer_config_path: str                   # the optimizer, batch size, epochs, LR schedule
+    transfer_config_path: str | None = None
+    arch: str | None = None                    # train this architecture from scratch (no checkpoint)
+    lr: float | None = Field(default=None, gt=0)
+    use_wandb: bool = False
+    wandb_project: str = "sparse-transfer"
+    wandb_group: str | None = None
+    wandb_name: str | None = None
+    eval_only: bool = False
+    fp16: bool = False
+    recipe: str | None = None                 # SparseML-style recipe: drives epochs, LR, WD, pruning, QAT
+    recipe_args: str | None = None            # JSON or k=v,k2=v2 overrides of the recipe's variables
+
+
+class LinearOptions(RunOptions):
+    """Linear fine-tuning (finetune_pre_extracted_features.py): a probe on the frozen backbone's features."""
+
+    from_checkpoint_path: str
+    trainer_config_path: str = str(TRAINER_DIR / "study_linear_sgd.yaml")   # the sgd solver's protocol
+    probe_config_path: str = str(PROBE_DIR / "lbfgs.yaml")                  # the lbfgs/sklearn settings
+    solver: str = "lbfgs"
+    features_cache: str = "features_cache"
+    feature_backend: str = "torch"
+    augment: bool = False
+    extract_batch_size: int = Field(default=64, gt=0)
+    normalization: Literal["imagenet", "checkpoint"] = "imagenet"
+    experiment_root_path: str = "experiments/linear"

@@ -1,0 +1,109 @@
+"""The pieces a training run is built from: device, upstream model, transfer set-up, data loaders."""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from models import build_model
+from utils.checkpoints import load_checkpoint
+from utils.distributed import DistInfo
+from utils.errors import UserError
+from utils.runs.options import TransferConfig
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(*, cpu: bool, gpus: list[int] | None) -> tuple[torch.device, list[int]]:
+    """CUDA when present and not `cpu` (the `gpus` list, default GPU 0), else CPU."""
+    if cpu or not torch.cuda.is_available():
+        if gpus and not cpu:
+            log.warning("--gpus %s given but CUDA is not available: running on CPU", gpus)
+        return torch.device("cpu"), []
+    gpus = gpus or [0]
+    bad = [g for g in gpus if g >= torch.cuda.device_count()]
+    if bad:
+        raise UserError(f"--gpus {gpus}: GPU(s) {bad} do not exist; this machine has "
+                        f"{torch.cuda.device_count()} (use 0..{torch.cuda.device_count() - 1})")
+    return torch.device(f"cuda:{gpus[0]}"), gpus
+
+
+def per_rank_batch_size(batch_size: int, dist_info: DistInfo) -> int:
+    """The configured batch is the global one: each of N processes takes batch_size / N."""
+    if batch_size % dist_info.world_size:
+        raise UserError(f"batch size {batch_size} is not divisible by the {dist_info.world_size} processes; "
+                        "pick a multiple of --nproc_per_node")
+    return batch_size // dist_info.world_size
+
+
+@dataclass
+class Upstream:
+    """The model a run starts from and what the run must know of it."""
+
+    model: nn.Module
+    arch: str
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    flavour: str | None = None                # None: trained from scratch
+    method: str | None = "Dense"             # the results' 'model' label the file implies
+    interpolation: str = "bilinear"
+    normalization: Any = "dataset"
+
+    def describe(self) -> dict[str, Any]:
+        """The upstream as config.yaml records it."""
+        return {k: v for k, v in asdict(self).items() if k != "model"}
+
+
+def load_upstream(*, checkpoint_path: str | None, flavour: str | None, arch: str | None,
+                  keep_classifier: bool = False) -> Upstream:
+    """The upstream model: a checkpoint (any flavour), or a fresh architecture to train from scratch."""
+    if checkpoint_path:
+        loaded = load_checkpoint(checkpoint_path, flavour=flavour, keep_classifier=keep_classifier)
+        return Upstream(model=loaded.model, arch=loaded.arch, arch_kwargs=dict(loaded.arch_kwargs),
+                        flavour=loaded.flavour.name,
+                        method=loaded.extra.get("method") or loaded.flavour.method,   # native files name theirs
+                        interpolation=loaded.interpolation, normalization=loaded.normalization)
+    if arch:
+        return Upstream(model=build_model(arch, num_classes=1), arch=arch)
+    raise UserError("give --from_checkpoint_path (fine-tune a checkpoint) or --arch (train from scratch)")
+
+
+def reinitialize_unloaded_(model: nn.Module, fresh: nn.Module, load_prefixes: list[str], classifier: str) -> list[str]:
+    """Copy the fresh initialisation into every tensor not under `load_prefixes`; returns their names."""
+    fresh_state = fresh.state_dict()
+    state = model.state_dict()
+    reset = [k for k in state if not k.startswith(classifier + ".") and not k.startswith(tuple(load_prefixes))]
+    model.load_state_dict({**state, **{k: fresh_state[k] for k in reset}})
+    return reset
+
+
+def freeze_(model: nn.Module, transfer: TransferConfig) -> list[nn.Module]:
+    """Stop gradients under the transfer config's prefixes; returns the frozen modules (kept in eval mode)."""
+    head = model.classifier_name
+    if transfer.freeze_backbone:
+        frozen = [m for n, m in model.named_children() if n != head]
+    else:
+        frozen = [m for n, m in model.named_modules() if n and n.startswith(tuple(transfer.freeze_modules))]
+    for module in frozen:
+        for p in module.parameters():
+            p.requires_grad_(False)
+    return frozen
+
+
+def make_loaders(data, *, batch_size: int, test_batch_size: int, workers: int, device: torch.device,
+                 dist: DistInfo | None = None) -> tuple[DataLoader, DataLoader]:
+    """Train loader shuffled by a generator the Manager reseeds per epoch (a DistributedSampler under DDP)."""
+    generator = torch.Generator()
+    pin = device.type == "cuda"
+    sampler = None
+    if dist is not None and dist.enabled:
+        sampler = DistributedSampler(data.train, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=0)
+    train = DataLoader(data.train, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
+                       generator=generator, num_workers=workers, pin_memory=pin, drop_last=False)
+    test = DataLoader(data.test, batch_size=test_batch_size, shuffle=False, num_workers=workers, pin_memory=pin)
+    if len(train) == 0:
+        raise UserError(f"dataset {data.spec.name!r}: the train split is empty")
+    return train, test

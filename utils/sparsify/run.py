@@ -1,0 +1,264 @@
+"""The sparse-transfer run behind `sparse_transfer.py`: select, fine-tune with a recipe, export, summarise.
+
+Model selection lives in `utils.sparsify.use_cases`, `.zoo` and `.optim`.
+"""
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from pydantic import Field
+
+from models import build_model
+from policies.recipe import load_recipe
+from utils.checkpoints import load_checkpoint
+from utils.config import StrictModel
+from utils.data import DatasetSplits, load_datasets
+from utils.deploy import export_checkpoint, export_onnx, onnx_session
+from utils.errors import UserError
+from utils.io import atomic_write_json, atomic_write_text
+from utils.paths import RECIPE_DIR, TRAINER_DIR
+from utils.runs import RUNS, InputSettings, RunResult
+from utils.sparsify.optim import OptimTarget, Selection, optim_target, select_model
+from utils.sparsify.use_cases import UseCase, resolve_use_case
+from utils.sparsify.zoo import DEFAULT_ZOO, ZooEntry, backbone_params, load_zoo
+
+log = logging.getLogger(__name__)
+
+
+DEFAULT_TRAINER = TRAINER_DIR / "study_full_lr001.yaml"   # with a recipe it only names the optimizer
+RECIPE_INT8 = RECIPE_DIR / "sparse_transfer_resnet50.yaml"
+RECIPE_FP32 = RECIPE_DIR / "sparse_transfer_fp32.yaml"
+
+
+class SparseTransferOptions(StrictModel):
+    """What sparse_transfer.py's flags say about one run."""
+
+    use_case: str
+    data: str
+    model: str | None = None                  # a checkpoint instead of the zoo's choice
+    flavour: str | None = None                # its flavour (auto-detected when omitted)
+    optim_level: float = 0.5
+    recipe: str | None = None                 # default: RECIPE_INT8 or RECIPE_FP32 by the level
+    recipe_args: str | None = None
+    zoo: str = str(DEFAULT_ZOO)
+    out: str | None = None                    # the run directory
+    config_path: str = str(DEFAULT_TRAINER)   # trainer config: with a recipe it only names the optimizer
+    batch_size: int | None = Field(default=None, gt=0)
+    image_size: int | None = Field(default=None, gt=0)
+    workers: int = Field(default=4, ge=0)
+    seed: int = 0
+    cpu: bool = False
+    resume: bool = False
+    progress: bool = True
+    latency_batch_size: int = Field(default=1, gt=0)
+    latency_warmup: int = Field(default=3, ge=0)
+    latency_runs: int = Field(default=20, gt=0)
+
+
+def check_data(case: UseCase, path: str | Path, **kwargs: Any) -> DatasetSplits:
+    """The use case's datasets read from `path` (the tree is validated); errors name --data."""
+    try:
+        return load_datasets(case.dataset, path, **kwargs)
+    except UserError as err:
+        raise UserError(f"--data: {err}") from None
+
+
+def entry_from_checkpoint(path: str, flavour: str | None) -> ZooEntry:
+    """A zoo entry describing `--model CKPT` (architecture and sparsity read from the file)."""
+    if not Path(path).is_file():
+        raise UserError(f"--model {path}: checkpoint not found")
+    loaded = load_checkpoint(path, flavour=flavour)
+    quantized = bool(loaded.extra.get("quantization"))
+    return ZooEntry(name=Path(path).stem, path=str(path), flavour=flavour, arch=loaded.arch,
+                    arch_kwargs=dict(loaded.arch_kwargs), sparsity=min(loaded.report.global_sparsity, 0.999999),
+                    quantized=quantized, params=backbone_params(loaded.arch, dict(loaded.arch_kwargs)))
+
+
+def choose_recipe(recipe: str | None, recipe_args: str | None, *, int8: bool) -> tuple[str, str | None]:
+    """The recipe to run (parsed now, so a bad one fails before training) and a note if it disagrees with INT8."""
+    path = recipe or str(RECIPE_INT8 if int8 else RECIPE_FP32)
+    has_qat = any(spec.type == "QuantizationModifier" for _, _, spec in load_recipe(path, recipe_args).modifiers)
+    if has_qat == int8:
+        return path, None
+    what = "asks for INT8 but the recipe has no QuantizationModifier" if int8 else \
+        "asks for fp32 but the recipe quantizes"
+    return path, f"the optim level {what}; following the recipe {path}"
+
+
+def dense_reference_entry(entries: Sequence[ZooEntry]) -> ZooEntry | None:
+    """The zoo's largest dense model (the latency baseline), if it has one."""
+    dense = [e for e in entries if not e.pruned]
+    return max(dense, key=lambda e: (e.params, e.name)) if dense else None
+
+
+def require_file(entry: ZooEntry, zoo: str) -> None:
+    if not Path(entry.path).is_file():
+        raise UserError(f"{zoo}: model {entry.name!r}: checkpoint {entry.path} not found; fix its 'path' "
+                        "(a relative path is relative to the zoo file)")
+
+
+def export_dense_reference(ref: ZooEntry | None, chosen: ZooEntry, *, num_classes: int, path: Path,
+                           image_size: int) -> str:
+    """fp32 ONNX of the dense baseline (the zoo's, else `chosen`'s architecture dense-initialised); its label."""
+    if ref is not None:
+        model, label = load_checkpoint(ref.path, flavour=ref.flavour, num_classes=num_classes).model, ref.name
+    else:  # dense ONNX Runtime latency does not depend on the weights' values
+        model = build_model(chosen.arch, num_classes=num_classes, **chosen.arch_kwargs)
+        label = f"{chosen.arch} dense (initialised; the zoo has no dense model)"
+    export_onnx(model, path, input_size=image_size)
+    return label
+
+
+def onnx_latency_ms(paths: dict[str, Path | str], batch: torch.Tensor, *, warmup: int, runs: int) -> dict[str, float]:
+    """Median wall time (ms) of one ONNX Runtime CPU call per model on `batch`; the models take turns,
+    so machine drift hits them alike."""
+    sessions = {k: onnx_session(p) for k, p in paths.items()}
+    feeds = {k: {s.get_inputs()[0].name: batch.numpy()} for k, s in sessions.items()}
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for i in range(warmup + runs):
+        for k, session in sessions.items():
+            start = time.perf_counter()
+            session.run(None, feeds[k])
+            if i >= warmup:
+                times[k].append((time.perf_counter() - start) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def sample_inputs(case: UseCase, data: str, inputs: InputSettings, *, count: int = 64) -> torch.Tensor:
+    """The first `count` test images, transformed as the run evaluated them."""
+    mean, std = inputs.mean_std()
+    splits = check_data(case, data, image_size=inputs.image_size, interpolation=inputs.interpolation, mean=mean,
+                        std=std, augment=False)
+    return torch.stack([splits.test[i][0] for i in range(min(count, len(splits.test)))])
+
+
+def default_run_dir(data: str, entry: ZooEntry, level: float, seed: int) -> Path:
+    return Path("experiments") / "sparse_transfer" / f"{Path(data).name}_{entry.name}_optim{level:g}_seed{seed}"
+
+
+def pick_model(opts: SparseTransferOptions, target: OptimTarget) -> tuple[Selection, list[ZooEntry]]:
+    """The zoo's choice for the level (or --model as given, with a note if it disagrees) and the zoo entries."""
+    entries = load_zoo(opts.zoo) if opts.model is None or Path(opts.zoo).is_file() else []
+    if opts.model is None:
+        return select_model(entries, opts.optim_level, zoo_path=opts.zoo), entries
+    given = entry_from_checkpoint(opts.model, opts.flavour)
+    note = None
+    if given.pruned != target.pruned:
+        note = (f"--model {opts.model} is {'pruned' if given.pruned else 'dense'} but optim-level "
+                f"{opts.optim_level:g} asks for {target.describe()}; using it as given")
+    return Selection(given, target, note), entries
+
+
+def time_deployment(export: dict[str, Any], dense_onnx: Path, inputs: torch.Tensor, *, opts: SparseTransferOptions,
+                    reference_label: str) -> dict[str, Any]:
+    """ONNX Runtime latency of the deployed model (INT8 if any, and its fp32 twin) vs the dense reference."""
+    size = opts.latency_batch_size
+    batch = inputs.repeat(-(-size // len(inputs)), 1, 1, 1)[:size]   # repeats images only if there are too few
+    deployed = export.get("int8") or export["fp32"]
+    models = {"model": deployed["path"], "dense": dense_onnx}
+    if "int8" in export:   # fp32 sparse vs dense shows what sparsity alone buys in ONNX Runtime
+        models["model_fp32"] = export["fp32"]["path"]
+    timed = onnx_latency_ms(models, batch, warmup=opts.latency_warmup, runs=opts.latency_runs)
+    return {"batch_size": size, "warmup": opts.latency_warmup, "runs": opts.latency_runs,
+            "model_onnx": deployed["path"], "dense_reference": reference_label,
+            **{f"{k}_ms": v for k, v in timed.items()}, "speedup_vs_dense": timed["dense"] / timed["model"]}
+
+
+def run_sparse_transfer(opts: SparseTransferOptions) -> dict[str, Any]:
+    """Select (or take) a model, fine-tune it with the recipe, export ONNX, time it; returns the summary."""
+    case = resolve_use_case(opts.use_case)
+    target = optim_target(opts.optim_level)
+    data = check_data(case, opts.data)
+    selection, entries = pick_model(opts, target)
+    chosen, reference = selection.entry, dense_reference_entry(entries)
+    for entry in filter(None, (chosen, reference)):   # fail now, not after training
+        require_file(entry, opts.zoo)
+    recipe, recipe_note = choose_recipe(opts.recipe, opts.recipe_args, int8=target.int8)
+    notes = [n for n in (selection.note, recipe_note) if n]
+    for note in notes:
+        log.warning(note)
+    log.info("optim-level %g: %s -> %s (%s)", opts.optim_level, target.describe(), chosen.name, chosen.path)
+    run_dir = Path(opts.out) if opts.out else default_run_dir(opts.data, chosen, opts.optim_level, opts.seed)
+    if (run_dir / "result.json").exists() and not opts.resume:
+        raise UserError(f"{run_dir} already holds a finished run; pass --resume to re-export and re-summarise it, "
+                        "or choose another --out")
+    result = transfer(opts, case=case, chosen=chosen, recipe=recipe, run_dir=run_dir)
+    samples = sample_inputs(case, opts.data, result.input)
+    export = export_checkpoint(run_dir / "model.pt", run_dir / "export", image_size=result.input.image_size,
+                               inputs=samples)
+    dense_onnx = run_dir / "export" / "dense_reference_fp32.onnx"
+    label = export_dense_reference(reference, chosen, num_classes=data.num_classes, path=dense_onnx,
+                                   image_size=result.input.image_size)
+    summary = {
+        "use_case": case.name, "data": str(opts.data), "num_classes": data.num_classes,
+        "optim_level": opts.optim_level, "target": target.describe(),
+        "model": {**chosen.model_dump(exclude={"params"}), "backbone_params": chosen.params},
+        "notes": notes, "recipe": recipe, "recipe_args": opts.recipe_args, "epochs": result.record.get("epochs"),
+        "accuracy": result.val_acc, "sparsity": result.measured_sparsity,
+        "upstream_sparsity": result.record["loaded_sparsity"], "int8": "int8" in export,
+        "sizes": deployment_sizes(export, dense_onnx),
+        "latency": time_deployment(export, dense_onnx, samples, opts=opts, reference_label=label),
+        "onnx_checks": {k: {m: export[k][m] for m in ("max_abs_diff", "top1_agreement", "num_samples")}
+                        for k in ("fp32", "int8") if k in export},
+        "run_dir": str(run_dir),
+    }
+    write_summary(run_dir, summary)
+    return summary
+
+
+def transfer(opts: SparseTransferOptions, *, case: UseCase, chosen: ZooEntry, recipe: str, run_dir: Path) -> RunResult:
+    """Full fine-tuning of the chosen upstream with the recipe, every zero kept (a finished run is reused)."""
+    kind = RUNS.get("full")
+    result = kind.run(kind.options(
+        dataset=case.dataset, dataset_path=opts.data, trainer_config_path=opts.config_path,
+        from_checkpoint_path=chosen.path, checkpoint_flavour=chosen.flavour, recipe=recipe,
+        recipe_args=opts.recipe_args, experiment_root_path=str(run_dir.parent), exp_name=run_dir.name,
+        batch_size=opts.batch_size, image_size=opts.image_size, workers=opts.workers, seed=opts.seed, cpu=opts.cpu,
+        resume=opts.resume, progress=opts.progress, model_label=f"sparse transfer (optim {opts.optim_level:g})"))
+    if result.input is None or "loaded_sparsity" not in result.record:
+        raise UserError(f"{run_dir} was recorded by an older version of this code, which did not keep the run's "
+                        "input settings; choose another --out to run the transfer again")
+    return result
+
+
+def deployment_sizes(export: dict[str, Any], dense_onnx: Path) -> dict[str, int | None]:
+    return {"onnx_fp32_bytes": export["fp32"]["bytes"],
+            "onnx_int8_bytes": export["int8"]["bytes"] if "int8" in export else None,
+            "checkpoint_dense_bytes": export["size"]["dense_bytes"],
+            "checkpoint_compressed_bytes": export["size"]["compressed_bytes"],
+            "dense_reference_onnx_bytes": dense_onnx.stat().st_size}
+
+
+def summary_markdown(s: dict[str, Any]) -> str:
+    """The summary as a short Markdown report."""
+    mb = lambda n: "-" if n is None else f"{n / 1e6:.2f} MB"  # noqa: E731
+    lat, sizes = s["latency"], s["sizes"]
+    lines = [f"# Sparse transfer: {s['model']['name']} -> {Path(s['data']).name}", "",
+             f"- use case: {s['use_case']}; optim-level {s['optim_level']:g}: {s['target']}",
+             f"- upstream: `{s['model']['path']}` ({s['model']['arch']}, sparsity {s['upstream_sparsity']:.4f})",
+             f"- recipe: `{s['recipe']}`" + (f" with `{s['recipe_args']}`" if s["recipe_args"] else ""),
+             *[f"- note: {n}" for n in s["notes"]], "",
+             "| metric | value |", "|---|---|",
+             f"| accuracy (test split) | {s['accuracy']:.4f} |",
+             f"| sparsity (conv/linear weights, classifier excluded) | {s['sparsity']:.4f} |",
+             f"| INT8 | {'yes' if s['int8'] else 'no'} |",
+             f"| ONNX fp32 / INT8 | {mb(sizes['onnx_fp32_bytes'])} / {mb(sizes['onnx_int8_bytes'])} |",
+             f"| checkpoint dense / bitmask+nonzeros | {mb(sizes['checkpoint_dense_bytes'])} / "
+             f"{mb(sizes['checkpoint_compressed_bytes'])} |",
+             f"| ONNX Runtime latency, batch {lat['batch_size']} (median of {lat['runs']}) | "
+             f"{lat['model_ms']:.3f} ms vs {lat['dense_ms']:.3f} ms dense ({lat['dense_reference']}) |",
+             *([f"| ... the same model in fp32 (sparsity alone) | {lat['model_fp32_ms']:.3f} ms |"]
+               if "model_fp32_ms" in lat else []),
+             f"| speed-up vs dense | {lat['speedup_vs_dense']:.2f}x |", "",
+             f"Run directory: `{s['run_dir']}`; ONNX: `{lat['model_onnx']}`."]
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    atomic_write_json(run_dir / "summary.json", summary)
+    atomic_write_text(run_dir / "summary.md", summary_markdown(summary))

@@ -1,0 +1,104 @@
+"""Where cells run: in this process, in N local processes (one per GPU when GPUs exist), or via submitit."""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+from utils.errors import UserError
+from utils.registry import Registry
+from utils.studies.cells import Cell, run_cell
+from utils.studies.study import SlurmSpec
+
+log = logging.getLogger(__name__)
+
+Outcome = tuple[Cell, dict[str, Any]]
+EXECUTORS: Registry = Registry("executor")
+
+
+def _gpu_count() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _pin_gpu(cell: Cell, slot: int, gpus: int) -> Cell:
+    if gpus:
+        cell.options = {**cell.options, "gpus": [slot % gpus]}
+    return cell
+
+
+@EXECUTORS.register("local")
+def run_local(cells: list[Cell], *, jobs: int = 1, slurm: SlurmSpec | None = None, **_: Any) -> Iterator[Outcome]:
+    """One cell at a time in this process, or `jobs` worker processes (cells round-robin over GPUs)."""
+    gpus = _gpu_count()
+    if jobs <= 1:
+        for i, cell in enumerate(cells):
+            yield cell, run_cell(_pin_gpu(cell, i, gpus))
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        futures = {pool.submit(run_cell, _pin_gpu(cell, i, gpus)): cell for i, cell in enumerate(cells)}
+        for future in as_completed(futures):
+            cell = futures[future]
+            try:
+                yield cell, future.result()
+            except Exception as err:  # noqa: BLE001 -- a crashed worker process fails its cell only
+                yield cell, {"status": "failed", "error": f"worker crashed: {type(err).__name__}: {err}"}
+
+
+def _submitit(cells: list[Cell], *, cluster: str | None, slurm: SlurmSpec, log_folder: Path,
+              wait: bool = True) -> Iterator[Outcome]:
+    try:
+        import submitit
+    except ImportError:
+        raise UserError("the slurm executor needs submitit: pip install submitit") from None
+
+    executor = submitit.AutoExecutor(folder=str(log_folder), cluster=cluster)
+    params: dict[str, Any] = {"timeout_min": slurm.timeout_min, "cpus_per_task": slurm.cpus_per_job,
+                              "gpus_per_node": slurm.gpus_per_job, "tasks_per_node": 1, "nodes": 1}
+    if slurm.mem_gb:
+        params["mem_gb"] = slurm.mem_gb
+    if executor.cluster == "slurm":
+        params.update(slurm_array_parallelism=slurm.array_parallelism, name="sparse-transfer",
+                      slurm_additional_parameters=dict(slurm.additional_parameters))
+        if slurm.partition:
+            params["slurm_partition"] = slurm.partition
+    executor.update_parameters(**params)
+    jobs = executor.map_array(run_cell, cells)  # one job array
+    log.info("submitted %d cells as job array %s (logs in %s)", len(jobs), jobs[0].job_id if jobs else "-", log_folder)
+    if not wait:
+        for cell, job in zip(cells, jobs):
+            yield cell, {"status": "submitted", "job_id": job.job_id}
+        return
+    pending = dict(zip(jobs, cells))
+    while pending:
+        for job in list(pending):
+            if job.done():
+                cell = pending.pop(job)
+                try:
+                    yield cell, job.result()
+                except Exception as err:  # noqa: BLE001 -- a job killed by the scheduler fails its cell only
+                    yield cell, {"status": "failed", "error": f"job {job.job_id}: {type(err).__name__}: {err}"}
+        if pending:
+            time.sleep(2)
+
+
+@EXECUTORS.register("slurm")
+def run_slurm(cells: list[Cell], *, slurm: SlurmSpec, log_folder: Path, wait: bool = True, **_: Any) -> Iterator[Outcome]:
+    """A Slurm job array through submitit (partition, time limit, GPUs/CPUs per job from the study file)."""
+    return _submitit(cells, cluster="slurm", slurm=slurm, log_folder=log_folder, wait=wait)
+
+
+@EXECUTORS.register("submitit-local")
+def run_submitit_local(cells: list[Cell], *, slurm: SlurmSpec, log_folder: Path, wait: bool = True,
+                       **_: Any) -> Iterator[Outcome]:
+    """The Slurm code path with submitit's local executor: check a study's launch without a cluster."""
+    return _submitit(cells, cluster="local", slurm=slurm, log_folder=log_folder, wait=wait)
+
+
+def get_executor(name: str) -> Callable[..., Iterator[Outcome]]:
+    return EXECUTORS.get(name)

@@ -1,0 +1,87 @@
+"""Run a study: make its upstream checkpoints, expand the grid, skip finished cells, run the rest, report.
+
+Every cell is a normal run directory under the study's experiment root. A failure is recorded and the
+sweep goes on; killing the sweep loses at most the epoch in progress (cells resume from their checkpoint).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+from utils.analysis import combos, load_results, paper_table, summarize, to_markdown, write_report
+from utils.config import validate
+from utils.runs import RUNS
+from utils.studies.cells import Cell, cell_status, expand, read_error
+from utils.studies.executors import get_executor
+from utils.studies.study import Study, load_study
+from utils.studies.upstreams import resolve_upstreams
+
+log = logging.getLogger(__name__)
+
+
+def validate_cells(cells: list[Cell], *, source: str) -> None:
+    """Every cell's options must be valid run options: a typo in the study file fails before anything runs."""
+    seen: set[str] = set()
+    for cell in cells:
+        model = RUNS.get(cell.mode).options
+        sig = cell.mode + json.dumps(sorted(cell.options), default=str)
+        if sig not in seen:
+            seen.add(sig)
+            validate({**cell.options, "exp_name": cell.name}, model, source=f"{source} ({cell.mode} cell options)")
+
+
+def run_study(study_path: str | Path, *, executor: str = "local", jobs: int = 1, dry_run: bool = False,
+              retry_failed: bool = False, wait: bool = True, report: bool = True,
+              progress: Callable[[str], None] = log.info) -> dict[str, int]:
+    """The sweep: upstreams, grid, skip done, run the rest, then the report. Returns status counts."""
+    study = load_study(study_path)
+    run = get_executor(executor)
+    start = time.perf_counter()
+    paths = resolve_upstreams(study, make=not dry_run, progress=progress)
+    cells, blocked = expand(study, paths)
+    validate_cells(cells, source=str(study_path))
+    status = {c.key: cell_status(c) for c in cells}
+    counts = {s: sum(v == s for v in status.values()) for s in ("done", "todo", "failed")}
+    planned = len(study.upstreams) * len(study.datasets) * sum(len(study.seeds_for(m)) for m in study.modes)
+    progress(f"study {study.name}: grid of {planned} cells; {len(cells)} ready -- {counts['done']} done, {counts['todo']} to do, "
+             f"{counts['failed']} failed" + (f"; upstreams not available yet: {', '.join(blocked)} (their cells "
+                                             "are not counted)" if blocked else ""))
+    for c in cells:
+        if status[c.key] == "failed":
+            progress(f"  failed: {c.label}: {read_error(c)}")
+    todo = [c for c in cells if status[c.key] == "todo" or (retry_failed and status[c.key] == "failed")]
+    if dry_run:
+        for c in todo:
+            progress(f"  to do: {c.label}  -> {c.run_dir}")
+        return counts
+    root = Path(study.experiment_root)
+    log_folder = Path(study.slurm.log_folder or root / "slurm_logs")
+    finished = {"done": 0, "failed": 0, "submitted": 0}
+    for i, (cell, outcome) in enumerate(run(todo, jobs=jobs, slurm=study.slurm, log_folder=log_folder, wait=wait), 1):
+        state = outcome["status"]
+        finished[state] = finished.get(state, 0) + 1
+        detail = (f"acc {outcome['val_acc']:.4f}" if state == "done" else outcome.get("error", outcome.get("job_id", "")))
+        progress(f"[{i}/{len(todo)}] {state:<9} {cell.label}  {detail}  ({outcome.get('seconds', 0):.1f} s)")
+    progress(f"ran {len(todo)} cells in {time.perf_counter() - start:.0f} s: {finished['done']} done, "
+             f"{finished['failed']} failed" + (f", {finished['submitted']} submitted" if finished["submitted"] else ""))
+    if report and (root / "results.csv").exists():
+        write_study_report(study, progress=progress)
+    counts = {s: sum(cell_status(c) == s for c in cells) for s in ("done", "todo", "failed")}
+    return counts
+
+
+def write_study_report(study: Study, *, progress: Callable[[str], None] = log.info) -> Path:
+    """Markdown report with the paper-style tables and figures, from the study's results.csv."""
+    root = Path(study.experiment_root)
+    df = load_results([root / "results.csv"], duplicates="last")
+    out = root / "report"
+    write_report(df, out, notes=[f"study: {study.name}", f"results: {root / 'results.csv'}"])
+    summary = summarize(df)
+    for finetuning, arch in combos(summary):
+        progress(f"\n{finetuning} fine-tuning, {arch}: top-1 accuracy (%), mean ± std over seeds")
+        progress(to_markdown(paper_table(summary, finetuning=finetuning, arch=arch)))
+    progress(f"\nreport: {out / 'report.md'}")
+    return out / "report.md"
