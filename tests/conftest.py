@@ -1,4 +1,57 @@
-"""Shared test set-up."""
+"""Shared test set-up: tiny sparse checkpoints in the native format, trainer configs, one torch thread."""
+from pathlib import Path
+
 import matplotlib
+import pytest
+import torch
+
+from models import build_model
+from utils.checkpoints import save_native_checkpoint
+from utils.sparsity import magnitude_prune_
 
 matplotlib.use("Agg")
+
+
+def write_sparse_checkpoint(path: Path, *, sparsity: float = 0.8, seed: int = 0, num_classes: int = 7,
+                            **arch_kwargs) -> dict[str, torch.Tensor] | None:
+    """A seeded `resnet_small`, magnitude-pruned to `sparsity` (0: dense), saved natively at `path`; its masks."""
+    torch.manual_seed(seed)
+    model = build_model("resnet_small", num_classes=num_classes, **arch_kwargs)
+    masks = magnitude_prune_(model, sparsity) if sparsity else None
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_native_checkpoint(path, model, arch="resnet_small", arch_kwargs=arch_kwargs, masks=masks)
+    return masks
+
+
+@pytest.fixture
+def sparse_checkpoint(tmp_path):
+    """(path, masks) of a tiny 80%-sparse checkpoint; call `make_sparse_checkpoint` for other settings."""
+    path = tmp_path / "up.pt"
+    return path, write_sparse_checkpoint(path)
+
+
+@pytest.fixture
+def make_sparse_checkpoint():
+    """write_sparse_checkpoint(path, sparsity=..., seed=..., num_classes=..., **arch_kwargs) -> masks."""
+    return write_sparse_checkpoint
+
+
+@pytest.fixture
+def trainer_config(tmp_path):
+    """(yaml text, name='trainer.yaml') -> the path of a trainer config written under tmp_path."""
+
+    def write(text: str, name: str = "trainer.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: one intra-op thread is faster, and immune to a busy machine's thread contention."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

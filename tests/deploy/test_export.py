@@ -18,7 +18,6 @@ from policies.recipe import load_recipe_text
 from policies.trainer import OptimizerConfig, build_optimizer
 from utils import deploy as export
 from utils.deploy.__main__ import main as export_main
-from utils.checkpoints import save_native_checkpoint
 from utils.errors import UserError
 from utils.sparsity import magnitude_prune_
 
@@ -111,13 +110,9 @@ optimizer: {name: sgd, lr: 0.05, momentum: 0.9, weight_decay: 0.0005}
 """
 
 
-def test_main_with_a_sparse_transfer_qat_recipe_resume_then_export(tmp_path, capsys, monkeypatch):
-    torch.manual_seed(0)
-    model = build_model("resnet_small", num_classes=7)
-    masks = magnitude_prune_(model, 0.8)
-    ckpt = tmp_path / "up.pt"
-    save_native_checkpoint(ckpt, model, arch="resnet_small", arch_kwargs={}, masks=masks)
-    (tmp_path / "trainer.yaml").write_text(TRAINER)
+def test_main_with_a_sparse_transfer_qat_recipe_resume_then_export(tmp_path, capsys, monkeypatch, sparse_checkpoint, trainer_config):
+    ckpt, masks = sparse_checkpoint
+    trainer_config(TRAINER)
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(QAT_RECIPE)
     args = ["--dset", "synthetic", "--config_path", str(tmp_path / "trainer.yaml"), "--from_checkpoint_path",

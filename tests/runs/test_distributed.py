@@ -12,9 +12,6 @@ import sys
 
 import torch
 
-from models import build_model
-from utils.checkpoints import save_native_checkpoint
-from utils.sparsity import magnitude_prune_
 
 from utils.paths import REPO_ROOT as REPO  # noqa: E402
 TRAINER = """
@@ -31,12 +28,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_ddp_keeps_masks_and_matches_single_process(tmp_path):
-    torch.manual_seed(0)
-    model = build_model("resnet_small", num_classes=4, widths=[8, 16, 16])
-    masks = magnitude_prune_(model, 0.7)
+def test_two_process_ddp_keeps_masks_and_matches_single_process(tmp_path, make_sparse_checkpoint):
     ckpt = tmp_path / "up.pt"
-    save_native_checkpoint(ckpt, model, arch="resnet_small", arch_kwargs={"widths": [8, 16, 16]}, masks=masks)
+    masks = make_sparse_checkpoint(ckpt, sparsity=0.7, num_classes=4, widths=[8, 16, 16])
     (tmp_path / "t.yaml").write_text(TRAINER)
     args = ["main.py", "--dset", "synthetic", "--config_path", str(tmp_path / "t.yaml"), "--from_checkpoint_path",
             str(ckpt), "--experiment_root_path", str(tmp_path / "exp"), "--workers", "0", "--manual_seed", "1",

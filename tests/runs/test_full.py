@@ -4,10 +4,7 @@ import pytest
 import torch
 
 import main
-from models import build_model
 from policies.loggers import CheckpointSaver
-from utils.checkpoints import save_native_checkpoint
-from utils.sparsity import magnitude_prune_
 
 TRAINER = """
 epochs: 2
@@ -18,20 +15,8 @@ schedule: {name: step, milestones_epochs: [1]}
 
 
 @pytest.fixture()
-def sparse_ckpt(tmp_path):
-    torch.manual_seed(0)
-    model = build_model("resnet_small", num_classes=7)
-    masks = magnitude_prune_(model, 0.8)
-    path = tmp_path / "up.pt"
-    save_native_checkpoint(path, model, arch="resnet_small", arch_kwargs={}, masks=masks)
-    return path, masks
-
-
-@pytest.fixture()
-def trainer(tmp_path):
-    path = tmp_path / "trainer.yaml"
-    path.write_text(TRAINER)
-    return path
+def trainer(trainer_config):
+    return trainer_config(TRAINER)
 
 
 def run(tmp_path, ckpt, trainer, *extra):
@@ -40,8 +25,8 @@ def run(tmp_path, ckpt, trainer, *extra):
                       "--no_progress", "--image_size", "16", *extra])
 
 
-def test_full_finetuning_keeps_mask_and_writes_run_dir(tmp_path, sparse_ckpt, trainer):
-    ckpt, masks = sparse_ckpt
+def test_full_finetuning_keeps_mask_and_writes_run_dir(tmp_path, sparse_checkpoint, trainer):
+    ckpt, masks = sparse_checkpoint
     result = run(tmp_path, ckpt, trainer, "--exp_name", "r1", "--model_label", "GMP")
     run_dir = tmp_path / "exp" / "r1"
     for name in ("config.yaml", "metrics.jsonl", "checkpoint.pt", "model.pt", "result.json"):
@@ -67,8 +52,8 @@ def kill_after_first_checkpoint(monkeypatch):
     monkeypatch.setattr(CheckpointSaver, "on_epoch_end", save_then_die)
 
 
-def test_resume_after_kill_equals_uninterrupted(tmp_path, sparse_ckpt, trainer, monkeypatch):
-    ckpt, _ = sparse_ckpt
+def test_resume_after_kill_equals_uninterrupted(tmp_path, sparse_checkpoint, trainer, monkeypatch):
+    ckpt, _ = sparse_checkpoint
     straight = run(tmp_path, ckpt, trainer, "--exp_name", "straight")
     with monkeypatch.context() as m:
         kill_after_first_checkpoint(m)
@@ -89,8 +74,8 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, sparse_ckpt, trainer, 
     assert len(list(csv.DictReader(open(tmp_path / "exp/results.csv")))) == 2
 
 
-def test_finished_run_whose_row_was_lost_gets_it_back_on_resume(tmp_path, sparse_ckpt, trainer):
-    ckpt, _ = sparse_ckpt
+def test_finished_run_whose_row_was_lost_gets_it_back_on_resume(tmp_path, sparse_checkpoint, trainer):
+    ckpt, _ = sparse_checkpoint
     first = run(tmp_path, ckpt, trainer, "--exp_name", "r")
     table = tmp_path / "exp" / "results.csv"
     header = table.read_text().splitlines()[0]
@@ -101,8 +86,8 @@ def test_finished_run_whose_row_was_lost_gets_it_back_on_resume(tmp_path, sparse
     assert len(rows) == 1 and float(rows[0]["val_acc"]) == first["val_acc"]
 
 
-def test_resume_with_other_config_is_refused(tmp_path, sparse_ckpt, trainer, monkeypatch, capsys):
-    ckpt, _ = sparse_ckpt
+def test_resume_with_other_config_is_refused(tmp_path, sparse_checkpoint, trainer, monkeypatch, capsys):
+    ckpt, _ = sparse_checkpoint
     with monkeypatch.context() as m:
         kill_after_first_checkpoint(m)
         with pytest.raises(KeyboardInterrupt):

@@ -4,21 +4,14 @@ import os
 import subprocess
 import sys
 
-import torch
 
-from models import build_model
-from utils.checkpoints import save_native_checkpoint
-from utils.sparsity import magnitude_prune_
 
 from utils.paths import REPO_ROOT as REPO  # noqa: E402
 
 
-def test_full_training_launcher_loops_isolates_failures_and_skips_done(tmp_path):
-    torch.manual_seed(0)
-    model = build_model("resnet_small", num_classes=3)
-    masks = magnitude_prune_(model, 0.5)
+def test_full_training_launcher_loops_isolates_failures_and_skips_done(tmp_path, make_sparse_checkpoint):
     good = tmp_path / "good.pt"
-    save_native_checkpoint(good, model, arch="resnet_small", arch_kwargs={}, masks=masks)
+    make_sparse_checkpoint(good, sparsity=0.5, num_classes=3)
     env = {**os.environ, "CHECKPOINTS": f"{good} {tmp_path / 'missing.pth'}", "SEEDS": "1 2",
            "EXPERIMENT_ROOT": str(tmp_path / "exp"), "PYTHON": sys.executable}
     cmd = [str(REPO / "run_dataset_generalize_full_training_lr001.sh"), "cpu", "synthetic", "unused",
@@ -40,12 +33,9 @@ def test_launcher_usage_error_without_arguments():
     assert out.returncode == 2 and "Usage" in out.stderr
 
 
-def test_linear_launcher_runs_each_seed_and_isolates_a_bad_checkpoint(tmp_path):
-    torch.manual_seed(0)
-    model = build_model("resnet_small", num_classes=3)
-    masks = magnitude_prune_(model, 0.5)
+def test_linear_launcher_runs_each_seed_and_isolates_a_bad_checkpoint(tmp_path, make_sparse_checkpoint):
     good = tmp_path / "good.pt"
-    save_native_checkpoint(good, model, arch="resnet_small", arch_kwargs={}, masks=masks)
+    make_sparse_checkpoint(good, sparsity=0.5, num_classes=3)
     env = {**os.environ, "CHECKPOINTS": f"{good} {tmp_path / 'missing.pth'}", "SEEDS": "1 2",
            "EXPERIMENT_ROOT": str(tmp_path / "exp"), "FEATURES_CACHE": str(tmp_path / "cache"),
            "PYTHON": sys.executable}

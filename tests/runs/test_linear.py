@@ -6,9 +6,6 @@ import pytest
 import torch
 
 import finetune_pre_extracted_features as entry
-from models import build_model
-from utils.checkpoints import save_native_checkpoint
-from utils.sparsity import magnitude_prune_
 from utils.runs import RESULT_COLUMNS
 
 SGD = """
@@ -19,17 +16,9 @@ schedule: {name: step, milestones_epochs: [1], gamma: 0.1}
 """
 
 
-def make_checkpoint(path, seed=0, sparsity=0.8):
-    torch.manual_seed(seed)
-    model = build_model("resnet_small", num_classes=7)
-    masks = magnitude_prune_(model, sparsity)
-    save_native_checkpoint(path, model, arch="resnet_small", arch_kwargs={}, masks=masks)
-    return path
-
-
 @pytest.fixture()
-def ckpt(tmp_path):
-    return make_checkpoint(tmp_path / "up.pt")
+def ckpt(sparse_checkpoint):
+    return sparse_checkpoint[0]
 
 
 def run(tmp_path, ckpt, *extra):
@@ -61,13 +50,13 @@ def test_lbfgs_run_writes_the_run_dir_and_a_linear_row(tmp_path, ckpt, capsys):
     assert result["features_reused"] == {"train": False, "test": False}
 
 
-def test_another_seed_and_solver_reuse_the_cache_and_a_new_checkpoint_does_not(tmp_path, ckpt, caplog):
+def test_another_seed_and_solver_reuse_the_cache_and_a_new_checkpoint_does_not(tmp_path, ckpt, caplog, make_sparse_checkpoint):
     run(tmp_path, ckpt, "--seed", "1")
     with caplog.at_level("INFO", logger="utils.linear.features"):
         second = run(tmp_path, ckpt, "--seed", "2", "--solver", "sklearn")
     assert second["features_reused"] == {"train": True, "test": True}
     assert caplog.text.count("reusing cached features") == 2
-    make_checkpoint(ckpt, seed=1)  # same path, new content
+    make_sparse_checkpoint(ckpt, seed=1)  # same path, new content
     third = run(tmp_path, ckpt, "--seed", "3")
     assert third["features_reused"] == {"train": False, "test": False}
     assert [r["solver"] for r in rows(tmp_path)] == ["lbfgs", "sklearn", "lbfgs"]

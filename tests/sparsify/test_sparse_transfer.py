@@ -187,15 +187,10 @@ def test_bad_data_trees_give_clear_errors(tmp_path, capsys):
 # ---------------------------------------------------------------- end to end
 
 
-def test_end_to_end_sparse_transfer_keeps_sparsity_and_writes_summary(tmp_path, capsys):
+def test_end_to_end_sparse_transfer_keeps_sparsity_and_writes_summary(tmp_path, capsys, make_sparse_checkpoint):
     data = write_tree(tmp_path / "flowers")
-    torch.manual_seed(0)
-    sparse = build_model("resnet_small", num_classes=5)
-    masks = magnitude_prune_(sparse, 0.8)
-    (tmp_path / "ck").mkdir()
-    save_native_checkpoint(tmp_path / "ck" / "sparse.pt", sparse, arch="resnet_small", arch_kwargs={}, masks=masks)
-    save_native_checkpoint(tmp_path / "ck" / "dense.pt", build_model("resnet_small", num_classes=5),
-                           arch="resnet_small", arch_kwargs={})
+    masks = make_sparse_checkpoint(tmp_path / "ck" / "sparse.pt", sparsity=0.8, num_classes=5)
+    make_sparse_checkpoint(tmp_path / "ck" / "dense.pt", sparsity=0.0, seed=1, num_classes=5)
     zoo = tmp_path / "zoo.yaml"
     zoo.write_text("models:\n"
                    "  - {name: small80, path: ck/sparse.pt, flavour: native, arch: resnet_small, sparsity: 0.8}\n"

@@ -4,25 +4,16 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 import sweep
-from models import build_model
-from utils.checkpoints import save_native_checkpoint
-from utils.sparsity import magnitude_prune_
 from utils.studies import load_study
 from utils.studies import cell_status, expand, resolve_upstreams
 
 TRAINER = "epochs: 1\nbatch_size: 32\noptimizer: {name: sgd, lr: 0.05}\nschedule: {name: constant}\n"
 
 
-def make_ckpt(path: Path, sparsity: float, seed: int = 0) -> Path:
-    torch.manual_seed(seed)
-    model = build_model("resnet_small", num_classes=3, widths=[8, 8, 8])
-    masks = magnitude_prune_(model, sparsity) if sparsity else None
-    save_native_checkpoint(path, model, arch="resnet_small", arch_kwargs={"widths": [8, 8, 8]}, masks=masks)
-    return path
+TINY = {"num_classes": 3, "widths": [8, 8, 8]}
 
 
 def write_study(tmp_path: Path, upstreams: list[dict], **extra) -> Path:
@@ -37,9 +28,10 @@ def write_study(tmp_path: Path, upstreams: list[dict], **extra) -> Path:
 
 
 @pytest.fixture()
-def two_upstreams(tmp_path):
-    dense = make_ckpt(tmp_path / "dense.pt", 0.0)
-    sparse = make_ckpt(tmp_path / "sparse.pt", 0.5)
+def two_upstreams(tmp_path, make_sparse_checkpoint):
+    dense, sparse = tmp_path / "dense.pt", tmp_path / "sparse.pt"
+    make_sparse_checkpoint(dense, sparsity=0.0, **TINY)
+    make_sparse_checkpoint(sparse, sparsity=0.5, **TINY)
     return [{"name": "dense", "model": "Dense", "sparsity": 0.0, "path": str(dense)},
             {"name": "gmp50", "model": "GMP", "sparsity": 0.5, "path": str(sparse)}]
 
@@ -62,7 +54,7 @@ def test_grid_expansion_and_content_keys(tmp_path, two_upstreams):
     assert not {c.key for c in cells3} & {c.key for c in cells}
 
 
-def test_skip_done_failure_isolation_and_retry(tmp_path, two_upstreams, capsys):
+def test_skip_done_failure_isolation_and_retry(tmp_path, two_upstreams, capsys, make_sparse_checkpoint):
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a checkpoint")
     ups = two_upstreams + [{"name": "broken", "model": "X", "sparsity": 0.9, "path": str(broken)}]
@@ -84,7 +76,7 @@ def test_skip_done_failure_isolation_and_retry(tmp_path, two_upstreams, capsys):
     assert "ran 0 cells" in capsys.readouterr().out
     assert len(list(csv.DictReader(open(tmp_path / "exp" / "results.csv")))) == 4
 
-    make_ckpt(broken, 0.9)  # the user fixes the file: its content (and so its cells' keys) change
+    make_sparse_checkpoint(broken, sparsity=0.9, **TINY)  # the user fixes the file: its content (and so its cells' keys) change
     counts = sweep.main([str(path), "--no-report", "--retry-failed"])
     assert counts["done"] == 6 and counts["todo"] == 0
 
