@@ -2,9 +2,11 @@
 
     python bench/masked_step.py [--arch resnet50] [--batch 16] [--size 224] [--steps 10] [--sparsity 0.9]
 
-Both steps are SGD+momentum+weight decay; the masked one also zeroes pruned gradients after backward
-and pruned weights after the step (FixedMaskPolicy). The steps alternate so drift hits both equally.
-Target: ratio <= 1.05.
+All steps are SGD+momentum+weight decay. The masked ones also zero pruned gradients after backward and
+pruned weights after the step, through the project's one mask mechanism (utils.sparsity.HeldMasks), held
+two ways: fixed masks (FixedMaskPolicy, sparse fine-tuning) and a recipe's ConstantPruningModifier (the
+policy every pruning modifier shares). The steps alternate so drift hits all equally. Target: ratio <= 1.05.
+It also times the mask hooks alone, which is where the two ways could differ.
 """
 from __future__ import annotations
 
@@ -13,31 +15,85 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from models import build_model  # noqa: E402
-from policies.base import TrainState  # noqa: E402
+from policies.base import Policy, TrainState  # noqa: E402
+from policies.events import Event  # noqa: E402
 from policies.masking import FixedMaskPolicy  # noqa: E402
+from policies.modifiers import build_recipe_policies  # noqa: E402
+from policies.recipe import load_recipe_text  # noqa: E402
 from utils.sparsity import magnitude_mask, prunable_parameters  # noqa: E402
 
+CONSTANT = """
+modifiers:
+  - !EpochRangeModifier
+    end_epoch: 1
+  - !ConstantPruningModifier
+    params: __ALL_PRUNABLE__
+"""
 
-def make_step(model, optimizer, batch, policy=None, state=None):
-    x, y = batch
 
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        if policy:
-            policy.on_after_backward(state)
-        optimizer.step()
-        if policy:
-            policy.on_after_optimizer_step(state)
-        if x.is_cuda:
-            torch.cuda.synchronize()
-    return step
+class Variant:
+    """One model + optimizer + the policies holding its masks, stepping on a fixed batch."""
+
+    def __init__(self, arch: str, device: torch.device, *, masks: str | None, sparsity: float):
+        torch.manual_seed(0)
+        self.model = build_model(arch, num_classes=100).to(device)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+        self.state = TrainState(model=self.model, forward_model=self.model, optimizer=self.optimizer, device=device,
+                                steps_per_epoch=10**6, num_epochs=1, seed=0)
+        params = prunable_parameters(self.model, exclude_prefixes=[self.model.classifier_name])
+        with torch.no_grad():
+            self.masks = {n: magnitude_mask(w, sparsity) for n, w in params.items()}
+            for n, w in params.items():
+                w.mul_(self.masks[n])
+        self.policies: list[Policy] = []
+        if masks == "fixed":
+            self.policies = [FixedMaskPolicy(self.masks)]
+        elif masks == "recipe":
+            policies, _ = build_recipe_policies(load_recipe_text(CONSTANT, source="bench"), model=self.model,
+                                                steps_per_epoch=10**6)
+            self.policies = policies
+        for policy in self.policies:
+            policy.on_event(Event.FIT_START, self.state)
+
+    def hooks(self) -> None:
+        for policy in self.policies:
+            policy.on_event(Event.AFTER_BACKWARD, self.state)
+        for policy in self.policies:
+            policy.on_event(Event.AFTER_OPTIMIZER_STEP, self.state)
+
+    def step_fn(self, batch: tuple[torch.Tensor, torch.Tensor]) -> Callable[[], None]:
+        x, y = batch
+
+        def step() -> None:
+            self.optimizer.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(self.model(x), y).backward()
+            for policy in self.policies:
+                policy.on_event(Event.AFTER_BACKWARD, self.state)
+            self.optimizer.step()
+            self.state.step += 1
+            for policy in self.policies:
+                policy.on_event(Event.AFTER_OPTIMIZER_STEP, self.state)
+            if x.is_cuda:
+                torch.cuda.synchronize()
+        return step
+
+
+def median_times(fns: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
+    for fn in fns.values():  # warm-up
+        fn(), fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main() -> None:
@@ -53,36 +109,21 @@ def main() -> None:
     torch.manual_seed(0)
     batch = (torch.randn(args.batch, 3, args.size, args.size, device=device),
              torch.randint(0, 100, (args.batch,), device=device))
-
-    def fresh():
-        torch.manual_seed(0)
-        model = build_model(args.arch, num_classes=100).to(device)
-        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
-        return model, opt
-
-    dense_model, dense_opt = fresh()
-    sparse_model, sparse_opt = fresh()
-    params = prunable_parameters(sparse_model, exclude_prefixes=[sparse_model.classifier_name])
-    policy = FixedMaskPolicy({n: magnitude_mask(w, args.sparsity) for n, w in params.items()})
-    state = TrainState(model=sparse_model, forward_model=sparse_model, optimizer=sparse_opt, device=device,
-                       steps_per_epoch=1, num_epochs=1, seed=0)
-    policy.on_fit_start(state)
-    dense_step = make_step(dense_model, dense_opt, batch)
-    masked_step = make_step(sparse_model, sparse_opt, batch, policy, state)
-    for _ in range(2):  # warm-up
-        dense_step(), masked_step()
-    dense_t, masked_t = [], []
-    for _ in range(args.steps):
-        for fn, times in ((dense_step, dense_t), (masked_step, masked_t)):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-    d, m = statistics.median(dense_t), statistics.median(masked_t)
-    print(f"{args.arch} batch {args.batch} at {args.size}px on {device}, {len(policy.masks)} masked tensors "
-          f"at {args.sparsity:.0%} sparsity, {args.steps} steps each (median)")
-    print(f"dense step  {d * 1000:8.1f} ms")
-    print(f"masked step {m * 1000:8.1f} ms")
-    print(f"ratio masked/dense = {m / d:.3f}  (target <= 1.05)")
+    variants = {name: Variant(args.arch, device, masks=masks, sparsity=args.sparsity)
+                for name, masks in (("dense", None), ("fixed masks", "fixed"), ("recipe masks", "recipe"))}
+    steps = median_times({k: v.step_fn(batch) for k, v in variants.items()}, args.steps)
+    masked = {k: v for k, v in variants.items() if v.policies}
+    for v in masked.values():  # give every held parameter a gradient, as after backward
+        for param in v.model.parameters():
+            param.grad = torch.randn_like(param)
+    hooks = median_times({k: v.hooks for k, v in masked.items()}, 50)
+    print(f"{args.arch} batch {args.batch} at {args.size}px on {device}, {len(variants['dense'].masks)} masked "
+          f"tensors at {args.sparsity:.0%} sparsity, {args.steps} steps each (median)")
+    for name, t in steps.items():
+        ratio = "" if name == "dense" else f"   ratio to dense {t / steps['dense']:.3f}  (target <= 1.05)"
+        print(f"{name:<13} step {t * 1000:8.1f} ms{ratio}")
+    for name, t in hooks.items():
+        print(f"{name:<13} mask hooks alone {t * 1000:7.2f} ms per step")
 
 
 if __name__ == "__main__":
