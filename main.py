@@ -17,9 +17,11 @@ from utils.errors import exit_on_user_error
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("the study's flags")
-    g.add_argument("--dset", dest="dataset", required=True, help="dataset name (see configs/datasets/) or 'imagefolder'")
+    g.add_argument("--dset", dest="dataset", required=True,
+                   help="dataset name (see configs/datasets/) or 'imagefolder'")
     g.add_argument("--dset_path", dest="dataset_path", help="dataset root on disk (layout auto-detected)")
-    g.add_argument("--config_path", dest="trainer_config_path", required=True, help="trainer config: configs/trainers/*.yaml")
+    g.add_argument("--config_path", dest="trainer_config_path", required=True,
+                   help="trainer config: configs/trainers/*.yaml")
     g.add_argument("--transfer_config_path", help="transfer config: configs/transfer/*.yaml")
     g.add_argument("--from_checkpoint_path", help="upstream checkpoint to fine-tune")
     g.add_argument("--epochs", type=int, help="override the trainer config's epochs")

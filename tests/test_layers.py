@@ -210,7 +210,8 @@ def main() -> None:
     print(f"import cycles: {len(cycles(imports))}")
     print(f"forbidden imports: {len(forbidden(imports))}")
     print(f"function-local project imports in the library: {sum(i.local for i in imports)}")
-    print(f"modules over 300 lines: {sum(n > 300 for n, _ in sizes)} " + str([f"{m} ({n})" for n, m in sizes if n > 300]))
+    over = [f"{m} ({n})" for n, m in sizes if n > 300]
+    print(f"modules over 300 lines: {len(over)} {over}")
     print(f"largest module: {sizes[0][1]} ({sizes[0][0]} lines)")
     print("longest functions: " + ", ".join(f"{n} ({k} lines)" for k, n in longest))
 

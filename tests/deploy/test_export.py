@@ -110,7 +110,8 @@ optimizer: {name: sgd, lr: 0.05, momentum: 0.9, weight_decay: 0.0005}
 """
 
 
-def test_main_with_a_sparse_transfer_qat_recipe_resume_then_export(tmp_path, capsys, monkeypatch, sparse_checkpoint, trainer_config):
+def test_main_with_a_sparse_transfer_qat_recipe_resume_then_export(tmp_path, capsys, monkeypatch, sparse_checkpoint,
+                                                                   trainer_config):
     ckpt, masks = sparse_checkpoint
     trainer_config(TRAINER)
     recipe = tmp_path / "recipe.yaml"

@@ -50,7 +50,8 @@ def test_lbfgs_run_writes_the_run_dir_and_a_linear_row(tmp_path, ckpt, capsys):
     assert result["features_reused"] == {"train": False, "test": False}
 
 
-def test_another_seed_and_solver_reuse_the_cache_and_a_new_checkpoint_does_not(tmp_path, ckpt, caplog, make_sparse_checkpoint):
+def test_another_seed_and_solver_reuse_the_cache_and_a_new_checkpoint_does_not(tmp_path, ckpt, caplog,
+                                                                                make_sparse_checkpoint):
     run(tmp_path, ckpt, "--seed", "1")
     with caplog.at_level("INFO", logger="utils.linear.features"):
         second = run(tmp_path, ckpt, "--seed", "2", "--solver", "sklearn")

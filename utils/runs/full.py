@@ -81,7 +81,8 @@ def plan_run(opts: FullOptions) -> Plan:
 
 
 def load_data(upstream: Upstream, *, dataset: str, dataset_path: str | None, image_size: int | None,
-              interpolation: str | None, max_train_samples: int | None, seed: int) -> tuple[DatasetSplits, InputSettings]:
+              interpolation: str | None, max_train_samples: int | None,
+              seed: int) -> tuple[DatasetSplits, InputSettings]:
     """The downstream splits, prepared as the upstream expects (its resize and normalisation unless overridden)."""
     inputs = InputSettings(image_size=image_size or upstream.model.default_input_size,
                            interpolation=interpolation or upstream.interpolation,

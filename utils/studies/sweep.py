@@ -46,7 +46,8 @@ def run_study(study_path: str | Path, *, executor: str = "local", jobs: int = 1,
     status = {c.key: cell_status(c) for c in cells}
     counts = {s: sum(v == s for v in status.values()) for s in ("done", "todo", "failed")}
     planned = len(study.upstreams) * len(study.datasets) * sum(len(study.seeds_for(m)) for m in study.modes)
-    progress(f"study {study.name}: grid of {planned} cells; {len(cells)} ready -- {counts['done']} done, {counts['todo']} to do, "
+    progress(f"study {study.name}: grid of {planned} cells; {len(cells)} ready -- {counts['done']} done, "
+             f"{counts['todo']} to do, "
              f"{counts['failed']} failed" + (f"; upstreams not available yet: {', '.join(blocked)} (their cells "
                                              "are not counted)" if blocked else ""))
     for c in cells:

@@ -71,7 +71,8 @@ def produce_upstream(u: UpstreamSpec, *, root: Path, source: Path | None, option
     return trained
 
 
-def resolve_upstreams(study: Study, *, make: bool, progress: Callable[[str], None] = log.info) -> dict[str, Path | None]:
+def resolve_upstreams(study: Study, *, make: bool,
+                      progress: Callable[[str], None] = log.info) -> dict[str, Path | None]:
     """name -> checkpoint path; produced upstreams are made when `make` (else None until they exist)."""
     root = Path(study.experiment_root)
     paths: dict[str, Path | None] = {}
