@@ -44,7 +44,7 @@ def synthetic_features(n: int, *, dim: int, classes: int, spread: float, seed: i
 
 
 def write_entry(path: Path, x: np.ndarray, y: np.ndarray, meta: dict) -> Path:
-    """A features-cache entry (features.npy, labels.npy, meta.json) as utils.features writes them."""
+    """A features-cache entry (features.npy, labels.npy, meta.json) as utils.linear.features writes them."""
     path.mkdir(parents=True, exist_ok=True)
     np.save(path / "features.npy", x)
     np.save(path / "labels.npy", y)

@@ -1,5 +1,5 @@
 """ONNX export (fp32 and INT8 QDQ) checked against torch in ONNX Runtime; compressed checkpoint size;
-and the whole path through main.py --recipe (sparse transfer + QAT) to `python -m utils.export`."""
+and the whole path through main.py --recipe (sparse transfer + QAT) to `python -m utils.deploy`."""
 import csv
 from collections import Counter
 
