@@ -36,6 +36,10 @@ class MaskPolicy(Policy):
         """(marker, masks or None) when the schedule point at `step` differs from `self.applied`, else None."""
         return None
 
+    def releases_after(self, step: int) -> bool:
+        """True when the masks stop being enforced right after optimizer step `step` (not even re-applied)."""
+        return False
+
     def _update(self, state: TrainState) -> None:
         change = self.masks_for_step(state.step, state)
         if change is not None:
@@ -59,7 +63,8 @@ class MaskPolicy(Policy):
         self.held.zero_grads_()
 
     def on_after_optimizer_step(self, state: TrainState) -> None:
-        self.held.zero_weights_()
+        if not self.releases_after(state.step - 1):
+            self.held.zero_weights_()
         self._update(state)
 
     def on_fit_end(self, state: TrainState) -> None:

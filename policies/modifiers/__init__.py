@@ -1,21 +1,24 @@
 """Recipe modifiers: one registry (`MODIFIERS`), one module per family; `build_recipe_policies` wires a recipe."""
 from __future__ import annotations
 
+import logging
 import math
 
 from torch import nn
 
 from policies.base import Policy
-from policies.modifiers.base import MODIFIERS, Modifier, epoch_to_step
+from policies.modifiers.base import MODIFIERS, Modifier
 from policies.recipe import Recipe
 from utils.errors import UserError
 from utils.registry import unknown_name_message
 
 # Importing the families registers them.
 from policies.modifiers import acdc, pruning, quantization, training  # noqa: E402,F401  isort: skip
-from policies.modifiers.training import EpochRangeModifier, RecipeSchedule, ScheduleWriter  # noqa: E402
+from policies.modifiers.training import RecipeSchedule, ScheduleWriter  # noqa: E402
 
-__all__ = ["MODIFIERS", "Modifier", "build_modifiers", "build_recipe_policies", "epoch_to_step", "recipe_num_epochs"]
+__all__ = ["MODIFIERS", "Modifier", "build_modifiers", "build_recipe_policies", "recipe_method", "recipe_num_epochs"]
+
+log = logging.getLogger(__name__)
 
 
 def modifier_name(group: str, index: int, type_name: str) -> str:
@@ -28,33 +31,47 @@ def build_modifiers(recipe: Recipe, *, model: nn.Module, steps_per_epoch: int) -
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
     out = []
-    for group, index, spec in recipe.modifiers:
+    for position, (group, index, spec) in enumerate(recipe.modifiers):
         source = f"{recipe.source}: {group}[{index}] !{spec.type}"
         if spec.type not in MODIFIERS:
             raise UserError(f"{recipe.source}: {group}[{index}]: "
                             + unknown_name_message("recipe modifier", spec.type, MODIFIERS.names()))
         cls = MODIFIERS.get(spec.type)
         out.append(cls.from_spec(spec.args, name=modifier_name(group, index, spec.type), model=model,
-                                 steps_per_epoch=steps_per_epoch, source=source))
+                                 steps_per_epoch=steps_per_epoch, source=source, position=position))
     return out
 
 
 def recipe_num_epochs(modifiers: list[Modifier], *, source: str = "recipe") -> int:
-    """Training length: the EpochRangeModifier's end (else the latest epoch any modifier needs)."""
-    ranges = [m for m in modifiers if isinstance(m, EpochRangeModifier)]
-    epochs = max(m.args.end_epoch for m in ranges) if ranges else max((m.last_epoch for m in modifiers), default=0)
+    """Training length as SparseML's manager computes it (`max_epochs`): the largest start or end epoch of
+    any modifier, each rounded up (an EpochRangeModifier is one modifier among the others)."""
+    epochs = max((math.ceil(e) for m in modifiers for e in m.schedule_epochs), default=-1)
     if epochs <= 0:
         raise UserError(f"{source}: the recipe sets no training length; add an EpochRangeModifier with end_epoch")
-    if not float(epochs).is_integer():
-        raise UserError(f"{source}: training length {epochs} epochs is not whole; the loop runs whole epochs "
-                        "(make the EpochRangeModifier end_epoch an integer)")
-    return int(math.floor(epochs))
+    return int(epochs)
+
+
+def recipe_method(modifiers: list[Modifier]) -> str | None:
+    """The pruning method the recipe applies (its results label), if any: the last pruning modifier's."""
+    methods = [m.method for m in modifiers if m.method]
+    return methods[-1] if methods else None
+
+
+def warn_idle_modifiers(modifiers: list[Modifier], *, epochs: int, steps_per_epoch: int) -> None:
+    """One warning line per modifier that can never act within the recipe's training length."""
+    total = epochs * steps_per_epoch
+    for m in modifiers:
+        if m.start_step >= total:
+            log.warning("%s: starts at epoch %g, at or after the end of training (%d epochs): it has no effect",
+                        m.source, m.args.start_epoch, epochs)
 
 
 def build_recipe_policies(recipe: Recipe, *, model: nn.Module, steps_per_epoch: int) -> tuple[list[Policy], int]:
     """The recipe as policies for the Manager (the LR/WD schedule first), and its number of epochs."""
     modifiers = build_modifiers(recipe, model=model, steps_per_epoch=steps_per_epoch)
+    epochs = recipe_num_epochs(modifiers, source=recipe.source)
+    warn_idle_modifiers(modifiers, epochs=epochs, steps_per_epoch=steps_per_epoch)
     writers = [m for m in modifiers if isinstance(m, ScheduleWriter)]
-    others = [m for m in modifiers if not isinstance(m, (ScheduleWriter, EpochRangeModifier))]
+    others = [m for m in modifiers if not isinstance(m, ScheduleWriter) and m.acts]
     policies: list[Policy] = ([RecipeSchedule(writers)] if writers else []) + others
-    return policies, recipe_num_epochs(modifiers, source=recipe.source)
+    return policies, epochs

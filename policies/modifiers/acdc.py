@@ -1,10 +1,12 @@
-"""AC/DC (Peste et al., 2021): alternating dense and compressed phases, ending compressed.
+"""AC/DC (Peste et al., 2021): alternating dense and compressed phases, ending compressed -- as SparseML runs it.
 
-From start_epoch, phases of `update_frequency` epochs alternate dense, compressed, dense, ... A trailing
-dense phase before end_epoch is dropped (end_epoch moves back to the end of the last compressed phase, as
-SparseML does), so training always leaves AC/DC compressed; with leave_enabled the last masks are then held.
-Each compressed phase takes fresh magnitude masks (global or per layer, unstructured/block4/N:M); entering a
-dense phase releases the masks and, by default, zeroes the optimizer's momentum (stale for regrown weights).
+The masks update at start_epoch, every `update_frequency` epochs after, and at end_epoch (SparseML's clock).
+At each update SparseML decides from the epoch alone: phase `floor((epoch - start) / update_frequency)`;
+the phase is dense when that number is even **and** the epoch is before `end_epoch - update_frequency`,
+otherwise compressed (fresh magnitude masks at `compression_sparsity`). So the last phase is always
+compressed, whatever the span, and the end update prunes once more. Epochs must be whole numbers (SparseML's
+rule). After the first optimizer step of a dense phase that follows a compressed one, SGD's momentum
+buffers are zeroed (they hold momentum of weights that were pinned at zero).
 """
 from __future__ import annotations
 
@@ -24,28 +26,26 @@ from utils.sparsity import make_masks, parse_mask_type
 
 log = logging.getLogger(__name__)
 
-MOMENTUM_KEYS = ("momentum_buffer", "exp_avg")
 
-
-def acdc_compressed_end_epoch(start_epoch: float, end_epoch: float, update_frequency: float) -> float:
-    """end_epoch moved back so the last phase before it is compressed (phase k is compressed when k is odd)."""
-    phases = math.ceil((end_epoch - start_epoch) / update_frequency - 1e-9)
-    if phases % 2 == 1:
-        return start_epoch + (phases - 1) * update_frequency
-    return end_epoch
+def acdc_phase(epoch: float, *, start_epoch: float, end_epoch: float, update_frequency: float) -> tuple[int, bool]:
+    """(phase number, compressed?) SparseML assigns to an update at `epoch`."""
+    phase = math.floor((epoch - start_epoch) / update_frequency)
+    dense = phase % 2 == 0 and end_epoch - update_frequency > epoch
+    return phase, not dense
 
 
 def reset_momentum_(optimizer: torch.optim.Optimizer) -> None:
-    """Zero SGD momentum buffers (and Adam's first moments) of every parameter."""
+    """Zero SGD's momentum buffers (SparseML resets `momentum_buffer` only)."""
     for param_state in optimizer.state.values():
-        for key in MOMENTUM_KEYS:
-            if torch.is_tensor(param_state.get(key)):
-                param_state[key].zero_()
+        if torch.is_tensor(param_state.get("momentum_buffer")):
+            param_state["momentum_buffer"].zero_()
 
 
 @MODIFIERS.register("ACDCPruningModifier")
 class ACDCPruningModifier(MaskingModifier):
     """Alternating Compressed/DeCompressed training; see the module docstring."""
+
+    method = "AC/DC"
 
     class Args(ModifierArgs):
         compression_sparsity: float
@@ -57,77 +57,56 @@ class ACDCPruningModifier(MaskingModifier):
         leave_enabled: bool = True
         momentum_buffer_reset: bool = True
         mask_type: str | list[int] = "unstructured"
-        log_types: Any = None
 
     def setup(self, model: nn.Module) -> None:
         super().setup(model)
         a = self.args
+        for key in ("start_epoch", "end_epoch", "update_frequency"):
+            if not float(getattr(a, key)).is_integer():
+                raise UserError(f"{self.source}: AC/DC needs whole-number epochs (as SparseML requires); "
+                                f"{key} is {getattr(a, key)}")
         self.sparsity = check_fraction(a.compression_sparsity, "compression_sparsity", source=self.source)
         try:
             self.mask_type = parse_mask_type(a.mask_type)
         except ValueError as err:
             raise UserError(f"{self.source}: {err}") from None
-        start = max(a.start_epoch, 0.0)
-        if a.end_epoch <= start:
+        if a.end_epoch <= max(a.start_epoch, 0.0):
             raise UserError(f"{self.source}: AC/DC needs end_epoch > start_epoch, got {a.start_epoch}..{a.end_epoch}")
-        self.compressed_end_epoch = acdc_compressed_end_epoch(start, a.end_epoch, a.update_frequency)
-        if self.compressed_end_epoch != a.end_epoch:
-            log.info("%s: the last phase before end_epoch %g would be dense; AC/DC ends compressed at epoch %g",
-                     self.source, a.end_epoch, self.compressed_end_epoch)
-        count = round((self.compressed_end_epoch - start) / a.update_frequency)
-        # Phase k spans [boundaries[k], boundaries[k + 1]); each boundary converted once from epochs.
-        self.boundaries = [self.to_step(start + k * a.update_frequency) for k in range(count)]
-        self.boundaries.append(self.to_step(self.compressed_end_epoch))
+        self.update_frequency = a.update_frequency
+        self.momentum_empty = True        # no compressed phase yet: nothing to reset
+        self.reset_pending = False        # reset after the next optimizer step (the first of a dense phase)
 
-    def phase_at(self, step: int) -> tuple[int, bool] | None:
-        """(phase index, compressed?) at `step`; None before start; after the end: (last phase, True)."""
-        if step < self.boundaries[0] or len(self.boundaries) < 3:
-            return None
-        if step >= self.boundaries[-1]:
-            return len(self.boundaries) - 2, True
-        k = max(i for i, b in enumerate(self.boundaries[:-1]) if b <= step)
-        return k, k % 2 == 1
-
-    def phases(self) -> list[tuple[float, float, str]]:
-        """[(start_epoch, end_epoch, 'dense' | 'compressed')] of every phase, in epochs."""
+    def phase_at(self, step: int) -> tuple[int, bool]:
         a = self.args
-        start = max(a.start_epoch, 0.0)
-        edges = [start + k * a.update_frequency for k in range(len(self.boundaries) - 1)] + [self.compressed_end_epoch]
-        return [(edges[k], edges[k + 1], "compressed" if k % 2 else "dense") for k in range(len(edges) - 1)]
+        return acdc_phase(self.epoch_at(step), start_epoch=a.start_epoch, end_epoch=a.end_epoch,
+                          update_frequency=a.update_frequency)
 
-    def masks_for_step(self, step: int, state: TrainState):
-        phase = self.phase_at(step)
-        if phase is None:
+    def phases(self) -> list[tuple[int, str]]:
+        """(update step, 'dense' | 'compressed') of every update of a run of `total_steps` (after FIT_START)."""
+        return [(s, "compressed" if self.phase_at(s)[1] else "dense") for s in sorted(self.updates)]
+
+    def compute_masks(self, step: int, state: TrainState):
+        if not self.phase_at(step)[1]:
+            self.reset_pending = self.args.momentum_buffer_reset and not self.momentum_empty
             return None
-        index, compressed = phase
-        after_end = step >= self.boundaries[-1]
-        if after_end:
-            if not self.args.leave_enabled and self.applied != "released":
-                return "released", None
-            return None
-        if phase == self.applied:
-            return None
-        if not compressed:
-            if self.masks is not None and self.args.momentum_buffer_reset:
-                reset_momentum_(state.optimizer)
-            return phase, None
+        self.momentum_empty = False
         try:
-            masks = make_masks(self.held_params, self.sparsity, mask_type=self.mask_type,
-                               global_scope=self.args.global_sparsity)
+            return make_masks(self.held_params, self.sparsity, mask_type=self.mask_type,
+                              global_scope=self.args.global_sparsity)
         except ValueError as err:
             raise UserError(f"{self.source}: {err}") from None
-        return phase, masks
+
+    def on_after_optimizer_step(self, state: TrainState) -> None:
+        if self.reset_pending:
+            reset_momentum_(state.optimizer)
+            self.reset_pending, self.momentum_empty = False, True
+        super().on_after_optimizer_step(state)
 
     def state_dict(self) -> dict[str, Any]:
-        out = super().state_dict()
-        out["applied"] = list(self.applied) if isinstance(self.applied, tuple) else self.applied
-        return out
+        return {**super().state_dict(), "momentum_empty": self.momentum_empty, "reset_pending": self.reset_pending}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        if isinstance(self.applied, list):
-            self.applied = tuple(self.applied)
-
-    @property
-    def last_epoch(self) -> float:
-        return max(self.args.end_epoch, 0.0)
+        if state:
+            self.momentum_empty = state.get("momentum_empty", True)
+            self.reset_pending = state.get("reset_pending", False)

@@ -16,8 +16,8 @@ from torch import nn
 from policies.base import TrainState
 from policies.modifiers.base import MODIFIERS, Modifier, ModifierArgs
 from policies.modifiers.params import resolve_submodules
-from policies.quantization import (freeze_bn_stats_, load_qat_state_, prepare_qat_, qat_state, quantizable_modules,
-                                   set_observers_)
+from policies.quantization import (QuantScheme, freeze_bn_stats_, load_qat_state_, prepare_qat_, qat_state,
+                                   quantizable_modules, set_observers_)
 from utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,10 @@ log = logging.getLogger(__name__)
 
 @MODIFIERS.register("QuantizationModifier")
 class QuantizationModifier(Modifier):
-    """Fake-quantize weights (int8 per channel) and activations (uint8 per tensor) from start_epoch."""
+    """Fake-quantize weights (int8, symmetric, per tensor as SparseML's default; `per_channel_weights: true`
+    for per output channel) and activations (uint8 per tensor) from start_epoch. `quantize_conv_activations:
+    false` drops the conv outputs' fake-quantizers; a Linear's output (the logits) is never quantized, which is
+    SparseML's `quantize_linear_activations: false` (true is accepted and means the same here)."""
 
     class Args(ModifierArgs):
         submodules: list[str] | None = None
@@ -38,7 +41,7 @@ class QuantizationModifier(Modifier):
         weight_bits: Literal[8] = 8
         quantize_conv_activations: bool = True
         quantize_linear_activations: bool = True
-        log_types: Any = None
+        per_channel_weights: bool = False             # this project's option: per output channel weight scales
 
     def setup(self, model: nn.Module) -> None:
         a = self.args
@@ -55,6 +58,8 @@ class QuantizationModifier(Modifier):
         self.observer_step = (None if a.disable_quantization_observer_epoch is None
                               else self.to_step(a.disable_quantization_observer_epoch))
         self.bn_step = None if a.freeze_bn_stats_epoch is None else self.to_step(a.freeze_bn_stats_epoch)
+        self.scheme = QuantScheme(per_channel_weights=a.per_channel_weights,
+                                  quantize_conv_outputs=a.quantize_conv_activations)
         self.prepared = False
         self.saved: dict[str, Any] | None = None
         self.model: nn.Module | None = None
@@ -80,7 +85,7 @@ class QuantizationModifier(Modifier):
     def _update(self, state: TrainState) -> None:
         phase = self.phase_at(state.step)
         if phase["quantize"] and not self.prepared:
-            prepare_qat_(state.model, self.module_names)
+            prepare_qat_(state.model, self.module_names, self.scheme)
             state.model.to(state.device)
             self.prepared = True
             log.info("%s: quantization-aware training of %d modules from step %d", self.name,
@@ -95,6 +100,3 @@ class QuantizationModifier(Modifier):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.saved = (state or {}).get("qat")
 
-    @property
-    def last_epoch(self) -> float:
-        return max(self.args.start_epoch, 0.0)
