@@ -1,4 +1,5 @@
 """QAT modules and the QuantizationModifier: shared parameters, observers/BN schedule, resume, no torch.ao."""
+import math
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,7 @@ def test_prepare_shares_parameters_and_keeps_state_dict_keys():
     assert quantizable_modules(model) == [], "prepared modules are not prepared twice"
 
 
-def test_fake_quantized_model_stays_close_to_the_float_model():
+def fake_quantized_output(scheme):
     torch.manual_seed(0)
     model = build_model("resnet_small", num_classes=5)
     x = torch.randn(32, 3, 16, 16)
@@ -51,20 +52,62 @@ def test_fake_quantized_model_stays_close_to_the_float_model():
         model(x)                      # BN statistics of this data
     model.eval()
     ref = model(x).detach()
-    prepare_qat_(model, quantizable_modules(model))
+    prepare_qat_(model, quantizable_modules(model), scheme)
     model.train()
     freeze_bn_stats_(model)
     with torch.no_grad():
         model(x)                      # calibrate observers
     model.eval()
-    out = model(x).detach()
+    return model, ref, model(x).detach()
+
+
+@pytest.mark.parametrize("per_channel", [False, True], ids=["per_tensor", "per_channel"])
+def test_fake_quantized_model_stays_close_to_the_float_model(per_channel):
+    model, ref, out = fake_quantized_output(q.QuantScheme(per_channel_weights=per_channel))
     assert not torch.equal(out, ref), "fake quantization changes the numbers"
     cos = torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0)
     assert cos > 0.99
     act = model.layer1[0].conv1.input_quant
     assert act.zero_point.item() == 0 and act.quant_min == 0, "post-ReLU activations use the full uint8 range"
     w = model.layer1[0].conv1.weight_quant
-    assert w.scale.shape == (16,) and (w.zero_point == 0).all()
+    assert w.scale.shape == ((16,) if per_channel else (1,)) and (w.zero_point == 0).all() and w.symmetric
+
+
+def test_row9_sparseml_default_is_per_tensor_weights_and_per_channel_is_the_more_accurate_option():
+    errors = {}
+    for per_channel in (False, True):
+        model, ref, out = fake_quantized_output(q.QuantScheme(per_channel_weights=per_channel))
+        errors[per_channel] = float((out - ref).abs().mean())
+    assert errors[True] < errors[False], errors
+    assert q.QuantScheme() == q.QuantScheme(per_channel_weights=False, quantize_conv_outputs=True)
+
+
+QAT_FLAGS = """
+training_modifiers:
+  - !EpochRangeModifier
+    end_epoch: 2
+quantization_modifiers:
+  - !QuantizationModifier
+    start_epoch: 1
+    disable_quantization_observer_epoch: 1
+    quantize_conv_activations: {conv}
+    per_channel_weights: {per_channel}
+"""
+
+
+@pytest.mark.parametrize("conv, per_channel", [(False, False), (True, True)])
+def test_rows_9_10_11_qat_options_and_observers_frozen_at_the_start(conv, per_channel, make_manager):
+    text = QAT_FLAGS.format(conv=str(conv).lower(), per_channel=str(per_channel).lower())
+    manager, _, _ = make_manager(text)
+    metrics = manager.fit()        # observers frozen from the QAT start: each quantizer still calibrates once
+    assert math.isfinite(metrics["train_loss"])
+    convs = [m for m in manager.state.model.modules() if isinstance(m, QATConv2d)]
+    assert convs and all((m.output_quant is not None) == conv for m in convs), "quantize_conv_activations"
+    assert all(m.weight_quant.per_channel == per_channel for m in convs)
+    assert all(bool(fq.initialized) and bool(torch.isfinite(fq.scale).all()) and not fq.observer_enabled
+               for m in convs for fq in m.fake_quantizers().values())
+    saved = qat_state(manager.state.model)
+    assert saved["scheme"] == {"per_channel_weights": per_channel, "quantize_conv_outputs": conv}
 
 
 def test_observer_and_bn_freezing_follow_the_recipe_epochs(make_manager):

@@ -2,8 +2,10 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from models import build_model
+from policies.base import TrainState
 from policies.modifiers import build_modifiers, build_recipe_policies
 from policies.modifiers.acdc import ACDCPruningModifier
 from policies.modifiers.quantization import QuantizationModifier
@@ -223,18 +225,22 @@ def test_acdc_recipe_phases_params_and_length(acdc):
     assert len(ac.args.params) == 65 and len(ac.param_names) == 52
     assert "conv1.weight" not in ac.param_names and "layer1.0.downsample.0.weight" in ac.param_names
     assert ac.mask_type.kind == "block" and ac.mask_type.block == 4 and ac.args.global_sparsity is False
-    phases = ac.phases()
-    assert phases[0] == (5, 10, "dense") and phases[1] == (10, 15, "compressed")
-    assert len(phases) == 36 and phases[-1] == (180, 185, "compressed"), "ends compressed (190 trimmed to 185)"
-    assert all(kind == ("compressed" if i % 2 else "dense") for i, (_, _, kind) in enumerate(phases))
-    assert ac.phase_at(4 * SPE) is None
+    ac.plan(206 * SPE)
+    phases = ac.phases()      # updates every 5 epochs from 5 to 190 (the end update included)
+    assert phases[0] == (5 * SPE, "dense") and phases[1] == (10 * SPE, "compressed") and len(phases) == 38
+    assert all(kind == ("compressed" if i % 2 else "dense") for i, (_, kind) in enumerate(phases[:36]))
+    assert phases[-2:] == [(185 * SPE, "compressed"), (190 * SPE, "compressed")], \
+        "SparseML's rule: 185 is an even phase but not before 190 - 5, so compressed; it ends compressed"
     assert ac.phase_at(12 * SPE) == (1, True) and ac.phase_at(17 * SPE) == (2, False)
-    assert ac.phase_at(200 * SPE) == (35, True), "after the last phase the compressed masks are held"
 
 
 def test_acdc_recipe_learning_rate_weight_decay_and_qat_epochs(acdc):
     _, modifiers = acdc
     schedule = RecipeSchedule([m for m in modifiers if isinstance(m, ScheduleWriter)])
+    model = torch.nn.Linear(2, 2)
+    schedule.on_fit_start(TrainState(model=model, forward_model=model, device=torch.device("cpu"), seed=0,
+                                     optimizer=torch.optim.SGD(model.parameters(), lr=0.1), steps_per_epoch=SPE,
+                                     num_epochs=206))
 
     def lr(epoch):
         return schedule.value_at(round(epoch * SPE), "lr", 0)
