@@ -68,7 +68,54 @@ _RecipeDumper.add_representer(_TaggedForDump, lambda d, obj: d.represent_mapping
 
 
 class _RecipeLoader(yaml.SafeLoader):
-    """Safe YAML plus `!AnyName` tags on mappings, which become ModifierSpecs."""
+    """Safe YAML plus `!AnyName` tags on mappings, which become ModifierSpecs; keeps the document's anchors."""
+
+    def compose_document(self) -> yaml.Node:
+        # PyYAML's own, except that the anchors are kept (it forgets them) for `aliases_to_references`.
+        self.get_event()
+        node = self.compose_node(None, None)
+        self.get_event()
+        self.anchor_nodes, self.anchors = dict(self.anchors), {}
+        return node
+
+
+def aliases_to_references(root: yaml.Node, anchors: Mapping[str, yaml.Node]) -> None:
+    """Make every alias of a top-level variable (`num_epochs: &n 10` ... `end_epoch: *n`) an `eval(num_epochs)`
+    reference, so `--recipe_args` overrides reach it (with a plain YAML alias the old value would stay)."""
+    if not isinstance(root, yaml.MappingNode):
+        return
+    anchored = {id(node) for node in anchors.values()}
+    variables = {id(v): str(k.value) for k, v in root.value
+                 if isinstance(k, yaml.ScalarNode) and "modifiers" not in str(k.value) and id(v) in anchored}
+    seen: set[int] = set()
+
+    def reference(node: yaml.Node, *, definition: bool) -> yaml.Node:
+        if id(node) in variables and not definition:
+            return yaml.ScalarNode("tag:yaml.org,2002:str", f"eval({variables[id(node)]})")
+        if id(node) in seen:
+            return node
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            node.value = [(k, reference(v, definition=node is root and variables.get(id(v)) == str(k.value)))
+                          for k, v in node.value]
+        elif isinstance(node, yaml.SequenceNode):
+            node.value = [reference(v, definition=False) for v in node.value]
+        return node
+
+    reference(root, definition=True)
+
+
+def load_yaml(body: str) -> Any:
+    """The recipe YAML as data, with aliases of variables turned into references."""
+    loader = _RecipeLoader(body)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        aliases_to_references(node, loader.anchor_nodes)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def _construct_modifier(loader: yaml.SafeLoader, tag_suffix: str, node: yaml.Node) -> ModifierSpec:
@@ -107,7 +154,7 @@ def parse_recipe_text(text: str, *, source: str = "<recipe>") -> Recipe:
     """Parse recipe text into raw variables and modifier groups (nothing evaluated yet)."""
     body = extract_yaml(text, source=source)
     try:
-        data = yaml.load(body, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
+        data = load_yaml(body)
     except yaml.YAMLError as err:
         raise UserError(f"{source}: invalid recipe YAML: {' '.join(str(err).split())[:300]}") from None
     if not isinstance(data, dict):
@@ -220,8 +267,42 @@ def evaluate_value(value: Any, variables: Mapping[str, Any], *, source: str) -> 
     return value
 
 
+def referenced_variables(recipe: Recipe) -> set[str]:
+    """Variables the modifiers use, directly or through other variables."""
+    names: set[str] = set()
+
+    def collect(value: Any, where: str) -> None:
+        body = expression_body(value)
+        if body is not None:
+            for name in free_names(body, source=where) - names:
+                names.add(name)
+                if name in recipe.variables:
+                    collect(recipe.variables[name], f"{recipe.source}: variable {name!r}")
+        elif isinstance(value, list):
+            for v in value:
+                collect(v, where)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                collect(k, where)
+                collect(v, where)
+
+    for group, index, spec in recipe.modifiers:
+        collect(spec.args, f"{recipe.source}: {group}[{index}]")
+    return names
+
+
+def warn_unused_overrides(recipe: Recipe, overrides: Mapping[str, Any]) -> None:
+    """One warning line per --recipe_args variable that no modifier uses (overriding it changes nothing)."""
+    unused = sorted(set(overrides) - referenced_variables(recipe))
+    if unused:
+        log.warning("%s: --recipe_args %s: no modifier uses %s; overriding it has no effect", recipe.source,
+                    ", ".join(unused), "it" if len(unused) == 1 else "them")
+
+
 def evaluate_recipe(recipe: Recipe, overrides: Mapping[str, Any] | None = None) -> Recipe:
     """Apply overrides, resolve variables, evaluate every modifier argument; returns a plain-data recipe."""
+    if overrides:
+        warn_unused_overrides(recipe, overrides)
     recipe = apply_overrides(recipe, overrides or {})
     variables = resolve_variables(recipe.variables, source=recipe.source)
     groups = {}

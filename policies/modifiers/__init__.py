@@ -51,9 +51,9 @@ def recipe_num_epochs(modifiers: list[Modifier], *, source: str = "recipe") -> i
     return int(epochs)
 
 
-def recipe_method(modifiers: list[Modifier]) -> str | None:
-    """The pruning method the recipe applies (its results label), if any: the last pruning modifier's."""
-    methods = [m.method for m in modifiers if m.method]
+def recipe_method(policies: list[Policy]) -> str | None:
+    """The pruning method a recipe applies (its results label), if any: the last pruning modifier's."""
+    methods = [m.method for m in policies if getattr(m, "method", None)]
     return methods[-1] if methods else None
 
 

@@ -66,6 +66,8 @@ class ACDCPruningModifier(MaskingModifier):
                 raise UserError(f"{self.source}: AC/DC needs whole-number epochs (as SparseML requires); "
                                 f"{key} is {getattr(a, key)}")
         self.sparsity = check_fraction(a.compression_sparsity, "compression_sparsity", source=self.source)
+        if self.sparsity == 0:
+            log.warning("%s: compression_sparsity is 0: this modifier prunes nothing", self.source)
         try:
             self.mask_type = parse_mask_type(a.mask_type)
         except ValueError as err:

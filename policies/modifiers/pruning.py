@@ -111,7 +111,10 @@ class ConstantPruningModifier(MaskingModifier):
         if self.end_step is not None and step > self.end_step:
             return None if self.applied in (None, "released") else ("released", None)
         if step >= self.start_step and self.applied is None:
-            return "held", masks_from_zeros(self.held_params)
+            masks = masks_from_zeros(self.held_params)
+            if all(bool(m.all()) for m in masks.values()):
+                log.warning("%s: the selected params hold no zeros: there is no sparsity to keep", self.source)
+            return "held", masks
         return None
 
 
@@ -166,6 +169,9 @@ class GMPruningModifier(MaskingModifier):
             raise UserError(f"{self.source}: update_frequency must be > 0, or -1 for every step; got "
                             f"{a.update_frequency}")
         self.update_frequency = a.update_frequency
+        finals = self.final.values() if isinstance(self.final, dict) else [self.final]
+        if all(f == 0 for f in finals):
+            log.warning("%s: final_sparsity is 0: this modifier prunes nothing", self.source)
 
     def _init_sparsities(self, model: nn.Module) -> float | dict[str, float]:
         """init_sparsity, or with __FROM_PARAM__ each parameter's sparsity when the recipe is built."""

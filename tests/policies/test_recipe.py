@@ -6,10 +6,12 @@ import torch
 
 from models import build_model
 from policies.base import TrainState
+from policies.manager import Manager
 from policies.modifiers import build_modifiers, build_recipe_policies
 from policies.modifiers.acdc import ACDCPruningModifier
 from policies.modifiers.quantization import QuantizationModifier
 from policies.modifiers.training import RecipeSchedule, ScheduleWriter
+from policies.quantization import qat_modules
 from policies.recipe import load_recipe, load_recipe_text, parse_recipe_args, parse_recipe_text
 from utils.errors import UserError
 from utils.paths import RECIPE_DIR
@@ -267,3 +269,28 @@ def test_acdc_recipe_args_change_the_schedule():
     recipe = load_recipe(ACDC, '{"num_epochs": 150}')
     assert recipe.variables["quantization_start_epoch"] == 144
     assert recipe.variables["pruning_end_epoch"] == 5 + int(144 * 0.925)
+
+
+def test_the_shipped_acdc_recipe_run_short_ends_compressed_and_finishes_with_observers_frozen_at_qat_start():
+    """Issue 11: 7 pruning epochs with update frequency 3 used to end on a dense phase (sparsity 0.000); SparseML's
+    per-epoch rule ends compressed. quantization_observer_epochs 0 freezes observers at the QAT start."""
+    args = {"num_epochs": 7, "quantization_epochs": 2, "quantization_keep_bn_epochs": 1, "lr_warmup_epochs": 1,
+            "pruning_epochs_fraction": 0.8, "pruning_update_frequency": 3, "quantization_observer_epochs": 0}
+    recipe = load_recipe(ACDC, args)
+    # AC/DC over epochs 1..5 every 3 epochs: SparseML updates at 1 (dense), 4 and 5 (compressed).
+    assert (recipe.variables["pruning_start_epoch"], recipe.variables["pruning_end_epoch"]) == (1, 5)
+    torch.manual_seed(0)
+    model = build_model("resnet50", num_classes=10)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)
+    policies, epochs = build_recipe_policies(recipe, model=model, steps_per_epoch=len(loader))
+    assert epochs == 7
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    state = TrainState(model=model, forward_model=model, optimizer=optimizer, device=torch.device("cpu"),
+                       steps_per_epoch=len(loader), num_epochs=epochs, seed=0)
+    Manager(state=state, policies=policies, train_loader=loader, test_loader=loader).fit()
+    ac = next(p for p in policies if isinstance(p, ACDCPruningModifier))
+    weights = [dict(model.named_parameters())[n] for n in ac.param_names]
+    measured = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    assert measured == pytest.approx(0.85, abs=0.01)
+    assert qat_modules(model), "QAT ran"

@@ -571,3 +571,55 @@ modifiers:
     assert gmp.param_names == ["conv1.weight", "conv2.weight"]
     assert gmp.sparsity_at(0) == {"conv1.weight": 0.5, "conv2.weight": 0.0}
     assert gmp.sparsity_at(4) == {"conv1.weight": 0.8, "conv2.weight": 0.6}
+
+
+# ---------------------------------------------------------------- row 13: --recipe_args and YAML anchors
+
+
+ANCHORED = """
+num_epochs: &num_epochs 10
+lr: &lr 0.1
+not_used: 3
+modifiers:
+  - !EpochRangeModifier
+    end_epoch: *num_epochs
+  - !SetLearningRateModifier
+    start_epoch: 0
+    learning_rate: *lr
+  - !GMPruningModifier
+    final_sparsity: 0.5
+    start_epoch: 0
+    end_epoch: *num_epochs
+    update_frequency: 1
+    params: [*lr]
+"""
+
+
+def test_row13_recipe_args_reach_values_given_by_yaml_aliases(caplog):
+    text = ANCHORED.replace("    params: [*lr]\n", "    params: __ALL_PRUNABLE__\n")
+    plain = load_recipe_text(text)
+    assert plain.groups["modifiers"][0].args["end_epoch"] == 10
+    with caplog.at_level("WARNING"):
+        recipe = load_recipe_text(text, {"num_epochs": 4, "lr": 0.05})
+    args = [spec.args for spec in recipe.groups["modifiers"]]
+    assert args[0]["end_epoch"] == 4 and args[2]["end_epoch"] == 4 and args[1]["learning_rate"] == 0.05
+    assert "no effect" not in caplog.text
+    assert recipe_num_epochs(build_modifiers(recipe, model=Two(), steps_per_epoch=2)) == 4
+
+
+def test_an_override_no_modifier_uses_is_reported(caplog):
+    with caplog.at_level("WARNING"):
+        load_recipe_text(ANCHORED.replace("    params: [*lr]\n", "    params: __ALL_PRUNABLE__\n"),
+                         {"not_used": 5})
+    assert "--recipe_args not_used: no modifier uses it; overriding it has no effect" in caplog.text
+
+
+def test_a_constant_pruning_of_dense_weights_is_reported(caplog, make_manager):
+    text = "modifiers:\n  - !EpochRangeModifier\n    end_epoch: 1\n  - !ConstantPruningModifier\n" \
+           "    params: __ALL_PRUNABLE__\n  - !GMPruningModifier\n    final_sparsity: 0.0\n    start_epoch: 0\n" \
+           "    end_epoch: 1\n    params: __ALL_PRUNABLE__\n"
+    with caplog.at_level("WARNING"):
+        manager, _, _ = make_manager(text)
+        manager.fit()
+    assert "hold no zeros: there is no sparsity to keep" in caplog.text
+    assert "final_sparsity is 0: this modifier prunes nothing" in caplog.text

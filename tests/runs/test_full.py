@@ -118,3 +118,33 @@ def test_bad_input_is_one_clear_line(tmp_path, argv, message, capsys):
     assert exit_info.value.code == 2
     assert message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1, err
+
+
+PRUNE_ALL = """
+modifiers:
+  - !EpochRangeModifier
+    end_epoch: 2
+  - !GMPruningModifier
+    init_sparsity: 0.05
+    final_sparsity: 0.7
+    start_epoch: 0
+    end_epoch: 1
+    update_frequency: 0.5
+    params: __ALL_PRUNABLE__
+"""
+
+
+def test_a_recipe_that_prunes_the_classifier_records_its_mask_and_its_method(tmp_path, trainer):
+    """Issue 11 row 14: model.pt holds the classifier's mask too, and a recipe-pruned --arch run is 'GMP'."""
+    from utils.checkpoints import load_checkpoint
+
+    recipe = tmp_path / "prune.yaml"
+    recipe.write_text(PRUNE_ALL)
+    result = main.main(["--dset", "synthetic", "--config_path", str(trainer), "--arch", "resnet_small",
+                        "--experiment_root_path", str(tmp_path / "exp"), "--workers", "0", "--no_progress",
+                        "--image_size", "16", "--recipe", str(recipe), "--exp_name", "pruned"])
+    loaded = load_checkpoint(tmp_path / "exp" / "pruned" / "model.pt", keep_classifier=True)
+    assert loaded.report.zeros_outside_mask == 0
+    assert loaded.report.layer_sparsity()["fc.weight"] == pytest.approx(0.7, abs=0.01)
+    assert result["model"] == "GMP" and loaded.extra["method"] == "GMP"
+    assert result["measured_sparsity"] == pytest.approx(0.7, abs=0.01)

@@ -17,6 +17,7 @@ from policies.base import Policy, TrainState
 from policies.loggers import CheckpointSaver, MetricsLogger, ProgressBar, WandbLogger
 from policies.manager import Manager, evaluate
 from policies.masking import FixedMaskPolicy
+from policies.modifiers import recipe_method
 from policies.quantization import qat_modules, qat_state
 from policies.trainer import LRSchedulePolicy, TrainerConfig, build_optimizer
 from utils.checkpoints import save_native_checkpoint
@@ -33,7 +34,7 @@ from utils.runs.recipe import build_run_recipe
 from utils.runs.setup import (Upstream, freeze_, load_upstream, make_loaders, per_rank_batch_size, pick_device,
                               reinitialize_unloaded_)
 from utils.seed import seed_everything
-from utils.sparsity import layer_sparsity, masks_from_zeros, measured_sparsity, sparse_layers
+from utils.sparsity import layer_sparsity, masks_from_zeros, measured_sparsity, prunable_parameters, sparse_layers
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,8 @@ def run_full_finetuning(opts: FullOptions) -> RunResult:
     metrics = fit(state, policies, plan=plan, loaders=loaders, amp=opts.fp16, frozen=frozen)
     final_masks = check_sparsity(upstream.model, masks, recipe=opts.recipe is not None,
                                  loaded_sparsity=loaded_sparsity)
-    return finish(opts, plan, upstream=upstream, masks=final_masks, metrics=metrics, inputs=inputs,
+    label = opts.model_label or recipe_method(schedule) or upstream.method or upstream.flavour or "Dense"
+    return finish(opts, plan, upstream=upstream, masks=final_masks, metrics=metrics, inputs=inputs, label=label,
                   loaded_sparsity=loaded_sparsity, epochs=epochs, git_commit=resolved["git_commit"])
 
 
@@ -213,9 +215,10 @@ def resolved_config(opts: FullOptions, plan: Plan, *, upstream: Upstream, data: 
 
 def check_sparsity(model: nn.Module, masks: dict[str, torch.Tensor], *, recipe: bool,
                    loaded_sparsity: float) -> dict[str, torch.Tensor]:
-    """The masks the final model has: a recipe decides them (recorded as they are); fixed masks must hold."""
+    """The masks the final model has: a recipe decides them (recorded as they are, the classifier's too when
+    the recipe pruned it); fixed masks must hold."""
     if recipe:
-        return masks_from_zeros(sparse_layers(model))
+        return masks_from_zeros({n: p for n, p in prunable_parameters(model).items() if bool((p == 0).any())})
     final = measured_sparsity(model)
     if final != loaded_sparsity:
         raise UserError(f"final sparsity {final:.6f} differs from the loaded {loaded_sparsity:.6f}: "
@@ -224,7 +227,7 @@ def check_sparsity(model: nn.Module, masks: dict[str, torch.Tensor], *, recipe: 
 
 
 def finish(opts: FullOptions, plan: Plan, *, upstream: Upstream, masks: dict[str, torch.Tensor],
-           metrics: dict[str, Any], inputs: InputSettings, loaded_sparsity: float, epochs: int,
+           metrics: dict[str, Any], inputs: InputSettings, label: str, loaded_sparsity: float, epochs: int,
            git_commit: str) -> RunResult:
     """The main process saves model.pt and records the result; the others only report theirs."""
     model, final_sparsity = upstream.model, measured_sparsity(upstream.model)
@@ -233,7 +236,6 @@ def finish(opts: FullOptions, plan: Plan, *, upstream: Upstream, masks: dict[str
         shutdown(plan.dist)
         record = {"val_acc": metrics["test_acc"], "measured_sparsity": final_sparsity, "rank": plan.dist.rank}
         return RunResult(record=record, run_dir=plan.run_dir, input=inputs)
-    label = opts.model_label or upstream.method or upstream.flavour or "Dense"
     extra: dict[str, Any] = {"method": label, "input_size": inputs.image_size}
     if qat_modules(model):
         extra["quantization"] = qat_state(model)
