@@ -36,12 +36,22 @@ class ModifierSpec:
 
 @dataclass
 class Recipe:
-    """Variables and groups of modifiers; `evaluate_recipe` turns every eval(...) into a value."""
+    """Variables and groups of modifiers; `evaluate_recipe` turns every eval(...) into a value.
+
+    A staged recipe (`stage: {variables..., *_modifiers: [...]}`) keeps each stage's own variables in
+    `stages`; its groups are named `<stage>.<group>` and see the stage's variables over the global ones
+    (SparseML's rule; epochs stay absolute).
+    """
 
     variables: dict[str, Any]
     groups: dict[str, list[ModifierSpec]]
     source: str = "<recipe>"
-    extra_sections: dict[str, Any] = field(default_factory=dict)
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def scope(self, group: str) -> dict[str, Any]:
+        """The (raw) variables a group's modifiers see."""
+        stage = group.split(".", 1)[0] if "." in group else None
+        return {**self.variables, **self.stages.get(stage, {})}
 
     @property
     def modifiers(self) -> list[tuple[str, int, ModifierSpec]]:
@@ -157,9 +167,32 @@ def parse_recipe_text(text: str, *, source: str = "<recipe>") -> Recipe:
         data = load_yaml(body)
     except yaml.YAMLError as err:
         raise UserError(f"{source}: invalid recipe YAML: {' '.join(str(err).split())[:300]}") from None
+    if isinstance(data, ModifierSpec):          # a single modifier, as SparseML also loads
+        data = {"modifiers": [data]}
+    elif isinstance(data, list):                # a bare list of modifiers
+        data = {"modifiers": data}
     if not isinstance(data, dict):
         raise UserError(f"{source}: a recipe must be a mapping of variables and '*modifiers' lists, "
                         f"got {type(data).__name__}")
+    variables, groups, stages = {}, {}, {}
+    for key, value in data.items():
+        key = str(key)
+        if isinstance(value, dict) and any("modifiers" in str(k) for k in value):
+            stage_variables, stage_groups = _split_section(value, source=f"{source}: stage {key!r}")
+            stages[key] = stage_variables
+            groups.update({f"{key}.{group}": specs for group, specs in stage_groups.items()})
+        else:
+            section_variables, section_groups = _split_section({key: value}, source=source)
+            variables.update(section_variables)
+            groups.update(section_groups)
+    if not groups:
+        raise UserError(f"{source}: no modifiers found; a recipe needs a key like 'training_modifiers:' "
+                        "holding a list of '!ModifierName' entries")
+    return Recipe(variables=variables, groups=groups, source=source, stages=stages)
+
+
+def _split_section(data: Mapping[str, Any], *, source: str) -> tuple[dict[str, Any], dict[str, list[ModifierSpec]]]:
+    """A mapping's variables and its `*modifiers` groups."""
     variables, groups = {}, {}
     for key, value in data.items():
         key = str(key)
@@ -171,10 +204,7 @@ def parse_recipe_text(text: str, *, source: str = "<recipe>") -> Recipe:
                             f"rename it, e.g. '{key}_modifiers'")
         else:
             variables[key] = value
-    if not groups:
-        raise UserError(f"{source}: no modifiers found; a recipe needs a key like 'training_modifiers:' "
-                        "holding a list of '!ModifierName' entries")
-    return Recipe(variables=variables, groups=groups, source=source)
+    return variables, groups
 
 
 def _modifier_list(value: Any, *, key: str, source: str) -> list[ModifierSpec]:
@@ -215,12 +245,18 @@ def parse_recipe_args(text: str | Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any]) -> Recipe:
-    """Replace existing variables (before evaluation); an unknown name is an error with a suggestion."""
+    """Replace existing variables, global or of any stage (before evaluation); an unknown name is an error."""
+    known = set(recipe.variables).union(*recipe.stages.values())
     for name in overrides:
-        if name not in recipe.variables:
+        if name not in known:
             raise UserError(f"{recipe.source}: --recipe_args: "
-                            + unknown_name_message("recipe variable", name, sorted(recipe.variables)))
-    return Recipe(variables={**recipe.variables, **overrides}, groups=recipe.groups, source=recipe.source)
+                            + unknown_name_message("recipe variable", name, sorted(known)))
+
+    def override(variables: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: overrides.get(k, v) for k, v in variables.items()}
+
+    return Recipe(variables=override(recipe.variables), groups=recipe.groups, source=recipe.source,
+                  stages={name: override(v) for name, v in recipe.stages.items()})
 
 
 def resolve_variables(variables: Mapping[str, Any], *, source: str) -> dict[str, Any]:
@@ -271,23 +307,23 @@ def referenced_variables(recipe: Recipe) -> set[str]:
     """Variables the modifiers use, directly or through other variables."""
     names: set[str] = set()
 
-    def collect(value: Any, where: str) -> None:
+    def collect(value: Any, where: str, scope: Mapping[str, Any]) -> None:
         body = expression_body(value)
         if body is not None:
             for name in free_names(body, source=where) - names:
                 names.add(name)
-                if name in recipe.variables:
-                    collect(recipe.variables[name], f"{recipe.source}: variable {name!r}")
+                if name in scope:
+                    collect(scope[name], f"{recipe.source}: variable {name!r}", scope)
         elif isinstance(value, list):
             for v in value:
-                collect(v, where)
+                collect(v, where, scope)
         elif isinstance(value, dict):
             for k, v in value.items():
-                collect(k, where)
-                collect(v, where)
+                collect(k, where, scope)
+                collect(v, where, scope)
 
     for group, index, spec in recipe.modifiers:
-        collect(spec.args, f"{recipe.source}: {group}[{index}]")
+        collect(spec.args, f"{recipe.source}: {group}[{index}]", recipe.scope(group))
     return names
 
 
@@ -305,9 +341,12 @@ def evaluate_recipe(recipe: Recipe, overrides: Mapping[str, Any] | None = None) 
         warn_unused_overrides(recipe, overrides)
     recipe = apply_overrides(recipe, overrides or {})
     variables = resolve_variables(recipe.variables, source=recipe.source)
+    scopes = {stage: resolve_variables({**recipe.variables, **stage_variables}, source=f"{recipe.source}: "
+                                       f"stage {stage!r}") for stage, stage_variables in recipe.stages.items()}
     groups = {}
     for group, specs in recipe.groups.items():
-        groups[group] = [ModifierSpec(spec.type, {str(k): evaluate_value(v, variables,
+        scope = scopes.get(group.split(".", 1)[0], variables) if "." in group else variables
+        groups[group] = [ModifierSpec(spec.type, {str(k): evaluate_value(v, scope,
                                                                          source=f"{recipe.source}: {group}[{i}] "
                                                                                 f"!{spec.type}.{k}")
                                                   for k, v in spec.args.items()})

@@ -44,12 +44,44 @@ def sparseml_alias(name: str) -> str:
     return name
 
 
+# SparseML's MobileNet-V1: sections of 1, 2, 2, 6, 2 depthwise-separable blocks; ours numbers the blocks 1..13.
+_MOBILENET_SECTIONS = [(i, j) for i, n in enumerate((1, 2, 2, 6, 2)) for j in range(n)]
+_MOBILENET_LAYERS = {"0": "depth.conv", "1": "depth.bn", "3": "point.conv", "4": "point.bn"}
+_MOBILENET_NAME = re.compile(r"^model\.(\d+)\.(\d+)(?=\.|$)")
+
+
+def is_mobilenet_v1(model: nn.Module) -> bool:
+    children = dict(model.named_children())
+    return set(children) == {"model", "fc"} and isinstance(children["model"], nn.Sequential) \
+        and len(children["model"]) == len(_MOBILENET_SECTIONS) + 2
+
+
+def sparseml_mobilenet_alias(name: str) -> str:
+    """Our (AC/DC-layout MobileNetV1) name -> SparseML's MobileNet name for the same tensor or module."""
+    if name == "fc" or name.startswith("fc."):
+        return "classifier." + name
+    m = _MOBILENET_NAME.match(name)
+    if m is None:
+        return name
+    block, layer = int(m.group(1)), m.group(2)
+    if block == 0:
+        new = {"0": "input.conv", "1": "input.bn"}.get(layer)
+    elif block <= len(_MOBILENET_SECTIONS) and layer in _MOBILENET_LAYERS:
+        i, j = _MOBILENET_SECTIONS[block - 1]
+        new = f"sections.{i}.{j}.{_MOBILENET_LAYERS[layer]}"
+    else:
+        new = None
+    return name if new is None else new + name[m.end():]
+
+
 def _aliases(names: Iterable[str], model: nn.Module) -> dict[str, str]:
-    """alias -> our name, for every name (ours map to themselves)."""
+    """alias -> our name, for every name (ours map to themselves); SparseML's ResNet and MobileNet names too."""
     table = {n: n for n in names}
-    if is_torchvision_resnet(model):
+    alias = sparseml_alias if is_torchvision_resnet(model) else \
+        sparseml_mobilenet_alias if is_mobilenet_v1(model) else None
+    if alias is not None:
         for n in list(table):
-            table.setdefault(sparseml_alias(n), n)
+            table.setdefault(alias(n), n)
     return table
 
 
@@ -103,20 +135,24 @@ def resolve_params(model: nn.Module, params: str | list[str] | None, *, source: 
 
 
 def resolve_submodules(model: nn.Module, submodules: list[str] | None, *, source: str) -> list[str]:
-    """Module names (ours) for a recipe's `submodules`; SparseML's `input` is our stem (conv1 + bn1)."""
+    """Module names (ours) for a recipe's `submodules`; SparseML's group names (`input`, `sections`,
+    `sections.i`, `classifier`) stand for the modules of ours that hold the same layers."""
     if submodules is None:
         return [""]
     names = [n for n, _ in model.named_modules() if n]
     table = _aliases(names, model)
+    groups: dict[str, list[str]] = {}
     if is_torchvision_resnet(model):
-        table.setdefault("input", "conv1")
-        table.setdefault("sections", "layer1")
-        table.setdefault("classifier", "fc")
-    chosen = _match(list(submodules), table, what="submodule", source=source)
-    if is_torchvision_resnet(model):
-        # The bare SparseML group names stand for several of our modules.
-        if "input" in submodules:
-            chosen += [n for n in ("bn1", "relu") if n not in chosen]
-        if "sections" in submodules:
-            chosen += [n for n in names if re.fullmatch(r"layer\d+", n) and n not in chosen]
-    return chosen
+        groups = {"input": ["conv1", "bn1", "relu"], "sections": [n for n in names if re.fullmatch(r"layer\d+", n)],
+                  "classifier": ["fc"]}
+    elif is_mobilenet_v1(model):
+        blocks = {f"sections.{i}.{j}": f"model.{b}" for b, (i, j) in enumerate(_MOBILENET_SECTIONS, 1)}
+        groups = {"input": ["model.0"], "classifier": ["fc"],
+                  "sections": list(blocks.values()),
+                  **{f"sections.{i}": [m for s, m in blocks.items() if s.startswith(f"sections.{i}.")]
+                     for i in range(5)}, **{s: [m] for s, m in blocks.items()}}
+    chosen: dict[str, None] = {}
+    for name in submodules:
+        for ours in groups.get(name) or _match([name], table, what="submodule", source=source):
+            chosen.setdefault(ours, None)
+    return list(chosen)

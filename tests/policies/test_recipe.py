@@ -294,3 +294,81 @@ def test_the_shipped_acdc_recipe_run_short_ends_compressed_and_finishes_with_obs
     measured = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
     assert measured == pytest.approx(0.85, abs=0.01)
     assert qat_modules(model), "QAT ran"
+
+
+STAGED = """
+num_epochs: 4
+lr: 0.1
+dense_stage:
+  lr: 0.05
+  training_modifiers:
+    - !EpochRangeModifier
+      end_epoch: 2
+    - !SetLearningRateModifier
+      start_epoch: 0
+      learning_rate: eval(lr)
+prune_stage:
+  end: eval(num_epochs)
+  pruning_modifiers:
+    - !GMPruningModifier
+      final_sparsity: 0.5
+      start_epoch: 2
+      end_epoch: eval(end)
+      update_frequency: 1
+      params: __ALL_PRUNABLE__
+    - !SetLearningRateModifier
+      start_epoch: 2
+      learning_rate: eval(lr)
+"""
+
+
+def test_staged_recipes_see_their_stage_variables_over_the_global_ones():
+    recipe = load_recipe_text(STAGED, {"num_epochs": 6})
+    groups = recipe.groups
+    assert list(groups) == ["dense_stage.training_modifiers", "prune_stage.pruning_modifiers"]
+    assert groups["dense_stage.training_modifiers"][1].args["learning_rate"] == 0.05
+    assert groups["prune_stage.pruning_modifiers"][0].args["end_epoch"] == 6
+    assert groups["prune_stage.pruning_modifiers"][1].args["learning_rate"] == 0.1
+    assert load_recipe_text(STAGED, {"lr": 0.2}).groups["dense_stage.training_modifiers"][1].args[
+        "learning_rate"] == 0.2, "an override reaches a stage's variable"
+    assert load_recipe_text(recipe.to_yaml()).groups == recipe.groups, "the evaluated recipe round-trips"
+
+
+@pytest.mark.parametrize("text", [
+    "- !EpochRangeModifier\n  end_epoch: 3\n- !SetLearningRateModifier\n  start_epoch: 0\n  learning_rate: 0.1\n",
+    "!EpochRangeModifier\nend_epoch: 3\n",
+], ids=["bare list", "single modifier"])
+def test_a_bare_list_and_a_single_modifier_are_recipes(text):
+    recipe = load_recipe_text(text)
+    assert recipe.groups["modifiers"][0].type == "EpochRangeModifier"
+    assert recipe.groups["modifiers"][0].args["end_epoch"] == 3
+
+
+@pytest.mark.parametrize("name, message", [("SparseGPTModifier", "for transformer / language models"),
+                                           ("OBSPruningModifier", "does not support yet"),
+                                           ("GMPrunningModifier", "did you mean 'GMPruningModifier'")])
+def test_modifiers_from_other_domains_and_typos_get_one_clear_line(name, message):
+    with pytest.raises(UserError, match=message):
+        build_modifiers(load_recipe_text(f"modifiers:\n  - !{name}\n    start_epoch: 0\n"),
+                        model=build_model("resnet_small", num_classes=3), steps_per_epoch=2)
+
+
+def test_sparseml_mobilenet_names_resolve_to_ours():
+    recipe = load_recipe_text(r"""
+modifiers:
+  - !GMPruningModifier
+    final_sparsity: 0.5
+    start_epoch: 0
+    end_epoch: 1
+    params: ['input.conv.weight', 'sections.3.5.point.conv.weight', 're:sections\.4\.\d+\.depth\.conv\.weight',
+             'classifier.fc.weight']
+  - !QuantizationModifier
+    start_epoch: 0
+    submodules: [input, sections.0.0, sections.4]
+""")
+    gmp, quant = build_modifiers(recipe, model=build_model("mobilenet", num_classes=10), steps_per_epoch=2)
+    # SparseML's sections hold 1, 2, 2, 6, 2 blocks: sections.3.5 is our block 11, sections.4.* are blocks 12-13.
+    assert gmp.param_names == ["model.0.0.weight", "model.11.3.weight", "model.12.0.weight", "model.13.0.weight",
+                               "fc.weight"]
+    assert set(quant.module_names) == {"model.0.0", "model.1.0", "model.1.3", "model.12.0", "model.12.3",
+                                       "model.13.0", "model.13.3"}
