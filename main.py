@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--recipe", help="SparseML-style recipe (configs/recipes/): sets epochs, LR, weight decay, "
                                     "pruning and quantization; the trainer config then only names the optimizer")
     o.add_argument("--recipe_args", help="override recipe variables: JSON '{\"num_epochs\": 150}' or 'k=v,k2=v2'")
+    o.add_argument("--distill_teacher", help="teacher checkpoint for a recipe's DistillationModifier: a model with "
+                                            "this dataset's classes (e.g. a dense one fine-tuned on it)")
     o.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 

@@ -12,6 +12,16 @@ from policies.events import Event
 
 
 @dataclass
+class Batch:
+    """One training step's inputs, targets, the model's outputs and the loss to minimise."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    logits: torch.Tensor
+    loss: torch.Tensor
+
+
+@dataclass
 class TrainState:
     """What the loop knows; policies read and change it. Derived values only, no user config."""
 
@@ -26,6 +36,7 @@ class TrainState:
     epoch: int = 0                      # the epoch being run (or next to run)
     step: int = 0                       # optimizer steps taken so far
     metrics: dict[str, Any] = field(default_factory=dict)
+    batch: Batch | None = None          # the step in progress (AFTER_FORWARD may replace its loss)
 
     @property
     def total_steps(self) -> int:

@@ -12,7 +12,9 @@ class Event(Enum):
         EPOCH_START                         # RNG for shuffling/augmentation seeded from (seed, epoch)
         for inputs, targets in train_loader:
             BATCH_START                     # schedules set lr / weight decay for state.step
-            loss = criterion(model(inputs), targets); loss.backward()
+            state.batch = (inputs, targets, logits = model(inputs), loss = criterion(logits, targets))
+            AFTER_FORWARD                   # distillation adds its term to state.batch.loss
+            state.batch.loss.backward()
             AFTER_BACKWARD                  # masks zero pruned gradients
             optimizer.step(); state.step += 1
             AFTER_OPTIMIZER_STEP            # masks re-zero pruned weights
@@ -24,6 +26,7 @@ class Event(Enum):
     FIT_START = "fit_start"
     EPOCH_START = "epoch_start"
     BATCH_START = "batch_start"
+    AFTER_FORWARD = "after_forward"
     AFTER_BACKWARD = "after_backward"
     AFTER_OPTIMIZER_STEP = "after_optimizer_step"
     EPOCH_END = "epoch_end"

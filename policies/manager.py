@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from policies.base import Policy, TrainState
+from policies.base import Batch, Policy, TrainState
 from policies.events import Event
 from utils.errors import UserError
 from utils.seed import epoch_seed, seed_everything
@@ -79,7 +79,9 @@ class Manager:
             self.emit(Event.BATCH_START)
             with autocast:
                 logits = s.forward_model(inputs)
-                loss = self.criterion(logits, targets)
+                s.batch = Batch(inputs, targets, logits, self.criterion(logits, targets))
+                self.emit(Event.AFTER_FORWARD)
+            loss = s.batch.loss
             if not torch.isfinite(loss):
                 lr = s.optimizer.param_groups[0]["lr"]
                 raise UserError(f"loss became {loss.item()} at step {s.step} (epoch {s.epoch}) with lr {lr:g}; "
@@ -94,6 +96,7 @@ class Manager:
             self.scaler.update()
             s.step += 1
             self.emit(Event.AFTER_OPTIMIZER_STEP)
+            s.batch = None
             total_loss += loss.detach() * targets.numel()
             correct += (logits.detach().argmax(1) == targets).sum()
             seen += targets.numel()

@@ -238,6 +238,8 @@ EVERY = {
                                        f"    params: {PARAMS}\n"),
     "ACDCPruningModifier": ("  - !ACDCPruningModifier\n    compression_sparsity: 0.5\n    start_epoch: 0\n"
                             f"    end_epoch: 2\n    update_frequency: 1\n    params: {PARAMS}\n"),
+    "DistillationModifier": ("  - !DistillationModifier\n    start_epoch: 0.5\n    end_epoch: 2\n"
+                             "    hardness: 0.7\n    temperature: 2.0\n    teacher: self\n"),
     "QuantizationModifier": ("  - !QuantizationModifier\n    start_epoch: 0.5\n"
                              "    disable_quantization_observer_epoch: 1.5\n    freeze_bn_stats_epoch: 1\n"),
 }

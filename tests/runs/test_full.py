@@ -148,3 +148,35 @@ def test_a_recipe_that_prunes_the_classifier_records_its_mask_and_its_method(tmp
     assert loaded.report.layer_sparsity()["fc.weight"] == pytest.approx(0.7, abs=0.01)
     assert result["model"] == "GMP" and loaded.extra["method"] == "GMP"
     assert result["measured_sparsity"] == pytest.approx(0.7, abs=0.01)
+
+
+DISTILL = """
+modifiers:
+  - !EpochRangeModifier
+    end_epoch: 2
+  - !ConstantPruningModifier
+    params: __ALL_PRUNABLE__
+  - !DistillationModifier
+    start_epoch: 0
+    end_epoch: 2
+    hardness: 0.5
+"""
+
+
+def test_distillation_from_a_teacher_given_on_the_command_line(tmp_path, sparse_checkpoint, trainer,
+                                                             make_sparse_checkpoint, capsys):
+    ckpt, masks = sparse_checkpoint
+    recipe = tmp_path / "distill.yaml"
+    recipe.write_text(DISTILL)
+    wrong, teacher = tmp_path / "wrong.pt", tmp_path / "teacher.pt"
+    make_sparse_checkpoint(wrong, sparsity=0.0, num_classes=7)
+    make_sparse_checkpoint(teacher, sparsity=0.0, seed=3, num_classes=4)   # synthetic has 4 classes
+    args = ["--recipe", str(recipe), "--exp_name", "distilled"]
+    with pytest.raises(SystemExit):
+        run(tmp_path, ckpt, trainer, *args, "--distill_teacher", str(wrong))
+    assert "predicts 7 classes, the student 4" in capsys.readouterr().err
+    result = run(tmp_path, ckpt, trainer, *args, "--exp_name", "distilled2", "--distill_teacher", str(teacher))
+    final = torch.load(tmp_path / "exp" / "distilled2" / "model.pt", weights_only=True)["state_dict"]
+    for name, mask in masks.items():
+        assert torch.equal(final[name] == 0, ~mask), name
+    assert result["measured_sparsity"] == pytest.approx(0.8, abs=1e-3)

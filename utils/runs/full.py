@@ -18,6 +18,7 @@ from policies.loggers import CheckpointSaver, MetricsLogger, ProgressBar, WandbL
 from policies.manager import Manager, evaluate
 from policies.masking import FixedMaskPolicy
 from policies.modifiers import recipe_method
+from policies.modifiers.distillation import DistillationModifier
 from policies.quantization import qat_modules, qat_state
 from policies.trainer import LRSchedulePolicy, TrainerConfig, build_optimizer
 from utils.checkpoints import save_native_checkpoint
@@ -183,8 +184,25 @@ def training_schedule(opts: FullOptions, plan: Plan, *, model: nn.Module, masks:
         policies, epochs, _ = build_run_recipe(opts.recipe, opts.recipe_args, model=model,
                                                steps_per_epoch=steps_per_epoch, run_dir=plan.run_dir,
                                                resuming=plan.status == "resume", epochs_flag=opts.epochs)
+        for distill in (p for p in policies if isinstance(p, DistillationModifier)):
+            attach_teacher(distill, opts.distill_teacher, num_classes=model.get_classifier().out_features)
         return policies, epochs
+    if opts.distill_teacher:
+        raise UserError("--distill_teacher needs a --recipe with a DistillationModifier")
     return [LRSchedulePolicy(base_lr=plan.lr, cfg=plan.trainer.schedule), FixedMaskPolicy(masks)], plan.epochs
+
+
+def attach_teacher(distill: DistillationModifier, flag: str | None, *, num_classes: int) -> None:
+    """Load the teacher (the flag's checkpoint over the recipe's); it must predict the same classes."""
+    path = flag or distill.teacher_path
+    if path is None:
+        return      # "self", or the modifier reports the missing teacher when training starts
+    teacher = load_upstream(checkpoint_path=path, flavour=None, arch=None, keep_classifier=True).model
+    classes = teacher.get_classifier().out_features
+    if classes != num_classes:
+        raise UserError(f"{path}: the distillation teacher predicts {classes} classes, the student {num_classes}; "
+                        "use a teacher fine-tuned on this dataset")
+    distill.teacher, distill.self_teacher = teacher, False
 
 
 def train_state(model: nn.Module, plan: Plan, *, epochs: int, steps_per_epoch: int, seed: int) -> TrainState:

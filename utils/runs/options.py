@@ -62,6 +62,7 @@ class FullOptions(RunOptions):
     fp16: bool = False
     recipe: str | None = None                 # SparseML-style recipe: drives epochs, LR, WD, pruning, QAT
     recipe_args: str | None = None            # JSON or k=v,k2=v2 overrides of the recipe's variables
+    distill_teacher: str | None = None        # the teacher checkpoint of a recipe's DistillationModifier
 
 
 class LinearOptions(RunOptions):
