@@ -37,6 +37,7 @@ class TrainState:
     step: int = 0                       # optimizer steps taken so far
     metrics: dict[str, Any] = field(default_factory=dict)
     batch: Batch | None = None          # the step in progress (AFTER_FORWARD may replace its loss)
+    train_loader: Any = None            # the training data (second-order pruning samples gradients from it)
 
     @property
     def total_steps(self) -> int:

@@ -28,6 +28,7 @@ class Manager:
         self.state = state
         self.policies = list(policies)
         self.train_loader = train_loader
+        state.train_loader = train_loader
         self.test_loader = test_loader
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.eval_every_epochs = eval_every_epochs

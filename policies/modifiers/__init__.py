@@ -13,7 +13,8 @@ from utils.errors import UserError
 from utils.registry import unknown_name_message
 
 # Importing the families registers them.
-from policies.modifiers import acdc, distillation, pruning, quantization, training  # noqa: E402,F401  isort: skip
+from policies.modifiers import (acdc, distillation, pruning, quantization, second_order,  # noqa: E402,F401
+                                training)  # isort: skip
 from policies.modifiers.training import RecipeSchedule, ScheduleWriter  # noqa: E402
 
 __all__ = ["MODIFIERS", "Modifier", "build_modifiers", "build_recipe_policies", "recipe_method", "recipe_num_epochs"]
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 TRANSFORMER_ONLY = ("SparseGPTModifier", "WandaPruningModifier", "GPTQModifier", "SmoothQuantModifier",
                     "LogarithmicEqualizationModifier", "OutputDistillationModifier", "MovementPruningModifier",
                     "LayerThinningModifier", "PerLayerDistillationModifier", "TrainableParamsModifier")
-NOT_YET = ("MFACPruningModifier", "OBSPruningModifier", "LayerPruningModifier",
+NOT_YET = ("LayerPruningModifier",
            "RigLPruningModifier", "TopKASTPruningModifier", "PowerpropagationModifier", "StructuredPruningModifier",
            "ASRegModifier", "SetParamModifier", "GradualParamModifier", "SparsificationLoggingModifier")
 
