@@ -13,8 +13,8 @@ from utils.errors import UserError
 from utils.registry import unknown_name_message
 
 # Importing the families registers them.
-from policies.modifiers import (acdc, distillation, pruning, quantization, second_order,  # noqa: E402,F401
-                                training)  # isort: skip
+from policies.modifiers import (acdc, distillation, layers, pruning, quantization,  # noqa: E402,F401
+                                second_order, training)  # isort: skip
 from policies.modifiers.training import RecipeSchedule, ScheduleWriter  # noqa: E402
 
 __all__ = ["MODIFIERS", "Modifier", "build_modifiers", "build_recipe_policies", "recipe_method", "recipe_num_epochs"]
@@ -25,8 +25,7 @@ log = logging.getLogger(__name__)
 TRANSFORMER_ONLY = ("SparseGPTModifier", "WandaPruningModifier", "GPTQModifier", "SmoothQuantModifier",
                     "LogarithmicEqualizationModifier", "OutputDistillationModifier", "MovementPruningModifier",
                     "LayerThinningModifier", "PerLayerDistillationModifier", "TrainableParamsModifier")
-NOT_YET = ("LayerPruningModifier",
-           "RigLPruningModifier", "TopKASTPruningModifier", "PowerpropagationModifier", "StructuredPruningModifier",
+NOT_YET = ("RigLPruningModifier", "TopKASTPruningModifier", "PowerpropagationModifier", "StructuredPruningModifier",
            "ASRegModifier", "SetParamModifier", "GradualParamModifier", "SparsificationLoggingModifier")
 
 

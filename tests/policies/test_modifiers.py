@@ -246,6 +246,7 @@ EVERY = {
     "MFACPruningModifier": ("  - !MFACPruningModifier\n    init_sparsity: 0.1\n    final_sparsity: 0.5\n"
                             "    start_epoch: 0\n    end_epoch: 2\n    update_frequency: 1\n    num_grads: 4\n"
                             f"    damp: 0.001\n    fisher_block_size: 16\n    params: {PARAMS}\n"),
+    "LayerPruningModifier": "  - !LayerPruningModifier\n    start_epoch: 1\n    layers: ['conv2']\n",
     "QuantizationModifier": ("  - !QuantizationModifier\n    start_epoch: 0.5\n"
                              "    disable_quantization_observer_epoch: 1.5\n    freeze_bn_stats_epoch: 1\n"),
 }

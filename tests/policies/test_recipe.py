@@ -1,4 +1,5 @@
 """Recipe parsing: tags, variables, overrides, Markdown, the shipped recipes and the study authors' AC/DC."""
+import copy
 from pathlib import Path
 
 import pytest
@@ -372,3 +373,33 @@ modifiers:
                                "fc.weight"]
     assert set(quant.module_names) == {"model.0.0", "model.1.0", "model.1.3", "model.12.0", "model.12.3",
                                        "model.13.0", "model.13.3"}
+
+
+def test_layer_pruning_bypasses_layers_and_a_saved_model_loads_without_them(tmp_path):
+    from utils.checkpoints import load_checkpoint, save_native_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=4)
+    recipe = load_recipe_text("modifiers:\n  - !EpochRangeModifier\n    end_epoch: 2\n  - !LayerPruningModifier\n"
+                              "    start_epoch: 1\n    layers: ['sections.1.1', 'layer3.1']\n")
+    (layer,) = [m for m in build_modifiers(recipe, model=model, steps_per_epoch=2) if m.acts]
+    assert layer.layer_names == ["layer2.1", "layer3.1"]
+    x = torch.randn(2, 3, 32, 32)
+    state = TrainState(model=model, forward_model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                       device=torch.device("cpu"), steps_per_epoch=2, num_epochs=2, seed=0)
+    model.eval()
+    full = model(x)
+    layer.on_fit_start(state)
+    assert layer.removed == [] and torch.equal(model(x), full)
+    state.step = 2
+    layer.on_batch_start(state)
+    assert layer.removed == ["layer2.1", "layer3.1"]
+    bypassed = model(x)
+    reference = copy.deepcopy(model)
+    for hook_owner in ("layer2", "layer3"):
+        getattr(reference, hook_owner)[1] = torch.nn.Identity()
+    assert torch.allclose(bypassed, reference(x), atol=1e-6) and not torch.allclose(bypassed, full)
+    save_native_checkpoint(tmp_path / "m.pt", model, arch="resnet18", arch_kwargs={},
+                           extra={"removed_layers": layer.removed})
+    loaded = load_checkpoint(tmp_path / "m.pt", keep_classifier=True).model.eval()
+    assert isinstance(loaded.layer2[1], torch.nn.Identity) and torch.allclose(loaded(x), bypassed, atol=1e-6)

@@ -71,6 +71,11 @@ def _resolve_arch(flavour: Flavour, raw: Any, source: str) -> tuple[str, dict, d
     return header["arch"], dict(header["arch_kwargs"]), header
 
 
+def _replace_with_identity(model: nn.Module, name: str) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, nn.Identity())
+
+
 def _first(names: set[str] | list[str]) -> str:
     names = sorted(names)
     more = f" (+{len(names) - _SHOW} more)" if len(names) > _SHOW else ""
@@ -241,6 +246,10 @@ def load_checkpoint(path: str | Path, *, flavour: str | None = None, num_classes
     model.load_state_dict({**model.state_dict(), **state.tensors})
     masks, report = _masks_and_report(model, state, file_head, mask_source=mask_source,
                                       keep_classifier=keep_classifier, flavour=chosen, source=source)
+    removed = header.get("extra", {}).get("removed_layers", [])   # pruned away by a LayerPruningModifier
+    for name in removed:
+        _replace_with_identity(model, name)
+    masks = {n: m for n, m in masks.items() if not n.startswith(tuple(f"{r}." for r in removed))}
     return LoadedCheckpoint(
         model=model, masks=masks, flavour=chosen, arch=arch, arch_kwargs=arch_kwargs, report=report,
         source_path=path, num_classes=model.get_classifier().out_features, classifier_loaded=keep_classifier,

@@ -19,6 +19,7 @@ from policies.manager import Manager, evaluate
 from policies.masking import FixedMaskPolicy
 from policies.modifiers import recipe_method
 from policies.modifiers.distillation import DistillationModifier
+from policies.modifiers.layers import LayerPruningModifier
 from policies.quantization import qat_modules, qat_state
 from policies.trainer import LRSchedulePolicy, TrainerConfig, build_optimizer
 from utils.checkpoints import save_native_checkpoint
@@ -173,8 +174,10 @@ def run_full_finetuning(opts: FullOptions) -> RunResult:
     final_masks = check_sparsity(upstream.model, masks, recipe=opts.recipe is not None,
                                  loaded_sparsity=loaded_sparsity)
     label = opts.model_label or recipe_method(schedule) or upstream.method or upstream.flavour or "Dense"
+    removed = [n for p in schedule if isinstance(p, LayerPruningModifier) for n in p.removed]
     return finish(opts, plan, upstream=upstream, masks=final_masks, metrics=metrics, inputs=inputs, label=label,
-                  loaded_sparsity=loaded_sparsity, epochs=epochs, git_commit=resolved["git_commit"])
+                  removed_layers=removed, loaded_sparsity=loaded_sparsity, epochs=epochs,
+                  git_commit=resolved["git_commit"])
 
 
 def training_schedule(opts: FullOptions, plan: Plan, *, model: nn.Module, masks: dict[str, torch.Tensor],
@@ -245,8 +248,8 @@ def check_sparsity(model: nn.Module, masks: dict[str, torch.Tensor], *, recipe: 
 
 
 def finish(opts: FullOptions, plan: Plan, *, upstream: Upstream, masks: dict[str, torch.Tensor],
-           metrics: dict[str, Any], inputs: InputSettings, label: str, loaded_sparsity: float, epochs: int,
-           git_commit: str) -> RunResult:
+           metrics: dict[str, Any], inputs: InputSettings, label: str, removed_layers: list[str],
+           loaded_sparsity: float, epochs: int, git_commit: str) -> RunResult:
     """The main process saves model.pt and records the result; the others only report theirs."""
     model, final_sparsity = upstream.model, measured_sparsity(upstream.model)
     if not plan.dist.is_main:
@@ -257,6 +260,8 @@ def finish(opts: FullOptions, plan: Plan, *, upstream: Upstream, masks: dict[str
     extra: dict[str, Any] = {"method": label, "input_size": inputs.image_size}
     if qat_modules(model):
         extra["quantization"] = qat_state(model)
+    if removed_layers:
+        extra["removed_layers"] = removed_layers
     save_native_checkpoint(plan.run_dir / "model.pt", model, arch=upstream.arch, arch_kwargs=upstream.arch_kwargs,
                            masks=masks, normalization=upstream.normalization, interpolation=inputs.interpolation,
                            extra=extra)
