@@ -346,7 +346,7 @@ def test_a_bare_list_and_a_single_modifier_are_recipes(text):
 
 
 @pytest.mark.parametrize("name, message", [("SparseGPTModifier", "for transformer / language models"),
-                                           ("LayerPruningModifier", "does not support yet"),
+                                           ("RigLPruningModifier", "does not support yet"),
                                            ("GMPrunningModifier", "did you mean 'GMPruningModifier'")])
 def test_modifiers_from_other_domains_and_typos_get_one_clear_line(name, message):
     with pytest.raises(UserError, match=message):
