@@ -14,7 +14,7 @@ from utils.registry import unknown_name_message
 
 # Importing the families registers them.
 from policies.modifiers import (acdc, distillation, layers, pruning, quantization,  # noqa: E402,F401
-                                second_order, training)  # isort: skip
+                                schedulers, second_order, training)  # isort: skip
 from policies.modifiers.training import RecipeSchedule, ScheduleWriter  # noqa: E402
 
 __all__ = ["MODIFIERS", "Modifier", "build_modifiers", "build_recipe_policies", "recipe_method", "recipe_num_epochs"]
