@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from utils.cli import setup_logging
 from utils.errors import exit_on_user_error
@@ -26,8 +27,14 @@ def main(argv: list[str] | None = None) -> dict:
     setup_logging(args.verbose, quiet=True)
     from utils.studies import run_study  # here, not at the top: --help stays fast
 
-    return run_study(args.study, executor=args.executor, jobs=args.jobs, dry_run=args.dry_run,
-                     retry_failed=args.retry_failed, wait=not args.no_wait, report=not args.no_report, progress=print)
+    counts = run_study(args.study, executor=args.executor, jobs=args.jobs, dry_run=args.dry_run,
+                       retry_failed=args.retry_failed, wait=not args.no_wait, report=not args.no_report,
+                       progress=print)
+    if not args.dry_run and (counts["failed"] or counts["blocked"]):
+        print(f"sweep incomplete: {counts['failed']} cell(s) failed, {counts['blocked']} upstream(s) missing",
+              file=sys.stderr)
+        sys.exit(1)
+    return counts
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Observers: they read the state at events and never change training."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -10,7 +11,7 @@ from tqdm.auto import tqdm
 
 from policies.base import Policy, TrainState
 from utils.errors import UserError
-from utils.io import append_jsonl, atomic_torch_save
+from utils.io import append_jsonl, atomic_torch_save, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,15 @@ class MetricsLogger(Policy):
 
     def __init__(self, path: Path):
         self.path = path
+
+    def on_fit_start(self, state: TrainState) -> None:
+        """Drop lines of epochs that will run (again): a kill between this append and the checkpoint left one."""
+        if not self.path.exists():
+            return
+        lines = self.path.read_text().splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line).get("epoch", -1) < state.epoch]
+        if len(kept) != len(lines):
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def on_epoch_end(self, state: TrainState) -> None:
         append_jsonl(self.path, {"step": state.step, **state.metrics})

@@ -113,6 +113,7 @@ class Manager:
             "optimizer": s.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "policies": {p.name: p.state_dict() for p in self.policies},
+            "metrics": dict(s.metrics),         # the last epoch's: a run killed after its last checkpoint ends with them
             # Each epoch reseeds from (seed, epoch); the state is kept for inspection and restored anyway.
             "rng": {"torch": torch.get_rng_state()},
         }
@@ -128,6 +129,7 @@ class Manager:
         torch.set_rng_state(checkpoint["rng"]["torch"])
         s.epoch = checkpoint["epochs_completed"]
         s.step = checkpoint["step"]
+        s.metrics = dict(checkpoint.get("metrics", {}))
 
 
 @torch.inference_mode()

@@ -27,6 +27,11 @@ class DistInfo:
         return self.rank == 0
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun launch, or a plain single process (before or without init_distributed)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def init_distributed(*, use_cuda: bool) -> DistInfo:
     """Join the process group torchrun describes in the environment; a single process needs nothing."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

@@ -1,14 +1,19 @@
 """Atomic file writes and locked appends: nothing half-written survives a crash."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import fcntl
 import io
 import json
 import os
+import shutil
+import socket
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+
+from utils.errors import UserError
 
 
 
@@ -20,10 +25,18 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        honour_umask(tmp)       # mkstemp makes 0600 files: colleagues on a shared cluster could not read them
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def honour_umask(path: str | Path, *, directory: bool = False) -> None:
+    """Give a file (or directory) made by tempfile the permissions a plain open() (or mkdir) would have."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, (0o777 if directory else 0o666) & ~mask)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -35,9 +48,18 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 def atomic_torch_save(path: str | Path, obj: Any) -> None:
+    """torch.save, atomically, and byte-identical for identical content: torch names the records inside the
+    file after the file, so the temporary file carries the final name (in a temporary directory)."""
     import torch  # lazily: the analysis tools use this module without needing torch
 
-    atomic_write(path, lambda p: torch.save(obj, p))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        torch.save(obj, tmp_dir / path.name)
+        os.replace(tmp_dir / path.name, path)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:
@@ -66,6 +88,8 @@ def append_csv_row(path: str | Path, row: dict[str, Any]) -> None:
                 raise ValueError(f"{path}: row has columns {sorted(extra)} absent from its header")
             csv.DictWriter(buf, fieldnames=header).writerow(row)
             f.seek(0, os.SEEK_END)
+            if f.tell() and not _ends_with_newline(f):
+                f.write("\n")                          # never fuse a row onto an unterminated last line
             f.write(buf.getvalue())
             f.flush()
             os.fsync(f.fileno())
@@ -73,5 +97,37 @@ def append_csv_row(path: str | Path, row: dict[str, Any]) -> None:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _ends_with_newline(f) -> bool:
+    f.seek(f.tell() - 1)
+    last = f.read(1)
+    f.seek(0, os.SEEK_END)
+    return last == "\n"
+
+
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path, *, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if needed) for the block; another holder is an error naming it.
+
+    The lock is the kernel's (flock): a killed holder's lock goes away with it, so a stale file never blocks.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise UserError(f"{what} is in use by {holder} (lock {path}); wait for it to finish, or stop it") from None
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"process {os.getpid()} on {socket.gethostname()}")
+            f.flush()
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

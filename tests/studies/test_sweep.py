@@ -59,10 +59,11 @@ def test_skip_done_failure_isolation_and_retry(tmp_path, two_upstreams, capsys, 
     broken.write_bytes(b"not a checkpoint")
     ups = two_upstreams + [{"name": "broken", "model": "X", "sparsity": 0.9, "path": str(broken)}]
     path = write_study(tmp_path, ups)
-    counts = sweep.main([str(path), "--no-report"])
-    assert counts == {"done": 4, "todo": 0, "failed": 2}
-    out = capsys.readouterr().out
-    assert "[6/6]" in out and "failed" in out
+    with pytest.raises(SystemExit) as exit_info:      # failed cells: a non-zero exit, the cells listed
+        sweep.main([str(path), "--no-report"])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 1 and "sweep incomplete: 2 cell(s) failed" in captured.err
+    assert "[6/6]" in captured.out and captured.out.count("failed: full   synthetic    broken") == 2
     rows = list(csv.DictReader(open(tmp_path / "exp" / "results.csv")))
     assert sorted((r["model"], r["seed"]) for r in rows) == [("Dense", "1"), ("Dense", "2"), ("GMP", "1"), ("GMP", "2")]
     study = load_study(path)
@@ -71,8 +72,8 @@ def test_skip_done_failure_isolation_and_retry(tmp_path, two_upstreams, capsys, 
     assert len(failed) == 2 and all((c.run_dir / "error.json").exists() for c in failed)
 
     # a second sweep repeats nothing finished and, without --retry-failed, leaves failures alone
-    counts = sweep.main([str(path), "--no-report"])
-    assert counts == {"done": 4, "todo": 0, "failed": 2}
+    with pytest.raises(SystemExit):
+        sweep.main([str(path), "--no-report"])
     assert "ran 0 cells" in capsys.readouterr().out
     assert len(list(csv.DictReader(open(tmp_path / "exp" / "results.csv")))) == 4
 
@@ -84,14 +85,14 @@ def test_skip_done_failure_isolation_and_retry(tmp_path, two_upstreams, capsys, 
 def test_submitit_path_with_local_executor(tmp_path, two_upstreams, capsys):
     path = write_study(tmp_path, two_upstreams[:1], seeds=[5])
     counts = sweep.main([str(path), "--executor", "submitit-local", "--no-report"])
-    assert counts == {"done": 1, "todo": 0, "failed": 0}
+    assert counts == {"done": 1, "todo": 0, "failed": 0, "blocked": 0}
     assert list((tmp_path / "exp" / "slurm_logs").glob("*_0_log.out"))
 
 
 def test_dry_run_runs_nothing(tmp_path, two_upstreams, capsys):
     path = write_study(tmp_path, two_upstreams)
     counts = sweep.main([str(path), "--dry-run"])
-    assert counts == {"done": 0, "todo": 4, "failed": 0}
+    assert counts == {"done": 0, "todo": 4, "failed": 0, "blocked": 0}
     assert "to do: full" in capsys.readouterr().out
     assert not (tmp_path / "exp" / "results.csv").exists()
 

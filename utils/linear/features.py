@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from utils.io import honour_umask
 from utils.linear.backends import BatchFn
 
 
@@ -158,6 +159,7 @@ def cached_features(make_backend: Callable[[], BatchFn], dataset: Dataset, *, ca
         meta = {**description, "key": key, "layer": description.get("layer", LAYER), "count": len(dataset),
                 "dim": dim, "images_per_s": rate, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+        honour_umask(tmp, directory=True)
         try:
             os.rename(tmp, path)  # atomic: the entry appears complete or not at all
         except OSError:

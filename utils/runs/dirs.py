@@ -1,6 +1,7 @@
 """Run directories: resolved config, git commit, result.json, and the shared results.csv."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import json
@@ -12,7 +13,8 @@ import torch
 
 from utils.config import dump_yaml, read_yaml
 from utils.errors import UserError
-from utils.io import append_csv_row, atomic_write_json, atomic_write_text
+from utils.distributed import is_main_process
+from utils.io import append_csv_row, atomic_write_json, atomic_write_text, exclusive_lock
 from utils.paths import REPO_ROOT
 from utils.runs.kinds import RunResult
 
@@ -40,6 +42,20 @@ def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def run_dir_for(experiment_root: str | Path, exp_name: str) -> Path:
+    """<experiment_root>/<exp_name>; a name that would leave the root is refused."""
+    name = Path(exp_name)
+    if name.is_absolute() or ".." in name.parts or not name.parts:
+        raise UserError(f"--exp_name {exp_name!r} must be a name inside --experiment_root_path (no '..', not absolute)")
+    return Path(experiment_root) / name
+
+
+def run_lock(run_dir: Path):
+    """Exclusive use of a run directory for this process (the main one under torchrun)."""
+    return exclusive_lock(run_dir / ".lock", what=f"run directory {run_dir}") if is_main_process() \
+        else contextlib.nullcontext()
+
+
 def prepare_run_dir(run_dir: Path, *, resume: bool) -> str:
     """Decide what to do with a run directory: 'new', 'resume' or 'finished'.
 
@@ -64,13 +80,24 @@ def write_run_config(run_dir: Path, config: dict[str, Any], *, check_existing: b
     config = json.loads(json.dumps(config, default=str))  # plain YAML types only (tuples, versions...)
     path = run_dir / "config.yaml"
     if check_existing and path.exists():
-        saved = read_yaml(path) or {}
-        keys = sorted(k for k in set(saved) | set(config)
-                      if k not in ("git_commit", "resumed") and saved.get(k) != config.get(k))
+        saved, now = comparable(read_yaml(path) or {}), comparable(config)
+        keys = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
         if keys:
             raise UserError(f"{path}: cannot resume with a different configuration (differs in {keys[:5]}); "
                             "rerun with the original flags or use another --exp_name")
     atomic_write_text(path, dump_yaml(config))
+
+
+# Where and how fast a run goes, not what it computes: a resumed run may change them (e.g. a moved root).
+LOCATION_OPTIONS = ("experiment_root_path", "workers", "progress", "resume")
+
+
+def comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """A resolved config without what a resume may change."""
+    out = {k: v for k, v in config.items() if k not in ("git_commit", "resumed")}
+    if isinstance(out.get("options"), dict):
+        out["options"] = {k: v for k, v in out["options"].items() if k not in LOCATION_OPTIONS}
+    return out
 
 
 def environment_info() -> dict[str, Any]:
@@ -78,14 +105,41 @@ def environment_info() -> dict[str, Any]:
             "cuda": torch.version.cuda if torch.cuda.is_available() else None}
 
 
+def check_results_table(experiment_root: Path) -> None:
+    """Fail before training if <experiment_root>/results.csv could not take this run's row."""
+    table = Path(experiment_root) / "results.csv"
+    if not table.exists():
+        return
+    try:
+        header = next(csv.reader(table.read_text(encoding="utf-8").splitlines()), None)
+    except UnicodeDecodeError as err:
+        raise UserError(f"{table}: not valid UTF-8 text (byte {err.start}); move it aside or choose another "
+                        "--experiment_root_path") from None
+    missing = [c for c in RESULT_COLUMNS if c not in (header or [])]
+    if header and missing:
+        raise UserError(f"{table}: its header lacks the columns {missing[:5]} this run writes; move it aside or "
+                        "choose another --experiment_root_path")
+
+
 def finished_result(run_dir: Path, experiment_root: Path) -> RunResult:
     """A finished run's result; re-appends its results.csv row if a crash came between the two writes."""
     record = json.loads((run_dir / "result.json").read_text())
     table = experiment_root / "results.csv"
     rows = list(csv.DictReader(table.open())) if table.exists() else []
-    if not any(r.get("run_dir") == str(run_dir) for r in rows):
-        append_csv_row(table, {col: record.get(col, "") for col in RESULT_COLUMNS})
+    if not any(same_run(r, record, run_dir=run_dir, experiment_root=experiment_root) for r in rows):
+        append_csv_row(table, {**{col: record.get(col, "") for col in RESULT_COLUMNS}, "run_dir": str(run_dir)})
     return RunResult.from_record(record, run_dir)
+
+
+def same_run(row: dict[str, str], record: dict[str, Any], *, run_dir: Path, experiment_root: Path) -> bool:
+    """Is `row` this finished run's? Its name under the experiment root and its finish time, not the path string
+    (the root may be spelt another way, moved or copied)."""
+    try:
+        name = run_dir.resolve().relative_to(experiment_root.resolve()).parts
+    except ValueError:
+        name = run_dir.parts[-1:]
+    recorded = Path(row.get("run_dir") or "").parts
+    return row.get("finished_at") == str(record.get("finished_at")) and tuple(recorded[-len(name):]) == name
 
 
 def record_result(run_dir: Path, experiment_root: Path, record: dict[str, Any]) -> None:

@@ -28,8 +28,8 @@ from utils.data import DatasetSplits, load_datasets
 from utils.distributed import DistInfo, barrier, init_distributed, shutdown
 from utils.errors import UserError
 from utils.io import atomic_write_json
-from utils.runs.dirs import (environment_info, finished_result, now_iso, prepare_run_dir, record_result,
-                             write_run_config)
+from utils.runs.dirs import (check_results_table, environment_info, finished_result, now_iso, prepare_run_dir,
+                             record_result, run_dir_for, run_lock, write_run_config)
 from utils.runs.kinds import InputSettings, RunResult
 from utils.runs.options import FullOptions, TransferConfig
 from utils.runs.recipe import build_run_recipe
@@ -73,9 +73,9 @@ def plan_run(opts: FullOptions) -> Plan:
         batch_size = per_rank_batch_size(batch_size, dist_info)
         if device.type == "cuda":
             device, gpus = torch.device(f"cuda:{dist_info.local_rank}"), [dist_info.local_rank]
-    experiment_root = Path(opts.experiment_root_path)
-    run_dir = experiment_root / (opts.exp_name or default_exp_name(
-        opts.dataset, opts.from_checkpoint_path or opts.arch, opts.seed))
+    experiment_root, run_dir = Path(opts.experiment_root_path), run_dir_of(opts)
+    if dist_info.is_main:
+        check_results_table(experiment_root)
     status = "new" if opts.eval_only else prepare_run_dir(run_dir, resume=opts.resume)
     barrier(dist_info)  # every rank has decided new/resume/finished before the main one writes
     return Plan(trainer=trainer, transfer=transfer, epochs=opts.epochs or trainer.epochs, batch_size=batch_size,
@@ -140,8 +140,19 @@ def fit(state: TrainState, policies: list[Policy], *, plan: Plan, loaders: tuple
     return manager.fit()
 
 
+def run_dir_of(opts: FullOptions) -> Path:
+    return run_dir_for(opts.experiment_root_path,
+                       opts.exp_name or default_exp_name(opts.dataset, opts.from_checkpoint_path or opts.arch, opts.seed))
+
+
 def run_full_finetuning(opts: FullOptions) -> RunResult:
     """Fine-tune every (unfrozen) weight of a sparse checkpoint, keeping its zeros; returns the result."""
+    with run_lock(run_dir_of(opts)):
+        return fine_tune(opts)
+
+
+def fine_tune(opts: FullOptions) -> RunResult:
+    """The run itself, with the run directory held: plan, load, prepare, fit, record."""
     plan = plan_run(opts)
     if plan.status == "finished":
         log.info("%s is already finished; reporting its result", plan.run_dir)

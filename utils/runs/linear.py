@@ -24,8 +24,8 @@ from utils.errors import UserError
 from utils.io import append_jsonl, atomic_torch_save
 from utils.linear import (BACKENDS, SOLVERS, FeatureSet, LinearClassifier, LinearProbeConfig, SolverSettings,
                           build_backend, cached_features, describe_split, extract_features, fit_sgd_epochs, score)
-from utils.runs.dirs import (environment_info, finished_result, now_iso, prepare_run_dir, record_result,
-                             write_run_config)
+from utils.runs.dirs import (check_results_table, environment_info, finished_result, now_iso, prepare_run_dir,
+                             record_result, run_dir_for, run_lock, write_run_config)
 from utils.runs.kinds import InputSettings, RunResult
 from utils.runs.options import LinearOptions
 from utils.runs.setup import pick_device
@@ -101,10 +101,17 @@ def load_frozen(path: str, *, flavour: str | None, normalization: str, image_siz
 def run_linear_finetuning(opts: LinearOptions) -> RunResult:
     """Freeze the checkpoint's backbone, fit a linear classifier on its features; returns the result."""
     check_options(opts)
+    run_dir = run_dir_for(opts.experiment_root_path, opts.exp_name or default_exp_name(opts))
+    with run_lock(run_dir):
+        return fit_probe(opts, run_dir)
+
+
+def fit_probe(opts: LinearOptions, run_dir: Path) -> RunResult:
+    """The run itself, with the run directory held."""
     settings = solver_settings(opts)
     device, _ = pick_device(cpu=opts.cpu, gpus=opts.gpus)
     experiment_root = Path(opts.experiment_root_path)
-    run_dir = experiment_root / (opts.exp_name or default_exp_name(opts))
+    check_results_table(experiment_root)
     if prepare_run_dir(run_dir, resume=opts.resume) == "finished":
         log.info("%s is already finished; reporting its result", run_dir)
         return finished_result(run_dir, experiment_root)

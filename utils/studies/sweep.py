@@ -5,6 +5,7 @@ sweep goes on; killing the sweep loses at most the epoch in progress (cells resu
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -13,6 +14,7 @@ from typing import Callable
 
 from utils.analysis import combos, load_results, paper_table, summarize, to_markdown, write_report
 from utils.config import validate
+from utils.io import exclusive_lock
 from utils.runs import RUNS
 from utils.studies.cells import Cell, cell_status, expand, read_error
 from utils.studies.executors import get_executor
@@ -36,8 +38,19 @@ def validate_cells(cells: list[Cell], *, source: str) -> None:
 def run_study(study_path: str | Path, *, executor: str = "local", jobs: int = 1, dry_run: bool = False,
               retry_failed: bool = False, wait: bool = True, report: bool = True,
               progress: Callable[[str], None] = log.info) -> dict[str, int]:
-    """The sweep: upstreams, grid, skip done, run the rest, then the report. Returns status counts."""
+    """The sweep: upstreams, grid, skip done, run the rest, then the report. Returns status counts (and how
+    many upstreams are missing, `blocked`). One sweep at a time per study root (a dry run needs no lock)."""
     study = load_study(study_path)
+    root = Path(study.experiment_root)
+    lock = contextlib.nullcontext() if dry_run else \
+        exclusive_lock(root / ".sweep.lock", what=f"study {study.name!r} ({root})")
+    with lock:
+        return sweep(study, study_path=study_path, executor=executor, jobs=jobs, dry_run=dry_run,
+                     retry_failed=retry_failed, wait=wait, report=report, progress=progress)
+
+
+def sweep(study: Study, *, study_path: str | Path, executor: str, jobs: int, dry_run: bool, retry_failed: bool,
+          wait: bool, report: bool, progress: Callable[[str], None]) -> dict[str, int]:
     run = get_executor(executor)
     start = time.perf_counter()
     paths = resolve_upstreams(study, make=not dry_run, progress=progress)
@@ -57,21 +70,31 @@ def run_study(study_path: str | Path, *, executor: str = "local", jobs: int = 1,
     if dry_run:
         for c in todo:
             progress(f"  to do: {c.label}  -> {c.run_dir}")
-        return counts
+        return {**counts, "blocked": len(blocked)}
+    run_cells(todo, run, study=study, jobs=jobs, wait=wait, progress=progress)
+    progress(f"took {time.perf_counter() - start:.0f} s")
     root = Path(study.experiment_root)
-    log_folder = Path(study.slurm.log_folder or root / "slurm_logs")
+    if report and (root / "results.csv").exists():
+        write_study_report(study, progress=progress)
+    failed = [c for c in cells if cell_status(c) == "failed"]
+    for c in failed:
+        progress(f"failed: {c.label}: {read_error(c)} (see {c.run_dir / 'error.json'})")
+    counts = {s: sum(cell_status(c) == s for c in cells) for s in ("done", "todo", "failed")}
+    return {**counts, "blocked": len(blocked)}
+
+
+def run_cells(todo: list[Cell], run: Callable, *, study: Study, jobs: int, wait: bool,
+              progress: Callable[[str], None]) -> None:
+    """Run the cells through the executor, one progress line each."""
+    log_folder = Path(study.slurm.log_folder or Path(study.experiment_root) / "slurm_logs")
     finished = {"done": 0, "failed": 0, "submitted": 0}
     for i, (cell, outcome) in enumerate(run(todo, jobs=jobs, slurm=study.slurm, log_folder=log_folder, wait=wait), 1):
         state = outcome["status"]
         finished[state] = finished.get(state, 0) + 1
         detail = (f"acc {outcome['val_acc']:.4f}" if state == "done" else outcome.get("error", outcome.get("job_id", "")))
         progress(f"[{i}/{len(todo)}] {state:<9} {cell.label}  {detail}  ({outcome.get('seconds', 0):.1f} s)")
-    progress(f"ran {len(todo)} cells in {time.perf_counter() - start:.0f} s: {finished['done']} done, "
-             f"{finished['failed']} failed" + (f", {finished['submitted']} submitted" if finished["submitted"] else ""))
-    if report and (root / "results.csv").exists():
-        write_study_report(study, progress=progress)
-    counts = {s: sum(cell_status(c) == s for c in cells) for s in ("done", "todo", "failed")}
-    return counts
+    progress(f"ran {len(todo)} cells: {finished['done']} done, {finished['failed']} failed"
+             + (f", {finished['submitted']} submitted" if finished["submitted"] else ""))
 
 
 def write_study_report(study: Study, *, progress: Callable[[str], None] = log.info) -> Path:
