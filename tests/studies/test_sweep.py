@@ -1,14 +1,17 @@
 """The study runner: grid expansion, content keys, skip-done, failure isolation, submitit path."""
 import csv
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 import sweep
-from utils.studies import load_study
-from utils.studies import cell_status, expand, resolve_upstreams
+from utils.paths import REPO_ROOT as REPO
+from utils.studies import cell_status, expand, load_study, resolve_upstreams
 
 TRAINER = "epochs: 1\nbatch_size: 32\noptimizer: {name: sgd, lr: 0.05}\nschedule: {name: constant}\n"
 
@@ -115,3 +118,40 @@ def test_bad_study_files_give_clear_errors(tmp_path, two_upstreams, change, mess
 def test_shipped_study_files_validate():
     for path in sorted(Path("configs/studies").glob("*.yaml")):
         assert load_study(path).seeds
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_workers_die_with_a_killed_sweep(tmp_path, two_upstreams):
+    (tmp_path / "long.yaml").write_text("epochs: 500\nbatch_size: 32\noptimizer: {name: sgd, lr: 0.05}\n"
+                                        "schedule: {name: constant}\n")
+    path = write_study(tmp_path, two_upstreams, full={"trainer_config_path": str(tmp_path / "long.yaml")})
+    proc = subprocess.Popen([sys.executable, "sweep.py", str(path), "--jobs", "2", "--no-report"], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        workers: list[int] = []
+        while time.time() < deadline and len(list((tmp_path / "exp").glob("full/*/*/metrics.jsonl"))) < 2:
+            time.sleep(0.5)
+        workers = [c for c in _children(proc.pid) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        assert len(workers) == 2, "two workers running cells"
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.5)
+    assert not any(_alive(w) for w in workers), "workers outlived their sweep"

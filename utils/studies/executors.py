@@ -1,8 +1,12 @@
 """Where cells run: in this process, in N local processes (one per GPU when GPUs exist), or via submitit."""
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import multiprocessing
+import os
+import signal
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -31,6 +35,29 @@ def _pin_gpu(cell: Cell, slot: int, gpus: int) -> Cell:
     return cell
 
 
+_PARENT: int | None = None
+
+
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: the kernel sends SIGTERM when the sweep process dies (Linux), and a worker whose
+    sweep is gone never starts a cell (see `_run_cell_in_worker`)."""
+    global _PARENT
+    _PARENT = parent
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)            # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):            # not Linux: the parent check below still holds
+        log.debug("no PR_SET_PDEATHSIG here")
+    if os.getppid() != parent:                   # the parent died before the signal was armed
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _run_cell_in_worker(cell: Cell) -> dict[str, Any]:
+    if _PARENT is not None and os.getppid() != _PARENT:
+        raise SystemExit("the sweep that started this worker is gone")
+    return run_cell(cell)
+
+
 @EXECUTORS.register("local")
 def run_local(cells: list[Cell], *, jobs: int = 1, slurm: SlurmSpec | None = None, **_: Any) -> Iterator[Outcome]:
     """One cell at a time in this process, or `jobs` worker processes (cells round-robin over GPUs)."""
@@ -40,8 +67,9 @@ def run_local(cells: list[Cell], *, jobs: int = 1, slurm: SlurmSpec | None = Non
             yield cell, run_cell(_pin_gpu(cell, i, gpus))
         return
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        futures = {pool.submit(run_cell, _pin_gpu(cell, i, gpus)): cell for i, cell in enumerate(cells)}
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_die_with_parent,
+                             initargs=(os.getpid(),)) as pool:
+        futures = {pool.submit(_run_cell_in_worker, _pin_gpu(cell, i, gpus)): cell for i, cell in enumerate(cells)}
         for future in as_completed(futures):
             cell = futures[future]
             try:
