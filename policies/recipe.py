@@ -17,6 +17,7 @@ import yaml
 
 from policies.expressions import evaluate_expression, expression_body, free_names
 from policies.recipe_yaml import ModifierSpec, dump_recipe, extract_yaml, load_scalar, load_yaml
+from utils.config import read_text
 from utils.errors import UserError
 from utils.registry import unknown_name_message
 
@@ -251,7 +252,7 @@ def load_recipe(path: str | Path, overrides: str | Mapping[str, Any] | None = No
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: recipe file not found; see configs/recipes/ for examples")
-    recipe = parse_recipe_text(path.read_text(), source=str(path))
+    recipe = parse_recipe_text(read_text(path), source=str(path))
     return evaluate_recipe(recipe, parse_recipe_args(overrides) if not isinstance(overrides, Mapping) else overrides)
 
 

@@ -1,4 +1,5 @@
 """Shared test set-up: tiny sparse checkpoints in the native format, trainer configs, one torch thread."""
+import os
 from pathlib import Path
 
 import matplotlib
@@ -21,6 +22,12 @@ def write_sparse_checkpoint(path: Path, *, sparsity: float = 0.8, seed: int = 0,
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_native_checkpoint(path, model, arch="resnet_small", arch_kwargs=arch_kwargs, masks=masks)
     return masks
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Caches that live under the user's home (image verification) go to a temporary folder in tests."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture

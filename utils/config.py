@@ -1,6 +1,7 @@
 """Typed, strict config loading: every YAML file maps onto a pydantic model with extra='forbid'."""
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,9 +25,18 @@ def read_yaml(path: str | Path) -> Any:
     if not path.is_file():
         raise UserError(f"{path}: config file not found; check the path")
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.safe_load(read_text(path))
     except yaml.YAMLError as err:
         raise UserError(f"{path}: invalid YAML: {str(err).splitlines()[0]}") from None
+
+
+def read_text(path: str | Path) -> str:
+    """A text file as UTF-8; anything else is a UserError naming the file."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (byte {err.start} is {err.object[err.start:err.start + 1]!r}); "
+                        "save it as UTF-8") from None
 
 
 def validate(data: Any, model: type[M], *, source: str) -> M:
@@ -36,12 +46,25 @@ def validate(data: Any, model: type[M], *, source: str) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        first = err.errors()[0]
+        errors = err.errors()
+        # A misspelt key shows up as an unknown key plus a missing one: name the misspelling first.
+        errors.sort(key=lambda e: e["type"] != "extra_forbidden")
+        first = errors[0]
         where = ".".join(str(p) for p in first["loc"]) or "<top level>"
         more = f" (and {err.error_count() - 1} more problem(s))" if err.error_count() > 1 else ""
+        if first["type"] == "extra_forbidden":
+            raise UserError(f"{source}: key '{where}' is not a valid key{_did_you_mean(first, errors)}{more}") from None
         got = first.get("input")
         got_txt = "" if first["type"] == "missing" or isinstance(got, dict) else f"; got {got!r}"
         raise UserError(f"{source}: key '{where}': {first['msg']}{got_txt}{more}") from None
+
+
+def _did_you_mean(extra: dict, errors: list[dict]) -> str:
+    """' (did you mean 'lr'?)' when a required key is missing beside the unknown one."""
+    parent = extra["loc"][:-1]
+    missing = [str(e["loc"][-1]) for e in errors if e["type"] == "missing" and e["loc"][:-1] == parent]
+    close = difflib.get_close_matches(str(extra["loc"][-1]), missing, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def load_config(path: str | Path, model: type[M]) -> M:

@@ -75,7 +75,7 @@ def make_caltech101(root: Path) -> Tree:
     base = root / "caltech101" / "101_ObjectCategories"
     for cls, n in (("Faces", 31), ("accordion", 32), ("BACKGROUND_Google", 3)):
         for i in range(1, n + 1):
-            write_image(base / cls / f"image_{i:04d}.jpg", size=(4, 4), seed=i)
+            write_image(base / cls / f"image_{i:04d}.jpg", size=(8, 8), seed=i)
     return Tree([root, root / "caltech101", base], ["Faces", "accordion"], 60, 3)
 
 
@@ -84,8 +84,8 @@ def make_caltech256(root: Path) -> Tree:
     base = root / "caltech256" / "256_ObjectCategories"
     for c, (cls, n) in enumerate((("001.ak47", 61), ("257.clutter", 62)), start=1):
         for i in range(1, n + 1):
-            write_image(base / cls / f"{c:03d}_{i:04d}.jpg", size=(4, 4), seed=i)
-    write_image(base / "001.ak47" / "greg" / "001_9999.jpg", size=(4, 4))  # a stray sub-folder: ignored
+            write_image(base / cls / f"{c:03d}_{i:04d}.jpg", size=(8, 8), seed=i)
+    write_image(base / "001.ak47" / "greg" / "001_9999.jpg", size=(8, 8))  # a stray sub-folder: ignored
     (base / "257.clutter" / "RENAME2").write_text("not an image")
     return Tree([root, root / "caltech256"], ["001.ak47", "257.clutter"], 120, 3)
 
@@ -252,7 +252,7 @@ def make_mnist_idx(root: Path) -> Tree:
 
 @builder("sklearn_digits")
 def make_digits(root: Path) -> Tree:
-    return Tree([None, root], [str(d) for d in range(10)], 1347, 450)
+    return Tree([None], [str(d) for d in range(10)], 1347, 450)
 
 
 @builder("synthetic")
@@ -442,9 +442,9 @@ def test_real_fashion_mnist_files():
     assert label == 9  # the first Fashion-MNIST test image is an ankle boot
 
 
-def test_digits_fixed_stratified_split_ignores_path(tmp_path):
+def test_digits_fixed_stratified_split(tmp_path):
     a = load_datasets("digits", None, image_size=8, augment=False)
-    b = load_datasets("digits", tmp_path / "anything", image_size=8, augment=False)
+    b = load_datasets("digits", None, image_size=8, augment=False)
     assert (len(a.train), len(a.test)) == (1347, 450)
     assert torch.equal(a.train.samples.images, b.train.samples.images)
     test_counts = np.bincount(a.test.samples.labels)
@@ -545,7 +545,7 @@ def test_empty_class_folder_and_class_mismatch(tmp_path):
 def test_too_few_images_for_split_by_count(tmp_path):
     base = tmp_path / "101_ObjectCategories"
     for i in range(30):
-        write_image(base / "ant" / f"image_{i:04d}.jpg", size=(4, 4))
+        write_image(base / "ant" / f"image_{i:04d}.jpg", size=(8, 8))
     one_line_error(lambda: load_datasets("caltech101", tmp_path, strict_classes=False),
                    "30 images; needs more than train_per_class=30")
 
@@ -553,7 +553,7 @@ def test_too_few_images_for_split_by_count(tmp_path):
 def test_class_count_differs_from_registry(tmp_path, caplog):
     make_folders(tmp_path)
     one_line_error(lambda: load_datasets("birds", tmp_path),
-                   "found 3 classes but dataset 'birds' has 500", "strict_classes=False")
+                   "found 3 classes but dataset 'birds' has 500", "use --dset imagefolder")
     assert load_datasets("birds", tmp_path, strict_classes=False).num_classes == 3
     assert "found 3 classes" in caplog.text
 
@@ -562,7 +562,7 @@ def test_corrupt_image_named_on_read_and_by_verify(tmp_path):
     make_folders(tmp_path)
     bad = tmp_path / "train" / "cat" / "cat_0.jpg"
     bad.write_bytes(b"definitely not a jpeg")
-    splits = load_datasets("imagefolder", tmp_path)  # lazy: loading does not decode
+    splits = load_datasets("imagefolder", tmp_path, verify=False)  # unverified: loading does not decode
     one_line_error(lambda: splits.train[0], str(bad), "cannot read image")
     one_line_error(lambda: load_datasets("imagefolder", tmp_path, verify=True), str(bad))
     # a truncated JPEG fails too, when decoded
@@ -613,3 +613,44 @@ def test_precomputed_in_memory_transforms_equal_per_sample_ones(name, augment, m
         torch.manual_seed(0)
         b = [getattr(slow, split)[i] for i in range(20)]
         assert all(torch.equal(x, y) and lx == ly for (x, lx), (y, ly) in zip(a, b)), split
+
+
+def test_a_data_path_for_a_dataset_that_takes_none_is_refused(tmp_path):
+    one_line_error(lambda: load_datasets("digits", tmp_path), "takes no data path", "drop --dset_path")
+
+
+def test_bad_image_files_are_all_reported_before_training(tmp_path):
+    make_folders(tmp_path)
+    (tmp_path / "train" / "cat" / "cat_0.jpg").write_bytes(b"")
+    (tmp_path / "train" / "dog" / "dog_0.jpg").write_text("just text")
+    write_image(tmp_path / "train" / "emu" / "emu_0.jpg", size=(64, 64))
+    tail = tmp_path / "train" / "emu" / "emu_0.jpg"
+    tail.write_bytes(tail.read_bytes()[:-40])                      # truncated: no end-of-image marker
+    write_image(tmp_path / "test" / "cat" / "tiny.png", size=(1, 1))
+    message = one_line_error(lambda: load_datasets("imagefolder", tmp_path), "4 of 10 image files cannot be used")
+    for fragment in ("empty file", "not a readable image", "truncated JPEG"):
+        assert fragment in message or "and 1 more" in message
+
+
+def test_image_checks_are_cached_by_size_and_time(tmp_path, monkeypatch):
+    import utils.data.verify as verify
+
+    make_folders(tmp_path)
+    load_datasets("imagefolder", tmp_path)
+    calls = []
+    monkeypatch.setattr(verify, "problem", lambda p: calls.append(p))
+    load_datasets("imagefolder", tmp_path)
+    assert calls == [], "a second run checks nothing that did not change"
+    write_image(tmp_path / "train" / "cat" / "cat_9.jpg", size=(20, 20))
+    load_datasets("imagefolder", tmp_path)
+    assert calls == [tmp_path / "train" / "cat" / "cat_9.jpg"]
+
+
+def test_a_class_without_training_images_is_refused():
+    from utils.data.layouts import FileSamples, RawSplits
+    from utils.data.loading import check_splits
+
+    raw = RawSplits(FileSamples([Path("a"), Path("b")], np.array([0, 0])),
+                    FileSamples([Path("c"), Path("d")], np.array([0, 1])), ["ant", "bee"])
+    one_line_error(lambda: check_splits(raw, get_dataset_spec("imagefolder"), LAYOUTS.get("folders"), Path("/d"),
+                                        strict=True), "1 of 2 classes have no training images (e.g. 'bee')")

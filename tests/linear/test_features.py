@@ -1,4 +1,5 @@
 """Feature extraction and its cache: reuse, invalidation, atomicity, torch vs ONNX Runtime agreement."""
+import json
 import os
 import signal
 import subprocess
@@ -119,6 +120,41 @@ def test_a_stale_entry_with_another_key_is_replaced(tmp_path):
     again = cached_features(counting_backend(m, calls), data, cache_root=tmp_path, description=desc,
                             dim=m.num_features, progress=False)
     assert not again.reused and read_entry(entry.path, cache_key(desc)) is not None
+
+
+def _empty_features(entry):
+    (entry / "features.npy").write_bytes(b"")
+
+
+def _meta_without(key):
+    def damage(entry):
+        meta = json.loads((entry / "meta.json").read_text())
+        del meta[key]
+        (entry / "meta.json").write_text(json.dumps(meta))
+    return damage
+
+
+@pytest.mark.parametrize("damage", [
+    _empty_features, _meta_without("count"), _meta_without("dim"),
+    lambda entry: (entry / "meta.json").write_bytes(b"\xff\xfe not json"),
+    lambda entry: (entry / "meta.json").write_text("[1, 2]"),
+    lambda entry: (entry / "labels.npy").write_bytes(b"\x93NUMPY garbage"),
+], ids=["zero-byte features.npy", "meta without count", "meta without dim", "meta not UTF-8", "meta a list",
+        "labels.npy garbage"])
+def test_a_damaged_entry_is_extracted_again_not_a_traceback(tmp_path, damage, caplog):
+    """Issue 12 item 9: a zero-byte features.npy or a meta.json without count crashed the linear run."""
+    m, data, calls = model(), Images(), []
+    desc = description(data)
+    entry = cached_features(counting_backend(m, calls), data, cache_root=tmp_path, description=desc,
+                            dim=m.num_features, progress=False)
+    damage(entry.path)
+    with caplog.at_level("WARNING", logger="utils.linear.features"):
+        assert read_entry(entry.path, cache_key(desc)) is None
+        again = cached_features(counting_backend(m, calls), data, cache_root=tmp_path, description=desc,
+                                dim=m.num_features, progress=False)
+    assert "re-extracting" in caplog.text
+    assert not again.reused and len(calls) == 2
+    np.testing.assert_array_equal(again.features, entry.features)
 
 
 def test_a_failed_extraction_leaves_no_entry(tmp_path):

@@ -83,7 +83,7 @@ def test_a_kill_at_each_point_of_the_end_of_a_run_resumes_to_exactly_one_row(tmp
 
 def test_another_spelling_a_move_or_a_copy_of_the_root_never_doubles_a_row(tmp_path, setup, monkeypatch):
     setup()
-    os.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)
     setup("--resume", root="exp")                   # relative spelling
     setup("--resume", root=str(tmp_path / "exp" / ".." / "exp"))
     assert len(rows(tmp_path / "exp")) == 1

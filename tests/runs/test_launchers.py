@@ -14,7 +14,7 @@ def test_full_training_launcher_loops_isolates_failures_and_skips_done(tmp_path,
     make_sparse_checkpoint(good, sparsity=0.5, num_classes=3)
     env = {**os.environ, "CHECKPOINTS": f"{good} {tmp_path / 'missing.pth'}", "SEEDS": "1 2",
            "EXPERIMENT_ROOT": str(tmp_path / "exp"), "PYTHON": sys.executable}
-    cmd = [str(REPO / "run_dataset_generalize_full_training_lr001.sh"), "cpu", "synthetic", "unused",
+    cmd = [str(REPO / "run_dataset_generalize_full_training_lr001.sh"), "cpu", "synthetic", "-",
            "--epochs", "1", "--image_size", "16", "--workers", "0", "--no_progress"]
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path)
     assert first.returncode != 0
@@ -39,7 +39,7 @@ def test_linear_launcher_runs_each_seed_and_isolates_a_bad_checkpoint(tmp_path, 
     env = {**os.environ, "CHECKPOINTS": f"{good} {tmp_path / 'missing.pth'}", "SEEDS": "1 2",
            "EXPERIMENT_ROOT": str(tmp_path / "exp"), "FEATURES_CACHE": str(tmp_path / "cache"),
            "PYTHON": sys.executable}
-    cmd = [str(REPO / "run_dataset_generalize_preextracted.sh"), "cpu", "synthetic", "unused",
+    cmd = [str(REPO / "run_dataset_generalize_preextracted.sh"), "cpu", "synthetic", "-",
            "--image_size", "16", "--workers", "0", "--no_progress", "--normalization", "checkpoint"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode != 0 and "2 run(s) failed" in out.stdout, out.stdout + out.stderr

@@ -85,8 +85,10 @@ def test_skip_done_failure_isolation_and_retry(tmp_path, two_upstreams, capsys, 
     assert counts["done"] == 6 and counts["todo"] == 0
 
 
-def test_submitit_path_with_local_executor(tmp_path, two_upstreams, capsys):
+def test_submitit_path_with_local_executor(tmp_path, two_upstreams, capsys, monkeypatch):
     path = write_study(tmp_path, two_upstreams[:1], seeds=[5])
+    monkeypatch.chdir(tmp_path)                     # jobs import the repository from any directory
+    monkeypatch.delenv("PYTHONPATH", raising=False)
     counts = sweep.main([str(path), "--executor", "submitit-local", "--no-report"])
     assert counts == {"done": 1, "todo": 0, "failed": 0, "blocked": 0}
     assert list((tmp_path / "exp" / "slurm_logs").glob("*_0_log.out"))

@@ -39,6 +39,8 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, *, figures: bool = True,
                  extra_files: dict[str, str] | None = None, notes: list[str] | None = None) -> list[Path]:
     """Write summary CSVs, per-(finetuning, arch) tables (Markdown, CSV, LaTeX) and figures; return the paths."""
     out, written = Path(out_dir), []
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder; give --out a folder (new or existing)")
 
     def write(rel: str, text: str) -> None:
         atomic_write_text(out / rel, text)

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from utils.checkpoints.flavours import DENIED_MODULES, DENIED_NAMES
 from utils.errors import UserError
 
 _SHOW = 5  # offending names listed in an error message
@@ -61,9 +62,21 @@ def read_checkpoint_file(path: str | Path, *, trusted_globals: list[str] = (), f
         unsafe = list(dict.fromkeys(n for g in unsafe for n in ((g,) if isinstance(g, str) else g)
                                     if n and n not in trusted_globals))
         if unsafe:
-            where = f"configs/checkpoints/{flavour_name}.yaml" if flavour_name else "a flavour YAML"
-            raise UserError(f"{path}: refusing to unpickle {', '.join(unsafe[:_SHOW])} (loading arbitrary objects can "
-                            f"run code); if you trust this file, add them to trusted_globals in {where} (or a copy "
-                            f"of it) and pass it with --checkpoint_flavour") from None
+            raise UserError(refusal(path, unsafe, flavour_name)) from None
         first = (str(err).strip().splitlines() or [""])[0][:200]
-        raise UserError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {first})") from None
+        if "Weights only load failed" in first:     # torch's advice (weights_only=False) would run the file's code
+            first = "it is not a torch.save file of tensors"
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
+
+
+def refusal(path: Path, unsafe: list[str], flavour_name: str | None) -> str:
+    """Why a file whose unpickling needs `unsafe` globals is refused, and what a user who trusts it can do."""
+    dangerous = [g for g in unsafe if g.split(".")[0] in DENIED_MODULES or g in DENIED_NAMES]
+    if dangerous:
+        return (f"{path}: refused: loading it would call {', '.join(dangerous[:_SHOW])}, which runs code on this "
+                "machine; this is not model data (do not use this file)")
+    where = f"configs/checkpoints/{flavour_name}.yaml" if flavour_name else "a flavour YAML"
+    return (f"{path}: refusing to unpickle {', '.join(unsafe[:_SHOW])}: the file needs code to load, and loading "
+            f"code from a checkpoint is unsafe; if you trust it, add these names to trusted_globals in {where} (or a "
+            "copy passed with --checkpoint_flavour), or convert it once in Python: "
+            "torch.save(torch.load(PATH, weights_only=False)['state_dict'], 'clean.pt')")

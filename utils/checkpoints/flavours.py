@@ -26,9 +26,9 @@ from utils.registry import Registry, unknown_name_message
 log = logging.getLogger(__name__)
 
 # Modules whose callables would let a pickle run arbitrary code; never accepted as trusted globals.
-_DENIED_MODULES = {"os", "posix", "nt", "subprocess", "sys", "shutil", "importlib", "builtins", "runpy", "pickle",
+DENIED_MODULES = {"os", "posix", "nt", "subprocess", "sys", "shutil", "importlib", "builtins", "runpy", "pickle",
                    "marshal", "ctypes", "code", "pty", "socket", "webbrowser"}
-_DENIED_NAMES = {"torch.load", "torch.serialization.load", "torch.hub.load", "torch.jit.load", "numpy.load"}
+DENIED_NAMES = {"torch.load", "torch.serialization.load", "torch.hub.load", "torch.jit.load", "numpy.load"}
 
 
 class MaskSpec(StrictModel):
@@ -129,7 +129,7 @@ class Flavour(StrictModel):
         for name in v:
             if "." not in name:
                 raise ValueError(f"trusted global {name!r} must be a dotted 'module.Name'")
-            if name.split(".")[0] in _DENIED_MODULES or name in _DENIED_NAMES:
+            if name.split(".")[0] in DENIED_MODULES or name in DENIED_NAMES:
                 raise ValueError(f"trusted global {name!r} is refused: it could run arbitrary code")
         return v
 

@@ -243,6 +243,10 @@ def load_checkpoint(path: str | Path, *, flavour: str | None = None, num_classes
             mine.update(theirs)
     _check_keys(model, state.tensors, allowed_missing=set() if keep_classifier else head_keys,
                 flavour=chosen, arch=arch, source=source)
+    broken = [k for k, v in state.tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise UserError(f"{source}: holds NaN or infinite values in {len(broken)} tensor(s) ({_first(broken)}); the "
+                        "file is corrupt or was saved from a run that diverged")
     model.load_state_dict({**model.state_dict(), **state.tensors})
     masks, report = _masks_and_report(model, state, file_head, mask_source=mask_source,
                                       keep_classifier=keep_classifier, flavour=chosen, source=source)

@@ -12,13 +12,13 @@ from typing import Any, Sequence
 
 import numpy as np
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from utils.config import load_config
-from utils.data.datasets import make_dataset, read_image
+from utils.data.datasets import make_dataset
 from utils.data.layouts import LAYOUTS, FileSamples, Layout, RawSplits
 from utils.data.spec import DatasetSpec
 from utils.data.transforms import build_transforms
+from utils.data.verify import verify_images
 from utils.errors import UserError
 from utils.paths import DATASET_DIR
 from utils.registry import Registry, unknown_name_message
@@ -113,12 +113,6 @@ def check_path(spec: DatasetSpec, path: Path | None, names: Sequence[str]) -> No
                         f"expected {describe_layouts(names)}")
 
 
-def verify_images(samples: FileSamples) -> None:
-    """Decode every file upfront so a corrupt image fails now, not hours into training."""
-    for path in tqdm(samples.paths, desc="verifying images", unit="img", leave=False):
-        read_image(path)
-
-
 def check_splits(raw: RawSplits, spec: DatasetSpec, layout: Layout, root: Path | None, *, strict: bool) -> None:
     where = root if root is not None else spec.name
     for split, samples in (("train", raw.train), ("test", raw.test)):
@@ -128,8 +122,14 @@ def check_splits(raw: RawSplits, spec: DatasetSpec, layout: Layout, root: Path |
         message = (f"{where}: found {len(raw.classes)} classes but dataset {spec.name!r} has "
                    f"{spec.num_classes} (layout '{layout.name}' expects {layout.expects})")
         if strict:
-            raise UserError(message + "; point at the full dataset or pass strict_classes=False")
+            raise UserError(message + "; point at the full dataset, or use --dset imagefolder, which takes the "
+                                      "classes from the tree")
         logger.warning(message)
+    present = set(np.unique(raw.train.labels).tolist())
+    empty = [c for i, c in enumerate(raw.classes) if i not in present]
+    if empty:
+        raise layout.error(where, f"{len(empty)} of {len(raw.classes)} classes have no training images "
+                                  f"(e.g. {empty[0]!r})")
 
 
 def load_datasets(
@@ -144,7 +144,7 @@ def load_datasets(
     max_train_samples: int | None = None,
     seed: int = 0,
     layout: str | None = None,
-    verify: bool = False,
+    verify: bool = True,
     strict_classes: bool = True,
 ) -> DatasetSplits:
     """Read dataset `name` from `path` into train/test torch datasets with the study's transforms.
@@ -158,6 +158,8 @@ def load_datasets(
     if path is None and spec.default_path is not None:
         path = spec.default_path
     chosen, root = resolve_layout(spec, Path(path).expanduser() if path is not None else None, layout)
+    if not chosen.needs_path and path is not None and path != spec.default_path:
+        raise UserError(f"dataset {spec.name!r} takes no data path ({chosen.expects}); drop --dset_path {path}")
     raw = chosen.read(root, spec)
     check_splits(raw, spec, chosen, root, strict=strict_classes)
     train = raw.train
@@ -165,10 +167,9 @@ def load_datasets(
         if max_train_samples <= 0:
             raise UserError(f"max_train_samples must be positive; got {max_train_samples}")
         train = train.subset(stratified_subset(train.labels, max_train_samples, seed))
-    if verify:
-        for samples in (train, raw.test):
-            if isinstance(samples, FileSamples):
-                verify_images(samples)
+    if verify:      # image files: checked now, all at once, rather than when the loader reaches them
+        verify_images([p for samples in (train, raw.test) if isinstance(samples, FileSamples) for p in samples.paths],
+                      root=root)
     mean = tuple(spec.mean if mean is None else mean)
     std = tuple(spec.std if std is None else std)
     common = dict(image_size=image_size, interpolation=interpolation, mean=mean, std=std,

@@ -22,10 +22,11 @@ launch_full_finetuning() {
   local transfer=${TRANSFER_CONFIG:-$here/configs/transfer/full_finetuning.yaml}
   local checkpoints
   checkpoints=$(list_checkpoints) || exit 2
-  local gpu_flags
+  local gpu_flags data_flag=()
   read -ra gpu_flags <<< "$(device_flags "$gpu")"
+  [[ "$data" == "-" ]] || data_flag=(--dset_path "$data")   # "-": a dataset that needs no files (digits, synthetic)
   run_full_one() {  # CHECKPOINT FLAVOUR SEED
-    "$python" "$here/main.py" --dset "$dset" --dset_path "$data" --config_path "$trainer" \
+    "$python" "$here/main.py" --dset "$dset" ${data_flag[@]+"${data_flag[@]}"} --config_path "$trainer" \
       --transfer_config_path "$transfer" --from_checkpoint_path "$1" ${2:+--checkpoint_flavour "$2"} \
       --manual_seed "$3" --experiment_root_path "$root" \
       --exp_name "${dset}_$(basename "${1%.*}")_seed${3}" --resume "${gpu_flags[@]}" "${extra[@]}"

@@ -27,10 +27,11 @@ launch_linear() {
   local cache=${FEATURES_CACHE:-features_cache}
   local checkpoints
   checkpoints=$(list_checkpoints) || exit 2
-  local gpu_flags
+  local gpu_flags data_flag=()
   read -ra gpu_flags <<< "$(device_flags "$gpu")"
+  [[ "$data" == "-" ]] || data_flag=(--dataset_path "$data")   # "-": a dataset that needs no files (digits, synthetic)
   run_linear_one() {  # CHECKPOINT FLAVOUR SEED
-    "$python" "$here/finetune_pre_extracted_features.py" --dataset "$dset" --dataset_path "$data" \
+    "$python" "$here/finetune_pre_extracted_features.py" --dataset "$dset" ${data_flag[@]+"${data_flag[@]}"} \
       --from_checkpoint_path "$1" ${2:+--checkpoint_flavour "$2"} --solver "$solver" \
       --training_config_path "$trainer" --features_cache "$cache" --seed "$3" \
       --experiment_root_path "$root" --resume "${gpu_flags[@]}" "${extra[@]}"

@@ -99,16 +99,17 @@ def read_entry(path: Path, key: str) -> FeatureSet | None:
     if not meta_path.is_file():
         return None
     try:
-        meta = json.loads(meta_path.read_text())
-        if meta.get("key") != key:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict) or meta.get("key") != key:
             log.warning("%s: cache key differs (hash prefix collision?); re-extracting", path)
             return None
         features = np.load(path / "features.npy")
         labels = np.load(path / "labels.npy")
-    except (OSError, ValueError, json.JSONDecodeError) as err:
-        log.warning("%s: unreadable cache entry (%s); re-extracting", path, err)
+        expected = (int(meta["count"]), int(meta["dim"]))
+    except (OSError, ValueError, EOFError, KeyError, TypeError, UnicodeDecodeError) as err:
+        log.warning("%s: unreadable cache entry (%s: %s); re-extracting", path, type(err).__name__, err)
         return None
-    if features.shape != (meta["count"], meta["dim"]) or labels.shape != (meta["count"],):
+    if features.shape != expected or labels.shape != expected[:1]:
         log.warning("%s: cache entry shapes disagree with meta.json; re-extracting", path)
         return None
     return FeatureSet(features, labels, meta, path, reused=True)

@@ -50,10 +50,24 @@ def run_dir_for(experiment_root: str | Path, exp_name: str) -> Path:
     return Path(experiment_root) / name
 
 
+@contextlib.contextmanager
 def run_lock(run_dir: Path):
-    """Exclusive use of a run directory for this process (the main one under torchrun)."""
-    return exclusive_lock(run_dir / ".lock", what=f"run directory {run_dir}") if is_main_process() \
-        else contextlib.nullcontext()
+    """Exclusive use of a run directory for this process (the main one under torchrun).
+
+    A run that stops before writing anything (a bad input found after the lock was taken) leaves no
+    directory behind.
+    """
+    if not is_main_process():
+        yield
+        return
+    existed = run_dir.exists()
+    with exclusive_lock(run_dir / ".lock", what=f"run directory {run_dir}"):
+        try:
+            yield
+        finally:
+            if not existed and [p.name for p in run_dir.iterdir()] == [".lock"]:
+                (run_dir / ".lock").unlink()
+                run_dir.rmdir()
 
 
 def prepare_run_dir(run_dir: Path, *, resume: bool) -> str:

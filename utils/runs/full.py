@@ -15,7 +15,7 @@ from torch import nn
 from models import build_model
 from policies.base import Policy, TrainState
 from policies.loggers import CheckpointSaver, MetricsLogger, ProgressBar, WandbLogger
-from policies.manager import Manager, evaluate
+from policies.manager import Manager
 from policies.masking import FixedMaskPolicy
 from policies.modifiers import recipe_method
 from policies.modifiers.distillation import DistillationModifier
@@ -27,10 +27,10 @@ from utils.config import load_config
 from utils.data import DatasetSplits, load_datasets
 from utils.distributed import DistInfo, barrier, init_distributed, shutdown
 from utils.errors import UserError
-from utils.io import atomic_write_json
 from utils.runs.dirs import (check_results_table, environment_info, finished_result, now_iso, prepare_run_dir,
                              record_result, run_dir_for, run_lock, write_run_config)
 from utils.runs.kinds import InputSettings, RunResult
+from utils.runs.evaluate import evaluate_only
 from utils.runs.options import FullOptions, TransferConfig
 from utils.runs.recipe import build_run_recipe
 from utils.runs.setup import (Upstream, freeze_, load_upstream, make_loaders, per_rank_batch_size, pick_device,
@@ -164,7 +164,7 @@ def fine_tune(opts: FullOptions) -> RunResult:
                              image_size=opts.image_size, interpolation=opts.interpolation,
                              max_train_samples=opts.max_train_samples, seed=opts.seed)
     if opts.eval_only:
-        return evaluate_only(upstream.model, data, opts=opts, device=plan.device, run_dir=plan.run_dir)
+        return evaluate_only(upstream, data, opts=opts, device=plan.device, run_dir=plan.run_dir)
     seed_everything(opts.seed)
     masks, frozen = prepare_model_(upstream, num_classes=data.num_classes, transfer=plan.transfer, device=plan.device)
     loaded_sparsity = measured_sparsity(upstream.model)
@@ -187,8 +187,8 @@ def fine_tune(opts: FullOptions) -> RunResult:
     label = opts.model_label or recipe_method(schedule) or upstream.method or upstream.flavour or "Dense"
     removed = [n for p in schedule if isinstance(p, LayerPruningModifier) for n in p.removed]
     return finish(opts, plan, upstream=upstream, masks=final_masks, metrics=metrics, inputs=inputs, label=label,
-                  removed_layers=removed, loaded_sparsity=loaded_sparsity, epochs=epochs,
-                  git_commit=resolved["git_commit"])
+                  extra={"classes": data.classes, **({"removed_layers": removed} if removed else {})},
+                  loaded_sparsity=loaded_sparsity, epochs=epochs, git_commit=resolved["git_commit"])
 
 
 def training_schedule(opts: FullOptions, plan: Plan, *, model: nn.Module, masks: dict[str, torch.Tensor],
@@ -259,7 +259,7 @@ def check_sparsity(model: nn.Module, masks: dict[str, torch.Tensor], *, recipe: 
 
 
 def finish(opts: FullOptions, plan: Plan, *, upstream: Upstream, masks: dict[str, torch.Tensor],
-           metrics: dict[str, Any], inputs: InputSettings, label: str, removed_layers: list[str],
+           metrics: dict[str, Any], inputs: InputSettings, label: str, extra: dict[str, Any],
            loaded_sparsity: float, epochs: int, git_commit: str) -> RunResult:
     """The main process saves model.pt and records the result; the others only report theirs."""
     model, final_sparsity = upstream.model, measured_sparsity(upstream.model)
@@ -268,11 +268,9 @@ def finish(opts: FullOptions, plan: Plan, *, upstream: Upstream, masks: dict[str
         shutdown(plan.dist)
         record = {"val_acc": metrics["test_acc"], "measured_sparsity": final_sparsity, "rank": plan.dist.rank}
         return RunResult(record=record, run_dir=plan.run_dir, input=inputs)
-    extra: dict[str, Any] = {"method": label, "input_size": inputs.image_size}
+    extra = {"method": label, "input_size": inputs.image_size, **extra}
     if qat_modules(model):
         extra["quantization"] = qat_state(model)
-    if removed_layers:
-        extra["removed_layers"] = removed_layers
     save_native_checkpoint(plan.run_dir / "model.pt", model, arch=upstream.arch, arch_kwargs=upstream.arch_kwargs,
                            masks=masks, normalization=upstream.normalization, interpolation=inputs.interpolation,
                            extra=extra)
@@ -292,20 +290,3 @@ def finish(opts: FullOptions, plan: Plan, *, upstream: Upstream, masks: dict[str
     barrier(plan.dist)
     shutdown(plan.dist)
     return RunResult(record=record, run_dir=plan.run_dir, input=inputs)
-
-
-def evaluate_only(model: nn.Module, data: DatasetSplits, *, opts: FullOptions, device: torch.device,
-                  run_dir: Path) -> RunResult:
-    """--eval_only: score a model that already has its downstream head on the test split."""
-    out_features = getattr(getattr(model, model.classifier_name), "out_features", None)
-    if out_features != data.num_classes:
-        raise UserError(f"{opts.from_checkpoint_path}: classifier has {out_features} outputs but dataset "
-                        f"{opts.dataset!r} has {data.num_classes} classes; --eval_only needs a fine-tuned checkpoint")
-    model.to(device)
-    _, test_loader = make_loaders(data, batch_size=opts.batch_size or 64, test_batch_size=opts.batch_size or 64,
-                                  workers=opts.workers, device=device)
-    metrics = evaluate(model, test_loader, device)
-    record = {"dset": opts.dataset, "checkpoint": opts.from_checkpoint_path, "val_acc": metrics["test_acc"],
-              "test_loss": metrics["test_loss"], "measured_sparsity": measured_sparsity(model)}
-    atomic_write_json(run_dir / "eval_result.json", record)
-    return RunResult(record=record, run_dir=run_dir)

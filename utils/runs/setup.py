@@ -51,10 +51,11 @@ class Upstream:
     method: str | None = "Dense"             # the results' 'model' label the file implies
     interpolation: str = "bilinear"
     normalization: Any = "dataset"
+    classes: list[str] | None = None         # the class names its head was trained on (native files)
 
     def describe(self) -> dict[str, Any]:
         """The upstream as config.yaml records it."""
-        return {k: v for k, v in asdict(self).items() if k != "model"}
+        return {k: v for k, v in asdict(self).items() if k not in ("model", "classes")}
 
 
 def load_upstream(*, checkpoint_path: str | None, flavour: str | None, arch: str | None,
@@ -65,7 +66,8 @@ def load_upstream(*, checkpoint_path: str | None, flavour: str | None, arch: str
         return Upstream(model=loaded.model, arch=loaded.arch, arch_kwargs=dict(loaded.arch_kwargs),
                         flavour=loaded.flavour.name,
                         method=loaded.extra.get("method") or loaded.flavour.method,   # native files name theirs
-                        interpolation=loaded.interpolation, normalization=loaded.normalization)
+                        interpolation=loaded.interpolation, normalization=loaded.normalization,
+                        classes=loaded.extra.get("classes"))
     if arch:
         return Upstream(model=build_model(arch, num_classes=1), arch=arch)
     raise UserError("give --from_checkpoint_path (fine-tune a checkpoint) or --arch (train from scratch)")

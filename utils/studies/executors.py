@@ -1,6 +1,7 @@
 """Where cells run: in this process, in N local processes (one per GPU when GPUs exist), or via submitit."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
@@ -78,6 +79,22 @@ def run_local(cells: list[Cell], *, jobs: int = 1, slurm: SlurmSpec | None = Non
                 yield cell, {"status": "failed", "error": f"worker crashed: {type(err).__name__}: {err}"}
 
 
+@contextlib.contextmanager
+def _importable_from_anywhere() -> Iterator[None]:
+    """Jobs unpickle `run_cell`, so they must import this repository whatever directory they start in:
+    its root goes first on the PYTHONPATH the job inherits (local processes and sbatch both copy it)."""
+    root = str(Path(__file__).resolve().parents[2])
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([root, old]) if old else root
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
 def _submitit(cells: list[Cell], *, cluster: str | None, slurm: SlurmSpec, log_folder: Path,
               wait: bool = True) -> Iterator[Outcome]:
     try:
@@ -96,7 +113,8 @@ def _submitit(cells: list[Cell], *, cluster: str | None, slurm: SlurmSpec, log_f
         if slurm.partition:
             params["slurm_partition"] = slurm.partition
     executor.update_parameters(**params)
-    jobs = executor.map_array(run_cell, cells)  # one job array
+    with _importable_from_anywhere():
+        jobs = executor.map_array(run_cell, cells)  # one job array
     log.info("submitted %d cells as job array %s (logs in %s)", len(jobs), jobs[0].job_id if jobs else "-", log_folder)
     if not wait:
         for cell, job in zip(cells, jobs):

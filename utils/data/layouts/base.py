@@ -129,7 +129,11 @@ def read_lines(path: Path, layout: Layout, what: str) -> list[str]:
     """Non-empty, stripped lines of a split/annotation file; a missing file is a missing split."""
     if not path.is_file():
         raise layout.error(path, f"missing {what}")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise layout.error(path, f"{what} is not UTF-8 text") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def label_array(names: Sequence[str], classes: list[str], layout: Layout, source: Path) -> np.ndarray:
