@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Full fine-tuning with lr 0.001 (the study's setting for all datasets but aircraft and cars).
 # Usage: ./run_dataset_generalize_full_training_lr001.sh GPU DATASET DATA_PATH [extra main.py flags]   (GPU: an id such as 0, or "cpu"; DATA_PATH "-" for digits, synthetic)
-# Checkpoints: CHECKPOINTS="a.pth b.pth:flavour" or CKPT_DIR=checkpoints/resnet50; seeds: SEEDS="21 23 25".
+# Checkpoints: CHECKPOINTS="a.pth b.pth:flavour", CHECKPOINTS_FILE=list.txt (one per line) or CKPT_DIR=checkpoints/resnet50; seeds: SEEDS="21 23 25".
 set -euo pipefail
 source "$(dirname "$0")/utils/launch/full_finetuning.sh"
 [[ $# -ge 3 ]] || { sed -n '2,4p' "$0" >&2; exit 2; }

@@ -4,8 +4,6 @@ import os
 import subprocess
 import sys
 
-
-
 from utils.paths import REPO_ROOT as REPO  # noqa: E402
 
 
@@ -46,3 +44,51 @@ def test_linear_launcher_runs_each_seed_and_isolates_a_bad_checkpoint(tmp_path, 
     rows = list(csv.DictReader(open(tmp_path / "exp" / "results.csv")))
     assert sorted(r["seed"] for r in rows) == ["1", "2"]
     assert {r["finetuning"] for r in rows} == {"linear"} and {r["solver"] for r in rows} == {"lbfgs"}
+
+
+def list_checkpoints(env: dict[str, str]) -> subprocess.CompletedProcess:
+    script = f'source "{REPO / "utils/launch/common.sh"}"; list_checkpoints'
+    clean = {k: v for k, v in os.environ.items() if k not in ("CHECKPOINTS", "CHECKPOINTS_FILE", "CKPT_DIR")}
+    return subprocess.run(["bash", "-c", script], env={**clean, **env}, capture_output=True, text=True)
+
+
+def test_a_directory_of_links_to_shared_storage_is_scanned(tmp_path):
+    """Issue 12: `find -type f` skipped symlinked checkpoints, the usual cluster set-up."""
+    shared, links = tmp_path / "shared storage", tmp_path / "links"
+    shared.mkdir(), links.mkdir()
+    for name in ("gmp.pth", "acdc.pt"):
+        (shared / name).write_bytes(b"x")
+        (links / name).symlink_to(shared / name)
+    (links / "notes.txt").write_text("not a checkpoint")
+    out = list_checkpoints({"CKPT_DIR": str(links)})
+    assert out.returncode == 0 and out.stdout.splitlines() == [str(links / "acdc.pt"), str(links / "gmp.pth")]
+    (links / "gone.pth").symlink_to(shared / "deleted.pth")
+    out = list_checkpoints({"CKPT_DIR": str(links)})
+    assert out.returncode == 2 and "broken link" in out.stderr and "gone.pth" in out.stderr
+
+
+def test_a_checkpoints_file_takes_one_entry_per_line_with_spaces_and_flavours(tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text("# our upstreams\n/data/my models/gmp 90.pth\n\n  /data/rigl.pth:rigl_resnet50  \r\n")
+    out = list_checkpoints({"CHECKPOINTS_FILE": str(listing), "CHECKPOINTS": "ignored.pth"})
+    assert out.stdout.splitlines() == ["/data/my models/gmp 90.pth", "/data/rigl.pth:rigl_resnet50"]
+    listing.write_text("/a/model.pth\n/b/model.pth\n")
+    out = list_checkpoints({"CHECKPOINTS_FILE": str(listing)})
+    assert out.returncode == 2 and "two checkpoints are named model.pth" in out.stderr
+    out = list_checkpoints({"CHECKPOINTS_FILE": str(tmp_path / "nope.txt")})
+    assert out.returncode == 2 and "nope.txt not found" in out.stderr
+
+
+def test_a_checkpoint_path_with_spaces_runs_end_to_end(tmp_path, make_sparse_checkpoint):
+    ckpt = tmp_path / "my models" / "gmp 50.pt"
+    make_sparse_checkpoint(ckpt, sparsity=0.5, num_classes=3)
+    (tmp_path / "list.txt").write_text(f"{ckpt}:native\n")
+    env = {**os.environ, "CHECKPOINTS_FILE": str(tmp_path / "list.txt"), "SEEDS": "1",
+           "EXPERIMENT_ROOT": str(tmp_path / "exp"), "PYTHON": sys.executable}
+    cmd = [str(REPO / "run_dataset_generalize_full_training_lr001.sh"), "cpu", "synthetic", "-",
+           "--epochs", "1", "--image_size", "16", "--workers", "0", "--no_progress"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0 and "0 run(s) failed" in out.stdout, out.stdout + out.stderr
+    rows = list(csv.DictReader(open(tmp_path / "exp" / "results.csv")))
+    assert len(rows) == 1 and rows[0]["checkpoint"] == str(ckpt) and rows[0]["flavour"] == "native"
+    assert (tmp_path / "exp" / "synthetic_gmp 50_seed1" / "result.json").exists()

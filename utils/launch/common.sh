@@ -1,18 +1,41 @@
 #!/usr/bin/env bash
 # Shared by the run_*.sh launchers (sourced): which checkpoints to loop over.
 
-# Prints the checkpoint entries ("path" or "path:flavour"): $CHECKPOINTS when set, else every
-# *.pth / *.pt / *.tar file in $CKPT_DIR (default: checkpoints). Exits 2 with a one-line error otherwise.
+# Prints the checkpoint entries, one per line ("path" or "path:flavour"), from the first of:
+#   CHECKPOINTS_FILE  a file with one entry per line (paths may hold spaces; blank and # lines ignored)
+#   CHECKPOINTS       space-separated entries
+#   CKPT_DIR          every *.pth / *.pt / *.tar file in it, symlinks followed (default: checkpoints)
+# Exits 2 with a one-line error when there are none, a listed file is missing, or two entries share a
+# file name (their run directories, named after it, would collide).
 list_checkpoints() {
-  if [[ -n ${CHECKPOINTS:-} ]]; then
-    echo "$CHECKPOINTS"
-    return
+  local entries
+  if [[ -n ${CHECKPOINTS_FILE:-} ]]; then
+    [[ -f $CHECKPOINTS_FILE ]] || { echo "error: CHECKPOINTS_FILE $CHECKPOINTS_FILE not found; give a file with one checkpoint path per line" >&2; exit 2; }
+    entries=$(sed -e 's/\r$//' -e 's/^[[:space:]]*//' -e 's/[[:space:]]*$//' "$CHECKPOINTS_FILE" | grep -v -e '^$' -e '^#' || true)
+    [[ -n $entries ]] || { echo "error: CHECKPOINTS_FILE $CHECKPOINTS_FILE lists no checkpoints (one path per line)" >&2; exit 2; }
+  elif [[ -n ${CHECKPOINTS:-} ]]; then
+    entries=$(tr -s ' \t' '\n\n' <<< "$CHECKPOINTS" | grep -v '^$')
+  else
+    local dir=${CKPT_DIR:-checkpoints} broken
+    [[ -d $dir ]] || { echo "error: checkpoint directory $dir not found; set CKPT_DIR=/dir/with/checkpoints, CHECKPOINTS=\"a.pth b.pth:flavour\" or CHECKPOINTS_FILE=list.txt" >&2; exit 2; }
+    broken=$(find "$dir" -maxdepth 1 -xtype l \( -name '*.pth' -o -name '*.pt' -o -name '*.tar' \) | sort)
+    [[ -z $broken ]] || { echo "error: broken link(s) in $dir: $(tr '\n' ' ' <<< "$broken")-- fix or remove them" >&2; exit 2; }
+    entries=$(find -L "$dir" -maxdepth 1 -type f \( -name '*.pth' -o -name '*.pt' -o -name '*.tar' \) | sort)
+    [[ -n $entries ]] || { echo "error: no *.pth/*.pt/*.tar checkpoints in $dir" >&2; exit 2; }
   fi
-  local dir=${CKPT_DIR:-checkpoints} found
-  [[ -d $dir ]] || { echo "error: checkpoint directory $dir not found; set CKPT_DIR=/dir/with/checkpoints or CHECKPOINTS=\"a.pth b.pth:flavour\"" >&2; exit 2; }
-  found=$(find "$dir" -maxdepth 1 -type f \( -name '*.pth' -o -name '*.pt' -o -name '*.tar' \) | sort | tr '\n' ' ')
-  [[ -n $found ]] || { echo "error: no *.pth/*.pt/*.tar checkpoints in $dir" >&2; exit 2; }
-  echo "$found"
+  local clash
+  clash=$(while IFS= read -r entry; do basename "$(checkpoint_path "$entry")"; done <<< "$entries" | sort | uniq -d | head -1)
+  [[ -z $clash ]] || { echo "error: two checkpoints are named $clash; runs are named after the file, so rename or link one of them" >&2; exit 2; }
+  echo "$entries"
+}
+
+# "path:flavour" -> path; an entry whose last ':' part holds a '/' is a path with a colon in it.
+checkpoint_path() {
+  if [[ $1 == *:* && ${1##*:} != */* ]]; then echo "${1%:*}"; else echo "$1"; fi
+}
+
+checkpoint_flavour() {
+  if [[ $1 == *:* && ${1##*:} != */* ]]; then echo "${1##*:}"; fi
 }
 
 # The device flags for a launcher's GPU argument: an id such as 0 (or 0,1), or "cpu".
@@ -20,23 +43,22 @@ device_flags() {
   if [[ $1 == cpu ]]; then echo "--cpu"; else echo "--gpus $1"; fi
 }
 
-# Calls "$1 CHECKPOINT FLAVOUR SEED" for every entry of $2 ("path" or "path:flavour") and every seed
-# in $3. A failed run is reported and the loop goes on; prints the count and returns non-zero if any
-# run failed. The callback sees the caller's local variables (bash scoping), so it needs no arguments
+# Calls "$1 CHECKPOINT FLAVOUR SEED" for every entry (one per line) of $2 and every seed in $3. A
+# failed run is reported and the loop goes on; prints the count and returns non-zero if any run
+# failed. The callback sees the caller's local variables (bash scoping), so it needs no arguments
 # beyond these three.
 run_grid() {
   local run_one=$1 checkpoints=$2 seeds=$3 results=$4
   local failed=0 entry ckpt flavour seed
-  for entry in $checkpoints; do
-    ckpt=${entry%%:*}
-    flavour=""
-    [[ $entry == *:* ]] && flavour=${entry#*:}
+  while IFS= read -r entry <&3; do
+    ckpt=$(checkpoint_path "$entry")
+    flavour=$(checkpoint_flavour "$entry")
     for seed in $seeds; do
       echo "== $ckpt | seed $seed"
       "$run_one" "$ckpt" "$flavour" "$seed" \
         || { echo "!! failed: $ckpt seed $seed (continuing)" >&2; failed=$((failed + 1)); }
     done
-  done
+  done 3<<< "$checkpoints"
   echo "done; $failed run(s) failed; results in $results"
   [[ $failed -eq 0 ]]
 }

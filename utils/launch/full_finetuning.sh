@@ -2,9 +2,9 @@
 # Shared launcher behind run_dataset_generalize_full_training*.sh: loops over checkpoints and seeds.
 # Usage (from a run_*.sh): launch_full_finetuning TRAINER_CONFIG GPU DATASET DATA_PATH [extra main.py flags...]
 # Environment overrides:
-#   CHECKPOINTS  space-separated checkpoint files, each optionally "path:flavour" (default: every
-#                *.pth / *.pt / *.tar file in CKPT_DIR)
-#   CKPT_DIR     directory scanned when CHECKPOINTS is unset
+#   CHECKPOINTS_FILE  a file with one checkpoint per line ("path" or "path:flavour"; spaces allowed)
+#   CHECKPOINTS  space-separated checkpoint files, each optionally "path:flavour"
+#   CKPT_DIR     directory scanned (symlinks followed) when neither is set
 #   SEEDS        space-separated seeds (default: "21 23 25")
 #   EXPERIMENT_ROOT  where run directories and results.csv go (default: experiments/full)
 #   TRANSFER_CONFIG  transfer config (default: configs/transfer/full_finetuning.yaml)

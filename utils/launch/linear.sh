@@ -3,9 +3,9 @@
 # run_dataset_generalize_linear_finetuning_onnxruntime.sh: loops over checkpoints and seeds.
 # Usage (from a run_*.sh): launch_linear GPU DATASET DATA_PATH [extra finetune_pre_extracted_features.py flags...]
 # Environment overrides:
-#   CHECKPOINTS      space-separated checkpoint files, each optionally "path:flavour" (default: every
-#                    *.pth / *.pt / *.tar file in CKPT_DIR)
-#   CKPT_DIR         directory scanned when CHECKPOINTS is unset
+#   CHECKPOINTS_FILE a file with one checkpoint per line ("path" or "path:flavour"; spaces allowed)
+#   CHECKPOINTS      space-separated checkpoint files, each optionally "path:flavour"
+#   CKPT_DIR         directory scanned (symlinks followed) when neither is set
 #   SEEDS            space-separated seeds (default: "21 51 81 111 141")
 #   SOLVER           lbfgs (default), sklearn, or sgd (the study's 150-epoch SGD protocol)
 #   TRAINING_CONFIG  the sgd solver's trainer config (default: configs/trainers/study_linear_sgd.yaml)
