@@ -4,12 +4,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 from tqdm.auto import tqdm
 
 from policies.base import Policy, TrainState
+from utils.cli import bars_on
 from utils.errors import UserError
 from utils.io import append_jsonl, atomic_torch_save, atomic_write_text
 
@@ -38,22 +41,25 @@ class MetricsLogger(Policy):
 
 
 class ProgressBar(Policy):
-    """tqdm bars for epochs and batches."""
+    """tqdm bars for epochs and batches on a terminal; elsewhere (a log file) one line per epoch."""
 
     name = "progress"
 
     def __init__(self, *, enabled: bool = True, desc: str = "train"):
         self.enabled = enabled
         self.desc = desc
+        self.bars = bars_on(enabled)
         self._epochs = self._batches = None
+        self._started = 0.0
 
     def on_fit_start(self, state: TrainState) -> None:
         self._epochs = tqdm(total=state.num_epochs, initial=state.epoch, desc=self.desc, unit="epoch",
-                            disable=not self.enabled, dynamic_ncols=True)
+                            disable=not self.bars, dynamic_ncols=True)
 
     def on_epoch_start(self, state: TrainState) -> None:
+        self._started = time.perf_counter()
         self._batches = tqdm(total=state.steps_per_epoch, desc=f"epoch {state.epoch}", unit="batch",
-                             leave=False, disable=not self.enabled, dynamic_ncols=True)
+                             leave=False, disable=not self.bars, dynamic_ncols=True)
 
     def on_after_optimizer_step(self, state: TrainState) -> None:
         self._batches.update(1)
@@ -63,6 +69,9 @@ class ProgressBar(Policy):
         shown = {k: round(v, 4) for k, v in state.metrics.items() if k in ("train_loss", "train_acc", "test_acc")}
         self._epochs.set_postfix(shown)
         self._epochs.update(1)
+        if self.enabled and not self.bars:
+            log.info("%s epoch %d/%d: %s (%.1f s)", self.desc, state.epoch + 1, state.num_epochs,
+                     " ".join(f"{k}={v:g}" for k, v in shown.items()), time.perf_counter() - self._started)
 
     def on_fit_end(self, state: TrainState) -> None:
         self._epochs.close()
@@ -95,7 +104,17 @@ class WandbLogger(Policy):
             os.environ["WANDB_MODE"] = "offline"
             log.info("wandb: no WANDB_API_KEY, logging offline to %s", run_dir)
         self._run = wandb.init(project=project, group=group, name=run_name, config=config, dir=str(run_dir),
-                               resume="allow")
+                               id=self._run_id(run_dir), resume="allow")
+
+    @staticmethod
+    def _run_id(run_dir: Path) -> str:
+        """One wandb run per run directory: a resumed run continues the same wandb run (and `wandb sync` merges)."""
+        path = run_dir / "wandb_id.txt"
+        if path.is_file():
+            return path.read_text().strip()
+        run_id = secrets.token_hex(4)               # wandb run ids: lowercase letters and digits
+        atomic_write_text(path, run_id + "\n")
+        return run_id
 
     def on_epoch_end(self, state: TrainState) -> None:
         self._run.log(dict(state.metrics), step=state.step)

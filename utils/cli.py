@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from typing import TypeVar
 
 from pydantic import BaseModel
@@ -21,6 +22,15 @@ def setup_logging(verbose: bool = False, *, quiet: bool = False) -> None:
     else:
         level = logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def bars_on(progress: bool) -> bool:
+    """Draw progress bars only on a terminal: in a Slurm log or `make demo > log` every redraw is a new line,
+    so there callers log one line per epoch (or every `LOG_EVERY_S` seconds) instead."""
+    return progress and sys.stderr.isatty()
+
+
+LOG_EVERY_S = 30.0
 
 
 def parse_gpus(values: list[str] | None) -> list[int] | None:

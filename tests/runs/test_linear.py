@@ -109,3 +109,21 @@ def test_missing_checkpoint_is_a_user_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run(tmp_path, tmp_path / "nope.pt")
     assert "file not found" in capsys.readouterr().err
+
+
+def test_linear_and_full_rows_label_one_file_the_same_way(tmp_path, make_sparse_checkpoint, trainer_config):
+    """Issue 12: linear rows said model=native where full rows said Magnitude for the same pruned file."""
+    import main
+    from utils.checkpoints import prune_checkpoint
+
+    dense = tmp_path / "dense.pt"
+    make_sparse_checkpoint(dense, sparsity=0.0)
+    pruned = tmp_path / "pruned.pt"
+    prune_checkpoint(dense, pruned, sparsity=0.5)
+    run(tmp_path, pruned, "--seed", "1")
+    trainer = trainer_config(SGD.replace("epochs: 2", "epochs: 1"))
+    main.main(["--dset", "synthetic", "--config_path", str(trainer), "--from_checkpoint_path", str(pruned),
+               "--experiment_root_path", str(tmp_path / "exp"), "--workers", "0", "--no_progress",
+               "--image_size", "16"])
+    labels = {r["finetuning"]: r["model"] for r in rows(tmp_path)}
+    assert labels == {"linear": "Magnitude", "full": "Magnitude"}

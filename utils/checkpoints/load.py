@@ -54,6 +54,12 @@ class LoadedCheckpoint:
         """A native file's `extra` metadata (method label, input size, quantization state); {} otherwise."""
         return dict(self.header.get("extra") or {})
 
+    @property
+    def method(self) -> str:
+        """The results' `model` label the file implies, one rule for every kind of run: a native file's own
+        method (e.g. 'Magnitude' from a prune), else its flavour's method, else the flavour's name."""
+        return self.extra.get("method") or self.flavour.method or self.flavour.name or "Dense"
+
 
 def _resolve_arch(flavour: Flavour, raw: Any, source: str) -> tuple[str, dict, dict]:
     """(arch, arch_kwargs, native header) -- native files name their own architecture."""

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from utils.cli import LOG_EVERY_S, bars_on
 from utils.io import honour_umask
 from utils.linear.backends import BatchFn
 
@@ -52,7 +53,8 @@ def extract_into(run: BatchFn, dataset: Dataset, features: np.ndarray, labels: n
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, generator=generator,
                         pin_memory=torch.cuda.is_available())
     start, done = time.perf_counter(), 0
-    with tqdm(total=len(dataset), desc=desc, unit="img", disable=not progress, dynamic_ncols=True) as bar:
+    logged = start
+    with tqdm(total=len(dataset), desc=desc, unit="img", disable=not bars_on(progress), dynamic_ncols=True) as bar:
         for images, targets in loader:
             out = run(images)
             n = len(out)
@@ -60,6 +62,9 @@ def extract_into(run: BatchFn, dataset: Dataset, features: np.ndarray, labels: n
             labels[done:done + n] = np.asarray(targets)
             done += n
             bar.update(n)
+            if progress and bar.disable and time.perf_counter() - logged >= LOG_EVERY_S:  # off a terminal
+                logged = time.perf_counter()
+                log.info("%s: %d/%d images", desc, done, len(dataset))
     assert done == len(dataset), (done, len(dataset))
     rate = done / max(time.perf_counter() - start, 1e-9)
     log.info("%s: %d images, %.1f images/s", desc, done, rate)

@@ -102,8 +102,10 @@ def write_run_config(run_dir: Path, config: dict[str, Any], *, check_existing: b
     atomic_write_text(path, dump_yaml(config))
 
 
-# Where and how fast a run goes, not what it computes: a resumed run may change them (e.g. a moved root).
-LOCATION_OPTIONS = ("experiment_root_path", "workers", "progress", "resume")
+# Where and how fast a run goes and who watches it, not what it computes: a resumed run may change them
+# (e.g. a moved root, or wandb switched on).
+LOCATION_OPTIONS = ("experiment_root_path", "workers", "progress", "resume",
+                    "use_wandb", "wandb_project", "wandb_group", "wandb_name")
 
 
 def comparable(config: dict[str, Any]) -> dict[str, Any]:

@@ -184,7 +184,7 @@ def fine_tune(opts: FullOptions) -> RunResult:
     metrics = fit(state, policies, plan=plan, loaders=loaders, amp=opts.fp16, frozen=frozen)
     final_masks = check_sparsity(upstream.model, masks, recipe=opts.recipe is not None,
                                  loaded_sparsity=loaded_sparsity)
-    label = opts.model_label or recipe_method(schedule) or upstream.method or upstream.flavour or "Dense"
+    label = opts.model_label or recipe_method(schedule) or upstream.method
     removed = [n for p in schedule if isinstance(p, LayerPruningModifier) for n in p.removed]
     return finish(opts, plan, upstream=upstream, masks=final_masks, metrics=metrics, inputs=inputs, label=label,
                   extra={"classes": data.classes, **({"removed_layers": removed} if removed else {})},

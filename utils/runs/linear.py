@@ -216,7 +216,7 @@ def result_record(opts: LinearOptions, up: FrozenUpstream, classifier: LinearCla
     model, flavour = up.model, up.loaded.flavour
     sparsity = measured_sparsity(model)
     return {
-        "dset": opts.dataset, "model": opts.model_label or flavour.method or flavour.name or "Dense",
+        "dset": opts.dataset, "model": opts.model_label or up.loaded.method,
         "sparsity": opts.sparsity_label if opts.sparsity_label is not None else round(sparsity, 2),
         "seed": opts.seed, "val_acc": final["acc"], "test_loss": final["loss"],
         "finetuning": "linear", "arch": up.loaded.arch, "checkpoint": opts.from_checkpoint_path,

@@ -65,7 +65,7 @@ def load_upstream(*, checkpoint_path: str | None, flavour: str | None, arch: str
         loaded = load_checkpoint(checkpoint_path, flavour=flavour, keep_classifier=keep_classifier)
         return Upstream(model=loaded.model, arch=loaded.arch, arch_kwargs=dict(loaded.arch_kwargs),
                         flavour=loaded.flavour.name,
-                        method=loaded.extra.get("method") or loaded.flavour.method,   # native files name theirs
+                        method=loaded.method,
                         interpolation=loaded.interpolation, normalization=loaded.normalization,
                         classes=loaded.extra.get("classes"))
     if arch:

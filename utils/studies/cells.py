@@ -22,9 +22,9 @@ from utils.runs import RUNS
 from utils.studies.study import DatasetEntry, Study, UpstreamSpec
 
 CONFIG_FILE_OPTIONS = ("trainer_config_path", "transfer_config_path", "recipe", "probe_config_path")
-# Options that say where or how fast a cell runs, not what it computes: left out of its key.
+# Options that say where or how fast a cell runs, or who watches it, not what it computes: left out of its key.
 NOT_IN_KEY = {"workers", "progress", "resume", "gpus", "cpu", "features_cache", "experiment_root_path", "exp_name",
-              "from_checkpoint_path"}
+              "from_checkpoint_path", "use_wandb", "wandb_project", "wandb_group", "wandb_name"}
 
 
 @dataclass
