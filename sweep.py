@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> dict:
                        retry_failed=args.retry_failed, wait=not args.no_wait, report=not args.no_report,
                        progress=print)
     if not args.dry_run and (counts["failed"] or counts["blocked"]):
-        print(f"sweep incomplete: {counts['failed']} cell(s) failed, {counts['blocked']} upstream(s) missing",
-              file=sys.stderr)
+        print(f"error: sweep incomplete: {counts['failed']} cell(s) failed, {counts['blocked']} upstream(s) missing "
+              "(each named above); fix them and run the sweep again: finished cells are skipped", file=sys.stderr)
         sys.exit(1)
     return counts
 

@@ -92,6 +92,22 @@ def test_another_spelling_a_move_or_a_copy_of_the_root_never_doubles_a_row(tmp_p
     assert len(rows(tmp_path / "copied")) == 1
 
 
+def test_a_finished_run_is_reported_only_for_the_settings_it_was_made_with(tmp_path, setup, trainer_config, capsys):
+    """--resume of a finished run with another --lr (or an edited trainer config) returned the old result as if
+    it were the new setting's."""
+    first = setup()
+    assert setup("--resume", "--workers", "1")["val_acc"] == first["val_acc"]   # how a run goes may change
+    with pytest.raises(SystemExit) as exit_info:
+        setup("--resume", "--lr", "0.5")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "other settings" in err and "options.lr" in err
+    trainer_config(TRAINER.replace("momentum: 0.9", "momentum: 0.5"))     # the same file, edited
+    with pytest.raises(SystemExit):
+        setup("--resume")
+    assert "trainer.optimizer" in capsys.readouterr().err
+    assert len(rows(tmp_path / "exp")) == 1
+
+
 def test_an_unfinished_run_resumes_in_a_moved_root(tmp_path, setup, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(CheckpointSaver, "on_epoch_end", then_die(CheckpointSaver.on_epoch_end))  # after epoch 0

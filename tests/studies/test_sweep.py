@@ -65,7 +65,7 @@ def test_skip_done_failure_isolation_and_retry(tmp_path, two_upstreams, capsys, 
     with pytest.raises(SystemExit) as exit_info:      # failed cells: a non-zero exit, the cells listed
         sweep.main([str(path), "--no-report"])
     captured = capsys.readouterr()
-    assert exit_info.value.code == 1 and "sweep incomplete: 2 cell(s) failed" in captured.err
+    assert exit_info.value.code == 1 and "error: sweep incomplete: 2 cell(s) failed" in captured.err
     assert "[6/6]" in captured.out and captured.out.count("failed: full   synthetic    broken") == 2
     rows = list(csv.DictReader(open(tmp_path / "exp" / "results.csv")))
     assert sorted((r["model"], r["seed"]) for r in rows) == [("Dense", "1"), ("Dense", "2"), ("GMP", "1"), ("GMP", "2")]

@@ -89,6 +89,23 @@ def prepare_run_dir(run_dir: Path, *, resume: bool) -> str:
     return "new"
 
 
+def check_same_settings(run_dir: Path, sections: dict[str, Any]) -> None:
+    """--resume of a finished run reports its result only for the settings it was made with: `sections`
+    (e.g. the options and the trainer config) must match its config.yaml, else reporting it would
+    label an old result with new settings."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return
+    saved = comparable(read_yaml(path) or {})
+    now = comparable(json.loads(json.dumps(sections, default=str)))
+    keys = sorted(f"{section}.{k}" for section, values in now.items() if isinstance(values, dict)
+                  for k in set(values) | set(saved.get(section) or {})
+                  if values.get(k) != (saved.get(section) or {}).get(k))
+    if keys:
+        raise UserError(f"{run_dir} holds a finished run made with other settings (differs in {keys[:5]}); "
+                        "rerun with its original flags to report it, or choose another --exp_name")
+
+
 def write_run_config(run_dir: Path, config: dict[str, Any], *, check_existing: bool) -> None:
     """Write config.yaml; when resuming, refuse a config that differs from the saved one."""
     config = json.loads(json.dumps(config, default=str))  # plain YAML types only (tuples, versions...)

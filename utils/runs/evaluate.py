@@ -1,6 +1,7 @@
 """--eval_only: score a model that already has its downstream head (a fine-tuned model.pt) on the test split."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -14,6 +15,8 @@ from utils.runs.options import FullOptions
 from utils.runs.setup import Upstream, make_loaders
 from utils.sparsity import measured_sparsity
 
+log = logging.getLogger(__name__)
+
 
 def evaluate_only(upstream: Upstream, data: DatasetSplits, *, opts: FullOptions, device: torch.device,
                   run_dir: Path) -> RunResult:
@@ -23,10 +26,13 @@ def evaluate_only(upstream: Upstream, data: DatasetSplits, *, opts: FullOptions,
     if out_features != data.num_classes:
         raise UserError(f"{opts.from_checkpoint_path}: classifier has {out_features} outputs but dataset "
                         f"{opts.dataset!r} has {data.num_classes} classes; --eval_only needs a fine-tuned checkpoint")
-    if upstream.classes is not None and list(upstream.classes) != list(data.classes):
+    if upstream.classes is None:
+        log.warning("%s records no class names (not a model.pt of this version): the order of its outputs cannot be "
+                    "checked against %s's classes", opts.from_checkpoint_path, opts.dataset)
+    elif list(upstream.classes) != list(data.classes):
         moved = [i for i, (a, b) in enumerate(zip(upstream.classes, data.classes)) if a != b]
-        raise UserError(f"{opts.from_checkpoint_path}: its head was trained with another class order ({len(moved)} "
-                        f"of {data.num_classes} differ, e.g. output {moved[0]} is {upstream.classes[moved[0]]!r} "
+        raise UserError(f"{opts.from_checkpoint_path}: its head was trained with other classes or another class "
+                        f"order ({len(moved)} of {data.num_classes} differ, e.g. output {moved[0]} is {upstream.classes[moved[0]]!r} "
                         f"there, {data.classes[moved[0]]!r} here); evaluate it on the layout it was trained on")
     model.to(device)
     _, test_loader = make_loaders(data, batch_size=opts.batch_size or 64, test_batch_size=opts.batch_size or 64,

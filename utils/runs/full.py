@@ -27,8 +27,8 @@ from utils.config import load_config
 from utils.data import DatasetSplits, load_datasets
 from utils.distributed import DistInfo, barrier, init_distributed, shutdown
 from utils.errors import UserError
-from utils.runs.dirs import (check_results_table, environment_info, finished_result, now_iso, prepare_run_dir,
-                             record_result, run_dir_for, run_lock, write_run_config)
+from utils.runs.dirs import (check_results_table, check_same_settings, environment_info, finished_result, now_iso,
+                             prepare_run_dir, record_result, run_dir_for, run_lock, write_run_config)
 from utils.runs.kinds import InputSettings, RunResult
 from utils.runs.evaluate import evaluate_only
 from utils.runs.options import FullOptions, TransferConfig
@@ -155,6 +155,8 @@ def fine_tune(opts: FullOptions) -> RunResult:
     """The run itself, with the run directory held: plan, load, prepare, fit, record."""
     plan = plan_run(opts)
     if plan.status == "finished":
+        check_same_settings(plan.run_dir, {"options": opts.model_dump(exclude={"resume", "progress"}),
+                                           "trainer": plan.trainer.model_dump()})
         log.info("%s is already finished; reporting its result", plan.run_dir)
         return finished_result(plan.run_dir, plan.experiment_root)
     seed_everything(opts.seed)

@@ -24,8 +24,8 @@ from utils.errors import UserError
 from utils.io import append_jsonl, atomic_torch_save
 from utils.linear import (BACKENDS, SOLVERS, FeatureSet, LinearClassifier, LinearProbeConfig, SolverSettings,
                           build_backend, cached_features, describe_split, extract_features, fit_sgd_epochs, score)
-from utils.runs.dirs import (check_results_table, environment_info, finished_result, now_iso, prepare_run_dir,
-                             record_result, run_dir_for, run_lock, write_run_config)
+from utils.runs.dirs import (check_results_table, check_same_settings, environment_info, finished_result, now_iso,
+                             prepare_run_dir, record_result, run_dir_for, run_lock, write_run_config)
 from utils.runs.kinds import InputSettings, RunResult
 from utils.runs.options import LinearOptions
 from utils.runs.setup import pick_device
@@ -113,6 +113,8 @@ def fit_probe(opts: LinearOptions, run_dir: Path) -> RunResult:
     experiment_root = Path(opts.experiment_root_path)
     check_results_table(experiment_root)
     if prepare_run_dir(run_dir, resume=opts.resume) == "finished":
+        check_same_settings(run_dir, {"options": opts.model_dump(), "probe": settings.probe.model_dump(),
+                                      "trainer": settings.trainer.model_dump() if settings.trainer else None})
         log.info("%s is already finished; reporting its result", run_dir)
         return finished_result(run_dir, experiment_root)
 
