@@ -281,7 +281,7 @@ def cases() -> list[Case]:
     add(Case("images: test split missing", lambda d: main_py(d, dset=(
         "--dset", "imagefolder", "--dset_path", str(_no_test(d)))), "test"))
     add(Case("images: dtd split file lists a missing image", lambda d: main_py(d, dset=(
-        "--dset", "dtd", "--dset_path", _dtd(d, missing=True))), "missing"))
+        "--dset", "dtd", "--dset_path", _dtd(d, missing=True))), "banded_missing.jpg"))
     add(Case("images: dtd split file not UTF-8", lambda d: main_py(d, dset=(
         "--dset", "dtd", "--dset_path", _dtd(d, latin1=True))), "UTF-8"))
     # --- results.csv
@@ -378,7 +378,7 @@ def _no_test(d: Path) -> Path:
 def _dtd(d: Path, *, missing: bool = False, latin1: bool = False) -> str:
     base = d / "dtd" / "dtd"
     splits: dict[str, list[str]] = {"train1": [], "val1": [], "test1": []}
-    for cls in ("banded", "zigzagged"):
+    for cls in ["banded"] + [f"texture{k:02d}" for k in range(46)]:      # DTD's 47 classes
         for i, split in enumerate(splits):
             image(base / "images" / cls / f"{cls}_{i}.jpg", seed=i)
             splits[split].append(f"{cls}/{cls}_{i}.jpg")

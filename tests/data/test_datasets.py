@@ -632,6 +632,16 @@ def test_bad_image_files_are_all_reported_before_training(tmp_path):
         assert fragment in message or "and 1 more" in message
 
 
+def test_a_split_file_entry_whose_image_is_missing_is_reported_before_training(tmp_path):
+    """Missing files have no (size, mtime): they must never count as known-good in the verification cache."""
+    make_dtd(tmp_path)
+    labels = tmp_path / "dtd" / "dtd" / "labels" / "train1.txt"
+    labels.write_text(labels.read_text() + "banded/banded_gone.jpg\n")
+    for _ in range(2):                                  # the second time through the cache as well
+        one_line_error(lambda: load_datasets("dtd", tmp_path, strict_classes=False),
+                       "1 of 7 image files cannot be used", "banded_gone.jpg (missing)")
+
+
 def test_image_checks_are_cached_by_size_and_time(tmp_path, monkeypatch):
     import utils.data.verify as verify
 

@@ -73,7 +73,7 @@ def verify_images(paths: list[Path], *, root: Path | None) -> None:
             known = json.loads(cache.read_text())
         except (ValueError, OSError):
             known = {}
-    todo = [p for p in paths if known.get(str(p)) != fingerprint(p)]
+    todo = [p for p in paths if (now := fingerprint(p)) is None or known.get(str(p)) != now]  # missing: never known
     with ThreadPoolExecutor(max_workers=min(32, 4 * (os.cpu_count() or 1))) as pool:
         found = list(pool.map(problem, todo))
     bad = [(p, why) for p, why in zip(todo, found) if why is not None]
