@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--sparsity_label", type=float, help="the 'sparsity' column (default: measured)")
     o.add_argument("--no_progress", action="store_true", help="no progress bars")
     o.add_argument("--recipe", help="SparseML-style recipe (configs/recipes/): sets epochs, LR, weight decay, "
-                                    "pruning and quantization; the trainer config then only names the optimizer")
+                                    "pruning and quantization; the trainer config then only names the optimizer. "
+                                    "'checkpoint': the recipe the upstream file carries (SparseML files)")
     o.add_argument("--recipe_args", help="override recipe variables: JSON '{\"num_epochs\": 150}' or 'k=v,k2=v2'")
     o.add_argument("--distill_teacher", help="teacher checkpoint for a recipe's DistillationModifier: a model with "
                                             "this dataset's classes (e.g. a dense one fine-tuned on it)")

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from policies.base import Batch, Policy, TrainState
 from policies.events import Event
 from utils.errors import UserError
-from utils.seed import epoch_seed, seed_everything
+from utils.seed import seed_epoch
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +48,7 @@ class Manager:
         for epoch in range(s.epoch, s.num_epochs):
             s.epoch = epoch
             s.metrics = {"epoch": epoch}
-            seed_everything(epoch_seed(s.seed, epoch))
-            generator = getattr(self.train_loader, "generator", None)
-            if generator is not None:
-                generator.manual_seed(epoch_seed(s.seed, epoch))
-            sampler = getattr(self.train_loader, "sampler", None)
-            if hasattr(sampler, "set_epoch"):  # DistributedSampler: same permutation on every rank
-                sampler.seed = s.seed
-                sampler.set_epoch(epoch)
+            seed_epoch(s.seed, epoch, self.train_loader)
             self.emit(Event.EPOCH_START)
             start = time.perf_counter()
             s.metrics.update(self._train_epoch())

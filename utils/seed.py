@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,3 +18,22 @@ def seed_everything(seed: int) -> None:
 def epoch_seed(seed: int, epoch: int) -> int:
     """Seed for one epoch's shuffling and augmentation: a pure function, so resuming is exact."""
     return (seed * 1_000_003 + epoch * 7919 + 1) % 2**63
+
+
+def seed_epoch(seed: int, epoch: int, loader: Any = None) -> None:
+    """Seed one epoch's shuffling and augmentation from (seed, epoch), the loader's generator or sampler too.
+
+    The loader gets a new generator object: an iterator of the previous epoch that has not reached its end yet
+    (a RandomSampler draws once more when it is exhausted) keeps drawing from the old one."""
+    seed_everything(epoch_seed(seed, epoch))
+    generator = getattr(loader, "generator", None)
+    sampler = getattr(loader, "sampler", None)
+    if generator is not None:
+        fresh = torch.Generator(device=generator.device)
+        fresh.manual_seed(epoch_seed(seed, epoch))
+        loader.generator = fresh
+        if getattr(sampler, "generator", None) is generator:
+            sampler.generator = fresh
+    if hasattr(sampler, "set_epoch"):  # DistributedSampler: same permutation on every rank
+        sampler.seed = seed
+        sampler.set_epoch(epoch)

@@ -7,7 +7,7 @@ import math
 from torch import nn
 
 from policies.base import Policy
-from policies.modifiers.base import MODIFIERS, Modifier
+from policies.modifiers.base import MODIFIERS, Modifier, parse_args
 from policies.recipe import Recipe
 from utils.errors import UserError
 from utils.registry import unknown_name_message
@@ -17,7 +17,8 @@ from policies.modifiers import (acdc, distillation, layers, pruning, quantizatio
                                 schedulers, second_order, training)  # isort: skip
 from policies.modifiers.training import RecipeSchedule, ScheduleWriter  # noqa: E402
 
-__all__ = ["MODIFIERS", "Modifier", "build_modifiers", "build_recipe_policies", "recipe_method", "recipe_num_epochs"]
+__all__ = ["MODIFIERS", "Modifier", "build_modifiers", "build_recipe_policies", "recipe_max_epochs", "recipe_method",
+           "recipe_num_epochs"]
 
 log = logging.getLogger(__name__)
 
@@ -45,30 +46,48 @@ def modifier_name(group: str, index: int, type_name: str) -> str:
     return f"recipe.{group}.{index}.{type_name}"
 
 
+def modifier_class(recipe: Recipe, group: str, index: int, type_name: str) -> type[Modifier]:
+    """The registered class of a recipe entry; a modifier this project does not run is named with the reason."""
+    if type_name not in MODIFIERS:
+        why = unsupported_message(type_name) or unknown_name_message("recipe modifier", type_name, MODIFIERS.names())
+        raise UserError(f"{recipe.source}: {group}[{index}]: {why}")
+    return MODIFIERS.get(type_name)
+
+
 def build_modifiers(recipe: Recipe, *, model: nn.Module, steps_per_epoch: int) -> list[Modifier]:
     """Instantiate every modifier of an evaluated recipe against `model` (names resolved, args validated)."""
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
     out = []
     for position, (group, index, spec) in enumerate(recipe.modifiers):
-        source = f"{recipe.source}: {group}[{index}] !{spec.type}"
-        if spec.type not in MODIFIERS:
-            why = unsupported_message(spec.type) or unknown_name_message("recipe modifier", spec.type,
-                                                                         MODIFIERS.names())
-            raise UserError(f"{recipe.source}: {group}[{index}]: {why}")
-        cls = MODIFIERS.get(spec.type)
+        cls = modifier_class(recipe, group, index, spec.type)
         out.append(cls.from_spec(spec.args, name=modifier_name(group, index, spec.type), model=model,
-                                 steps_per_epoch=steps_per_epoch, source=source, position=position))
+                                 steps_per_epoch=steps_per_epoch, source=f"{recipe.source}: {group}[{index}] "
+                                                                         f"!{spec.type}", position=position))
     return out
+
+
+def _training_length(epochs: list[float], *, source: str) -> int:
+    longest = max((math.ceil(e) for e in epochs), default=-1)
+    if longest <= 0:
+        raise UserError(f"{source}: the recipe sets no training length; add an EpochRangeModifier with end_epoch")
+    return int(longest)
 
 
 def recipe_num_epochs(modifiers: list[Modifier], *, source: str = "recipe") -> int:
     """Training length as SparseML's manager computes it (`max_epochs`): the largest start or end epoch of
     any modifier, each rounded up (an EpochRangeModifier is one modifier among the others)."""
-    epochs = max((math.ceil(e) for m in modifiers for e in m.schedule_epochs), default=-1)
-    if epochs <= 0:
-        raise UserError(f"{source}: the recipe sets no training length; add an EpochRangeModifier with end_epoch")
-    return int(epochs)
+    return _training_length([e for m in modifiers for e in m.schedule_epochs], source=source)
+
+
+def recipe_max_epochs(recipe: Recipe) -> int:
+    """`recipe_num_epochs` of an evaluated recipe before any model exists (from the validated arguments)."""
+    epochs = []
+    for group, index, spec in recipe.modifiers:
+        cls = modifier_class(recipe, group, index, spec.type)
+        epochs += cls.epochs_counted(parse_args(cls, spec.args, source=f"{recipe.source}: {group}[{index}] "
+                                                                        f"!{spec.type}"))
+    return _training_length(epochs, source=recipe.source)
 
 
 def recipe_method(policies: list[Policy]) -> str | None:

@@ -67,8 +67,12 @@ class Modifier(Policy):
 
     @property
     def schedule_epochs(self) -> list[float]:
+        return self.epochs_counted(self.args)
+
+    @classmethod
+    def epochs_counted(cls, args: ModifierArgs) -> list[float]:
         """The epochs SparseML counts for the recipe's length: start and end, where set (-1: not set)."""
-        return [e for e in (self.args.start_epoch, self.args.end_epoch) if e > -1]
+        return [e for e in (args.start_epoch, args.end_epoch) if e > -1]
 
     @classmethod
     def from_spec(cls, args: dict[str, Any], *, name: str, model: nn.Module, steps_per_epoch: int,

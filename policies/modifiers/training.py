@@ -81,9 +81,9 @@ class SetLearningRateModifier(ScheduleWriter):
     def order(self) -> tuple:
         return clock.manager_order(-1, self.args.start_epoch, self.position)
 
-    @property
-    def schedule_epochs(self) -> list[float]:
-        return [self.args.start_epoch] if self.args.start_epoch > -1 else []
+    @classmethod
+    def epochs_counted(cls, args: ModifierArgs) -> list[float]:
+        return [args.start_epoch] if args.start_epoch > -1 else []
 
     def update_steps(self, total_steps: int) -> Iterable[int]:
         return [self.start_step] if self.start_step < total_steps else []

@@ -90,6 +90,7 @@ class Flavour(StrictModel):
     input_size: int = Field(224, ge=8)
     detect: list[DetectRule] = []
     trusted_globals: list[str] = []
+    recipe_key: str | None = None  # a top-level entry holding the recipe text the file was trained with (SparseML)
 
     @field_validator("state_dict_key", mode="before")
     @classmethod

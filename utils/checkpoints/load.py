@@ -48,6 +48,7 @@ class LoadedCheckpoint:
     input_size: int
     detected: bool = False  # the flavour was auto-detected
     header: dict[str, Any] = field(default_factory=dict)  # native files: their metadata
+    recipe: str | None = None  # the recipe text the file carries (flavour's recipe_key), e.g. SparseML's
 
     @property
     def extra(self) -> dict[str, Any]:
@@ -267,4 +268,12 @@ def load_checkpoint(path: str | Path, *, flavour: str | None = None, num_classes
         # native files record the size they were trained at; otherwise the model's own default
         input_size=(header.get("extra", {}).get("input_size", model.default_input_size) if header
                     else chosen.input_size),
-        detected=named is None, header=header)
+        detected=named is None, header=header, recipe=_embedded_recipe(raw, chosen))
+
+
+def _embedded_recipe(raw: Any, flavour: Flavour) -> str | None:
+    """The recipe text stored in the file under the flavour's `recipe_key`, if it is text."""
+    if flavour.recipe_key is None or not isinstance(raw, Mapping):
+        return None
+    text = raw.get(flavour.recipe_key)
+    return text if isinstance(text, str) and text.strip() else None

@@ -173,7 +173,7 @@ def fine_tune(opts: FullOptions) -> RunResult:
     loaders = make_loaders(data, batch_size=plan.batch_size, test_batch_size=plan.trainer.test_batch_size or
                            plan.batch_size, workers=opts.workers, device=plan.device, dist=plan.dist)
     schedule, epochs = training_schedule(opts, plan, model=upstream.model, masks=masks,
-                                         steps_per_epoch=len(loaders[0]))
+                                         steps_per_epoch=len(loaders[0]), embedded_recipe=upstream.recipe)
     state = train_state(upstream.model, plan, epochs=epochs, steps_per_epoch=len(loaders[0]), seed=opts.seed)
     resolved = resolved_config(opts, plan, upstream=upstream, data=data, inputs=inputs, state=state,
                                loaded_sparsity=loaded_sparsity)
@@ -194,17 +194,21 @@ def fine_tune(opts: FullOptions) -> RunResult:
 
 
 def training_schedule(opts: FullOptions, plan: Plan, *, model: nn.Module, masks: dict[str, torch.Tensor],
-                      steps_per_epoch: int) -> tuple[list[Policy], int]:
+                      steps_per_epoch: int, embedded_recipe: str | None = None) -> tuple[list[Policy], int]:
     """(LR schedule + fixed masks, the trainer's epochs), or what a recipe says instead (it sets the epochs)."""
     if opts.recipe:
         policies, epochs, _ = build_run_recipe(opts.recipe, opts.recipe_args, model=model,
                                                steps_per_epoch=steps_per_epoch, run_dir=plan.run_dir,
-                                               resuming=plan.status == "resume", epochs_flag=opts.epochs)
+                                               resuming=plan.status == "resume", epochs_flag=opts.epochs,
+                                               embedded=embedded_recipe, checkpoint=opts.from_checkpoint_path)
         for distill in (p for p in policies if isinstance(p, DistillationModifier)):
             attach_teacher(distill, opts.distill_teacher, num_classes=model.get_classifier().out_features)
         return policies, epochs
     if opts.distill_teacher:
         raise UserError("--distill_teacher needs a --recipe with a DistillationModifier")
+    if embedded_recipe is not None:
+        log.info("%s carries the recipe it was trained with; run it with --recipe checkpoint "
+                 "(this run uses the trainer config)", opts.from_checkpoint_path)
     return [LRSchedulePolicy(base_lr=plan.lr, cfg=plan.trainer.schedule), FixedMaskPolicy(masks)], plan.epochs
 
 

@@ -36,9 +36,23 @@ class RecipeRecord(Policy):
                             "recipe saved in the run directory (recipe.yaml) or start a new run")
 
 
-def recipe_for_run(path: str, recipe_args: str | None, *, run_dir: Path, resuming: bool) -> Recipe:
+CHECKPOINT_RECIPE = "checkpoint"   # `--recipe checkpoint`: the recipe the upstream file carries (SparseML files)
+
+
+def read_run_recipe(path: str, recipe_args: str | None, *, embedded: str | None, checkpoint: str | None) -> Recipe:
+    """`--recipe PATH`, or with `--recipe checkpoint` the recipe text stored in the upstream checkpoint."""
+    if path != CHECKPOINT_RECIPE:
+        return load_recipe(path, recipe_args)
+    if embedded is None:
+        raise UserError(f"--recipe checkpoint: {checkpoint or 'the run (no --from_checkpoint_path)'} carries no "
+                        "recipe; pass a recipe file instead (configs/recipes/ has examples)")
+    return load_recipe_text(embedded, recipe_args, source=f"{checkpoint} (its recipe)")
+
+
+def recipe_for_run(path: str, recipe_args: str | None, *, run_dir: Path, resuming: bool,
+                   embedded: str | None = None, checkpoint: str | None = None) -> Recipe:
     """The evaluated recipe of a run; a resumed run keeps the one it started with (run_dir/recipe.yaml)."""
-    recipe = load_recipe(path, recipe_args)
+    recipe = read_run_recipe(path, recipe_args, embedded=embedded, checkpoint=checkpoint)
     saved = Path(run_dir) / RECIPE_FILE
     if resuming and saved.exists():
         started_with = load_recipe_text(saved.read_text(), source=str(saved))
@@ -52,12 +66,15 @@ def recipe_for_run(path: str, recipe_args: str | None, *, run_dir: Path, resumin
 
 
 def build_run_recipe(path: str, recipe_args: str | None, *, model: nn.Module, steps_per_epoch: int, run_dir: Path,
-                     resuming: bool, epochs_flag: int | None = None) -> tuple[list[Policy], int, Recipe]:
-    """(policies, number of epochs, evaluated recipe) for `--recipe PATH [--recipe_args ...]`."""
+                     resuming: bool, epochs_flag: int | None = None, embedded: str | None = None,
+                     checkpoint: str | None = None) -> tuple[list[Policy], int, Recipe]:
+    """(policies, number of epochs, evaluated recipe) for `--recipe PATH [--recipe_args ...]`; `embedded` is
+    the upstream file's own recipe, run by `--recipe checkpoint`."""
     if epochs_flag is not None:
         raise UserError("--epochs cannot be combined with --recipe: the recipe sets the length; "
                         "use --recipe_args '{\"num_epochs\": N}' (or the recipe's own variable)")
-    recipe = recipe_for_run(path, recipe_args, run_dir=run_dir, resuming=resuming)
+    recipe = recipe_for_run(path, recipe_args, run_dir=run_dir, resuming=resuming, embedded=embedded,
+                            checkpoint=checkpoint)
     policies, epochs = build_recipe_policies(recipe, model=model, steps_per_epoch=steps_per_epoch)
     log.info("recipe %s: %d epochs, %d policies", path, epochs, len(policies))
     return [*policies, RecipeRecord(recipe)], epochs, recipe

@@ -52,10 +52,11 @@ class Upstream:
     interpolation: str = "bilinear"
     normalization: Any = "dataset"
     classes: list[str] | None = None         # the class names its head was trained on (native files)
+    recipe: str | None = None                # the recipe text the file carries (SparseML files): --recipe checkpoint
 
     def describe(self) -> dict[str, Any]:
         """The upstream as config.yaml records it."""
-        return {k: v for k, v in asdict(self).items() if k not in ("model", "classes")}
+        return {k: v for k, v in asdict(self).items() if k not in ("model", "classes", "recipe")}
 
 
 def load_upstream(*, checkpoint_path: str | None, flavour: str | None, arch: str | None,
@@ -67,7 +68,7 @@ def load_upstream(*, checkpoint_path: str | None, flavour: str | None, arch: str
                         flavour=loaded.flavour.name,
                         method=loaded.method,
                         interpolation=loaded.interpolation, normalization=loaded.normalization,
-                        classes=loaded.extra.get("classes"))
+                        classes=loaded.extra.get("classes"), recipe=loaded.recipe)
     if arch:
         return Upstream(model=build_model(arch, num_classes=1), arch=arch)
     raise UserError("give --from_checkpoint_path (fine-tune a checkpoint) or --arch (train from scratch)")

@@ -1,0 +1,158 @@
+"""A recipe in the user's own loop (policies.recipe_manager) repeats `main.py --recipe` bit for bit."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import main
+from policies.quantization import qat_state
+from policies.recipe_manager import RecipeManager
+from utils.errors import UserError
+from utils.runs.full import load_data
+from utils.runs.setup import load_upstream, make_loaders
+from utils.seed import seed_everything
+
+TRAINER = """
+epochs: 1
+batch_size: 16
+optimizer: {name: sgd, lr: 0.05, momentum: 0.9, weight_decay: 0.0005}
+"""
+
+GMP_QAT = """
+num_epochs: 3
+modifiers:
+  - !EpochRangeModifier
+    end_epoch: eval(num_epochs)
+  - !LearningRateFunctionModifier
+    start_epoch: 0
+    end_epoch: eval(num_epochs)
+    lr_func: cosine
+    init_lr: 0.05
+    final_lr: 0.001
+  - !GMPruningModifier
+    init_sparsity: 0.05
+    final_sparsity: 0.6
+    start_epoch: 0
+    end_epoch: 1.5
+    update_frequency: 0.5
+    params: __ALL_PRUNABLE__
+  - !QuantizationModifier
+    start_epoch: 2
+    disable_quantization_observer_epoch: 2.5
+    freeze_bn_stats_epoch: 2.5
+"""
+
+SEED = 3
+
+
+def user_setup():
+    """The model and data main.py builds for `--arch resnet_small --dset synthetic --image_size 16`."""
+    seed_everything(SEED)
+    upstream = load_upstream(checkpoint_path=None, flavour=None, arch="resnet_small")
+    data, _ = load_data(upstream, dataset="synthetic", dataset_path=None, image_size=16, interpolation=None,
+                        max_train_samples=None, seed=SEED)
+    seed_everything(SEED)
+    upstream.model.reset_classifier(data.num_classes)
+    loader, _ = make_loaders(data, batch_size=16, test_batch_size=16, workers=0, device=torch.device("cpu"))
+    return upstream.model, loader
+
+
+def user_loop(recipe, model, loader, *, lrs, stop_after_epoch=None, manager_state=None):
+    """The hand-written loop of a SparseML user (lines marked # loop); returns the manager."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=0.0005)    # loop
+    manager = RecipeManager.from_yaml(recipe, recipe_args={"num_epochs": 3})                       # loop
+    if manager_state is not None:
+        manager.load_state_dict(manager_state["manager"])
+        optimizer.load_state_dict(manager_state["optimizer"])
+    first = 0 if manager_state is None else manager_state["manager"]["step"] // len(loader)
+    optimizer = manager.modify(model, optimizer, steps_per_epoch=len(loader), seed=SEED, loader=loader,  # loop
+                               start_epoch=first)
+    for epoch in range(first, manager.max_epochs):                                                  # loop
+        model.train()                                                                               # loop
+        for inputs, targets in loader:                                                              # loop
+            optimizer.zero_grad()                                                                   # loop
+            loss = F.cross_entropy(model(inputs), targets)                                          # loop
+            loss.backward()                                                                         # loop
+            lrs.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()                                                                        # loop
+        if epoch == stop_after_epoch:
+            return manager, optimizer
+    manager.finalize(model)                                                                         # loop
+    return manager, optimizer
+
+
+def main_run(tmp_path, trainer_config):
+    recipe = tmp_path / "gmp_qat.yaml"
+    recipe.write_text(GMP_QAT)
+    main.main(["--dset", "synthetic", "--config_path", str(trainer_config(TRAINER)), "--arch", "resnet_small",
+               "--experiment_root_path", str(tmp_path / "exp"), "--workers", "0", "--no_progress",
+               "--image_size", "16", "--manual_seed", str(SEED), "--recipe", str(recipe),
+               "--recipe_args", '{"num_epochs": 3}', "--exp_name", "r"])
+    run_dir = tmp_path / "exp" / "r"
+    saved = torch.load(run_dir / "model.pt", weights_only=True)
+    epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return recipe, saved, epochs
+
+
+def assert_same_as_main(model, lrs, steps_per_epoch, saved, epochs):
+    state = model.state_dict()
+    assert set(state) == set(saved["state_dict"])
+    different = [k for k, v in state.items() if not torch.equal(v, saved["state_dict"][k])]
+    assert not different, f"tensors differ from main.py's: {different[:5]}"
+    for name, mask in saved["masks"].items():
+        assert torch.equal(state[name] != 0, mask), name
+    assert len(saved["masks"]) > 3 and sum(m.sum() for m in saved["masks"].values()) > 0
+    # main.py logs the LR of each epoch's last step
+    assert [lrs[(e + 1) * steps_per_epoch - 1] for e in range(len(epochs))] == [e["lr"] for e in epochs]
+    ours, theirs = qat_state(model), saved["extra"]["quantization"]
+    assert ours["modules"].keys() == theirs["modules"].keys() and ours["modules"]
+    for name, module in ours["modules"].items():
+        for q, values in module["quantizers"].items():
+            for k, v in values.items():
+                other = theirs["modules"][name]["quantizers"][q][k]
+                assert (torch.equal(v, other) if torch.is_tensor(v) else v == other), (name, q, k)
+
+
+def test_a_hand_written_loop_with_a_gmp_and_qat_recipe_equals_main_py(tmp_path, trainer_config, one_torch_thread):
+    recipe, saved, epochs = main_run(tmp_path, trainer_config)
+    model, loader = user_setup()
+    lrs = []
+    manager, _ = user_loop(recipe, model, loader, lrs=lrs)
+    assert manager.max_epochs == 3 and len(lrs) == 3 * len(loader)
+    assert len(set(lrs)) > 3 * len(loader) - 2     # a cosine: a new LR (almost) every step
+    assert_same_as_main(model, lrs, len(loader), saved, epochs)
+    sparsity = float(sum((p == 0).sum() for n, p in model.named_parameters() if p.ndim > 1)
+                     / sum(p.numel() for n, p in model.named_parameters() if p.ndim > 1))
+    assert sparsity == pytest.approx(0.6, abs=0.02)
+
+
+def test_a_loop_stopped_and_resumed_from_the_managers_state_equals_main_py(tmp_path, trainer_config,
+                                                                          one_torch_thread):
+    recipe, saved, epochs = main_run(tmp_path, trainer_config)
+    model, loader = user_setup()
+    lrs = []
+    manager, optimizer = user_loop(recipe, model, loader, lrs=lrs, stop_after_epoch=0)
+    checkpoint = {"model": {k: v.clone() for k, v in model.state_dict().items()},
+                  "manager": manager.state_dict(), "optimizer": optimizer.state_dict()}
+    model, loader = user_setup()
+    model.load_state_dict(checkpoint["model"])
+    user_loop(recipe, model, loader, lrs=lrs, manager_state=checkpoint)
+    assert_same_as_main(model, lrs, len(loader), saved, epochs)
+
+
+def test_misuse_gets_one_clear_line(tmp_path):
+    recipe = tmp_path / "gmp_qat.yaml"
+    recipe.write_text(GMP_QAT)
+    manager = RecipeManager.from_yaml(str(recipe), recipe_variables={"num_epochs": 2})
+    assert manager.max_epochs == 2
+    with pytest.raises(UserError, match="modify"):
+        manager.finalize()
+    with pytest.raises(UserError, match="zoo"):
+        RecipeManager.from_yaml("zoo:cv/classification/resnet_v1-50/pytorch/sparseml/imagenet/pruned-moderate")
+    with pytest.raises(UserError, match="recipe variable"):
+        RecipeManager.from_yaml(str(recipe), recipe_args={"num_epoch": 2})
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    with pytest.raises(UserError, match="steps_per_epoch"):
+        manager.modify(model, torch.optim.SGD(model.parameters(), lr=0.1), steps_per_epoch=0)
+    assert RecipeManager.from_yaml(GMP_QAT).max_epochs == 3          # recipe text works too
