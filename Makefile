@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-requirements
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo test venv data bench clean-demo
+.PHONY: demo test venv data bench clean-demo sparseml-commands
 
 venv: $(STAMP)
 
@@ -36,6 +36,15 @@ bench: venv
 	$(PY) bench/linear_probe.py
 	$(PY) bench/extract.py
 	$(PY) bench/deploy.py
+
+# SparseML's command names on the venv's PATH: sparseml.image_classification.train ARGS and
+# sparseml.pytorch_vision train ARGS (= python -m utils.sparseml ...), for pasting SparseML command lines.
+sparseml-commands: venv
+	@for cmd in image_classification.train pytorch_vision; do \
+	  f=$(VENV)/bin/sparseml.$$cmd; \
+	  { echo '#!/bin/sh'; \
+	    echo 'PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" exec "$(abspath $(PY))" -m utils.sparseml '"$$cmd"' "$$@"'; \
+	  } > $$f; chmod +x $$f; echo "$$f"; done
 
 clean-demo:
 	rm -rf experiments/demo experiments/demo_*

@@ -74,7 +74,7 @@ class RecipeManager:
         text = str(recipe)
         if text.startswith("zoo:"):
             raise UserError(f"{text}: a SparseZoo stub; resolve it to a file with "
-                            "utils.sparseml.zoo.resolve_recipe (the local zoo, configs/zoo.yaml) and pass the path")
+                            "utils.sparsify.zoo.resolve_recipe (the local zoo, configs/zoo.yaml) and pass the path")
         if "\n" in text:
             return cls(load_recipe_text(text, overrides, source="<recipe text>"))
         return cls(load_recipe(text, overrides))

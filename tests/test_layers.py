@@ -28,6 +28,7 @@ LAYERS = {
     "utils.runs": {"utils.sparsity", "models", "policies", "utils.data", "utils.checkpoints", "utils.linear"},
     "utils.deploy": {"utils.checkpoints", "policies"},
     "utils.sparsify": {"utils.runs", "utils.deploy", "utils.checkpoints", "utils.data", "models", "policies"},
+    "utils.sparseml": {"utils.runs", "utils.sparsify"},
     "utils.studies": {"utils.runs", "utils.checkpoints", "utils.analysis"},
     "utils.analysis": set(),
 }

@@ -19,6 +19,7 @@ from torch import nn
 import utils.checkpoints.detect as detect_mod
 import utils.checkpoints.flavours as flavours_mod
 from models import build_model
+from policies.modifiers.params import sparseml_alias, sparseml_mobilenet_alias
 from utils.checkpoints import (FLAVOURS, detect_flavour, file_sha256, load_checkpoint, load_flavour,
                                save_native_checkpoint)
 from utils.errors import UserError
@@ -109,6 +110,12 @@ def native_raw(model: nn.Module, arch: str, masks: dict) -> dict:
             "normalization": "dataset", "interpolation": "bilinear"}
 
 
+def sparseml_container(model: nn.Module, alias) -> dict:
+    """SparseML's save_model: keys in SparseML's names (the recipe-name aliases), every tensor as float32."""
+    state = {alias(k): v.float() for k, v in model.state_dict().items()}
+    return {"state_dict": state, "epoch": 3, "arch_key": "resnet", "recipe": "modifiers: []"}
+
+
 # Layouts, built by explicit key construction from one of our models and its masks.
 LAYOUTS = {
     "torchvision": lambda m, k: dict(m.state_dict()),
@@ -120,6 +127,8 @@ LAYOUTS = {
     "str_mobilenet_raw": lambda m, k: {"epoch": 0, "arch": "MobileNetV1", "state_dict": str_state(m)},
     "mfac_mobilenet": lambda m, k: {"model": str_state(m, prefix="")},
     "native": lambda m, k: native_raw(m, "resnet_small", k),
+    "sparseml": lambda m, k: sparseml_container(m, sparseml_alias),
+    "sparseml_mobilenet": lambda m, k: sparseml_container(m, sparseml_mobilenet_alias),
 }
 # flavour -> (architecture used in the round trip, layout); native files come from save_native_checkpoint.
 CASES = {
@@ -135,6 +144,11 @@ CASES = {
     "str_mobilenet": ("mobilenet", "str_mobilenet_raw"),
     "mfac_mobilenet": ("mobilenet", "mfac_mobilenet"),
     "native": ("resnet_small", "native"),
+    "sparseml_resnet50": ("resnet18", "sparseml"),
+    "sparseml_resnet18": ("resnet18", "sparseml"),
+    "sparseml_resnet34": ("resnet18", "sparseml"),
+    "sparseml_resnet101": ("resnet18", "sparseml"),
+    "sparseml_mobilenet": ("mobilenet", "sparseml_mobilenet"),
 }
 
 
@@ -231,9 +245,9 @@ def real_layouts():
     def get(layout: str, arch: str) -> dict:
         if arch not in models:
             models[arch] = make_model(arch, zero_head_bias=True)
-        if layout not in raws:
-            raws[layout] = LAYOUTS[layout](*models[arch])
-        return raws[layout]
+        if (layout, arch) not in raws:
+            raws[layout, arch] = LAYOUTS[layout](*models[arch])
+        return raws[layout, arch]
 
     return get
 
@@ -241,7 +255,9 @@ def real_layouts():
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_auto_detection_recognises_each_real_layout(name, real_layouts):
     raw = real_layouts(CASES[name][1], load_flavour(name).arch or "resnet_small")
-    expected = flavours_mod.RAW_FLAVOURS[name].get("extends", name)  # derived flavours share their base's layout
+    raw_flavour = flavours_mod.RAW_FLAVOURS[name]
+    # derived flavours share their base's layout, unless they have detect rules of their own (another geometry)
+    expected = name if "detect" in raw_flavour else raw_flavour.get("extends", name)
     assert detect_flavour(raw).name == expected
 
 

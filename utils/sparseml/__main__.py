@@ -1,0 +1,44 @@
+"""python -m utils.sparseml image_classification.train ARGS   (sparseml.image_classification.train ARGS)
+python -m utils.sparseml pytorch_vision train ARGS           (python scripts/pytorch_vision.py train ARGS)
+
+SparseML's training command lines, run as this project's full fine-tuning (main.py); the equivalent main.py
+command is logged first. `make sparseml-commands` puts `sparseml.image_classification.train` and
+`sparseml.pytorch_vision` on the virtual environment's PATH.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+from utils.cli import setup_logging
+from utils.errors import UserError, exit_on_user_error
+from utils.runs import RUNS
+from utils.sparseml import COMMANDS, main_py_command, translate
+
+log = logging.getLogger("utils.sparseml")
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((words for words in COMMANDS if tuple(argv[:len(words)]) == words), None)
+    if command is None:
+        if not argv or argv[0] in ("-h", "--help"):
+            print(__doc__)
+            return {}
+        raise UserError(f"unknown command {' '.join(argv[:2])!r}; use one of: "
+                        + ", ".join(" ".join(words) for words in COMMANDS))
+    rest = argv[len(command):]
+    setup_logging("-v" in rest or "--verbose" in rest)
+    opts = translate(rest, prog=COMMANDS[command])
+    log.info("the same run with main.py: %s", main_py_command(opts))
+    result = RUNS.get("full").run(opts)
+    shown = {k: result.record[k] for k in ("dset", "model", "sparsity", "val_acc", "measured_sparsity", "run_dir")
+             if k in result.record}
+    print(json.dumps(shown))
+    return result.record
+
+
+if __name__ == "__main__":
+    main()
