@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", help="override the recipe (default: by optim level, see above)")
     p.add_argument("--recipe_args", "--recipe-args", dest="recipe_args",
                    help="override recipe variables: JSON '{\"num_epochs\": 30}' or 'num_epochs=30,init_lr=0.05'")
-    p.add_argument("--zoo", help="the model zoo file (default: configs/zoo.yaml)")
+    p.add_argument("--zoo", help="the model zoo file (default: $SPARSE_TRANSFER_ZOO, else configs/zoo.yaml)")
     p.add_argument("--out", help="run directory (default: experiments/sparse_transfer/DATA_MODEL_optimL_seedS)")
     p.add_argument("--config_path", help="trainer config naming the optimizer and batch size "
                                          "(default: configs/trainers/study_full_lr001.yaml)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import shlex
 from pathlib import Path
@@ -222,12 +223,16 @@ def translate(argv: list[str], *, prog: str) -> FullOptions:
         raise UserError("--recipe-path is required to train (the recipe sets epochs, LR, pruning and quantization); "
                         "configs/recipes/ has examples")
     checkpoint, arch = upstream(args, args.recipe_path)
+    workers = min(args.loader_num_workers, os.cpu_count() or 1)
+    if workers < args.loader_num_workers:
+        log.info("--loader-num-workers %d: this machine has %d CPUs; using %d loader processes",
+                 args.loader_num_workers, workers, workers)
     tag = args.model_tag or f"{(args.arch_key or Path(checkpoint or 'model').stem).replace('/', '_')}_{args.dataset}"
     trainer = Path(args.save_dir) / f"{tag}.trainer.yaml"
     atomic_write_text(trainer, trainer_yaml(args))
     return FullOptions(dataset=DATASETS[args.dataset], dataset_path=args.dataset_path, trainer_config_path=str(trainer),
                        from_checkpoint_path=checkpoint, arch=arch, batch_size=args.train_batch_size,
-                       workers=args.loader_num_workers, image_size=args.image_size,
+                       workers=workers, image_size=args.image_size,
                        experiment_root_path=args.save_dir, exp_name=tag, recipe=recipe, recipe_args=args.recipe_args,
                        eval_only=args.eval_mode, fp16=args.use_mixed_precision, resume=True,
                        **device_options(args.device))

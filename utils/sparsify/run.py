@@ -25,7 +25,7 @@ from utils.paths import RECIPE_DIR, TRAINER_DIR
 from utils.runs import RUNS, InputSettings, RunResult
 from utils.sparsify.optim import OptimTarget, Selection, optim_target, select_model
 from utils.sparsify.use_cases import UseCase, resolve_use_case
-from utils.sparsify.zoo import DEFAULT_ZOO, ZooEntry, backbone_params, load_zoo
+from utils.sparsify.zoo import ZooEntry, backbone_params, default_zoo_path, load_zoo
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class SparseTransferOptions(StrictModel):
     optim_level: float = 0.5
     recipe: str | None = None                 # default: RECIPE_INT8 or RECIPE_FP32 by the level
     recipe_args: str | None = None
-    zoo: str = str(DEFAULT_ZOO)
+    zoo: str = Field(default_factory=lambda: str(default_zoo_path()))   # $SPARSE_TRANSFER_ZOO or configs/zoo.yaml
     out: str | None = None                    # the run directory
     config_path: str = str(DEFAULT_TRAINER)   # trainer config: with a recipe it only names the optimizer
     batch_size: int | None = Field(default=None, gt=0)
