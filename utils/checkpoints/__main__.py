@@ -21,6 +21,8 @@ def format_report(loaded: LoadedCheckpoint) -> str:
         f"architecture:  {loaded.arch} {loaded.arch_kwargs or ''}".rstrip() + f", {loaded.num_classes} classes",
         f"input:         {loaded.input_size}px, {loaded.interpolation} resize, normalization {loaded.normalization}",
         f"masks from:    {r.mask_source}",
+        *([f"recipe:        carried in the file ({len(loaded.recipe.splitlines())} lines); main.py --recipe checkpoint "
+           "runs it"] if loaded.recipe else []),
         "",
         f"{'layer':<40} {'shape':<20} {'params':>10} {'sparsity':>9} {'zeros outside mask':>19}",
     ]
