@@ -6,6 +6,8 @@ Every registered model is an `nn.Module` with:
   default_input_size  the input side length it was designed for (224, or 32 for small nets)
   forward_features(x) -> (N, num_features) globally average-pooled features
   reset_classifier(n) replaces the classifier with a fresh dense nn.Linear(num_features, n)
+Detectors (`task = "detection"`, models/yolov5.py) share classifier_name / get_classifier / reset_classifier
+(their head is the Detect layer) and default_input_size, not the pooled features.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ MODELS: Registry[Callable[..., nn.Module]] = Registry("architecture")
 class ClassifierMixin:
     """Shared head handling: `forward` = classifier(forward_features(x))."""
 
+    task: str = "classification"
     classifier_name: str = "fc"
     num_features: int
     default_input_size: int = 224
@@ -47,6 +50,21 @@ class ClassifierMixin:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.get_classifier()(self.forward_features(x))
+
+
+def model_task(arch: str) -> str:
+    """'classification' or 'detection' (a detector's factory says so), without building the model."""
+    return getattr(MODELS.get(arch), "task", "classification")
+
+
+def classes_from_head(arch: str, rows: int) -> int:
+    """The class count a stored head of `rows` output rows means (a detector's head also predicts boxes)."""
+    return getattr(MODELS.get(arch), "classes_from_head", lambda n: n)(rows)
+
+
+def architectures(task: str) -> list[str]:
+    """The registered architectures of one task."""
+    return [name for name in MODELS.names() if model_task(name) == task]
 
 
 def build_model(arch: str, num_classes: int, **arch_kwargs: Any) -> nn.Module:

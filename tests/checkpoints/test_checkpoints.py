@@ -18,7 +18,7 @@ from torch import nn
 
 import utils.checkpoints.detect as detect_mod
 import utils.checkpoints.flavours as flavours_mod
-from models import build_model
+from models import build_model, model_task
 from policies.modifiers.params import sparseml_alias, sparseml_mobilenet_alias
 from utils.checkpoints import (FLAVOURS, detect_flavour, file_sha256, load_checkpoint, load_flavour,
                                save_native_checkpoint)
@@ -176,7 +176,9 @@ def assert_same_masks(got: dict, want: dict) -> None:
 
 
 def test_every_shipped_flavour_has_a_round_trip_case():
-    assert set(CASES) == set(FLAVOURS.names())
+    """Detector flavours round-trip in test_yolov5_files.py (the checks below are a classifier's)."""
+    detectors = {n for n in FLAVOURS.names() if model_task(FLAVOURS.get(n).arch or "resnet_small") == "detection"}
+    assert detectors and set(CASES) == set(FLAVOURS.names()) - detectors
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from models import MODELS, build_model
+from models import architectures, build_model
 from utils.errors import UserError
 
 
@@ -16,7 +16,7 @@ def _input_side(model: nn.Module) -> int:
     return 32 if model.default_input_size <= 32 else 64
 
 
-@pytest.mark.parametrize("arch", MODELS.names())
+@pytest.mark.parametrize("arch", architectures("classification"))
 def test_forward_backward_head_and_features(arch):
     torch.manual_seed(0)
     model = build_model(arch, num_classes=5)

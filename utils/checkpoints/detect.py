@@ -32,7 +32,7 @@ def rule_matches(rule: DetectRule, flavour: Flavour, raw: Any) -> bool:
         value = _field(raw, dotted)
         if value is _MISSING or not re.fullmatch(pattern, str(value)):
             return False
-    if not (rule.required_keys or rule.forbidden_keys or rule.key_ndim):
+    if not (rule.required_keys or rule.forbidden_keys or rule.key_ndim or rule.key_shape):
         return True
     try:
         sd, _ = extract_state_dict(raw, flavour)
@@ -51,6 +51,10 @@ def rule_matches(rule: DetectRule, flavour: Flavour, raw: Any) -> bool:
     for pattern, ndim in rule.key_ndim.items():
         hits = [tensors[n].dim() for n in names if re.search(pattern, n)]
         if not hits or any(d != ndim for d in hits):
+            return False
+    for pattern, shape in rule.key_shape.items():
+        hits = [list(tensors[n].shape) for n in names if re.search(pattern, n)]
+        if not hits or any(h != list(shape) for h in hits):
             return False
     return True
 

@@ -35,6 +35,32 @@ class _StandIn:
         self.__dict__.update(state if isinstance(state, dict) else {"state": state})
 
 
+class PickledModule:
+    """An inert stand-in for a pickled nn.Module class (flavour `module_globals`): the unpickler creates it with
+    `__new__` and hands it the module's attributes; nothing of the original class exists or runs here."""
+
+    def __setstate__(self, state: Any) -> None:
+        self.__dict__.update(state if isinstance(state, dict) else {"state": state})
+
+
+def _module_stand_in(name: str) -> tuple[type, str]:
+    module_name, _, attr = name.rpartition(".")
+    return type(attr, (PickledModule,), {"__module__": module_name, "__qualname__": attr}), name
+
+
+def pickled_module_state(module: PickledModule, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The state dict a pickled module would give: its parameters, persistent buffers and children's, by name."""
+    attrs = module.__dict__
+    skip = set(attrs.get("_non_persistent_buffers_set") or ())
+    out = {prefix + k: v.detach() for k, v in (attrs.get("_parameters") or {}).items() if isinstance(v, torch.Tensor)}
+    out.update({prefix + k: v for k, v in (attrs.get("_buffers") or {}).items()
+                if isinstance(v, torch.Tensor) and k not in skip})
+    for name, child in (attrs.get("_modules") or {}).items():
+        if isinstance(child, PickledModule):
+            out.update(pickled_module_state(child, f"{prefix}{name}."))
+    return out
+
+
 def _resolve_global(name: str) -> tuple[Any, str]:
     module_name, _, attr = name.rpartition(".")
     try:
@@ -43,12 +69,15 @@ def _resolve_global(name: str) -> tuple[Any, str]:
         return type(attr, (_StandIn,), {"__module__": module_name}), name
 
 
-def read_checkpoint_file(path: str | Path, *, trusted_globals: list[str] = (), flavour_name: str | None = None) -> Any:
-    """torch.load(weights_only=True) with the allow-listed globals; clear errors for anything else."""
+def read_checkpoint_file(path: str | Path, *, trusted_globals: list[str] = (), module_globals: list[str] = (),
+                         flavour_name: str | None = None) -> Any:
+    """torch.load(weights_only=True) with the allow-listed globals (module classes as inert stand-ins); clear
+    errors for anything else."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint file not found")
-    allowed = [_resolve_global(g) for g in trusted_globals]
+    allowed = [_resolve_global(g) for g in trusted_globals] + [_module_stand_in(g) for g in module_globals]
+    trusted_globals = [*trusted_globals, *module_globals]
     try:
         with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location="cpu", weights_only=True)

@@ -52,6 +52,7 @@ class DetectRule(StrictModel):
     required_keys: list[str] = []  # each regex must match at least one key
     forbidden_keys: list[str] = []  # no key may match any of these
     key_ndim: dict[str, int] = {}  # regex -> ndim every matching tensor has (at least one must match)
+    key_shape: dict[str, list[int]] = {}  # regex -> shape every matching tensor has (at least one must match)
 
     @field_validator("required_keys", "forbidden_keys")
     @classmethod
@@ -63,9 +64,9 @@ class DetectRule(StrictModel):
     def _regex_values(cls, v: dict[str, str]) -> dict[str, str]:
         return {k: check_regex(p) for k, p in v.items()}
 
-    @field_validator("key_ndim")
+    @field_validator("key_ndim", "key_shape")
     @classmethod
-    def _regex_keys(cls, v: dict[str, int]) -> dict[str, int]:
+    def _regex_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
         return {check_regex(p): n for p, n in v.items()}
 
 
@@ -91,6 +92,9 @@ class Flavour(StrictModel):
     detect: list[DetectRule] = []
     trusted_globals: list[str] = []
     recipe_key: str | None = None  # a top-level entry holding the recipe text the file was trained with (SparseML)
+    # Classes of pickled nn.Module objects (YOLOv5's own .pt files): always replaced by inert stand-ins that only
+    # keep the pickled attributes; the state dict is read from their tensors, none of their code exists here.
+    module_globals: list[str] = []
 
     @field_validator("state_dict_key", mode="before")
     @classmethod
@@ -124,7 +128,7 @@ class Flavour(StrictModel):
                 raise ValueError("normalization must be 'dataset' or {mean: [3 floats], std: [3 positive floats]}")
         return v
 
-    @field_validator("trusted_globals")
+    @field_validator("trusted_globals", "module_globals")
     @classmethod
     def _globals(cls, v: list[str]) -> list[str]:
         for name in v:
@@ -204,6 +208,11 @@ def load_flavour(name_or_path: str | Path) -> Flavour:
         data = _read_raw(path)
         return validate(_resolve_extends(data, source=str(path), lookup=RAW_FLAVOURS), Flavour, source=str(path))
     return FLAVOURS.get(text)  # raises the did-you-mean UserError
+
+
+def all_module_globals() -> list[str]:
+    """Every registered flavour's module_globals (auto-detection reads a file before knowing its flavour)."""
+    return sorted({g for name in FLAVOURS.names() for g in FLAVOURS.get(name).module_globals})
 
 
 def all_trusted_globals() -> list[str]:

@@ -16,10 +16,10 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from models import build_model
+from models import build_model, classes_from_head
 from utils.checkpoints.detect import detect_flavour, flavour_matches
 from utils.checkpoints.files import read_checkpoint_file
-from utils.checkpoints.flavours import FLAVOURS, Flavour, all_trusted_globals, load_flavour
+from utils.checkpoints.flavours import FLAVOURS, Flavour, all_module_globals, all_trusted_globals, load_flavour
 from utils.checkpoints.native import NATIVE_VERSION, NativeHeader
 from utils.checkpoints.report import LayerSparsity, SparsityReport
 from utils.checkpoints.state import NormalizedState, extract_state_dict, normalize_state
@@ -222,6 +222,7 @@ def load_checkpoint(path: str | Path, *, flavour: str | None = None, num_classes
     path, source = Path(path), str(path)
     named = load_flavour(flavour) if flavour else None
     raw = read_checkpoint_file(path, trusted_globals=named.trusted_globals if named else all_trusted_globals(),
+                               module_globals=named.module_globals if named else all_module_globals(),
                                flavour_name=named.name if named and named.name in FLAVOURS else None)
     chosen = _choose_flavour(raw, named, source)
     arch, arch_kwargs, header = _resolve_arch(chosen, raw, source)
@@ -233,7 +234,7 @@ def load_checkpoint(path: str | Path, *, flavour: str | None = None, num_classes
     mask_source = _mask_source(chosen, raw, state, source=source)
     file_head = _split_classifier(state, chosen)
     weight = next((v for k, v in file_head.tensors.items() if k.endswith("weight")), None)
-    file_classes = int(weight.shape[0]) if weight is not None else header.get("num_classes")
+    file_classes = classes_from_head(arch, int(weight.shape[0])) if weight is not None else header.get("num_classes")
     if keep_classifier and weight is None:
         raise UserError(f"{source}: keep_classifier needs a classifier in the file, but no key matches "
                         f"{chosen.classifier_keys} under flavour {chosen.name!r}")

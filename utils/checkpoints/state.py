@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 import torch
 
+from utils.checkpoints.files import PickledModule, pickled_module_state
 from utils.checkpoints.flavours import Flavour
 from utils.errors import UserError
 
@@ -21,9 +22,11 @@ class NormalizedState:
 
 
 def extract_state_dict(raw: Any, flavour: Flavour, *, source: str = "") -> tuple[dict[str, torch.Tensor], str | None]:
-    """The first candidate of `flavour.state_dict_key` that is a {str: Tensor} mapping."""
+    """The first candidate of `flavour.state_dict_key` that is a {str: Tensor} mapping (or a pickled module)."""
     for key in flavour.state_dict_key:
         candidate = raw if key is None else (raw.get(key) if isinstance(raw, Mapping) else None)
+        if isinstance(candidate, PickledModule):
+            candidate = pickled_module_state(candidate)
         if (isinstance(candidate, Mapping) and candidate
                 and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in candidate.items())):
             return dict(candidate), key
