@@ -13,7 +13,7 @@ from policies.events import Event
 
 @dataclass
 class Batch:
-    """One training step's inputs, targets, the model's outputs and the loss to minimise."""
+    """One training step's inputs, targets, the model's outputs (`logits` for a classifier) and the loss."""
 
     inputs: torch.Tensor
     targets: torch.Tensor
@@ -38,6 +38,7 @@ class TrainState:
     metrics: dict[str, Any] = field(default_factory=dict)
     batch: Batch | None = None          # the step in progress (AFTER_FORWARD may replace its loss)
     train_loader: Any = None            # the training data (second-order pruning samples gradients from it)
+    task: Any = None                    # the run's policies.tasks.Task (its loss), set by the Manager
 
     @property
     def total_steps(self) -> int:

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from policies.base import Batch, Policy, TrainState
 from policies.events import Event
+from policies.tasks import ClassificationTask, Task, evaluate_classifier
 from utils.errors import UserError
 from utils.seed import seed_epoch
 
@@ -24,13 +25,14 @@ class Manager:
     def __init__(self, *, state: TrainState, policies: Iterable[Policy], train_loader: DataLoader,
                  test_loader: DataLoader, label_smoothing: float = 0.0, eval_every_epochs: int = 1,
                  grad_clip_norm: float | None = None, amp: bool = False,
-                 frozen_modules: Iterable[nn.Module] = ()):
+                 frozen_modules: Iterable[nn.Module] = (), task: Task | None = None):
         self.state = state
         self.policies = list(policies)
         self.train_loader = train_loader
         state.train_loader = train_loader
         self.test_loader = test_loader
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.task = task or ClassificationTask(label_smoothing=label_smoothing)
+        state.task = self.task
         self.eval_every_epochs = eval_every_epochs
         self.grad_clip_norm = grad_clip_norm
         self.amp = amp and state.device.type == "cuda"
@@ -55,25 +57,24 @@ class Manager:
             s.metrics["train_time_s"] = time.perf_counter() - start
             last = epoch == s.num_epochs - 1
             if last or (epoch + 1) % self.eval_every_epochs == 0:
-                s.metrics.update(evaluate(s.forward_model, self.test_loader, s.device, amp=self.amp))
+                s.metrics.update(self.task.evaluate(s.forward_model, self.test_loader, s.device, amp=self.amp))
             self.emit(Event.EPOCH_END)
         self.emit(Event.FIT_END)
         return dict(s.metrics)
 
     def _train_epoch(self) -> dict[str, float]:
-        s = self.state
+        s, task = self.state, self.task
         s.forward_model.train()
         for module in self.frozen_modules:
             module.eval()  # frozen BatchNorm keeps its running statistics
-        total_loss, correct, seen = torch.zeros((), device=s.device), torch.zeros((), device=s.device), 0
+        stats = task.new_stats(s.device)
         autocast = torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
         for inputs, targets in self.train_loader:
-            inputs = inputs.to(s.device, non_blocking=True)
-            targets = targets.to(s.device, non_blocking=True)
+            inputs, targets = task.to_device(inputs, targets, s.device)
             self.emit(Event.BATCH_START)
             with autocast:
-                logits = s.forward_model(inputs)
-                s.batch = Batch(inputs, targets, logits, self.criterion(logits, targets))
+                outputs = s.forward_model(inputs)
+                s.batch = Batch(inputs, targets, outputs, task.loss(outputs, targets))
                 self.emit(Event.AFTER_FORWARD)
             loss = s.batch.loss
             if not torch.isfinite(loss):
@@ -91,10 +92,8 @@ class Manager:
             s.step += 1
             self.emit(Event.AFTER_OPTIMIZER_STEP)
             s.batch = None
-            total_loss += loss.detach() * targets.numel()
-            correct += (logits.detach().argmax(1) == targets).sum()
-            seen += targets.numel()
-        return {"train_loss": (total_loss / max(seen, 1)).item(), "train_acc": (correct / max(seen, 1)).item()}
+            task.update_stats(stats, outputs, targets, loss)
+        return task.finish_stats(stats)
 
     def training_state(self) -> dict[str, Any]:
         """Everything a resumed run needs to continue exactly where this one stands."""
@@ -125,19 +124,6 @@ class Manager:
         s.metrics = dict(checkpoint.get("metrics", {}))
 
 
-@torch.inference_mode()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, *, amp: bool = False) -> dict[str, float]:
-    """Top-1 accuracy and mean cross-entropy on a loader."""
-    was_training = model.training
-    model.eval()
-    total_loss, correct, seen = 0.0, 0, 0
-    autocast = torch.autocast("cuda", dtype=torch.float16) if amp else nullcontext()
-    for inputs, targets in loader:
-        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        with autocast:
-            logits = model(inputs)
-        total_loss += nn.functional.cross_entropy(logits.float(), targets, reduction="sum").item()
-        correct += (logits.argmax(1) == targets).sum().item()
-        seen += targets.numel()
-    model.train(was_training)
-    return {"test_loss": total_loss / max(seen, 1), "test_acc": correct / max(seen, 1)}
+    """Top-1 accuracy and mean cross-entropy on a loader (the classification task's evaluation)."""
+    return evaluate_classifier(model, loader, device, amp=amp)

@@ -24,7 +24,6 @@ from collections import deque
 from typing import Any, Iterator
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 from torch.utils.data import DataLoader
@@ -32,6 +31,7 @@ from torch.utils.data import DataLoader
 from policies.base import TrainState
 from policies.modifiers.base import MODIFIERS
 from policies.modifiers.pruning import GMPArgs, GMPruningModifier, interpolate
+from policies.tasks import ClassificationTask
 from utils.errors import UserError
 from utils.sparsity import make_masks
 
@@ -94,15 +94,17 @@ class OBSPruningModifier(GMPruningModifier):
         if loader is None:
             raise UserError(f"{self.source}: second-order pruning needs the training data (run it through main.py)")
         batch_size = (self.args.grad_sampler_kwargs or {}).get("batch_size", loader.batch_size)
-        sampler = DataLoader(loader.dataset, batch_size=batch_size, shuffle=True,
+        sampler = DataLoader(loader.dataset, batch_size=batch_size, shuffle=True, collate_fn=loader.collate_fn,
                              generator=torch.Generator().manual_seed(state.seed * 7919 + state.step))
+        task = state.task or ClassificationTask()
         was_training, seen = model.training, 0
         model.eval()
         try:
             while seen < self.args.num_grads:
                 for inputs, targets in sampler:
                     model.zero_grad(set_to_none=True)
-                    F.cross_entropy(model(inputs.to(state.device)), targets.to(state.device)).backward()
+                    inputs, targets = task.to_device(inputs, targets, state.device)
+                    task.loss(model(inputs), targets).backward()
                     yield {n: p.grad.detach().reshape(-1).float() for n, p in params.items()}
                     seen += 1
                     if seen >= self.args.num_grads:

@@ -1,0 +1,89 @@
+"""What a run learns, as the Manager sees it: a Task says how a batch reaches the device, what the training loss
+is, which training statistics are kept and how the test split is scored. The loop, the events and every
+policy are the same for every task (classification here; detection in `utils.detection`).
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+
+class Task:
+    """The interface; `ClassificationTask` is the reference implementation."""
+
+    name = "task"
+    metric = "test_acc"              # the result a run reports (the final epoch's, on the test split)
+
+    def to_device(self, inputs: Any, targets: Any, device: torch.device) -> tuple[Any, Any]:
+        return inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+
+    def loss(self, outputs: Any, targets: Any) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def new_stats(self, device: torch.device) -> dict[str, Any]:
+        """Running training statistics of one epoch (tensors on the device: no sync per step)."""
+        return {"loss": torch.zeros((), device=device), "seen": 0}
+
+    def update_stats(self, stats: dict[str, Any], outputs: Any, targets: Any, loss: torch.Tensor) -> None:
+        n = self.batch_items(targets)
+        stats["loss"] += loss.detach() * n
+        stats["seen"] += n
+
+    def finish_stats(self, stats: dict[str, Any]) -> dict[str, float]:
+        return {"train_loss": (stats["loss"] / max(stats["seen"], 1)).item()}
+
+    def batch_items(self, targets: Any) -> int:
+        return int(targets.shape[0])
+
+    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device, *,
+                 amp: bool = False) -> dict[str, float]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class ClassificationTask(Task):
+    """Cross-entropy (optionally label-smoothed); top-1 accuracy."""
+
+    name = "classification"
+
+    def __init__(self, label_smoothing: float = 0.0):
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.criterion(outputs, targets)
+
+    def new_stats(self, device: torch.device) -> dict[str, Any]:
+        return {**super().new_stats(device), "correct": torch.zeros((), device=device)}
+
+    def update_stats(self, stats: dict[str, Any], outputs: Any, targets: Any, loss: torch.Tensor) -> None:
+        super().update_stats(stats, outputs, targets, loss)
+        stats["correct"] += (outputs.detach().argmax(1) == targets).sum()
+
+    def finish_stats(self, stats: dict[str, Any]) -> dict[str, float]:
+        return {**super().finish_stats(stats), "train_acc": (stats["correct"] / max(stats["seen"], 1)).item()}
+
+    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device, *,
+                 amp: bool = False) -> dict[str, float]:
+        return evaluate_classifier(model, loader, device, amp=amp)
+
+
+@torch.inference_mode()
+def evaluate_classifier(model: nn.Module, loader: DataLoader, device: torch.device, *,
+                        amp: bool = False) -> dict[str, float]:
+    """Top-1 accuracy and mean cross-entropy on a loader."""
+    was_training = model.training
+    model.eval()
+    total_loss, correct, seen = 0.0, 0, 0
+    autocast = torch.autocast("cuda", dtype=torch.float16) if amp else nullcontext()
+    for inputs, targets in loader:
+        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        with autocast:
+            logits = model(inputs)
+        total_loss += nn.functional.cross_entropy(logits.float(), targets, reduction="sum").item()
+        correct += (logits.argmax(1) == targets).sum().item()
+        seen += targets.numel()
+    model.train(was_training)
+    return {"test_loss": total_loss / max(seen, 1), "test_acc": correct / max(seen, 1)}
