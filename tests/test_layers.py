@@ -25,7 +25,9 @@ LAYERS = {
     "policies": {"utils.sparsity"},
     "utils.checkpoints": {"utils.sparsity", "models"},
     "utils.linear": {"policies"},   # the trainer's optimizer and LR functions (the sgd solver)
-    "utils.runs": {"utils.sparsity", "models", "policies", "utils.data", "utils.checkpoints", "utils.linear"},
+    "utils.detection": {"policies"},
+    "utils.runs": {"utils.sparsity", "models", "policies", "utils.data", "utils.checkpoints", "utils.linear",
+                   "utils.detection"},
     "utils.deploy": {"utils.checkpoints", "policies"},
     "utils.sparsify": {"utils.runs", "utils.deploy", "utils.checkpoints", "utils.data", "models", "policies"},
     "utils.sparseml": {"utils.runs", "utils.sparsify"},

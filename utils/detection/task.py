@@ -1,0 +1,59 @@
+"""The detection task for the Manager: YOLOv5's loss in training, NMS + COCO mAP on the test split."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from policies.tasks import Task
+from utils.detection.loss import YoloLoss
+from utils.detection.metrics import DetectionMetric
+from utils.detection.postprocess import non_max_suppression
+
+
+def raw_outputs(outputs: Any) -> list[torch.Tensor]:
+    """The three raw maps, from a training-mode (list) or eval-mode ((decoded, raw)) output."""
+    return outputs[1] if isinstance(outputs, tuple) else outputs
+
+
+class DetectionTask(Task):
+    """Loss and metrics of a YOLOv5 detector; targets are (boxes, 6): image index, class, cx, cy, w, h."""
+
+    name = "detection"
+    metric = "map"
+
+    def __init__(self, model: nn.Module, *, imgsz: int, conf_thres: float = 0.001, iou_thres: float = 0.6):
+        self.criterion = YoloLoss(model.get_classifier(), imgsz=imgsz)
+        self.conf_thres, self.iou_thres = conf_thres, iou_thres
+
+    def loss(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
+        return self.criterion(raw_outputs(outputs), targets)
+
+    def update_stats(self, stats: dict[str, Any], outputs: Any, targets: Any, loss: torch.Tensor) -> None:
+        images = raw_outputs(outputs)[0].shape[0]
+        stats["loss"] += loss.detach()          # YOLOv5's loss is already a sum over the batch's images
+        stats["seen"] += images
+
+    @torch.inference_mode()
+    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device, *,
+                 amp: bool = False) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        metric = DetectionMetric(self.criterion.head.nc)
+        total_loss, seen = 0.0, 0
+        autocast = torch.autocast("cuda", dtype=torch.float16) if amp else nullcontext()
+        for images, targets in loader:
+            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            with autocast:
+                decoded, raw = model(images)
+            total_loss += float(self.criterion([r.float() for r in raw], targets))
+            seen += images.shape[0]
+            detections = non_max_suppression(decoded.float(), conf_thres=self.conf_thres, iou_thres=self.iou_thres)
+            metric.update(detections, targets, image_size=images.shape[-1])
+        model.train(was_training)
+        result = metric.compute()
+        return {"test_loss": total_loss / max(seen, 1), "map": result["map"], "map50": result["map50"],
+                "map75": result["map75"], "ap_per_class": result["ap_per_class"]}
