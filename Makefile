@@ -37,13 +37,13 @@ bench: venv
 	$(PY) bench/extract.py
 	$(PY) bench/deploy.py
 
-# SparseML's command names on the venv's PATH: sparseml.image_classification.train ARGS and
-# sparseml.pytorch_vision train ARGS (= python -m utils.sparseml ...), for pasting SparseML command lines.
+# SparseML's command names on the venv's PATH: sparseml.image_classification.train ARGS,
+# sparseml.pytorch_vision train ARGS and sparseml.yolov5.train ARGS (= python -m utils.sparseml ...).
 sparseml-commands: venv
-	@for cmd in image_classification.train pytorch_vision; do \
-	  f=$(VENV)/bin/sparseml.$$cmd; \
+	@for cmd in image_classification.train pytorch_vision yolov5.train; do \
+	  f=$(VENV)/bin/sparseml.$$cmd; words=$$(echo $$cmd | sed 's/^yolov5\.train$$/yolov5 train/'); \
 	  { echo '#!/bin/sh'; \
-	    echo 'PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" exec "$(abspath $(PY))" -m utils.sparseml '"$$cmd"' "$$@"'; \
+	    echo 'PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" exec "$(abspath $(PY))" -m utils.sparseml '"$$words"' "$$@"'; \
 	  } > $$f; chmod +x $$f; echo "$$f"; done
 
 clean-demo:

@@ -12,6 +12,7 @@ Detectors (`task = "detection"`, models/yolov5.py) share classifier_name / get_c
 from __future__ import annotations
 
 import inspect
+import re
 from typing import Any, Callable
 
 import torch
@@ -50,6 +51,12 @@ class ClassifierMixin:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.get_classifier()(self.forward_features(x))
+
+
+def head_key_patterns(model: nn.Module) -> list[str]:
+    """Regexes of the state-dict keys of the classifier a transfer replaces (a detector: its Detect convs)."""
+    explicit = getattr(model, "head_keys", None)
+    return list(explicit) if explicit else [rf"^{re.escape(model.classifier_name)}\.(weight|bias)$"]
 
 
 def model_task(arch: str) -> str:

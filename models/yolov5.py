@@ -192,6 +192,7 @@ class YOLOv5(nn.Module):
 
     task = "detection"
     classifier_name = "model.24"
+    head_keys = (r"^model\.24\.m\.\d+\.(weight|bias)$",)      # the anchors stay with the model
     default_input_size = 640
 
     def __init__(self, *, num_classes: int = 80, depth_multiple: float = 0.33, width_multiple: float = 0.5):

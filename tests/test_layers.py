@@ -30,7 +30,7 @@ LAYERS = {
                    "utils.detection"},
     "utils.deploy": {"utils.checkpoints", "policies"},
     "utils.sparsify": {"utils.runs", "utils.deploy", "utils.checkpoints", "utils.data", "models", "policies"},
-    "utils.sparseml": {"utils.runs", "utils.sparsify"},
+    "utils.sparseml": {"utils.runs", "utils.sparsify", "models", "policies"},
     "utils.studies": {"utils.runs", "utils.checkpoints", "utils.analysis"},
     "utils.analysis": set(),
 }

@@ -11,7 +11,7 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from utils.errors import UserError
 
@@ -67,10 +67,11 @@ def append_jsonl(path: str | Path, record: dict) -> None:
         f.write(json.dumps(record, default=str) + "\n")
 
 
-def append_csv_row(path: str | Path, row: dict[str, Any]) -> None:
+def append_csv_row(path: str | Path, row: dict[str, Any], *, optional: Iterable[str] = ()) -> None:
     """Append one row under an exclusive lock; the header is written by whoever creates the file.
 
-    New columns in a later row are an error rather than a silently misaligned file.
+    New columns in a later row are an error rather than a silently misaligned file, except `optional` ones
+    left empty (columns added to the schema later: an older table takes the row without them).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,6 +84,7 @@ def append_csv_row(path: str | Path, row: dict[str, Any]) -> None:
             if header is None:
                 header = list(row)
                 csv.writer(buf).writerow(header)
+            row = {k: v for k, v in row.items() if k in header or k not in optional or v not in ("", None)}
             extra = set(row) - set(header)
             if extra:
                 raise ValueError(f"{path}: row has columns {sorted(extra)} absent from its header")

@@ -109,7 +109,7 @@ pruning_modifiers:
 
 
 def arch_for(path: Path) -> str:
-    return "resnet50" if "resnet50" in path.name else "resnet_small"
+    return "resnet50" if "resnet50" in path.name else "yolov5n" if "yolov5" in path.name else "resnet_small"
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)

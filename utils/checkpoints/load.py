@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from models import build_model, classes_from_head
+from models import build_model, classes_from_head, head_key_patterns
 from utils.checkpoints.detect import detect_flavour, flavour_matches
 from utils.checkpoints.files import read_checkpoint_file
 from utils.checkpoints.flavours import FLAVOURS, Flavour, all_module_globals, all_trusted_globals, load_flavour
@@ -227,9 +227,12 @@ def load_checkpoint(path: str | Path, *, flavour: str | None = None, num_classes
     chosen = _choose_flavour(raw, named, source)
     arch, arch_kwargs, header = _resolve_arch(chosen, raw, source)
     if header:  # the returned flavour describes this file (callers read interpolation etc. from it)
+        with torch.device("meta"):
+            shape = build_model(arch, num_classes=1, **arch_kwargs)
         chosen = chosen.model_copy(update={"arch": arch, "arch_kwargs": arch_kwargs,
                                            "interpolation": header["interpolation"],
-                                           "normalization": header["normalization"]})
+                                           "normalization": header["normalization"],
+                                           "classifier_keys": head_key_patterns(shape)})
     state = normalize_state(extract_state_dict(raw, chosen, source=source)[0], chosen, source=source)
     mask_source = _mask_source(chosen, raw, state, source=source)
     file_head = _split_classifier(state, chosen)

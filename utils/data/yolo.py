@@ -24,6 +24,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from utils.config import read_yaml
+from utils.data.loading import DatasetSplits
+from utils.data.spec import DatasetSpec
 from utils.data.verify import verify_images
 from utils.errors import UserError
 
@@ -159,7 +161,8 @@ def letterbox(image: torch.Tensor, size: int, scale: float = 1.0) -> tuple[torch
 
 
 class YoloDataset(Dataset):
-    """One split of a YOLO dataset as letterboxed tensors and normalised boxes (see the module docstring)."""
+    """One split of a YOLO dataset as letterboxed tensors and normalised boxes (see the module docstring);
+    batches need `collate_fn` (boxes per image vary)."""
 
     def __init__(self, items: list[tuple[Path, Path]], *, num_classes: int, imgsz: int, augment: bool):
         self.items, self.imgsz, self.augment = items, imgsz, augment
@@ -167,6 +170,10 @@ class YoloDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.items)
+
+    @staticmethod
+    def collate_fn(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        return collate(batch)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         with Image.open(self.items[index][0]) as im:
@@ -202,6 +209,29 @@ def collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tenso
     images = torch.stack([image for image, _ in batch])
     targets = torch.cat([torch.cat([torch.full((len(b), 1), float(i)), b], 1) for i, (_, b) in enumerate(batch)])
     return images, targets.reshape(-1, 6)
+
+
+def is_detection_dataset(name: str) -> bool:
+    """`--dset yolo` (with `--dset_path data.yaml`), or `--dset` given the data.yaml itself."""
+    return name == "yolo" or name.endswith((".yaml", ".yml"))
+
+
+def load_detection_datasets(data_yaml: str | Path, *, imgsz: int, max_train_samples: int | None = None,
+                            seed: int = 0, verify: bool = True) -> DatasetSplits:
+    """A data.yaml's train and val splits as DatasetSplits (the name in results: the data.yaml's stem)."""
+    data = load_yolo_data(data_yaml)
+    if max_train_samples is not None and max_train_samples < len(data.splits["train"]):
+        pick = torch.randperm(len(data.splits["train"]), generator=torch.Generator().manual_seed(seed))
+        chosen = sorted(pick[:max_train_samples].tolist())
+        data = YoloData(data.source, data.names, {**data.splits, "train": [data.splits["train"][i] for i in chosen]})
+    train, val = yolo_datasets(data, imgsz=imgsz, verify=verify)
+    spec = DatasetSpec(name=data.source.stem, label=f"YOLO data {data.source.name}", num_classes=data.num_classes,
+                       mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), layouts=("yolo",), hflip=True)
+    meta = {"dataset": spec.name, "layout": "yolo", "root": str(data.source), "num_train": len(train),
+            "num_test": len(val), "num_classes": data.num_classes, "image_size": imgsz,
+            "max_train_samples": max_train_samples, "seed": seed}
+    return DatasetSplits(train=train, test=val, num_classes=data.num_classes, spec=spec, layout="yolo",
+                         classes=list(data.names), root=data.source.parent, meta=meta)
 
 
 def yolo_datasets(data: YoloData, *, imgsz: int, verify: bool = True) -> tuple[YoloDataset, YoloDataset]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from policies.manager import evaluate
+from policies.tasks import ClassificationTask, Task
 from utils.data import DatasetSplits
 from utils.errors import UserError
 from utils.io import atomic_write_json
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def evaluate_only(upstream: Upstream, data: DatasetSplits, *, opts: FullOptions, device: torch.device,
-                  run_dir: Path) -> RunResult:
+                  run_dir: Path, task: Task | None = None) -> RunResult:
     """--eval_only: score a model that already has its downstream head on the test split."""
     model = upstream.model
     out_features = getattr(getattr(model, model.classifier_name), "out_features", None)
@@ -37,8 +37,9 @@ def evaluate_only(upstream: Upstream, data: DatasetSplits, *, opts: FullOptions,
     model.to(device)
     _, test_loader = make_loaders(data, batch_size=opts.batch_size or 64, test_batch_size=opts.batch_size or 64,
                                   workers=opts.workers, device=device)
-    metrics = evaluate(model, test_loader, device)
-    record = {"dset": opts.dataset, "checkpoint": opts.from_checkpoint_path, "val_acc": metrics["test_acc"],
-              "test_loss": metrics["test_loss"], "measured_sparsity": measured_sparsity(model)}
+    metrics = (task or ClassificationTask()).evaluate(model, test_loader, device)
+    record = {"dset": opts.dataset, "checkpoint": opts.from_checkpoint_path, "val_acc": metrics.get("test_acc", ""),
+              "test_loss": metrics["test_loss"], "measured_sparsity": measured_sparsity(model),
+              **{k: metrics[k] for k in ("map", "map50", "map75") if k in metrics}}
     atomic_write_json(run_dir / "eval_result.json", record)
     return RunResult(record=record, run_dir=run_dir)

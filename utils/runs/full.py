@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models import build_model
+from models import build_model, model_task
 from policies.base import Policy, TrainState
 from policies.loggers import CheckpointSaver, MetricsLogger, ProgressBar, WandbLogger
 from policies.manager import Manager
@@ -21,10 +21,12 @@ from policies.modifiers import recipe_method
 from policies.modifiers.distillation import DistillationModifier
 from policies.modifiers.layers import LayerPruningModifier
 from policies.quantization import qat_modules, qat_state
+from policies.tasks import ClassificationTask, Task
 from policies.trainer import LRSchedulePolicy, TrainerConfig, build_optimizer
 from utils.checkpoints import save_native_checkpoint
 from utils.config import load_config
-from utils.data import DatasetSplits, load_datasets
+from utils.data import DatasetSplits, is_detection_dataset, load_detection_datasets, load_datasets
+from utils.detection import DetectionTask
 from utils.distributed import DistInfo, barrier, init_distributed, shutdown
 from utils.errors import UserError
 from utils.runs.dirs import (check_results_table, check_same_settings, environment_info, finished_result, now_iso,
@@ -75,7 +77,7 @@ def plan_run(opts: FullOptions) -> Plan:
             device, gpus = torch.device(f"cuda:{dist_info.local_rank}"), [dist_info.local_rank]
     experiment_root, run_dir = Path(opts.experiment_root_path), run_dir_of(opts)
     if dist_info.is_main:
-        check_results_table(experiment_root)
+        check_results_table(experiment_root, detection=is_detection_dataset(opts.dataset))
     status = "new" if opts.eval_only else prepare_run_dir(run_dir, resume=opts.resume)
     barrier(dist_info)  # every rank has decided new/resume/finished before the main one writes
     return Plan(trainer=trainer, transfer=transfer, epochs=opts.epochs or trainer.epochs, batch_size=batch_size,
@@ -87,13 +89,32 @@ def load_data(upstream: Upstream, *, dataset: str, dataset_path: str | None, ima
               interpolation: str | None, max_train_samples: int | None,
               seed: int) -> tuple[DatasetSplits, InputSettings]:
     """The downstream splits, prepared as the upstream expects (its resize and normalisation unless overridden)."""
+    detector = model_task(upstream.arch) == "detection"
+    if detector != is_detection_dataset(dataset):
+        raise UserError(f"--dset {dataset!r} is a {'detection' if not detector else 'classification'} dataset but "
+                        f"{upstream.arch} is a {'detector' if detector else 'classifier'}; detectors (yolov5*) train "
+                        "on YOLO data: --dset yolo --dset_path data.yaml")
     inputs = InputSettings(image_size=image_size or upstream.model.default_input_size,
                            interpolation=interpolation or upstream.interpolation,
                            normalization=upstream.normalization)
+    if detector:
+        path = dataset if dataset != "yolo" else dataset_path
+        if path is None:
+            raise UserError("--dset yolo needs --dset_path pointing at the dataset's data.yaml")
+        data = load_detection_datasets(path, imgsz=inputs.image_size, max_train_samples=max_train_samples, seed=seed)
+        return data, InputSettings(image_size=inputs.image_size, interpolation="bilinear",
+                                   normalization={"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]})
     mean, std = inputs.mean_std()
     data = load_datasets(dataset, dataset_path, image_size=inputs.image_size, interpolation=inputs.interpolation,
                          mean=mean, std=std, max_train_samples=max_train_samples, seed=seed)
     return data, inputs
+
+
+def task_for(model: nn.Module, *, image_size: int, label_smoothing: float) -> Task:
+    """What the run learns: a detector's loss and mAP, or a classifier's cross-entropy and accuracy."""
+    if getattr(model, "task", "classification") == "detection":
+        return DetectionTask(model, imgsz=image_size)
+    return ClassificationTask(label_smoothing=label_smoothing)
 
 
 def prepare_model_(upstream: Upstream, *, num_classes: int, transfer: TransferConfig,
@@ -124,12 +145,12 @@ def observers(run_dir: Path, *, progress: bool, wandb: dict[str, Any] | None) ->
 
 
 def fit(state: TrainState, policies: list[Policy], *, plan: Plan, loaders: tuple, amp: bool,
-        frozen: list[nn.Module]) -> dict[str, Any]:
+        frozen: list[nn.Module], task: Task) -> dict[str, Any]:
     """Run (or resume) the loop; returns the final epoch's metrics."""
     trainer = plan.trainer
     manager = Manager(state=state, policies=policies, train_loader=loaders[0], test_loader=loaders[1],
-                      label_smoothing=trainer.label_smoothing, eval_every_epochs=trainer.eval_every_epochs,
-                      grad_clip_norm=trainer.grad_clip_norm, amp=amp, frozen_modules=frozen)
+                      eval_every_epochs=trainer.eval_every_epochs, grad_clip_norm=trainer.grad_clip_norm, amp=amp,
+                      frozen_modules=frozen, task=task)
     if plan.dist.is_main:
         manager.policies.append(CheckpointSaver(plan.run_dir / "checkpoint.pt", manager.training_state))
     if plan.status == "resume":
@@ -166,7 +187,8 @@ def fine_tune(opts: FullOptions) -> RunResult:
                              image_size=opts.image_size, interpolation=opts.interpolation,
                              max_train_samples=opts.max_train_samples, seed=opts.seed)
     if opts.eval_only:
-        return evaluate_only(upstream, data, opts=opts, device=plan.device, run_dir=plan.run_dir)
+        return evaluate_only(upstream, data, opts=opts, device=plan.device, run_dir=plan.run_dir,
+                             task=task_for(upstream.model, image_size=inputs.image_size, label_smoothing=0.0))
     seed_everything(opts.seed)
     masks, frozen = prepare_model_(upstream, num_classes=data.num_classes, transfer=plan.transfer, device=plan.device)
     loaded_sparsity = measured_sparsity(upstream.model)
@@ -183,7 +205,8 @@ def fine_tune(opts: FullOptions) -> RunResult:
         wandb = dict(project=opts.wandb_project, group=opts.wandb_group, config=resolved,
                      run_name=opts.wandb_name or plan.run_dir.name) if opts.use_wandb else None
         policies += observers(plan.run_dir, progress=opts.progress, wandb=wandb)
-    metrics = fit(state, policies, plan=plan, loaders=loaders, amp=opts.fp16, frozen=frozen)
+    task = task_for(upstream.model, image_size=inputs.image_size, label_smoothing=plan.trainer.label_smoothing)
+    metrics = fit(state, policies, plan=plan, loaders=loaders, amp=opts.fp16, frozen=frozen, task=task)
     final_masks = check_sparsity(upstream.model, masks, recipe=opts.recipe is not None,
                                  loaded_sparsity=loaded_sparsity)
     label = opts.model_label or recipe_method(schedule) or upstream.method
@@ -264,6 +287,14 @@ def check_sparsity(model: nn.Module, masks: dict[str, torch.Tensor], *, recipe: 
     return masks
 
 
+def task_columns(metrics: dict[str, Any]) -> dict[str, Any]:
+    """results.csv's task column, and a detector's mAP columns (empty for a classifier)."""
+    if "map" not in metrics:
+        return {"task": "classification", "map": "", "map50": ""}
+    return {"task": "detection", "map": metrics["map"], "map50": metrics["map50"], "map75": metrics["map75"],
+            "ap_per_class": metrics.get("ap_per_class", {})}
+
+
 def finish(opts: FullOptions, plan: Plan, *, upstream: Upstream, masks: dict[str, torch.Tensor],
            metrics: dict[str, Any], inputs: InputSettings, label: str, extra: dict[str, Any],
            loaded_sparsity: float, epochs: int, git_commit: str) -> RunResult:
@@ -272,7 +303,8 @@ def finish(opts: FullOptions, plan: Plan, *, upstream: Upstream, masks: dict[str
     if not plan.dist.is_main:
         barrier(plan.dist)
         shutdown(plan.dist)
-        record = {"val_acc": metrics["test_acc"], "measured_sparsity": final_sparsity, "rank": plan.dist.rank}
+        record = {"val_acc": metrics.get("test_acc", ""), **task_columns(metrics), "measured_sparsity": final_sparsity,
+                  "rank": plan.dist.rank}
         return RunResult(record=record, run_dir=plan.run_dir, input=inputs)
     extra = {"method": label, "input_size": inputs.image_size, **extra}
     if qat_modules(model):
@@ -284,7 +316,8 @@ def finish(opts: FullOptions, plan: Plan, *, upstream: Upstream, masks: dict[str
     record = {
         "dset": opts.dataset, "model": label,
         "sparsity": opts.sparsity_label if opts.sparsity_label is not None else round(sparsity, 2),
-        "seed": opts.seed, "val_acc": metrics["test_acc"], "test_loss": metrics["test_loss"],
+        "seed": opts.seed, "val_acc": metrics.get("test_acc", ""), "test_loss": metrics["test_loss"],
+        **task_columns(metrics),
         "finetuning": "full", "arch": upstream.arch, "checkpoint": opts.from_checkpoint_path or "",
         "flavour": upstream.flavour or "", "recipe": opts.recipe or "", "solver": "", "lr": plan.lr,
         "epochs": epochs, "batch_size": plan.batch_size, "measured_sparsity": final_sparsity,

@@ -104,9 +104,11 @@ def make_loaders(data, *, batch_size: int, test_batch_size: int, workers: int, d
     sampler = None
     if dist is not None and dist.enabled:
         sampler = DistributedSampler(data.train, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=0)
+    collate = getattr(data.train, "collate_fn", None)      # detection: a varying number of boxes per image
     train = DataLoader(data.train, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
-                       generator=generator, num_workers=workers, pin_memory=pin, drop_last=False)
-    test = DataLoader(data.test, batch_size=test_batch_size, shuffle=False, num_workers=workers, pin_memory=pin)
+                       generator=generator, num_workers=workers, pin_memory=pin, drop_last=False, collate_fn=collate)
+    test = DataLoader(data.test, batch_size=test_batch_size, shuffle=False, num_workers=workers, pin_memory=pin,
+                      collate_fn=collate)
     if len(train) == 0:
         raise UserError(f"dataset {data.spec.name!r}: the train split is empty")
     return train, test

@@ -1,5 +1,12 @@
-"""SparseML's command lines on this project's runs (see `utils.sparseml.cli`); the recipe manager for your own
-loop is `policies.recipe_manager.RecipeManager`, SparseML's model files load through the `sparseml_*` flavours."""
-from utils.sparseml.cli import COMMANDS, main_py_command, translate
+"""SparseML's command lines on this project's runs (classification: `utils.sparseml.cli`, YOLOv5:
+`utils.sparseml.yolov5`); the recipe manager for your own loop is `policies.recipe_manager.RecipeManager`, and
+SparseML's model files load through the `sparseml_*` flavours."""
+from utils.sparseml import cli, yolov5
+from utils.sparseml.cli import main_py_command, translate
+
+# command words -> (the program name SparseML users know, the translation of its flags into run options)
+COMMANDS = {("image_classification.train",): ("sparseml.image_classification.train", cli.translate),
+            ("pytorch_vision", "train"): ("scripts/pytorch_vision.py train", cli.translate),
+            ("yolov5", "train"): ("sparseml.yolov5.train", yolov5.translate)}
 
 __all__ = ["COMMANDS", "main_py_command", "translate"]

@@ -1,5 +1,6 @@
 """python -m utils.sparseml image_classification.train ARGS   (sparseml.image_classification.train ARGS)
 python -m utils.sparseml pytorch_vision train ARGS           (python scripts/pytorch_vision.py train ARGS)
+python -m utils.sparseml yolov5 train ARGS                   (sparseml.yolov5.train ARGS, YOLOv5's train.py flags)
 
 SparseML's training command lines, run as this project's full fine-tuning (main.py); the equivalent main.py
 command is logged first. `make sparseml-commands` puts `sparseml.image_classification.train` and
@@ -14,7 +15,7 @@ import sys
 from utils.cli import setup_logging
 from utils.errors import UserError, exit_on_user_error
 from utils.runs import RUNS
-from utils.sparseml import COMMANDS, main_py_command, translate
+from utils.sparseml import COMMANDS, main_py_command
 
 log = logging.getLogger("utils.sparseml")
 
@@ -31,7 +32,8 @@ def main(argv: list[str] | None = None) -> dict:
                         + ", ".join(" ".join(words) for words in COMMANDS))
     rest = argv[len(command):]
     setup_logging("-v" in rest or "--verbose" in rest)
-    opts = translate(rest, prog=COMMANDS[command])
+    prog, translate = COMMANDS[command]
+    opts = translate(rest, prog=prog)
     log.info("the same run with main.py: %s", main_py_command(opts))
     result = RUNS.get("full").run(opts)
     shown = {k: result.record[k] for k in ("dset", "model", "sparsity", "val_acc", "measured_sparsity", "run_dir")

@@ -254,8 +254,3 @@ def main_py_command(opts: FullOptions) -> str:
             continue
         parts += [flag] if value is True else [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
     return shlex.join(parts)
-
-
-# command words -> the program name SparseML users know (for messages and the trainer file's comment)
-COMMANDS = {("image_classification.train",): "sparseml.image_classification.train",
-            ("pytorch_vision", "train"): "scripts/pytorch_vision.py train"}

@@ -1,0 +1,91 @@
+"""Detection runs through main.py: the seed-001 recipe as written (shortened by --recipe_args) on a tiny YOLO
+tree keeps every zero bit for bit, quantizes at the end, records mAP; resume equals an uninterrupted run."""
+import csv
+import json
+
+import pytest
+import torch
+
+import main
+from models import build_model
+from policies.loggers import CheckpointSaver
+from utils.checkpoints import load_checkpoint
+from utils.paths import RECIPE_DIR, TRAINER_DIR
+
+SHORT = '{"num_epochs": 3, "warmup_epochs": 1, "quantization_start_epoch": 2}'
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture
+def sparse_yolo(tmp_path):
+    """A yolov5n upstream (80 classes) with half of every conv's weights zeroed, as a plain state dict."""
+    torch.manual_seed(0)
+    model = build_model("yolov5n", num_classes=80)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 4 and not name.startswith("model.24"):
+                p[p.abs() <= p.abs().flatten().median()] = 0.0
+    path = tmp_path / "yolov5n_sparse.pt"
+    torch.save(model.state_dict(), path)
+    return path, {n: p.detach() == 0 for n, p in model.named_parameters() if p.ndim == 4 and not n.startswith("model.24")}
+
+
+def run(tmp_path, data_yaml, ckpt, *extra):
+    return main.main(["--dset", "yolo", "--dset_path", str(data_yaml), "--config_path",
+                      str(TRAINER_DIR / "yolov5_finetune.yaml"), "--from_checkpoint_path", str(ckpt),
+                      "--recipe", str(RECIPE_DIR / "yolov5_sparse_transfer.yaml"), "--recipe_args", SHORT,
+                      "--image_size", "64", "--batch_size", "4", "--experiment_root_path", str(tmp_path / "exp"),
+                      "--workers", "0", "--no_progress", "--manual_seed", "1", *extra])
+
+
+def test_sparse_transfer_of_a_detector_with_the_seed_recipe(tmp_path, yolo_tree, sparse_yolo):
+    ckpt, zeros = sparse_yolo
+    record = run(tmp_path, yolo_tree, ckpt, "--exp_name", "det")
+    assert record["task"] == "detection" and 0.0 <= record["map"] <= 1.0 and record["val_acc"] == ""
+    assert record["epochs"] == 3 and record["model"] == "YOLOv5"
+    loaded = load_checkpoint(tmp_path / "exp" / "det" / "model.pt", keep_classifier=True)
+    state = dict(loaded.model.named_parameters())
+    for name, was_zero in zeros.items():        # every upstream zero is still zero, and only those
+        assert torch.equal(state[name].detach() == 0, was_zero), name
+    assert loaded.extra["quantization"]["modules"] and loaded.num_classes == 2
+    assert not any(n.startswith("model.24") for n in loaded.extra["quantization"]["modules"])
+    rows = list(csv.DictReader((tmp_path / "exp" / "results.csv").open()))
+    assert rows[0]["task"] == "detection" and float(rows[0]["map50"]) >= 0
+    epochs = [json.loads(line) for line in (tmp_path / "exp" / "det" / "metrics.jsonl").read_text().splitlines()]
+    # SparseML's order: the cosine (ending last) overrides SetLearningRateModifier's quantization_lr as it does there
+    assert 0.000384 < epochs[-1]["lr"] < 0.0032
+    groups = torch.load(tmp_path / "exp" / "det" / "checkpoint.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [0.0, 0.0005, 0.0]     # YOLOv5's groups: BN weights, weights, biases
+
+
+def test_a_detection_run_resumed_after_a_kill_equals_an_uninterrupted_one(tmp_path, yolo_tree, sparse_yolo,
+                                                                          monkeypatch):
+    ckpt, _ = sparse_yolo
+    whole = run(tmp_path, yolo_tree, ckpt, "--exp_name", "whole")
+    calls = {"n": 0}
+    original = CheckpointSaver.on_epoch_end
+
+    def die_after_first(self, state):
+        original(self, state)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(CheckpointSaver, "on_epoch_end", die_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, yolo_tree, ckpt, "--exp_name", "killed")
+    monkeypatch.setattr(CheckpointSaver, "on_epoch_end", original)
+    resumed = run(tmp_path, yolo_tree, ckpt, "--exp_name", "killed", "--resume")
+    assert resumed["map"] == whole["map"] and resumed["test_loss"] == whole["test_loss"]
+    a = torch.load(tmp_path / "exp" / "whole" / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "exp" / "killed" / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_classifier_on_yolo_data_is_one_line(tmp_path, yolo_tree, capsys):
+    with pytest.raises(SystemExit):
+        main.main(["--dset", "yolo", "--dset_path", str(yolo_tree), "--config_path",
+                   str(TRAINER_DIR / "yolov5_finetune.yaml"), "--arch", "resnet_small",
+                   "--experiment_root_path", str(tmp_path / "exp"), "--workers", "0", "--no_progress"])
+    assert "detectors (yolov5*) train on YOLO data" in capsys.readouterr().err

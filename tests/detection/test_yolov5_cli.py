@@ -1,0 +1,66 @@
+"""Seed 001's YOLOv5 command (`train.py --weights zoo:... --sparsification-recipe zoo:... --data ...`) through
+`python -m utils.sparseml yolov5 train`, the stubs registered in a temporary zoo."""
+import shlex
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from models import build_model
+from utils.paths import RECIPE_DIR
+from utils.sparseml.__main__ import main
+from utils.sparsify.zoo import ZOO_ENV
+
+STUB = "cv/detection/yolov5-s/pytorch/ultralytics/coco/prunedXXX_quant-none"
+SEED_001 = f"""python3 train.py \\
+  --weights zoo:{STUB}?recipe_type=transfer_learn \\
+  --sparsification-recipe zoo:{STUB}?recipe_type=transfer_learn \\
+  --data VOC.yaml"""
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture
+def zoo(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = build_model("yolov5n", num_classes=80)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 4 and not name.startswith("model.24"):
+                p[p.abs() <= p.abs().flatten().median()] = 0.0
+    torch.save(model.state_dict(), tmp_path / "yolov5_pruned.pt")
+    entry = {"name": "yolov5_pruned", "stub": f"zoo:{STUB}", "path": str(tmp_path / "yolov5_pruned.pt"),
+             "arch": "yolov5n", "sparsity": 0.5,
+             "recipes": {"transfer_learn": str(RECIPE_DIR / "yolov5_sparse_transfer.yaml")}}
+    (tmp_path / "zoo.yaml").write_text(yaml.safe_dump({"models": [entry]}))
+    monkeypatch.setenv(ZOO_ENV, str(tmp_path / "zoo.yaml"))
+    monkeypatch.chdir(tmp_path)
+
+
+def words(data_yaml):
+    return ["yolov5", "train", *shlex.split(SEED_001.replace("\\\n", " ").replace("VOC.yaml", str(data_yaml)))[2:]]
+
+
+def test_seed_001_runs_as_pasted(tmp_path, zoo, yolo_tree):
+    record = main(words(yolo_tree) + ["--imgsz", "64", "--batch-size", "4",
+                                      "--recipe-args", '{"warmup_epochs": 1, "quantization_start_epoch": 2}',
+                                      "--epochs", "3"])
+    run_dir = tmp_path / "runs" / "train" / "exp"
+    assert Path(record["run_dir"]).resolve() == run_dir.resolve()
+    assert record["task"] == "detection" and record["epochs"] == 3 and record["measured_sparsity"] >= 0.49
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["options"]["recipe"] == str(RECIPE_DIR / "yolov5_sparse_transfer.yaml")
+    assert config["checkpoint"]["flavour"] == "yolov5n"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--rect"], "--rect True: rectangular batches are not supported"),
+    (["--optimizer", "Adam"], "--optimizer Adam: detection uses YOLOv5's SGD here"),
+    (["--weights", "", "--cfg", "yolov9.yaml"], "--cfg 'yolov9.yaml': give --weights FILE"),
+])
+def test_what_cannot_be_honoured_is_one_line(zoo, yolo_tree, capsys, extra, message):
+    with pytest.raises(SystemExit):
+        main(words(yolo_tree) + extra)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and message in err[-1], err[-1]
