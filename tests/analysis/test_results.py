@@ -155,3 +155,19 @@ def test_name_labels():
         ["SUN397", "SUN397", "Birdsnap", "Birdsnap", "CIFAR-10", "my_set"]
     assert [arch_label(a) for a in ("resnet50", "ResNet-50", "mobilenet_v1", "vit")] == \
         ["ResNet-50", "ResNet-50", "MobileNetV1", "vit"]
+
+
+def test_detection_rows_are_scored_by_their_map(tmp_path):
+    from utils.analysis.report import score_title
+
+    table = tmp_path / "results.csv"
+    table.write_text("dset,model,sparsity,seed,val_acc,finetuning,arch,task,map,map50\n"
+                     "shapes,GMP,0.9,0,0.81,full,resnet_small,classification,,\n"
+                     "voc,GMP,0.9,0,,full,yolov5s,detection,0.412,0.655\n")
+    df = read_result_file(table)
+    assert df["val_acc"].tolist() == [0.81, 0.412]
+    assert score_title("yolov5s") == "mAP@0.5:0.95 (%)" and score_title("ResNet-50") == "Top-1 accuracy (%)"
+    table.write_text("dset,model,sparsity,seed,val_acc,finetuning,arch,task,map,map50\n"
+                     "voc,GMP,0.9,0,,full,yolov5s,detection,,\n")
+    with pytest.raises(UserError, match="map '' is not a number"):
+        read_result_file(table)

@@ -66,17 +66,23 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, *, figures: bool = True,
     return written
 
 
+def score_title(arch: str) -> str:
+    """What the score column holds: a detector's (YOLO) rows carry COCO mAP, the others top-1 accuracy."""
+    return "mAP@0.5:0.95 (%)" if arch.lower().startswith("yolo") else "Top-1 accuracy (%)"
+
+
 def _combo_section(summary: pd.DataFrame, write: Callable[[str, str], None], *, finetuning: str, arch: str,
                    ranks: list[pd.DataFrame]) -> list[str]:
     """One (finetuning, arch) section: accuracy, difference to Dense and rank tables, in every format."""
     part, stem = select(summary, finetuning=finetuning, arch=arch), slug(finetuning, arch)
     title = f"{FINETUNING_TITLES.get(finetuning, finetuning)}, {arch}"
+    score = score_title(arch)
     md = [f"## {title}", "", f"Seeds per cell: {_span(part['n_seeds'])}; std is the sample std over seeds.", "",
-          "### Top-1 accuracy (%), mean ± std", ""]
+          f"### {score}, mean ± std", ""]
     table = paper_table(summary, finetuning=finetuning, arch=arch)
     md.append(to_markdown(table))
     write(f"tables/{stem}_accuracy.csv", table.to_csv())
-    write(f"tables/{stem}_accuracy.tex", to_latex(table, caption=f"{title}: top-1 accuracy (%)"))
+    write(f"tables/{stem}_accuracy.tex", to_latex(table, caption=f"{title}: {score[0].lower()}{score[1:]}"))
     if (part["method"] == DENSE).any():
         delta = delta_table(summary, finetuning=finetuning, arch=arch)
         md += ["### Difference to Dense (percentage points)", "", to_markdown(delta, float_format="{:+.2f}")]

@@ -8,7 +8,8 @@ Tidy schema, one row per fine-tuning run:
     method      the sparsification method label ('Dense', 'AC/DC', ...; the files' `model` column)
     sparsity    fraction in [0, 1], rounded to 4 decimals so float noise cannot split a group
     seed        int ('seed_21' -> 21)
-    val_acc     top-1 validation accuracy, fraction in [0, 1]
+    val_acc     the score: top-1 validation accuracy, fraction in [0, 1]; for detection rows (task = detection)
+                COCO mAP@0.5:0.95 (the file's `map` column)
     ...         any extra columns of the file (numeric where every value parses)
     source      the file the row came from; line: its line number there
 """
@@ -209,7 +210,10 @@ def _parse_row(path: Path, line: int, values: dict[str, str]) -> tuple:
         if not values[col]:
             raise UserError(f"{where}: empty {col}; every row needs a dataset and a method label")
     sparsity = _fraction(where, "sparsity", values["sparsity"], hint="write 0.9, not 90")
-    val_acc = _fraction(where, "val_acc", values["val_acc"], hint="write 0.8362, not 83.62")
+    if values.get("task") == "detection":     # a detector's score is its mAP@0.5:0.95
+        val_acc = _fraction(where, "map", values.get("map", ""), hint="COCO mAP, e.g. 0.412")
+    else:
+        val_acc = _fraction(where, "val_acc", values["val_acc"], hint="write 0.8362, not 83.62")
     return (_finetuning(where, path, values.get("finetuning", "")),
             arch_label(values.get("arch") or ("MobileNetV1" if "mobilenet" in path.name.lower() else "resnet50")),
             values["dset"], dataset_label(values["dset"]), values["method"], round(sparsity, 4),

@@ -218,14 +218,16 @@ def is_detection_dataset(name: str) -> bool:
 
 def load_detection_datasets(data_yaml: str | Path, *, imgsz: int, max_train_samples: int | None = None,
                             seed: int = 0, verify: bool = True) -> DatasetSplits:
-    """A data.yaml's train and val splits as DatasetSplits (the name in results: the data.yaml's stem)."""
+    """A data.yaml's train and val splits as DatasetSplits (the name in results: the data.yaml's stem, or its
+    folder's name for a plain data.yaml)."""
     data = load_yolo_data(data_yaml)
     if max_train_samples is not None and max_train_samples < len(data.splits["train"]):
         pick = torch.randperm(len(data.splits["train"]), generator=torch.Generator().manual_seed(seed))
         chosen = sorted(pick[:max_train_samples].tolist())
         data = YoloData(data.source, data.names, {**data.splits, "train": [data.splits["train"][i] for i in chosen]})
     train, val = yolo_datasets(data, imgsz=imgsz, verify=verify)
-    spec = DatasetSpec(name=data.source.stem, label=f"YOLO data {data.source.name}", num_classes=data.num_classes,
+    name = data.source.parent.name if data.source.stem in ("data", "dataset") else data.source.stem
+    spec = DatasetSpec(name=name, label=f"YOLO data {data.source.name}", num_classes=data.num_classes,
                        mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), layouts=("yolo",), hflip=True)
     meta = {"dataset": spec.name, "layout": "yolo", "root": str(data.source), "num_train": len(train),
             "num_test": len(val), "num_classes": data.num_classes, "image_size": imgsz,

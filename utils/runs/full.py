@@ -213,7 +213,8 @@ def fine_tune(opts: FullOptions) -> RunResult:
     removed = [n for p in schedule if isinstance(p, LayerPruningModifier) for n in p.removed]
     return finish(opts, plan, upstream=upstream, masks=final_masks, metrics=metrics, inputs=inputs, label=label,
                   extra={"classes": data.classes, **({"removed_layers": removed} if removed else {})},
-                  loaded_sparsity=loaded_sparsity, epochs=epochs, git_commit=resolved["git_commit"])
+                  loaded_sparsity=loaded_sparsity, epochs=epochs, git_commit=resolved["git_commit"],
+                  dataset_name=data.spec.name if data.layout == "yolo" else opts.dataset)
 
 
 def training_schedule(opts: FullOptions, plan: Plan, *, model: nn.Module, masks: dict[str, torch.Tensor],
@@ -297,7 +298,7 @@ def task_columns(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def finish(opts: FullOptions, plan: Plan, *, upstream: Upstream, masks: dict[str, torch.Tensor],
            metrics: dict[str, Any], inputs: InputSettings, label: str, extra: dict[str, Any],
-           loaded_sparsity: float, epochs: int, git_commit: str) -> RunResult:
+           loaded_sparsity: float, epochs: int, git_commit: str, dataset_name: str) -> RunResult:
     """The main process saves model.pt and records the result; the others only report theirs."""
     model, final_sparsity = upstream.model, measured_sparsity(upstream.model)
     if not plan.dist.is_main:
@@ -314,7 +315,7 @@ def finish(opts: FullOptions, plan: Plan, *, upstream: Upstream, masks: dict[str
                            extra=extra)
     sparsity = final_sparsity if opts.recipe else loaded_sparsity
     record = {
-        "dset": opts.dataset, "model": label,
+        "dset": dataset_name, "model": label,
         "sparsity": opts.sparsity_label if opts.sparsity_label is not None else round(sparsity, 2),
         "seed": opts.seed, "val_acc": metrics.get("test_acc", ""), "test_loss": metrics["test_loss"],
         **task_columns(metrics),
