@@ -5,8 +5,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
+
+from models import build_model
 
 COLOURS = [(230, 40, 40), (40, 200, 60), (40, 80, 230)]
 
@@ -41,3 +44,16 @@ def make_yolo_tree(root: Path, *, train: int = 8, val: int = 4, size: tuple[int,
 @pytest.fixture
 def yolo_tree(tmp_path):
     return make_yolo_tree(tmp_path / "tiny_yolo")
+
+
+def write_sparse_yolov5n(path: Path) -> dict[str, torch.Tensor]:
+    """A yolov5n upstream (80 classes) with half of every backbone/neck conv zeroed, saved as a plain state dict;
+    returns the zero pattern of those convs."""
+    torch.manual_seed(0)
+    model = build_model("yolov5n", num_classes=80)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 4 and not name.startswith("model.24"):
+                p[p.abs() <= p.abs().flatten().median()] = 0.0
+    torch.save(model.state_dict(), path)
+    return {n: p.detach() == 0 for n, p in model.named_parameters() if p.ndim == 4 and not n.startswith("model.24")}

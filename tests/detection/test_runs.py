@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import main
-from models import build_model
+from tests.detection.conftest import write_sparse_yolov5n
 from policies.loggers import CheckpointSaver
 from utils.checkpoints import load_checkpoint
 from utils.paths import RECIPE_DIR, TRAINER_DIR
@@ -19,16 +19,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture
 def sparse_yolo(tmp_path):
-    """A yolov5n upstream (80 classes) with half of every conv's weights zeroed, as a plain state dict."""
-    torch.manual_seed(0)
-    model = build_model("yolov5n", num_classes=80)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim == 4 and not name.startswith("model.24"):
-                p[p.abs() <= p.abs().flatten().median()] = 0.0
     path = tmp_path / "yolov5n_sparse.pt"
-    torch.save(model.state_dict(), path)
-    return path, {n: p.detach() == 0 for n, p in model.named_parameters() if p.ndim == 4 and not n.startswith("model.24")}
+    return path, write_sparse_yolov5n(path)
 
 
 def run(tmp_path, data_yaml, ckpt, *extra):

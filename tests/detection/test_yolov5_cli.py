@@ -4,10 +4,9 @@ import shlex
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
-from models import build_model
+from tests.detection.conftest import write_sparse_yolov5n
 from utils.paths import RECIPE_DIR
 from utils.sparseml.__main__ import main
 from utils.sparsify.zoo import ZOO_ENV
@@ -23,13 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture
 def zoo(tmp_path, monkeypatch):
-    torch.manual_seed(0)
-    model = build_model("yolov5n", num_classes=80)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim == 4 and not name.startswith("model.24"):
-                p[p.abs() <= p.abs().flatten().median()] = 0.0
-    torch.save(model.state_dict(), tmp_path / "yolov5_pruned.pt")
+    write_sparse_yolov5n(tmp_path / "yolov5_pruned.pt")
     entry = {"name": "yolov5_pruned", "stub": f"zoo:{STUB}", "path": str(tmp_path / "yolov5_pruned.pt"),
              "arch": "yolov5n", "sparsity": 0.5,
              "recipes": {"transfer_learn": str(RECIPE_DIR / "yolov5_sparse_transfer.yaml")}}
