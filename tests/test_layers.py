@@ -28,7 +28,7 @@ LAYERS = {
     "utils.detection": {"policies"},
     "utils.runs": {"utils.sparsity", "models", "policies", "utils.data", "utils.checkpoints", "utils.linear",
                    "utils.detection"},
-    "utils.deploy": {"utils.checkpoints", "policies"},
+    "utils.deploy": {"utils.checkpoints", "policies", "utils.detection"},
     "utils.sparsify": {"utils.runs", "utils.deploy", "utils.checkpoints", "utils.data", "models", "policies"},
     "utils.sparseml": {"utils.runs", "utils.sparsify", "models", "policies"},
     "utils.studies": {"utils.runs", "utils.checkpoints", "utils.analysis"},

@@ -10,6 +10,8 @@ import main
 from tests.detection.conftest import write_sparse_yolov5n
 from policies.loggers import CheckpointSaver
 from utils.checkpoints import load_checkpoint
+from utils.data.yolo import load_detection_datasets
+from utils.deploy import export_checkpoint
 from utils.paths import RECIPE_DIR, TRAINER_DIR
 
 SHORT = '{"num_epochs": 3, "warmup_epochs": 1, "quantization_start_epoch": 2}'
@@ -49,6 +51,13 @@ def test_sparse_transfer_of_a_detector_with_the_seed_recipe(tmp_path, yolo_tree,
     assert 0.000384 < epochs[-1]["lr"] < 0.0032
     groups = torch.load(tmp_path / "exp" / "det" / "checkpoint.pt", weights_only=True)["optimizer"]["param_groups"]
     assert [g["weight_decay"] for g in groups] == [0.0, 0.0005, 0.0]     # YOLOv5's groups: BN weights, weights, biases
+    # export: fp32 and INT8 ONNX; ONNX Runtime's boxes against torch's on the val images
+    data = load_detection_datasets(yolo_tree, imgsz=64)
+    images = torch.stack([data.test[i][0] for i in range(len(data.test))])
+    report = export_checkpoint(tmp_path / "exp" / "det" / "model.pt", tmp_path / "onnx", inputs=images)
+    assert report["fp32"]["box_agreement"] == 1.0 and report["fp32"]["max_abs_diff"] < 1e-2
+    assert report["int8"]["box_agreement"] >= 0.9 and report["int8"]["boxes"] > 0
+    assert report["int8"]["bytes"] < report["fp32"]["bytes"] / 2
 
 
 def test_a_detection_run_resumed_after_a_kill_equals_an_uninterrupted_one(tmp_path, yolo_tree, sparse_yolo,

@@ -38,8 +38,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for kind in ("fp32", "int8"):
         if kind in report:
             r = report[kind]
+            agreement = (f"box agreement {r['box_agreement']:.2%} (torch's {r['boxes']} top boxes)"
+                         if "box_agreement" in r else f"top-1 agreement {r['top1_agreement']:.2%}")
             print(f"{kind}: {r['path']} ({r['bytes'] / 1e6:.2f} MB)  max |diff| {r['max_abs_diff']:.3g}  "
-                  f"top-1 agreement {r['top1_agreement']:.2%} on {r['num_samples']} inputs")
+                  f"{agreement} on {r['num_samples']} inputs")
     s = report["size"]
     print(f"checkpoint: dense {s['dense_bytes'] / 1e6:.2f} MB, bitmask+nonzeros {s['compressed_bytes'] / 1e6:.2f} MB "
           f"({s['ratio']:.2f}x smaller)")

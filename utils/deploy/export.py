@@ -24,8 +24,9 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, flavour: s
     loaded = load_checkpoint(checkpoint, flavour=flavour, keep_classifier=True)
     model, quant = loaded.model.eval(), loaded.extra.get("quantization")
     size = image_size or (inputs.shape[-1] if inputs is not None else loaded.input_size)   # the trained size
-    if inputs is None:
-        inputs = torch.randn(num_samples, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    if inputs is None:     # detectors take [0, 1] pixels; classifiers normalised ones
+        draw = torch.rand if getattr(model, "task", None) == "detection" else torch.randn
+        inputs = draw(num_samples, 3, size, size, generator=torch.Generator().manual_seed(seed))
     report: dict[str, Any] = {"checkpoint": str(checkpoint), "input_size": size}
     fp32 = export_onnx(model, out_dir / "model_fp32.onnx", input_size=size)
     report["fp32"] = {"path": str(fp32), "bytes": fp32.stat().st_size, **compare_with_torch(model, fp32, inputs)}

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from utils.deploy.detect import DecodedOnly, compare_detections, is_detector
 from utils.errors import UserError
 
 OPSET = 17
@@ -32,11 +33,12 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_size: int, channels
     model.eval()
     device = next(model.parameters()).device
     example = torch.randn(1, channels, input_size, input_size, device=device)
+    exported, output = (DecodedOnly(model), "predictions") if is_detector(model) else (model, "logits")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         # The TorchScript exporter maps torch.fake_quantize_* to QuantizeLinear/DequantizeLinear pairs.
-        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset, input_names=["input"],
-                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        torch.onnx.export(exported, (example,), str(path), dynamo=False, opset_version=opset, input_names=["input"],
+                          output_names=[output], dynamic_axes={"input": {0: "batch"}, output: {0: "batch"}})
     model.train(was_training)
     proto = onnx.load(str(path))
     if fold_quantized_weights_(proto):
@@ -101,8 +103,11 @@ def onnx_session(path: str | Path, *, threads: int | None = None):
 @torch.no_grad()
 def compare_with_torch(model: nn.Module, onnx_path: str | Path, inputs: torch.Tensor, *,
                        batch_size: int = 32) -> dict[str, float]:
-    """Max |logit difference| and top-1 agreement between the torch model and its ONNX Runtime twin."""
+    """Max |logit difference| and top-1 agreement between the torch model and its ONNX Runtime twin (a detector:
+    decoded outputs and box agreement after NMS, see utils.deploy.detect)."""
     session = onnx_session(onnx_path)
+    if is_detector(model):
+        return compare_detections(model, onnx_path, inputs, session)
     model.eval()
     device = next(model.parameters()).device
     diffs, agree = [], []
