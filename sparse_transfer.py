@@ -10,6 +10,10 @@ the end of the transfer (configs/recipes/sparse_transfer_resnet50.yaml; level 0 
 configs/recipes/sparse_transfer_fp32.yaml). The run fine-tunes keeping every zero, exports ONNX (fp32, and
 INT8 QDQ), times it in ONNX Runtime against a dense model, and writes summary.json + summary.md.
 Data: DIR/train/<class>/<image> and DIR/val/<class>/<image> (or test/).
+
+Detection (`--use-case detection --data data.yaml`): the zoo's YOLOv5 entries only, the seed-001 YOLOv5 recipe
+(configs/recipes/yolov5_sparse_transfer.yaml; fp32 levels: yolov5_sparse_transfer_fp32.yaml), the trainer config
+configs/trainers/yolov5_finetune.yaml, and mAP in the summary.
 """
 from __future__ import annotations
 
@@ -23,8 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--use-case", "--use_case", dest="use_case", required=True,
                    help="cv-classification or an alias (ic, classification, image-classification; case, '-' and "
-                        "'_' ignored); detection, segmentation and NLP use cases are not supported yet")
-    p.add_argument("--data", required=True, help="ImageFolder root: train/<class>/<image> + val/ (or test/)")
+                        "'_' ignored) or cv-detection (detection, od: YOLOv5); segmentation and NLP use cases are "
+                        "not supported yet")
+    p.add_argument("--data", required=True, help="classification: ImageFolder root (train/<class>/<image> + val/ or "
+                                                 "test/); detection: the YOLO dataset's data.yaml")
     p.add_argument("--model", help="upstream checkpoint to use instead of the zoo's choice")
     p.add_argument("--flavour", help="--model's checkpoint flavour (auto-detected when omitted)")
     p.add_argument("--optim-level", "--optim_level", dest="optim_level", type=float, default=0.5,
@@ -34,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override recipe variables: JSON '{\"num_epochs\": 30}' or 'num_epochs=30,init_lr=0.05'")
     p.add_argument("--zoo", help="the model zoo file (default: $SPARSE_TRANSFER_ZOO, else configs/zoo.yaml)")
     p.add_argument("--out", help="run directory (default: experiments/sparse_transfer/DATA_MODEL_optimL_seedS)")
-    p.add_argument("--config_path", help="trainer config naming the optimizer and batch size "
-                                         "(default: configs/trainers/study_full_lr001.yaml)")
+    p.add_argument("--config_path", help="trainer config naming the optimizer and batch size (default: "
+                                         "configs/trainers/study_full_lr001.yaml; detection: yolov5_finetune.yaml)")
     p.add_argument("--batch_size", type=int, help="override the trainer config's batch size")
     p.add_argument("--image_size", type=int, help="input size (default: the model's)")
     p.add_argument("--workers", type=int, default=4, help="data loader worker processes")

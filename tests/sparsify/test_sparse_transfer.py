@@ -26,8 +26,13 @@ def test_classification_aliases(name):
     assert case.name == "cv-classification" and case.dataset == "imagefolder"
 
 
-@pytest.mark.parametrize("name, canonical", [("cv-detection", "cv-detection"), ("Object_Detection", "cv-detection"),
-                                             ("segmentation", "cv-segmentation"), ("QA", "nlp-question_answering"),
+@pytest.mark.parametrize("name", ["cv-detection", "Object_Detection", "od", "detection"])
+def test_detection_is_a_use_case(name):
+    case = resolve_use_case(name)
+    assert (case.name, case.dataset, case.task) == ("cv-detection", "yolo", "detection")
+
+
+@pytest.mark.parametrize("name, canonical", [("segmentation", "cv-segmentation"), ("QA", "nlp-question_answering"),
                                              ("nlp-question-answering", "nlp-question_answering"),
                                              ("text_classification", "nlp-text_classification"),
                                              ("sentiment-analysis", "nlp-sentiment_analysis"),
@@ -181,7 +186,8 @@ def test_bad_data_trees_give_clear_errors(tmp_path, capsys):
     assert "class1: class folder has no images" in err
     good = write_tree(tmp_path / "good", split="test")
     assert "lists no models; add one entry" in cli_error(capsys, *base, str(good))   # valid data, empty zoo
-    assert "not supported yet" in cli_error(capsys, "--use-case", "cv_detection", "--data", str(good))
+    assert "not supported yet" in cli_error(capsys, "--use-case", "segmentation", "--data", str(good))
+    assert "data.yaml not found" in cli_error(capsys, "--use-case", "cv_detection", "--data", str(good))
 
 
 # ---------------------------------------------------------------- end to end

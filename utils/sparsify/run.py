@@ -13,11 +13,11 @@ from typing import Any, Sequence
 import torch
 from pydantic import Field
 
-from models import build_model
+from models import build_model, model_task
 from policies.recipe import load_recipe
 from utils.checkpoints import load_checkpoint
 from utils.config import StrictModel
-from utils.data import DatasetSplits, load_datasets
+from utils.data import DatasetSplits, load_datasets, load_detection_datasets
 from utils.deploy import export_checkpoint, export_onnx, onnx_session
 from utils.errors import UserError
 from utils.io import atomic_write_json, atomic_write_text
@@ -47,7 +47,8 @@ class SparseTransferOptions(StrictModel):
     recipe_args: str | None = None
     zoo: str = Field(default_factory=lambda: str(default_zoo_path()))   # $SPARSE_TRANSFER_ZOO or configs/zoo.yaml
     out: str | None = None                    # the run directory
-    config_path: str = str(DEFAULT_TRAINER)   # trainer config: with a recipe it only names the optimizer
+    config_path: str | None = None            # trainer config (default: the use case's); with a recipe it only
+                                              # names the optimizer
     batch_size: int | None = Field(default=None, gt=0)
     image_size: int | None = Field(default=None, gt=0)
     workers: int = Field(default=4, ge=0)
@@ -63,6 +64,8 @@ class SparseTransferOptions(StrictModel):
 def check_data(case: UseCase, path: str | Path, **kwargs: Any) -> DatasetSplits:
     """The use case's datasets read from `path` (the tree is validated); errors name --data."""
     try:
+        if case.task == "detection":
+            return load_detection_datasets(path, imgsz=kwargs.get("image_size") or 640)
         return load_datasets(case.dataset, path, **kwargs)
     except UserError as err:
         raise UserError(f"--data: {err}") from None
@@ -79,9 +82,12 @@ def entry_from_checkpoint(path: str, flavour: str | None) -> ZooEntry:
                     quantized=quantized, params=backbone_params(loaded.arch, dict(loaded.arch_kwargs)))
 
 
-def choose_recipe(recipe: str | None, recipe_args: str | None, *, int8: bool) -> tuple[str, str | None]:
+def choose_recipe(recipe: str | None, recipe_args: str | None, *, int8: bool,
+                  case: UseCase | None = None) -> tuple[str, str | None]:
     """The recipe to run (parsed now, so a bad one fails before training) and a note if it disagrees with INT8."""
-    path = recipe or str(RECIPE_INT8 if int8 else RECIPE_FP32)
+    defaults = (RECIPE_DIR / case.recipes[0], RECIPE_DIR / case.recipes[1]) if case and case.recipes \
+        else (RECIPE_INT8, RECIPE_FP32)
+    path = recipe or str(defaults[0] if int8 else defaults[1])
     has_qat = any(spec.type == "QuantizationModifier" for _, _, spec in load_recipe(path, recipe_args).modifiers)
     if has_qat == int8:
         return path, None
@@ -133,20 +139,27 @@ def sample_inputs(case: UseCase, data: str, inputs: InputSettings, *, count: int
     """The first `count` test images, transformed as the run evaluated them."""
     mean, std = inputs.mean_std()
     splits = check_data(case, data, image_size=inputs.image_size, interpolation=inputs.interpolation, mean=mean,
-                        std=std, augment=False)
+                        std=std, augment=False)     # a detector's val split is never augmented
     return torch.stack([splits.test[i][0] for i in range(min(count, len(splits.test)))])
 
 
 def default_run_dir(data: str, entry: ZooEntry, level: float, seed: int) -> Path:
-    return Path("experiments") / "sparse_transfer" / f"{Path(data).name}_{entry.name}_optim{level:g}_seed{seed}"
+    name = Path(data).parent.name if Path(data).suffix in (".yaml", ".yml") else Path(data).name
+    return Path("experiments") / "sparse_transfer" / f"{name}_{entry.name}_optim{level:g}_seed{seed}"
 
 
-def pick_model(opts: SparseTransferOptions, target: OptimTarget) -> tuple[Selection, list[ZooEntry]]:
-    """The zoo's choice for the level (or --model as given, with a note if it disagrees) and the zoo entries."""
+def pick_model(opts: SparseTransferOptions, target: OptimTarget,
+               case: UseCase) -> tuple[Selection, list[ZooEntry]]:
+    """The zoo's choice for the level among the use case's models (or --model as given, with a note if it
+    disagrees) and those zoo entries."""
     entries = load_zoo(opts.zoo) if opts.model is None or Path(opts.zoo).is_file() else []
+    entries = [e for e in entries if model_task(e.arch) == case.task]
     if opts.model is None:
         return select_model(entries, opts.optim_level, zoo_path=opts.zoo), entries
     given = entry_from_checkpoint(opts.model, opts.flavour)
+    if model_task(given.arch) != case.task:
+        raise UserError(f"--model {opts.model} is a {model_task(given.arch)} model ({given.arch}); the use case "
+                        f"{case.name} needs a {case.task} model")
     note = None
     if given.pruned != target.pruned:
         note = (f"--model {opts.model} is {'pruned' if given.pruned else 'dense'} but optim-level "
@@ -174,11 +187,11 @@ def run_sparse_transfer(opts: SparseTransferOptions) -> dict[str, Any]:
     case = resolve_use_case(opts.use_case)
     target = optim_target(opts.optim_level)
     data = check_data(case, opts.data)
-    selection, entries = pick_model(opts, target)
+    selection, entries = pick_model(opts, target, case)
     chosen, reference = selection.entry, dense_reference_entry(entries)
     for entry in filter(None, (chosen, reference)):   # fail now, not after training
         require_file(entry, opts.zoo)
-    recipe, recipe_note = choose_recipe(opts.recipe, opts.recipe_args, int8=target.int8)
+    recipe, recipe_note = choose_recipe(opts.recipe, opts.recipe_args, int8=target.int8, case=case)
     notes = [n for n in (selection.note, recipe_note) if n]
     for note in notes:
         log.warning(note)
@@ -199,7 +212,7 @@ def run_sparse_transfer(opts: SparseTransferOptions) -> dict[str, Any]:
         "optim_level": opts.optim_level, "target": target.describe(),
         "model": {**chosen.model_dump(exclude={"params"}), "backbone_params": chosen.params},
         "notes": notes, "recipe": recipe, "recipe_args": opts.recipe_args, "epochs": result.record.get("epochs"),
-        "accuracy": result.val_acc, "sparsity": result.measured_sparsity,
+        **score(result), "sparsity": result.measured_sparsity,
         "upstream_sparsity": result.record["loaded_sparsity"], "int8": "int8" in export,
         "sizes": deployment_sizes(export, dense_onnx),
         "latency": time_deployment(export, dense_onnx, samples, opts=opts, reference_label=label),
@@ -211,11 +224,19 @@ def run_sparse_transfer(opts: SparseTransferOptions) -> dict[str, Any]:
     return summary
 
 
+def score(result: RunResult) -> dict[str, Any]:
+    """The summary's quality figures: a classifier's accuracy, a detector's mAP@0.5:0.95 and mAP@0.5."""
+    if result.record.get("task") == "detection":
+        return {"map": float(result.record["map"]), "map50": float(result.record["map50"])}
+    return {"accuracy": result.val_acc}
+
+
 def transfer(opts: SparseTransferOptions, *, case: UseCase, chosen: ZooEntry, recipe: str, run_dir: Path) -> RunResult:
     """Full fine-tuning of the chosen upstream with the recipe, every zero kept (a finished run is reused)."""
     kind = RUNS.get("full")
     result = kind.run(kind.options(
-        dataset=case.dataset, dataset_path=opts.data, trainer_config_path=opts.config_path,
+        dataset=case.dataset, dataset_path=opts.data,
+        trainer_config_path=opts.config_path or str(TRAINER_DIR / case.trainer if case.trainer else DEFAULT_TRAINER),
         from_checkpoint_path=chosen.path, checkpoint_flavour=chosen.flavour, recipe=recipe,
         recipe_args=opts.recipe_args, experiment_root_path=str(run_dir.parent), exp_name=run_dir.name,
         batch_size=opts.batch_size, image_size=opts.image_size, workers=opts.workers, seed=opts.seed, cpu=opts.cpu,
@@ -244,7 +265,8 @@ def summary_markdown(s: dict[str, Any]) -> str:
              f"- recipe: `{s['recipe']}`" + (f" with `{s['recipe_args']}`" if s["recipe_args"] else ""),
              *[f"- note: {n}" for n in s["notes"]], "",
              "| metric | value |", "|---|---|",
-             f"| accuracy (test split) | {s['accuracy']:.4f} |",
+             *([f"| accuracy (test split) | {s['accuracy']:.4f} |"] if "accuracy" in s else
+               [f"| mAP@0.5:0.95 / mAP@0.5 (val split) | {s['map']:.4f} / {s['map50']:.4f} |"]),
              f"| sparsity (conv/linear weights, classifier excluded) | {s['sparsity']:.4f} |",
              f"| INT8 | {'yes' if s['int8'] else 'no'} |",
              f"| ONNX fp32 / INT8 | {mb(sizes['onnx_fp32_bytes'])} / {mb(sizes['onnx_int8_bytes'])} |",

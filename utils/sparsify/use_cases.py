@@ -11,12 +11,17 @@ from utils.registry import Registry, unknown_name_message
 
 @dataclass(frozen=True)
 class UseCase:
-    """One Sparsify use case; `dataset` is the dataset registry entry its data is read with (None: unsupported)."""
+    """One Sparsify use case; `dataset` is the dataset registry entry its data is read with (None: unsupported);
+    `task` the model task its zoo entries must have; `recipes` the default (INT8, fp32) recipes and `trainer` the
+    trainer config (file names under configs/; None: the classification defaults)."""
 
     name: str
     label: str
     aliases: tuple[str, ...]
     dataset: str | None = None
+    task: str = "classification"
+    recipes: tuple[str, str] | None = None
+    trainer: str | None = None
 
     @property
     def supported(self) -> bool:
@@ -27,7 +32,9 @@ USE_CASES: Registry[UseCase] = Registry("use case")
 for _case in (
     UseCase("cv-classification", "image classification",
             ("ic", "classification", "image-classification", "img-classification"), dataset="imagefolder"),
-    UseCase("cv-detection", "object detection", ("detection", "object-detection", "od")),
+    UseCase("cv-detection", "object detection", ("detection", "object-detection", "od"), dataset="yolo",
+            task="detection", recipes=("yolov5_sparse_transfer.yaml", "yolov5_sparse_transfer_fp32.yaml"),
+            trainer="yolov5_finetune.yaml"),
     UseCase("cv-segmentation", "image segmentation",
             ("segmentation", "image-segmentation", "instance-segmentation", "semantic-segmentation")),
     UseCase("nlp-question_answering", "question answering", ("question-answering", "qa")),
