@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-requirements
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo test venv data bench clean-demo sparseml-commands
+.PHONY: demo demo-detection test venv data bench clean-demo sparseml-commands
 
 venv: $(STAMP)
 
@@ -28,6 +28,12 @@ data:
 demo: venv data
 	$(PY) -m utils.studies
 
+# The detection leg: YOLO data pasted from Fashion-MNIST, a yolov5n upstream, GMP 80/90%, seed-001 sparse transfer.
+demo-detection: venv data
+	$(PY) -m utils.data.paste_yolo experiments/demo_detection/data/upstream --classes 0 1 2 3 4 --train 800 --val 150
+	$(PY) -m utils.data.paste_yolo experiments/demo_detection/data/transfer --classes 5 6 7 8 9 --train 500 --val 150 --seed 1
+	$(PY) -m utils.studies --study configs/studies/demo_detection.yaml
+
 test: venv data
 	$(PY) -m pytest
 
@@ -36,6 +42,7 @@ bench: venv
 	$(PY) bench/linear_probe.py
 	$(PY) bench/extract.py
 	$(PY) bench/deploy.py
+	$(PY) bench/detect.py
 
 # SparseML's command names on the venv's PATH: sparseml.image_classification.train ARGS,
 # sparseml.pytorch_vision train ARGS and sparseml.yolov5.train ARGS (= python -m utils.sparseml ...).
@@ -47,4 +54,4 @@ sparseml-commands: venv
 	  } > $$f; chmod +x $$f; echo "$$f"; done
 
 clean-demo:
-	rm -rf experiments/demo experiments/demo_*
+	rm -rf experiments/demo experiments/demo_* experiments/demo_detection

@@ -19,6 +19,7 @@ class DetectionMetric:
         self.num_classes = num_classes
         self.metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True,
                                            max_detection_thresholds=list(MAX_DETECTIONS), backend="pycocotools")
+        self.metric.warn_on_many_detections = False     # COCO scores the 100 most confident boxes; by design
 
     def update(self, detections: list[torch.Tensor], targets: torch.Tensor, *, image_size: int) -> None:
         """`detections`: per image (n, 6) x1 y1 x2 y2 conf class in pixels; `targets`: (m, 6) image, class,

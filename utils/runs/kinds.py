@@ -45,6 +45,13 @@ class RunResult:
         return float(self.record["val_acc"])
 
     @property
+    def score(self) -> tuple[str, float]:
+        """(name, value) of the run's result: a classifier's accuracy, a detector's mAP@0.5:0.95."""
+        if self.record.get("task") == "detection":
+            return "mAP", float(self.record["map"])
+        return "acc", self.val_acc
+
+    @property
     def measured_sparsity(self) -> float:
         return float(self.record["measured_sparsity"])
 

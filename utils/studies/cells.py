@@ -119,7 +119,8 @@ def run_cell(cell: Cell) -> dict[str, Any]:
                                "exp_name": cell.name, "resume": True, "progress": False})
         result = kind.run(opts)
         (cell.run_dir / "error.json").unlink(missing_ok=True)
-        return {"status": "done", "val_acc": result.val_acc, "seconds": time.perf_counter() - start}
+        metric, value = result.score
+        return {"status": "done", "val_acc": value, "metric": metric, "seconds": time.perf_counter() - start}
     except Exception as err:  # noqa: BLE001 -- one cell's failure must not stop the sweep
         cell.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(cell.run_dir / "error.json", {

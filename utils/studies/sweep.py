@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from utils.analysis import combos, load_results, paper_table, summarize, to_markdown, write_report
+from utils.analysis import combos, load_results, paper_table, score_title, summarize, to_markdown, write_report
 from utils.config import validate
 from utils.io import exclusive_lock
 from utils.runs import RUNS
@@ -91,7 +91,8 @@ def run_cells(todo: list[Cell], run: Callable, *, study: Study, jobs: int, wait:
     for i, (cell, outcome) in enumerate(run(todo, jobs=jobs, slurm=study.slurm, log_folder=log_folder, wait=wait), 1):
         state = outcome["status"]
         finished[state] = finished.get(state, 0) + 1
-        detail = (f"acc {outcome['val_acc']:.4f}" if state == "done" else outcome.get("error", outcome.get("job_id", "")))
+        detail = (f"{outcome.get('metric', 'acc')} {outcome['val_acc']:.4f}" if state == "done"
+                  else outcome.get("error", outcome.get("job_id", "")))
         progress(f"[{i}/{len(todo)}] {state:<9} {cell.label}  {detail}  ({outcome.get('seconds', 0):.1f} s)")
     progress(f"ran {len(todo)} cells: {finished['done']} done, {finished['failed']} failed"
              + (f", {finished['submitted']} submitted" if finished["submitted"] else ""))
@@ -105,7 +106,8 @@ def write_study_report(study: Study, *, progress: Callable[[str], None] = log.in
     write_report(df, out, notes=[f"study: {study.name}", f"results: {root / 'results.csv'}"])
     summary = summarize(df)
     for finetuning, arch in combos(summary):
-        progress(f"\n{finetuning} fine-tuning, {arch}: top-1 accuracy (%), mean ± std over seeds")
+        progress(f"\n{finetuning} fine-tuning, {arch}: {score_title(arch)[0].lower()}{score_title(arch)[1:]}, "
+                 "mean ± std over seeds")
         progress(to_markdown(paper_table(summary, finetuning=finetuning, arch=arch)))
     progress(f"\nreport: {out / 'report.md'}")
     return out / "report.md"
