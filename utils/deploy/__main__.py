@@ -11,8 +11,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from utils.cli import setup_logging
-from utils.deploy import export_checkpoint
+from utils.deploy import export_checkpoint, onnx_latency_ms
 from utils.errors import UserError, exit_on_user_error
 from utils.io import atomic_write_json
 
@@ -25,6 +27,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--flavour", help="checkpoint flavour (auto-detected when omitted)")
     p.add_argument("--image_size", type=int, help="input side length (default: the model's)")
     p.add_argument("--num_samples", type=int, default=64, help="random sample inputs for the comparison")
+    p.add_argument("--latency", action="store_true", help="also time the ONNX files in ONNX Runtime (batch 1, "
+                                                         "median of 20 alternating calls)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = p.parse_args(argv)
     setup_logging(args.verbose)
@@ -42,6 +46,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          if "box_agreement" in r else f"top-1 agreement {r['top1_agreement']:.2%}")
             print(f"{kind}: {r['path']} ({r['bytes'] / 1e6:.2f} MB)  max |diff| {r['max_abs_diff']:.3g}  "
                   f"{agreement} on {r['num_samples']} inputs")
+    if args.latency:
+        files = {kind: report[kind]["path"] for kind in ("fp32", "int8") if kind in report}
+        size = report["input_size"]
+        timed = onnx_latency_ms(files, torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)))
+        report["latency_ms"] = timed
+        atomic_write_json(out / "export_report.json", report)
+        print("ONNX Runtime, batch 1: " + ", ".join(f"{k} {v:.2f} ms" for k, v in timed.items())
+              + (f"  (INT8 {timed['fp32'] / timed['int8']:.2f}x fp32)" if "int8" in timed else ""))
     s = report["size"]
     print(f"checkpoint: dense {s['dense_bytes'] / 1e6:.2f} MB, bitmask+nonzeros {s['compressed_bytes'] / 1e6:.2f} MB "
           f"({s['ratio']:.2f}x smaller)")

@@ -2,6 +2,8 @@
 check that an exported file computes what the torch model computes."""
 from __future__ import annotations
 
+import statistics
+import time
 import warnings
 from pathlib import Path
 
@@ -98,6 +100,22 @@ def onnx_session(path: str | Path, *, threads: int | None = None):
     if threads:
         options.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_latency_ms(paths: dict[str, Path | str], batch: torch.Tensor, *, warmup: int = 3,
+                    runs: int = 20) -> dict[str, float]:
+    """Median wall time (ms) of one ONNX Runtime CPU call per model on `batch`; the models take turns,
+    so machine drift hits them alike."""
+    sessions = {k: onnx_session(p) for k, p in paths.items()}
+    feeds = {k: {s.get_inputs()[0].name: batch.numpy()} for k, s in sessions.items()}
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for i in range(warmup + runs):
+        for k, session in sessions.items():
+            start = time.perf_counter()
+            session.run(None, feeds[k])
+            if i >= warmup:
+                times[k].append((time.perf_counter() - start) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 @torch.no_grad()

@@ -5,8 +5,6 @@ Model selection lives in `utils.sparsify.use_cases`, `.zoo` and `.optim`.
 from __future__ import annotations
 
 import logging
-import statistics
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,7 +16,7 @@ from policies.recipe import load_recipe
 from utils.checkpoints import load_checkpoint
 from utils.config import StrictModel
 from utils.data import DatasetSplits, load_datasets, load_detection_datasets
-from utils.deploy import export_checkpoint, export_onnx, onnx_session
+from utils.deploy import export_checkpoint, export_onnx, onnx_latency_ms
 from utils.errors import UserError
 from utils.io import atomic_write_json, atomic_write_text
 from utils.paths import RECIPE_DIR, TRAINER_DIR
@@ -118,21 +116,6 @@ def export_dense_reference(ref: ZooEntry | None, chosen: ZooEntry, *, num_classe
         label = f"{chosen.arch} dense (initialised; the zoo has no dense model)"
     export_onnx(model, path, input_size=image_size)
     return label
-
-
-def onnx_latency_ms(paths: dict[str, Path | str], batch: torch.Tensor, *, warmup: int, runs: int) -> dict[str, float]:
-    """Median wall time (ms) of one ONNX Runtime CPU call per model on `batch`; the models take turns,
-    so machine drift hits them alike."""
-    sessions = {k: onnx_session(p) for k, p in paths.items()}
-    feeds = {k: {s.get_inputs()[0].name: batch.numpy()} for k, s in sessions.items()}
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    for i in range(warmup + runs):
-        for k, session in sessions.items():
-            start = time.perf_counter()
-            session.run(None, feeds[k])
-            if i >= warmup:
-                times[k].append((time.perf_counter() - start) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def sample_inputs(case: UseCase, data: str, inputs: InputSettings, *, count: int = 64) -> torch.Tensor:
