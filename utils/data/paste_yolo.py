@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,8 @@ from utils.data.layouts import LAYOUTS
 from utils.data.loading import get_dataset_spec
 from utils.errors import UserError, exit_on_user_error
 from utils.io import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 MIN_VISIBLE = 8     # pixels of an item above this value count as visible (its box)
 
@@ -120,8 +123,9 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging()
     if any(not 0 <= c <= 9 for c in args.classes):
         raise UserError(f"--classes {args.classes}: Fashion-MNIST classes are 0..9")
-    print(make_paste_dataset(args.out, classes=args.classes, train=args.train, val=args.val, canvas=args.canvas,
-                             seed=args.seed))
+    data_yaml = make_paste_dataset(args.out, classes=args.classes, train=args.train, val=args.val,
+                                   canvas=args.canvas, seed=args.seed)
+    log.info("YOLO dataset ready: %s", data_yaml)
 
 
 if __name__ == "__main__":
