@@ -71,7 +71,8 @@ def append_csv_row(path: str | Path, row: dict[str, Any], *, optional: Iterable[
     """Append one row under an exclusive lock; the header is written by whoever creates the file.
 
     New columns in a later row are an error rather than a silently misaligned file, except `optional` ones
-    left empty (columns added to the schema later: an older table takes the row without them).
+    (columns added to the schema later): an older table takes the row without them; callers check up front
+    that a row whose optional values matter has a table with those columns.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,7 +85,7 @@ def append_csv_row(path: str | Path, row: dict[str, Any], *, optional: Iterable[
             if header is None:
                 header = list(row)
                 csv.writer(buf).writerow(header)
-            row = {k: v for k, v in row.items() if k in header or k not in optional or v not in ("", None)}
+            row = {k: v for k, v in row.items() if k in header or k not in optional}
             extra = set(row) - set(header)
             if extra:
                 raise ValueError(f"{path}: row has columns {sorted(extra)} absent from its header")

@@ -180,3 +180,26 @@ def test_distillation_from_a_teacher_given_on_the_command_line(tmp_path, sparse_
     for name, mask in masks.items():
         assert torch.equal(final[name] == 0, ~mask), name
     assert result["measured_sparsity"] == pytest.approx(0.8, abs=1e-3)
+
+
+def test_a_results_table_from_before_the_detection_columns_still_takes_classification_rows(
+        tmp_path, sparse_checkpoint, trainer):
+    """results.csv written before `task`, `map`, `map50` existed: a classification run appends its row (without
+    them); a detection run is refused before training."""
+    from utils.runs.dirs import DETECTION_COLUMNS, RESULT_COLUMNS
+
+    ckpt, _ = sparse_checkpoint
+    table = tmp_path / "exp" / "results.csv"
+    table.parent.mkdir()
+    old = [c for c in RESULT_COLUMNS if c not in DETECTION_COLUMNS]
+    table.write_text(",".join(old) + "\n")
+    run(tmp_path, ckpt, trainer, "--exp_name", "old_table")
+    rows = list(csv.DictReader(table.open()))
+    assert len(rows) == 1 and list(rows[0]) == old and float(rows[0]["val_acc"]) >= 0
+    from tests.detection.conftest import make_yolo_tree
+
+    data_yaml = make_yolo_tree(tmp_path / "yolo")
+    with pytest.raises(SystemExit):
+        main.main(["--dset", "yolo", "--dset_path", str(data_yaml), "--config_path", str(trainer), "--arch", "yolov5n",
+                   "--experiment_root_path", str(tmp_path / "exp"), "--workers", "0", "--no_progress"])
+    assert not (tmp_path / "exp" / "yolo_yolov5n_seed0").exists()
