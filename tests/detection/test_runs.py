@@ -90,3 +90,10 @@ def test_a_classifier_on_yolo_data_is_one_line(tmp_path, yolo_tree, capsys):
                    str(TRAINER_DIR / "yolov5_finetune.yaml"), "--arch", "resnet_small",
                    "--experiment_root_path", str(tmp_path / "exp"), "--workers", "0", "--no_progress"])
     assert "detectors (yolov5*) train on YOLO data" in capsys.readouterr().err
+
+
+def test_a_data_yaml_given_as_the_dataset_names_the_run_by_its_folder():
+    from utils.runs.full import default_exp_name
+
+    assert default_exp_name("/data/voc/data.yaml", "yolov5s_pruned.pt", 3) == "voc_yolov5s_pruned_seed3"
+    assert default_exp_name("yolo", None, 0) == "yolo_model_seed0"

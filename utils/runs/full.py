@@ -61,7 +61,10 @@ class Plan:
 
 
 def default_exp_name(dataset: str, source: str | None, seed: int) -> str:
-    """DATASET_CHECKPOINT-STEM_seedSEED (the architecture's name when training from scratch)."""
+    """DATASET_CHECKPOINT-STEM_seedSEED (the architecture's name when training from scratch); a data.yaml given
+    as --dset is named by its folder."""
+    if is_detection_dataset(dataset) and dataset != "yolo":
+        dataset = Path(dataset).parent.name or Path(dataset).stem
     return f"{dataset}_{Path(source).stem if source else 'model'}_seed{seed}"
 
 
