@@ -58,6 +58,11 @@ def test_sparse_transfer_of_a_detector_with_the_seed_recipe(tmp_path, yolo_tree,
     assert report["fp32"]["box_agreement"] == 1.0 and report["fp32"]["max_abs_diff"] < 1e-2
     assert report["int8"]["box_agreement"] >= 0.9 and report["int8"]["boxes"] > 0
     assert report["int8"]["bytes"] < report["fp32"]["bytes"] / 2
+    scored = main.main(["--dset", "yolo", "--dset_path", str(yolo_tree), "--config_path",
+                        str(TRAINER_DIR / "yolov5_finetune.yaml"), "--from_checkpoint_path",
+                        str(tmp_path / "exp" / "det" / "model.pt"), "--eval_only", "--image_size", "64",
+                        "--experiment_root_path", str(tmp_path / "exp"), "--workers", "0", "--no_progress"])
+    assert 0.0 <= scored["map"] <= 1.0 and scored["dset"] == "tiny_yolo"
 
 
 def test_a_detection_run_resumed_after_a_kill_equals_an_uninterrupted_one(tmp_path, yolo_tree, sparse_yolo,

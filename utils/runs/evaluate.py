@@ -22,7 +22,7 @@ def evaluate_only(upstream: Upstream, data: DatasetSplits, *, opts: FullOptions,
                   run_dir: Path, task: Task | None = None) -> RunResult:
     """--eval_only: score a model that already has its downstream head on the test split."""
     model = upstream.model
-    out_features = getattr(getattr(model, model.classifier_name), "out_features", None)
+    out_features = getattr(model.get_classifier(), "out_features", None)
     if out_features != data.num_classes:
         raise UserError(f"{opts.from_checkpoint_path}: classifier has {out_features} outputs but dataset "
                         f"{opts.dataset!r} has {data.num_classes} classes; --eval_only needs a fine-tuned checkpoint")
@@ -38,7 +38,8 @@ def evaluate_only(upstream: Upstream, data: DatasetSplits, *, opts: FullOptions,
     _, test_loader = make_loaders(data, batch_size=opts.batch_size or 64, test_batch_size=opts.batch_size or 64,
                                   workers=opts.workers, device=device)
     metrics = (task or ClassificationTask()).evaluate(model, test_loader, device)
-    record = {"dset": opts.dataset, "checkpoint": opts.from_checkpoint_path, "val_acc": metrics.get("test_acc", ""),
+    record = {"dset": data.spec.name if data.layout == "yolo" else opts.dataset,
+              "checkpoint": opts.from_checkpoint_path, "val_acc": metrics.get("test_acc", ""),
               "test_loss": metrics["test_loss"], "measured_sparsity": measured_sparsity(model),
               **{k: metrics[k] for k in ("map", "map50", "map75") if k in metrics}}
     atomic_write_json(run_dir / "eval_result.json", record)
