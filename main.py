@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gpus", nargs="+", help="GPU ids, e.g. '0' or '0,1' (several: DataParallel)")
     g.add_argument("--cpu", action="store_true", help="run on CPU even when CUDA is present")
     g.add_argument("--eval_only", action="store_true", help="only evaluate a fine-tuned checkpoint")
-    g.add_argument("--fp16", action="store_true", help="mixed precision on CUDA")
+    g.add_argument("--fp16", action="store_true", help="mixed precision on CUDA (= --precision fp16)")
     o = p.add_argument_group("additions")
     o.add_argument("--checkpoint_flavour", help="flavour name or YAML path (auto-detected when omitted)")
     o.add_argument("--resume", action="store_true", help="continue the run in the run directory")
@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--lr", type=float, help="override the trainer config's learning rate")
     o.add_argument("--image_size", type=int, help="input size (default: the model's)")
     o.add_argument("--max_train_samples", type=int, help="use a seeded subset of the train split")
+    o.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="autocast precision of forward/backward (bf16: CPUs with AVX-512 BF16/AMX and recent GPUs; fp16: "
+                        "CUDA, with gradient scaling); weights stay fp32, masks exact")
+    o.add_argument("--channels_last", action="store_true", help="NHWC memory order (faster convolutions on CPU)")
     o.add_argument("--model_label", help="the 'model' (method) column of results.csv, e.g. 'AC/DC'")
     o.add_argument("--sparsity_label", type=float, help="the 'sparsity' column (default: measured)")
     o.add_argument("--no_progress", action="store_true", help="no progress bars")

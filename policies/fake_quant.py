@@ -65,6 +65,7 @@ class FakeQuantize(nn.Module):
         return scale, zero_point.to(torch.int32)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()          # fake quantization stays fp32 under bf16/fp16 autocast (its ops and ranges need it)
         if not bool(self.initialized) or (self.observer_enabled and self.training):
             self.observe(x)
         if not self.fake_quant_enabled:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import nullcontext
 from typing import Any, Iterable
 
 import torch
@@ -12,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from policies.base import Batch, Policy, TrainState
 from policies.events import Event
-from policies.tasks import ClassificationTask, Task, evaluate_classifier
+from policies.tasks import ClassificationTask, Task, autocast_for, evaluate_classifier
 from utils.errors import UserError
 from utils.seed import seed_epoch
 
@@ -24,7 +23,7 @@ class Manager:
 
     def __init__(self, *, state: TrainState, policies: Iterable[Policy], train_loader: DataLoader,
                  test_loader: DataLoader, label_smoothing: float = 0.0, eval_every_epochs: int = 1,
-                 grad_clip_norm: float | None = None, amp: bool = False,
+                 grad_clip_norm: float | None = None, precision: str = "fp32",
                  frozen_modules: Iterable[nn.Module] = (), task: Task | None = None):
         self.state = state
         self.policies = list(policies)
@@ -35,8 +34,9 @@ class Manager:
         state.task = self.task
         self.eval_every_epochs = eval_every_epochs
         self.grad_clip_norm = grad_clip_norm
-        self.amp = amp and state.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.precision = precision
+        # fp16 needs gradient scaling (its range is small); bf16 has fp32's range and needs none
+        self.scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16" and state.device.type == "cuda")
         self.frozen_modules = list(frozen_modules)
 
     def emit(self, event: Event) -> None:
@@ -57,7 +57,8 @@ class Manager:
             s.metrics["train_time_s"] = time.perf_counter() - start
             last = epoch == s.num_epochs - 1
             if last or (epoch + 1) % self.eval_every_epochs == 0:
-                s.metrics.update(self.task.evaluate(s.forward_model, self.test_loader, s.device, amp=self.amp))
+                s.metrics.update(self.task.evaluate(s.forward_model, self.test_loader, s.device,
+                                                    precision=self.precision))
             self.emit(Event.EPOCH_END)
         self.emit(Event.FIT_END)
         return dict(s.metrics)
@@ -68,11 +69,10 @@ class Manager:
         for module in self.frozen_modules:
             module.eval()  # frozen BatchNorm keeps its running statistics
         stats = task.new_stats(s.device)
-        autocast = torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
         for inputs, targets in self.train_loader:
             inputs, targets = task.to_device(inputs, targets, s.device)
             self.emit(Event.BATCH_START)
-            with autocast:
+            with autocast_for(s.device, self.precision):
                 outputs = s.forward_model(inputs)
                 s.batch = Batch(inputs, targets, outputs, task.loss(outputs, targets))
                 self.emit(Event.AFTER_FORWARD)
@@ -124,6 +124,7 @@ class Manager:
         s.metrics = dict(checkpoint.get("metrics", {}))
 
 
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, *, amp: bool = False) -> dict[str, float]:
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, *,
+             precision: str = "fp32") -> dict[str, float]:
     """Top-1 accuracy and mean cross-entropy on a loader (the classification task's evaluation)."""
-    return evaluate_classifier(model, loader, device, amp=amp)
+    return evaluate_classifier(model, loader, device, precision=precision)

@@ -12,14 +12,31 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def autocast_for(device: torch.device, precision: str):
+    """The autocast context of a precision: bf16 on CPU or CUDA, fp16 on CUDA; fp32 is no autocast. The weights
+    stay fp32 (master weights), so the masks stay exact."""
+    if precision == "fp32" or (precision == "fp16" and device.type != "cuda"):
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
 class Task:
     """The interface; `ClassificationTask` is the reference implementation."""
 
     name = "task"
     metric = "test_acc"              # the result a run reports (the final epoch's, on the test split)
 
+    channels_last = False            # the run's --channels_last: 4-D inputs in NHWC memory order
+
     def to_device(self, inputs: Any, targets: Any, device: torch.device) -> tuple[Any, Any]:
-        return inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        inputs = inputs.to(device, non_blocking=True)
+        if self.channels_last and inputs.dim() == 4:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        return inputs, targets.to(device, non_blocking=True)
 
     def loss(self, outputs: Any, targets: Any) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -40,7 +57,7 @@ class Task:
         return int(targets.shape[0])
 
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device, *,
-                 amp: bool = False) -> dict[str, float]:  # pragma: no cover - abstract
+                 precision: str = "fp32") -> dict[str, float]:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
@@ -66,21 +83,20 @@ class ClassificationTask(Task):
         return {**super().finish_stats(stats), "train_acc": (stats["correct"] / max(stats["seen"], 1)).item()}
 
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device, *,
-                 amp: bool = False) -> dict[str, float]:
-        return evaluate_classifier(model, loader, device, amp=amp)
+                 precision: str = "fp32") -> dict[str, float]:
+        return evaluate_classifier(model, loader, device, precision=precision)
 
 
 @torch.inference_mode()
 def evaluate_classifier(model: nn.Module, loader: DataLoader, device: torch.device, *,
-                        amp: bool = False) -> dict[str, float]:
+                        precision: str = "fp32") -> dict[str, float]:
     """Top-1 accuracy and mean cross-entropy on a loader."""
     was_training = model.training
     model.eval()
     total_loss, correct, seen = 0.0, 0, 0
-    autocast = torch.autocast("cuda", dtype=torch.float16) if amp else nullcontext()
     for inputs, targets in loader:
         inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        with autocast:
+        with autocast_for(device, precision):
             logits = model(inputs)
         total_loss += nn.functional.cross_entropy(logits.float(), targets, reduction="sum").item()
         correct += (logits.argmax(1) == targets).sum().item()

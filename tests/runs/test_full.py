@@ -186,12 +186,12 @@ def test_a_results_table_from_before_the_detection_columns_still_takes_classific
         tmp_path, sparse_checkpoint, trainer):
     """results.csv written before `task`, `map`, `map50` existed: a classification run appends its row (without
     them); a detection run is refused before training."""
-    from utils.runs.dirs import DETECTION_COLUMNS, RESULT_COLUMNS
+    from utils.runs.dirs import OPTIONAL_COLUMNS, RESULT_COLUMNS
 
     ckpt, _ = sparse_checkpoint
     table = tmp_path / "exp" / "results.csv"
     table.parent.mkdir()
-    old = [c for c in RESULT_COLUMNS if c not in DETECTION_COLUMNS]
+    old = [c for c in RESULT_COLUMNS if c not in OPTIONAL_COLUMNS]
     table.write_text(",".join(old) + "\n")
     run(tmp_path, ckpt, trainer, "--exp_name", "old_table")
     rows = list(csv.DictReader(table.open()))

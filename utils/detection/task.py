@@ -1,14 +1,13 @@
 """The detection task for the Manager: YOLOv5's loss in training, NMS + COCO mAP on the test split."""
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from policies.tasks import Task
+from policies.tasks import Task, autocast_for
 from utils.detection.loss import YoloLoss
 from utils.detection.metrics import DetectionMetric
 from utils.detection.postprocess import non_max_suppression
@@ -39,15 +38,14 @@ class DetectionTask(Task):
 
     @torch.inference_mode()
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device, *,
-                 amp: bool = False) -> dict[str, float]:
+                 precision: str = "fp32") -> dict[str, float]:
         was_training = model.training
         model.eval()
         metric = DetectionMetric(self.criterion.head.nc)
         total_loss, seen = 0.0, 0
-        autocast = torch.autocast("cuda", dtype=torch.float16) if amp else nullcontext()
         for images, targets in loader:
             images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            with autocast:
+            with autocast_for(device, precision):
                 decoded, raw = model(images)
             total_loss += float(self.criterion([r.float() for r in raw], targets))
             seen += images.shape[0]

@@ -22,11 +22,12 @@ from utils.runs.kinds import RunResult
 RESULT_COLUMNS = [
     "dset", "model", "sparsity", "seed", "val_acc",
     "finetuning", "arch", "checkpoint", "flavour", "recipe", "solver", "lr", "epochs", "batch_size",
-    "measured_sparsity", "run_dir", "git_commit", "finished_at", "task", "map", "map50",
+    "measured_sparsity", "run_dir", "git_commit", "finished_at", "task", "map", "map50", "precision",
 ]
-# Added with detection: a table written before them takes classification rows without them (their values are
-# empty there); a detector's row needs them.
+# Added later: a table written before them takes rows without them (result.json keeps everything); a detector's
+# row needs the detection ones, so a detection run refuses such a table up front.
 DETECTION_COLUMNS = ["task", "map", "map50"]
+OPTIONAL_COLUMNS = [*DETECTION_COLUMNS, "precision"]
 
 
 def git_commit() -> str:
@@ -151,7 +152,8 @@ def check_results_table(experiment_root: Path, *, detection: bool = False) -> No
     except UnicodeDecodeError as err:
         raise UserError(f"{table}: not valid UTF-8 text (byte {err.start}); move it aside or choose another "
                         "--experiment_root_path") from None
-    missing = [c for c in RESULT_COLUMNS if c not in (header or []) and (detection or c not in DETECTION_COLUMNS)]
+    missing = [c for c in RESULT_COLUMNS if c not in (header or [])
+               and (c not in OPTIONAL_COLUMNS or (detection and c in DETECTION_COLUMNS))]
     if header and missing:
         raise UserError(f"{table}: its header lacks the columns {missing[:5]} this run writes; move it aside or "
                         "choose another --experiment_root_path")
@@ -164,7 +166,7 @@ def finished_result(run_dir: Path, experiment_root: Path) -> RunResult:
     rows = list(csv.DictReader(table.open())) if table.exists() else []
     if not any(same_run(r, record, run_dir=run_dir, experiment_root=experiment_root) for r in rows):
         append_csv_row(table, {**{col: record.get(col, "") for col in RESULT_COLUMNS}, "run_dir": str(run_dir)},
-                       optional=DETECTION_COLUMNS)
+                       optional=OPTIONAL_COLUMNS)
     return RunResult.from_record(record, run_dir)
 
 
@@ -183,4 +185,4 @@ def record_result(run_dir: Path, experiment_root: Path, record: dict[str, Any]) 
     """Write result.json, then append its row to <experiment_root>/results.csv."""
     atomic_write_json(run_dir / "result.json", record)
     row = {col: record.get(col, "") for col in RESULT_COLUMNS}
-    append_csv_row(experiment_root / "results.csv", row, optional=DETECTION_COLUMNS)
+    append_csv_row(experiment_root / "results.csv", row, optional=OPTIONAL_COLUMNS)

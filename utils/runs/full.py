@@ -147,20 +147,21 @@ def observers(run_dir: Path, *, progress: bool, wandb: dict[str, Any] | None) ->
     return found
 
 
-def fit(state: TrainState, policies: list[Policy], *, plan: Plan, loaders: tuple, amp: bool,
+def fit(state: TrainState, policies: list[Policy], *, plan: Plan, loaders: tuple, precision: str,
         frozen: list[nn.Module], task: Task) -> dict[str, Any]:
     """Run (or resume) the loop; returns the final epoch's metrics."""
     trainer = plan.trainer
     manager = Manager(state=state, policies=policies, train_loader=loaders[0], test_loader=loaders[1],
-                      eval_every_epochs=trainer.eval_every_epochs, grad_clip_norm=trainer.grad_clip_norm, amp=amp,
+                      eval_every_epochs=trainer.eval_every_epochs, grad_clip_norm=trainer.grad_clip_norm,
+                      precision=precision,
                       frozen_modules=frozen, task=task)
     if plan.dist.is_main:
         manager.policies.append(CheckpointSaver(plan.run_dir / "checkpoint.pt", manager.training_state))
     if plan.status == "resume":
         manager.restore(torch.load(plan.run_dir / "checkpoint.pt", map_location=state.device, weights_only=True))
         log.info("resuming %s at epoch %d (step %d)", plan.run_dir, state.epoch, state.step)
-    if amp and state.device.type != "cuda":
-        log.warning("--fp16 needs CUDA; training in fp32 on %s", state.device)
+    if precision == "fp16" and state.device.type != "cuda":
+        log.warning("--precision fp16 needs CUDA; training in fp32 on %s (bf16 runs on CPUs)", state.device)
     return manager.fit()
 
 
@@ -209,7 +210,10 @@ def fine_tune(opts: FullOptions) -> RunResult:
                      run_name=opts.wandb_name or plan.run_dir.name) if opts.use_wandb else None
         policies += observers(plan.run_dir, progress=opts.progress, wandb=wandb)
     task = task_for(upstream.model, image_size=inputs.image_size, label_smoothing=plan.trainer.label_smoothing)
-    metrics = fit(state, policies, plan=plan, loaders=loaders, amp=opts.fp16, frozen=frozen, task=task)
+    if opts.channels_last:
+        upstream.model.to(memory_format=torch.channels_last)
+        task.channels_last = True
+    metrics = fit(state, policies, plan=plan, loaders=loaders, precision=opts.precision, frozen=frozen, task=task)
     final_masks = check_sparsity(upstream.model, masks, recipe=opts.recipe is not None,
                                  loaded_sparsity=loaded_sparsity)
     label = opts.model_label or recipe_method(schedule) or upstream.method
@@ -321,6 +325,7 @@ def finish(opts: FullOptions, plan: Plan, *, upstream: Upstream, masks: dict[str
         "dset": dataset_name, "model": label,
         "sparsity": opts.sparsity_label if opts.sparsity_label is not None else round(sparsity, 2),
         "seed": opts.seed, "val_acc": metrics.get("test_acc", ""), "test_loss": metrics["test_loss"],
+        "precision": opts.precision,
         **task_columns(metrics),
         "finetuning": "full", "arch": upstream.arch, "checkpoint": opts.from_checkpoint_path or "",
         "flavour": upstream.flavour or "", "recipe": opts.recipe or "", "solver": "", "lr": plan.lr,

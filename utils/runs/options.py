@@ -6,9 +6,9 @@ Inside the code a dataset is `dataset`/`dataset_path`, a seed is `seed` and a tr
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from utils.config import StrictModel
 from utils.paths import PROBE_DIR, TRAINER_DIR
@@ -59,10 +59,22 @@ class FullOptions(RunOptions):
     wandb_group: str | None = None
     wandb_name: str | None = None
     eval_only: bool = False
-    fp16: bool = False
+    fp16: bool = False                         # the study's spelling of precision fp16
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"   # autocast dtype; the weights stay fp32 (masks exact)
+    channels_last: bool = False                # NHWC memory order for model and inputs
     recipe: str | None = None                 # SparseML-style recipe: drives epochs, LR, WD, pruning, QAT
     recipe_args: str | None = None            # JSON or k=v,k2=v2 overrides of the recipe's variables
     distill_teacher: str | None = None        # the teacher checkpoint of a recipe's DistillationModifier
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fp16_is_a_precision(cls, data: Any) -> Any:
+        """--fp16 (the study's flag) means --precision fp16; given with another precision it is a contradiction."""
+        if isinstance(data, dict) and data.get("fp16"):
+            if data.get("precision", "fp32") not in ("fp32", "fp16"):
+                raise ValueError(f"--fp16 contradicts --precision {data['precision']}; give one of them")
+            data = {**data, "precision": "fp16", "fp16": False}
+        return data
 
 
 class LinearOptions(RunOptions):
