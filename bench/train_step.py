@@ -1,0 +1,195 @@
+"""Training-step speed against the machine's limit, measured side by side in one run.
+
+    python bench/train_step.py [--archs resnet18 resnet50] [--batch 16] [--size 160] [--steps 5] [--compile]
+
+For each architecture: images/s of one SGD training step (forward, backward, step; 100 classes) in fp32,
+bf16 (autocast), and bf16 + channels-last, dense and with the masks held (90% magnitude masks through a
+recipe's ConstantPruningModifier), plus torch.compile with --compile. The step's FLOPs are counted by
+torch's FlopCounterMode and shown as a fraction of the machine's measured matmul throughput (a 2048x2048 fp32
+and bf16 matmul timed in the same run): that fraction is how close each variant comes to the limit. Variants
+alternate inside each round so drift hits all alike. Last: the input pipeline alone (images/s of a DataLoader
+with the study's 224-px training transforms on decoded 256x256 JPEGs, 2 workers), to show whether a run is
+input-bound. On CUDA (when present) the same runs on the GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from models import build_model  # noqa: E402
+from policies.base import TrainState  # noqa: E402
+from policies.events import Event  # noqa: E402
+from policies.modifiers import build_recipe_policies  # noqa: E402
+from policies.recipe import load_recipe_text  # noqa: E402
+from policies.tasks import autocast_for  # noqa: E402
+from utils.data import build_transforms  # noqa: E402
+from utils.sparsity import magnitude_mask, prunable_parameters  # noqa: E402
+
+HOLD = "modifiers:\n  - !EpochRangeModifier\n    end_epoch: 1\n  - !ConstantPruningModifier\n    params: __ALL_PRUNABLE__\n"
+
+
+def matmul_gflops(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+class Step:
+    """One model + optimizer (+ the masks' policies) in one precision and memory format."""
+
+    def __init__(self, arch: str, device: torch.device, *, precision: str, channels_last: bool, masked: bool,
+                 compile_model: bool, batch: torch.Tensor, labels: torch.Tensor):
+        torch.manual_seed(0)
+        self.model = build_model(arch, num_classes=100).to(device)
+        self.device, self.precision = device, precision
+        self.batch, self.labels = batch, labels
+        self.policies = []
+        if masked:
+            with torch.no_grad():
+                for name, w in prunable_parameters(self.model, exclude_prefixes=[self.model.classifier_name]).items():
+                    w.mul_(magnitude_mask(w, 0.9))
+            self.policies = build_recipe_policies(load_recipe_text(HOLD, source="bench"), model=self.model,
+                                                  steps_per_epoch=10**6)[0]
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+            self.batch = batch.contiguous(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+        self.state = TrainState(model=self.model, forward_model=self.model, optimizer=self.optimizer, device=device,
+                                steps_per_epoch=10**6, num_epochs=1, seed=0)
+        self.emit(Event.FIT_START)
+        self.forward = torch.compile(self.model) if compile_model else self.model
+
+    def emit(self, event: Event) -> None:
+        for p in self.policies:
+            p.on_event(event, self.state)
+
+    def __call__(self) -> float:
+        sync(self.device)
+        start = time.perf_counter()
+        self.emit(Event.BATCH_START)
+        with autocast_for(self.device, self.precision):
+            loss = F.cross_entropy(self.forward(self.batch), self.labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.emit(Event.AFTER_BACKWARD)
+        self.optimizer.step()
+        self.state.step += 1
+        self.emit(Event.AFTER_OPTIMIZER_STEP)
+        sync(self.device)
+        return time.perf_counter() - start
+
+
+def step_flops(arch: str, batch: torch.Tensor, labels: torch.Tensor) -> float:
+    model = build_model(arch, num_classes=100).to(batch.device)
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(batch), labels).backward()
+    return float(counter.get_total_flops())
+
+
+def bench_arch(arch: str, device: torch.device, args: argparse.Namespace, limits: dict[str, float]) -> None:
+    gen = torch.Generator().manual_seed(0)
+    batch = torch.randn(args.batch, 3, args.size, args.size, generator=gen).to(device)
+    labels = torch.randint(0, 100, (args.batch,), generator=gen).to(device)
+    flops = step_flops(arch, batch, labels)
+    kinds = (("fp32", False), ("fp32", True)) + ((("bf16", False), ("bf16", True)) if args.bf16 else ())
+    variants = {f"{p}{' +CL' if cl else ''}{' masked' if m else ''}": (p, cl, m, False)
+                for p, cl in kinds for m in (False, True)}
+    if args.compile:
+        variants["bf16 +CL compiled"] = ("bf16", True, False, True)
+    steps = {name: Step(arch, device, precision=p, channels_last=cl, masked=m, compile_model=c, batch=batch,
+                        labels=labels) for name, (p, cl, m, c) in variants.items()}
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for i in range(args.steps + 2):
+        order = list(steps) if i % 2 else list(reversed(steps))
+        for name in order:
+            elapsed = steps[name]()
+            if i >= 2:
+                times[name].append(elapsed)
+    base = statistics.median(times["fp32"])
+    print(f"\n{arch}, batch {args.batch}, {args.size} px, {flops / 1e9:.1f} GFLOP per step ({device.type})")
+    print(f"{'variant':<24}{'ms/step':>9}{'images/s':>10}{'vs fp32':>9}{'of limit':>10}")
+    for name, values in times.items():
+        t = statistics.median(values)
+        limit = limits["bf16" if name.startswith("bf16") else "fp32"]
+        print(f"{name:<24}{t * 1e3:>9.0f}{args.batch / t:>10.1f}{base / t:>8.2f}x{flops / t / 1e9 / limit:>9.0%}")
+
+
+class JpegImages(Dataset):
+    """Decoded-on-the-fly 256x256 JPEGs through the study's training transforms."""
+
+    def __init__(self, count: int):
+        rng = np.random.default_rng(0)
+        self.blobs = []
+        for _ in range(count):
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(buf, format="JPEG")
+            self.blobs.append(buf.getvalue())
+        self.transform = build_transforms(train=True, image_size=None, interpolation="bilinear",
+                                          mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+
+    def __len__(self) -> int:
+        return len(self.blobs)
+
+    def __getitem__(self, i: int):
+        return self.transform(Image.open(io.BytesIO(self.blobs[i])).convert("RGB")), 0
+
+
+def input_pipeline(batch: int) -> None:
+    loader = DataLoader(JpegImages(256), batch_size=batch, num_workers=2)
+    next(iter(loader))
+    start, seen = time.perf_counter(), 0
+    for images, _ in loader:
+        seen += len(images)
+    print(f"\ninput pipeline (224 px study transforms, JPEG decode, 2 workers): "
+          f"{seen / (time.perf_counter() - start):.0f} images/s")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--archs", nargs="+", default=["resnet18", "resnet50"])
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--size", type=int, default=160)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--compile", action="store_true", help="also time torch.compile (minutes of compilation on CPU)")
+    p.add_argument("--force-bf16", action="store_true", help="time bf16 even where its matmuls are slow")
+    args = p.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    limits = {"fp32": matmul_gflops(device, torch.float32), "bf16": matmul_gflops(device, torch.bfloat16, n=1024,
+                                                                                   reps=2)}
+    capability = torch.backends.cpu.get_cpu_capability() if device.type == "cpu" else device.type
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability {capability}; measured "
+          f"matmul limit: fp32 {limits['fp32']:.0f} GFLOP/s, bf16 {limits['bf16']:.1f} GFLOP/s")
+    args.bf16 = args.force_bf16 or limits["bf16"] >= limits["fp32"] / 2
+    if not args.bf16:
+        print(f"bf16 matmuls run {limits['fp32'] / limits['bf16']:.0f}x slower than fp32 here (no AVX-512 BF16 / AMX "
+              "kernels in use): bf16 variants skipped (--force-bf16 times them anyway); train in fp32 on this machine")
+    for arch in args.archs:
+        bench_arch(arch, device, args, limits)
+    input_pipeline(args.batch)
+
+
+if __name__ == "__main__":
+    main()
