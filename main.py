@@ -46,9 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--lr", type=float, help="override the trainer config's learning rate")
     o.add_argument("--image_size", type=int, help="input size (default: the model's)")
     o.add_argument("--max_train_samples", type=int, help="use a seeded subset of the train split")
-    o.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+    o.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"], default="fp32",
                    help="autocast precision of forward/backward (bf16: CPUs with AVX-512 BF16/AMX and recent GPUs; fp16: "
-                        "CUDA, with gradient scaling); weights stay fp32, masks exact")
+                        "CUDA, with gradient scaling; auto: bf16 where a quick probe finds it faster, else fp32); "
+                        "weights stay fp32, masks exact")
     o.add_argument("--channels_last", action="store_true", help="NHWC memory order (faster convolutions on CPU)")
     o.add_argument("--model_label", help="the 'model' (method) column of results.csv, e.g. 'AC/DC'")
     o.add_argument("--sparsity_label", type=float, help="the 'sparsity' column (default: measured)")

@@ -60,3 +60,14 @@ def test_a_qat_recipe_runs_under_bf16_with_fp32_fake_quantization(tmp_path, spar
     assert saved["extra"]["quantization"]["modules"] and record["precision"] == "bf16"
     for name, mask in masks.items():
         assert torch.equal(saved["state_dict"][name] != 0, mask), name
+
+
+def test_auto_precision_picks_what_the_probe_finds_faster(monkeypatch):
+    import utils.runs.full as full
+    from policies.tasks import fastest_precision
+
+    assert fastest_precision(torch.device("cpu")) in ("fp32", "bf16")
+    monkeypatch.setattr(full, "_PROBED", {})
+    monkeypatch.setattr(full, "fastest_precision", lambda device: "bf16")
+    assert full.run_precision("auto", torch.device("cpu")) == "bf16"
+    assert full.run_precision("fp32", torch.device("cpu")) == "fp32"

@@ -21,7 +21,7 @@ from policies.modifiers import recipe_method
 from policies.modifiers.distillation import DistillationModifier
 from policies.modifiers.layers import LayerPruningModifier
 from policies.quantization import qat_modules, qat_state
-from policies.tasks import ClassificationTask, Task
+from policies.tasks import ClassificationTask, Task, fastest_precision
 from policies.trainer import LRSchedulePolicy, TrainerConfig, build_optimizer
 from utils.checkpoints import save_native_checkpoint
 from utils.config import load_config
@@ -213,7 +213,8 @@ def fine_tune(opts: FullOptions) -> RunResult:
     if opts.channels_last:
         upstream.model.to(memory_format=torch.channels_last)
         task.channels_last = True
-    metrics = fit(state, policies, plan=plan, loaders=loaders, precision=opts.precision, frozen=frozen, task=task)
+    precision = run_precision(opts.precision, plan.device)
+    metrics = fit(state, policies, plan=plan, loaders=loaders, precision=precision, frozen=frozen, task=task)
     final_masks = check_sparsity(upstream.model, masks, recipe=opts.recipe is not None,
                                  loaded_sparsity=loaded_sparsity)
     label = opts.model_label or recipe_method(schedule) or upstream.method
@@ -295,6 +296,19 @@ def check_sparsity(model: nn.Module, masks: dict[str, torch.Tensor], *, recipe: 
     return masks
 
 
+def run_precision(requested: str, device: torch.device) -> str:
+    """The precision a run trains in: as asked, or for 'auto' the fastest this device runs (probed once)."""
+    if requested != "auto":
+        return requested
+    if device not in _PROBED:
+        _PROBED[device] = fastest_precision(device)
+        log.info("--precision auto: %s on %s", _PROBED[device], device)
+    return _PROBED[device]
+
+
+_PROBED: dict[torch.device, str] = {}
+
+
 def task_columns(metrics: dict[str, Any]) -> dict[str, Any]:
     """results.csv's task column, and a detector's mAP columns (empty for a classifier)."""
     if "map" not in metrics:
@@ -325,7 +339,7 @@ def finish(opts: FullOptions, plan: Plan, *, upstream: Upstream, masks: dict[str
         "dset": dataset_name, "model": label,
         "sparsity": opts.sparsity_label if opts.sparsity_label is not None else round(sparsity, 2),
         "seed": opts.seed, "val_acc": metrics.get("test_acc", ""), "test_loss": metrics["test_loss"],
-        "precision": opts.precision,
+        "precision": run_precision(opts.precision, plan.device),
         **task_columns(metrics),
         "finetuning": "full", "arch": upstream.arch, "checkpoint": opts.from_checkpoint_path or "",
         "flavour": upstream.flavour or "", "recipe": opts.recipe or "", "solver": "", "lr": plan.lr,

@@ -60,7 +60,8 @@ class FullOptions(RunOptions):
     wandb_name: str | None = None
     eval_only: bool = False
     fp16: bool = False                         # the study's spelling of precision fp16
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"   # autocast dtype; the weights stay fp32 (masks exact)
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"   # autocast dtype; weights stay fp32 (masks exact);
+                                                # auto: bf16 where a quick probe finds it faster, else fp32
     channels_last: bool = False                # NHWC memory order for model and inputs
     recipe: str | None = None                 # SparseML-style recipe: drives epochs, LR, WD, pruning, QAT
     recipe_args: str | None = None            # JSON or k=v,k2=v2 overrides of the recipe's variables
