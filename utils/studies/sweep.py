@@ -54,6 +54,7 @@ def sweep(study: Study, *, study_path: str | Path, executor: str, jobs: int, dry
     run = get_executor(executor)
     start = time.perf_counter()
     paths = resolve_upstreams(study, make=not dry_run, progress=progress)
+    phases = {"upstreams": time.perf_counter() - start}
     cells, blocked = expand(study, paths)
     validate_cells(cells, source=str(study_path))
     status = {c.key: cell_status(c) for c in cells}
@@ -71,11 +72,15 @@ def sweep(study: Study, *, study_path: str | Path, executor: str, jobs: int, dry
         for c in todo:
             progress(f"  to do: {c.label}  -> {c.run_dir}")
         return {**counts, "blocked": len(blocked)}
-    run_cells(todo, run, study=study, jobs=jobs, wait=wait, progress=progress)
+    phases |= run_cells(todo, run, study=study, jobs=jobs, wait=wait, progress=progress)
     progress(f"took {time.perf_counter() - start:.0f} s")
     root = Path(study.experiment_root)
     if report and (root / "results.csv").exists():
+        began = time.perf_counter()
         write_study_report(study, progress=progress)
+        phases["report"] = time.perf_counter() - began
+    total = time.perf_counter() - start
+    progress(phase_line(phases, total))
     failed = [c for c in cells if cell_status(c) == "failed"]
     for c in failed:
         progress(f"failed: {c.label}: {read_error(c)} (see {c.run_dir / 'error.json'})")
@@ -83,19 +88,31 @@ def sweep(study: Study, *, study_path: str | Path, executor: str, jobs: int, dry
     return {**counts, "blocked": len(blocked)}
 
 
+def phase_line(phases: dict[str, float], total: float) -> str:
+    """'time by phase: upstreams 280 s, full cells 300 s, ...' (cells: the sum of their own times, which overlap
+    under --jobs > 1; 'other' is set-up, grid expansion and waiting)."""
+    parts = [f"{name} {seconds:.0f} s" for name, seconds in phases.items()]
+    other = total - phases.get("upstreams", 0) - phases.get("report", 0) \
+        - sum(v for k, v in phases.items() if k.endswith("cells"))
+    return f"time by phase: {', '.join(parts)}, other {max(other, 0):.0f} s (total {total:.0f} s)"
+
+
 def run_cells(todo: list[Cell], run: Callable, *, study: Study, jobs: int, wait: bool,
-              progress: Callable[[str], None]) -> None:
-    """Run the cells through the executor, one progress line each."""
+              progress: Callable[[str], None]) -> dict[str, float]:
+    """Run the cells through the executor, one progress line each; returns the seconds spent per mode."""
     log_folder = Path(study.slurm.log_folder or Path(study.experiment_root) / "slurm_logs")
     finished = {"done": 0, "failed": 0, "submitted": 0}
+    seconds: dict[str, float] = {}
     for i, (cell, outcome) in enumerate(run(todo, jobs=jobs, slurm=study.slurm, log_folder=log_folder, wait=wait), 1):
         state = outcome["status"]
         finished[state] = finished.get(state, 0) + 1
+        seconds[f"{cell.mode} cells"] = seconds.get(f"{cell.mode} cells", 0.0) + outcome.get("seconds", 0.0)
         detail = (f"{outcome.get('metric', 'acc')} {outcome['val_acc']:.4f}" if state == "done"
                   else outcome.get("error", outcome.get("job_id", "")))
         progress(f"[{i}/{len(todo)}] {state:<9} {cell.label}  {detail}  ({outcome.get('seconds', 0):.1f} s)")
     progress(f"ran {len(todo)} cells: {finished['done']} done, {finished['failed']} failed"
              + (f", {finished['submitted']} submitted" if finished["submitted"] else ""))
+    return seconds
 
 
 def write_study_report(study: Study, *, progress: Callable[[str], None] = log.info) -> Path:
