@@ -157,3 +157,11 @@ def test_workers_die_with_a_killed_sweep(tmp_path, two_upstreams):
     while time.time() < deadline and any(_alive(w) for w in workers):
         time.sleep(0.5)
     assert not any(_alive(w) for w in workers), "workers outlived their sweep"
+
+
+def test_the_time_by_phase_line_adds_up():
+    from utils.studies.sweep import phase_line
+
+    line = phase_line({"upstreams": 100.0, "full cells": 50.0, "linear cells": 20.0, "report": 5.0}, total=180.0)
+    assert line == ("time by phase: upstreams 100 s, full cells 50 s, linear cells 20 s, report 5 s, other 5 s "
+                    "(total 180 s)")
