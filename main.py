@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "CUDA, with gradient scaling; auto: bf16 where a quick probe finds it faster, else fp32); "
                         "weights stay fp32, masks exact")
     o.add_argument("--channels_last", action="store_true", help="NHWC memory order (faster convolutions on CPU)")
+    o.add_argument("--compile", action="store_true", help="torch.compile the model (its first steps compile for "
+                                                         "tens of seconds; pays off on long runs)")
     o.add_argument("--model_label", help="the 'model' (method) column of results.csv, e.g. 'AC/DC'")
     o.add_argument("--sparsity_label", type=float, help="the 'sparsity' column (default: measured)")
     o.add_argument("--no_progress", action="store_true", help="no progress bars")

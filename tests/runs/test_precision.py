@@ -71,3 +71,37 @@ def test_auto_precision_picks_what_the_probe_finds_faster(monkeypatch):
     monkeypatch.setattr(full, "fastest_precision", lambda device: "bf16")
     assert full.run_precision("auto", torch.device("cpu")) == "bf16"
     assert full.run_precision("fp32", torch.device("cpu")) == "fp32"
+
+
+def test_a_compiled_model_trains_to_the_eager_result_and_keeps_its_masks():
+    """torch.compile through the Manager: the same losses and weights as eager (to float tolerance), masks exact."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from policies.base import TrainState
+    from policies.manager import Manager
+    from policies.masking import FixedMaskPolicy
+
+    def train(compiled: bool):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                    torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 3))
+        with torch.no_grad():     # scattered zeros (whole zero channels would meet relu'(0), where kernels differ)
+            model[0].weight[torch.rand(model[0].weight.shape, generator=torch.Generator().manual_seed(1)) < 0.5] = 0
+        masks = {"0.weight": model[0].weight.detach() != 0}
+        data = TensorDataset(torch.randn(32, 3, 8, 8), torch.randint(0, 3, (32,)))
+        loader = DataLoader(data, batch_size=8, shuffle=True, generator=torch.Generator())
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        state = TrainState(model=model, forward_model=torch.compile(model) if compiled else model,
+                           optimizer=optimizer, device=torch.device("cpu"), steps_per_epoch=len(loader), num_epochs=2,
+                           seed=0)
+        metrics = Manager(state=state, policies=[FixedMaskPolicy(masks)], train_loader=loader,
+                          test_loader=DataLoader(data, batch_size=16)).fit()
+        return model, masks, metrics
+
+    eager, masks, eager_metrics = train(False)
+    compiled, _, compiled_metrics = train(True)
+    assert torch.equal(compiled[0].weight != 0, masks["0.weight"])
+    theirs = compiled.state_dict()
+    for key, a in eager.state_dict().items():
+        torch.testing.assert_close(a.float(), theirs[key].float(), rtol=1e-3, atol=1e-3, msg=key)
+    assert compiled_metrics["train_loss"] == pytest.approx(eager_metrics["train_loss"], rel=1e-3)

@@ -200,7 +200,8 @@ def fine_tune(opts: FullOptions) -> RunResult:
                            plan.batch_size, workers=opts.workers, device=plan.device, dist=plan.dist)
     schedule, epochs = training_schedule(opts, plan, model=upstream.model, masks=masks,
                                          steps_per_epoch=len(loaders[0]), embedded_recipe=upstream.recipe)
-    state = train_state(upstream.model, plan, epochs=epochs, steps_per_epoch=len(loaders[0]), seed=opts.seed)
+    state = train_state(upstream.model, plan, epochs=epochs, steps_per_epoch=len(loaders[0]), seed=opts.seed,
+                        compile_model=opts.compile)
     resolved = resolved_config(opts, plan, upstream=upstream, data=data, inputs=inputs, state=state,
                                loaded_sparsity=loaded_sparsity)
     policies = list(schedule)
@@ -257,13 +258,17 @@ def attach_teacher(distill: DistillationModifier, flag: str | None, *, num_class
     distill.teacher, distill.self_teacher = teacher, False
 
 
-def train_state(model: nn.Module, plan: Plan, *, epochs: int, steps_per_epoch: int, seed: int) -> TrainState:
-    """The loop's state: the optimizer over the model, and the model wrapped for several devices if asked."""
+def train_state(model: nn.Module, plan: Plan, *, epochs: int, steps_per_epoch: int, seed: int,
+                compile_model: bool = False) -> TrainState:
+    """The loop's state: the optimizer over the model, and the model wrapped for several devices if asked, or
+    compiled (torch.compile; the parameters, so the masks and the optimizer, are the model's own)."""
     optimizer = build_optimizer(model, plan.trainer.optimizer.model_copy(update={"lr": plan.lr}))
     if plan.dist.enabled:
         forward_model = nn.parallel.DistributedDataParallel(model, device_ids=plan.gpus or None)
     else:
         forward_model = nn.DataParallel(model, device_ids=plan.gpus) if len(plan.gpus) > 1 else model
+    if compile_model:
+        forward_model = torch.compile(forward_model)
     return TrainState(model=model, forward_model=forward_model, optimizer=optimizer, device=plan.device,
                       steps_per_epoch=steps_per_epoch, num_epochs=epochs, seed=seed, run_dir=plan.run_dir)
 

@@ -63,6 +63,7 @@ class FullOptions(RunOptions):
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"   # autocast dtype; weights stay fp32 (masks exact);
                                                 # auto: bf16 where a quick probe finds it faster, else fp32
     channels_last: bool = False                # NHWC memory order for model and inputs
+    compile: bool = False                      # torch.compile the forward pass (the first steps compile: slow)
     recipe: str | None = None                 # SparseML-style recipe: drives epochs, LR, WD, pruning, QAT
     recipe_args: str | None = None            # JSON or k=v,k2=v2 overrides of the recipe's variables
     distill_teacher: str | None = None        # the teacher checkpoint of a recipe's DistillationModifier
