@@ -63,6 +63,9 @@ class RecipeManager:
         self._step_started = False
         self._hook: Any = None
         self._finalized = False
+        self._saved: Mapping[str, Any] | None = None
+        self._seeded = False
+        self._loss_updated = False
 
     @classmethod
     def from_yaml(cls, recipe: str | Path, recipe_args: str | Mapping[str, Any] | None = None, *,
@@ -104,9 +107,8 @@ class RecipeManager:
                                 steps_per_epoch=steps_per_epoch, num_epochs=epochs, seed=seed or 0,
                                 train_loader=loader)
         self.policies, self.loader, self._seeded = policies, loader, seed is not None
-        saved = getattr(self, "_saved", None)
-        if saved is not None:
-            self._restore(saved)
+        if self._saved is not None:
+            self._restore(self._saved)
         elif start_epoch:
             raise UserError("start_epoch needs the manager's saved state: call load_state_dict(...) before modify")
         self._emit(Event.FIT_START)
@@ -121,6 +123,7 @@ class RecipeManager:
         self._begin_step()
         s.batch = Batch(inputs, targets, outputs, loss)
         self._emit(Event.AFTER_FORWARD)
+        self._loss_updated = True
         return s.batch.loss
 
     def finalize(self, model: nn.Module | None = None) -> None:
@@ -185,11 +188,15 @@ class RecipeManager:
         if self._finalized:
             return step()
         self._begin_step()      # the model never ran in training mode this step: the schedule still applies
+        distilling = [p for p in self.policies if isinstance(p, DistillationModifier) and p.active(s.step)]
+        if distilling and not self._loss_updated:
+            raise UserError(f"{distilling[0].source}: the recipe distils at this step; compute the loss with "
+                            "loss = manager.loss_update(loss, inputs=..., outputs=..., targets=...) before backward()")
         self._emit(Event.AFTER_BACKWARD)
         out = step()
         s.step += 1
         self._emit(Event.AFTER_OPTIMIZER_STEP)
-        s.batch, self._step_started = None, False
+        s.batch, self._step_started, self._loss_updated = None, False, False
         if s.step % s.steps_per_epoch == 0:
             self._emit(Event.EPOCH_END)
             s.epoch = s.step // s.steps_per_epoch

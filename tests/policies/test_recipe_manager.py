@@ -156,3 +156,33 @@ def test_misuse_gets_one_clear_line(tmp_path):
     with pytest.raises(UserError, match="steps_per_epoch"):
         manager.modify(model, torch.optim.SGD(model.parameters(), lr=0.1), steps_per_epoch=0)
     assert RecipeManager.from_yaml(GMP_QAT).max_epochs == 3          # recipe text works too
+
+
+DISTILL = """
+modifiers:
+  - !EpochRangeModifier
+    end_epoch: 1
+  - !DistillationModifier
+    start_epoch: 0
+    end_epoch: 1
+    hardness: 0.5
+"""
+
+
+def test_a_distilling_recipe_needs_loss_update_and_adds_its_term():
+    torch.manual_seed(0)
+    model, teacher = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    manager = RecipeManager.from_yaml(DISTILL)
+    optimizer = manager.modify(model, torch.optim.SGD(model.parameters(), lr=0.1), steps_per_epoch=2, teacher=teacher)
+    outputs = model(x)
+    plain = F.cross_entropy(outputs, y)
+    with pytest.raises(UserError, match="loss_update"):
+        plain.backward()
+        optimizer.step()
+    optimizer.zero_grad()
+    outputs = model(x)
+    loss = manager.loss_update(F.cross_entropy(outputs, y), inputs=x, outputs=outputs, targets=y)
+    assert float(loss) != pytest.approx(float(F.cross_entropy(outputs, y)))     # the KL term is in
+    loss.backward()
+    optimizer.step()
