@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torchmetrics.detection import MeanAveragePrecision
 
 from utils.detection.loss import xywh_to_xyxy
 
@@ -16,6 +15,9 @@ class DetectionMetric:
     """Accumulate detections and ground truth image by image; `compute()` -> map, map50, map75, per-class AP."""
 
     def __init__(self, num_classes: int):
+        # imported here: torchmetrics takes ~3 s to import, which every classification run would pay otherwise
+        from torchmetrics.detection import MeanAveragePrecision
+
         self.num_classes = num_classes
         self.metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True,
                                            max_detection_thresholds=list(MAX_DETECTIONS), backend="pycocotools")
