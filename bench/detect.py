@@ -25,21 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from models import build_model  # noqa: E402
 from policies.base import TrainState  # noqa: E402
 from policies.events import Event  # noqa: E402
-from policies.modifiers import build_recipe_policies  # noqa: E402
 from policies.quantization import prepare_qat_, quantizable_modules, set_observers_  # noqa: E402
-from policies.recipe import load_recipe_text  # noqa: E402
 from policies.trainer import yolov5_param_groups  # noqa: E402
 from utils.deploy import export_onnx, onnx_session  # noqa: E402
 from utils.detection import YoloLoss  # noqa: E402
-from utils.sparsity import magnitude_mask, prunable_parameters  # noqa: E402
-
-CONSTANT = """
-modifiers:
-  - !EpochRangeModifier
-    end_epoch: 1
-  - !ConstantPruningModifier
-    params: __ALL_PRUNABLE__
-"""
+from common import emit, hold_sparse_masks  # noqa: E402
 
 
 class Trainer:
@@ -48,20 +38,16 @@ class Trainer:
     def __init__(self, arch: str, *, size: int, masked: bool):
         torch.manual_seed(0)
         self.model = build_model(arch, num_classes=20)
-        with torch.no_grad():
-            for name, w in prunable_parameters(self.model, exclude_prefixes=[self.model.classifier_name]).items():
-                w.mul_(magnitude_mask(w, 0.5))
+        policies = hold_sparse_masks(self.model, 0.5)    # both start from the same 50%-sparse weights
         self.optimizer = torch.optim.SGD(yolov5_param_groups(self.model, 5e-4), lr=1e-3, momentum=0.937, nesterov=True)
         self.state = TrainState(model=self.model, forward_model=self.model, optimizer=self.optimizer,
                                 device=torch.device("cpu"), steps_per_epoch=10**6, num_epochs=1, seed=0)
-        self.policies = build_recipe_policies(load_recipe_text(CONSTANT, source="bench"), model=self.model,
-                                              steps_per_epoch=10**6)[0] if masked else []
+        self.policies = policies if masked else []
         self.loss = YoloLoss(self.model.get_classifier(), imgsz=size)
         self.emit(Event.FIT_START)
 
     def emit(self, event: Event) -> None:
-        for p in self.policies:
-            p.on_event(event, self.state)
+        emit(self.policies, event, self.state)
 
     def step(self, images: torch.Tensor, targets: torch.Tensor) -> float:
         start = time.perf_counter()

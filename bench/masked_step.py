@@ -28,13 +28,7 @@ from policies.modifiers import build_recipe_policies  # noqa: E402
 from policies.recipe import load_recipe_text  # noqa: E402
 from utils.sparsity import magnitude_mask, prunable_parameters  # noqa: E402
 
-CONSTANT = """
-modifiers:
-  - !EpochRangeModifier
-    end_epoch: 1
-  - !ConstantPruningModifier
-    params: __ALL_PRUNABLE__
-"""
+from common import HOLD as CONSTANT  # noqa: E402
 
 
 class Variant:

@@ -31,13 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from models import build_model  # noqa: E402
 from policies.base import TrainState  # noqa: E402
 from policies.events import Event  # noqa: E402
-from policies.modifiers import build_recipe_policies  # noqa: E402
-from policies.recipe import load_recipe_text  # noqa: E402
 from policies.tasks import autocast_for  # noqa: E402
 from utils.data import build_transforms  # noqa: E402
-from utils.sparsity import magnitude_mask, prunable_parameters  # noqa: E402
-
-HOLD = "modifiers:\n  - !EpochRangeModifier\n    end_epoch: 1\n  - !ConstantPruningModifier\n    params: __ALL_PRUNABLE__\n"
+from common import emit, hold_sparse_masks  # noqa: E402
 
 
 def matmul_gflops(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
@@ -66,13 +62,7 @@ class Step:
         self.model = build_model(arch, num_classes=100).to(device)
         self.device, self.precision = device, precision
         self.batch, self.labels = batch, labels
-        self.policies = []
-        if masked:
-            with torch.no_grad():
-                for name, w in prunable_parameters(self.model, exclude_prefixes=[self.model.classifier_name]).items():
-                    w.mul_(magnitude_mask(w, 0.9))
-            self.policies = build_recipe_policies(load_recipe_text(HOLD, source="bench"), model=self.model,
-                                                  steps_per_epoch=10**6)[0]
+        self.policies = hold_sparse_masks(self.model, 0.9) if masked else []
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
             self.batch = batch.contiguous(memory_format=torch.channels_last)
@@ -83,8 +73,7 @@ class Step:
         self.forward = torch.compile(self.model) if compile_model else self.model
 
     def emit(self, event: Event) -> None:
-        for p in self.policies:
-            p.on_event(event, self.state)
+        emit(self.policies, event, self.state)
 
     def __call__(self) -> float:
         sync(self.device)
