@@ -17,7 +17,9 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("study", help="a study file: configs/studies/*.yaml")
     p.add_argument("--executor", default="local", help="local (default), slurm, or submitit-local")
-    p.add_argument("--jobs", type=int, default=1, help="local: cells run at once (one per GPU when GPUs exist)")
+    p.add_argument("--jobs", type=int, default=0,
+                   help="local: runs at once (default 0: one per GPU, else one per core up to 4, each with its share "
+                        "of the cores)")
     p.add_argument("--dry-run", action="store_true", help="print what is done / to do / failed; run nothing")
     p.add_argument("--retry-failed", action="store_true", help="run failed cells again")
     p.add_argument("--no-wait", action="store_true", help="slurm: submit and exit without waiting")

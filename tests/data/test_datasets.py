@@ -664,3 +664,49 @@ def test_a_class_without_training_images_is_refused():
                     FileSamples([Path("c"), Path("d")], np.array([0, 1])), ["ant", "bee"])
     one_line_error(lambda: check_splits(raw, get_dataset_spec("imagefolder"), LAYOUTS.get("folders"), Path("/d"),
                                         strict=True), "1 of 2 classes have no training images (e.g. 'bee')")
+
+
+def test_batched_crop_and_flip_give_exactly_what_the_per_sample_steps_can_give():
+    """Each image of a batched draw equals the per-sample pipeline's output for one (top, left, flip) choice."""
+    from torchvision.transforms.v2 import functional as F
+
+    data = load_datasets("synthetic", None, image_size=12, augment=True, max_train_samples=64)
+    train = data.train
+    assert train.batched is not None
+    steps = train.transform.transforms                   # RandomCrop(pad), flip, ToDtype, Normalize, ToPureTensor
+    assert [type(t) for t in steps[:2]] == [v2.RandomCrop, v2.RandomHorizontalFlip]
+    crop, tail = steps[0], v2.Compose(steps[2:])
+    pad = crop.padding[0]
+    torch.manual_seed(0)
+    batch = train.__getitems__(list(range(32)))
+    seen_flips, seen_offsets = set(), set()
+    for i, (image, label) in enumerate(batch):
+        assert label == int(data.train.samples.labels[i])
+        padded = F.pad(train.prepared[i], [pad] * 4)
+        matches = []
+        for top in range(2 * pad + 1):
+            for left in range(2 * pad + 1):
+                cut = F.crop(padded, top, left, 12, 12)
+                matches += [(top, left, flip) for flip, c in ((0, cut), (1, F.horizontal_flip(cut)))
+                            if torch.equal(tail(c), image)]
+        assert matches, f"image {i} is not an output the per-sample steps can give"
+        seen_flips |= {m[2] for m in matches}
+        seen_offsets |= {m[:2] for m in matches}
+    assert seen_flips == {0, 1} and len(seen_offsets) > 5
+    torch.manual_seed(0)
+    again = train.__getitems__(list(range(32)))
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(batch, again))
+
+
+def test_the_loader_takes_batched_augmentation_and_stays_seeded():
+    from torch.utils.data import DataLoader
+
+    data = load_datasets("digits", None, image_size=12, augment=True, max_train_samples=64)
+    assert data.train.batched is not None              # float images, no flip: the batched path too
+
+    def epoch():
+        torch.manual_seed(3)
+        return [x for x, _ in DataLoader(data.train, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(1))]
+
+    first, second = epoch(), epoch()
+    assert all(torch.equal(a, b) for a, b in zip(first, second)) and first[0].shape == (16, 3, 12, 12)

@@ -89,3 +89,46 @@ def test_training_samples_are_augmented_deterministically_and_collated(yolo_tree
 def test_letterbox_keeps_the_aspect_ratio():
     image, ratio, (left, top) = letterbox(torch.rand(3, 40, 80), 64)
     assert ratio == 0.8 and (left, top) == (0, 16) and image.shape == (3, 64, 64)
+
+
+def test_hsv_jitter_is_yolov5s_gains_in_hsv_space():
+    import colorsys
+
+    from utils.data.yolo import hsv_jitter, hsv_to_rgb, rgb_to_hsv
+
+    images = torch.rand(3, 3, 5, 7)
+    images[0, :, 0, :] = 0.4                                          # grey pixels: no hue
+    pixels = images.permute(0, 2, 3, 1).reshape(-1, 3).tolist()
+    expected = torch.tensor([colorsys.rgb_to_hsv(*p) for p in pixels])
+    assert torch.allclose(rgb_to_hsv(images).permute(0, 2, 3, 1).reshape(-1, 3), expected, atol=1e-6)
+    assert torch.allclose(hsv_to_rgb(rgb_to_hsv(images)), images, atol=1e-6)
+    assert torch.allclose(hsv_jitter(images, 0, 0, 0), images, atol=1e-6)           # unit gains change nothing
+    torch.manual_seed(0)
+    out = hsv_jitter(images)
+    torch.manual_seed(0)
+    gains = torch.empty(3, 3).uniform_(-1, 1) * torch.tensor([0.015, 0.7, 0.4]) + 1
+    for n in range(3):
+        h, s, v = colorsys.rgb_to_hsv(*images[n, :, 2, 3].tolist())
+        want = colorsys.hsv_to_rgb((h * gains[n, 0].item()) % 1, min(s * gains[n, 1].item(), 1), min(v * gains[n, 2].item(), 1))
+        assert torch.allclose(out[n, :, 2, 3], torch.tensor(want), atol=1e-5)
+
+
+def test_a_batch_flips_boxes_with_their_images(yolo_tree, monkeypatch):
+    """Colours kept (no HSV jitter): every box of an augmented batch still sits on its object's colour."""
+    import utils.data.yolo as yolo
+
+    monkeypatch.setattr(yolo, "hsv_jitter", lambda images: images)
+    data = load_yolo_data(yolo_tree)
+    train = YoloDataset(data.splits["train"], num_classes=2, imgsz=64, augment=True)
+    checked = 0
+    for seed in range(4):
+        torch.manual_seed(seed)
+        for image, boxes in train.__getitems__(list(range(len(train)))):
+            rows = boxes.tolist()
+            for k, (cls, cx, cy, w, h) in enumerate(rows):
+                if any(abs(cx - x) < bw / 2 and abs(cy - y) < bh / 2 for _, x, y, bw, bh in rows[k + 1:]):
+                    continue                    # a box drawn later paints over this centre
+                inside = image[:, min(int(cy * 64), 63), min(int(cx * 64), 63)] * 255
+                assert torch.allclose(inside, torch.tensor(COLOURS[int(cls)], dtype=torch.float32), atol=50)
+                checked += 1
+    assert checked > 20

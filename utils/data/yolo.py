@@ -176,6 +176,26 @@ class YoloDataset(Dataset):
         return collate(batch)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Samples `indices` (the DataLoader asks for a batch with this): the letterbox and its random scale per
+        image, then flip and HSV jitter over the batch at once."""
+        samples = [self._letterboxed(i) for i in indices]
+        if not self.augment:
+            return samples
+        images = torch.stack([image for image, _ in samples])
+        flip = torch.rand(len(samples)) < 0.5
+        images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+        images = hsv_jitter(images)
+        out = []
+        for image, (_, boxes), flipped in zip(images.unbind(0), samples, flip.tolist()):
+            if flipped:
+                boxes[:, 1] = 1.0 - boxes[:, 1]
+            out.append((image, boxes))
+        return out
+
+    def _letterboxed(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         with Image.open(self.items[index][0]) as im:
             image = TF.to_image(im.convert("RGB"))
         image = TF.to_dtype(image, torch.float32, scale=True)
@@ -188,20 +208,37 @@ class YoloDataset(Dataset):
             boxes[:, 2] = (boxes[:, 2] * h * ratio + top) / self.imgsz
             boxes[:, 3] = boxes[:, 3] * w * ratio / self.imgsz
             boxes[:, 4] = boxes[:, 4] * h * ratio / self.imgsz
-        if self.augment:
-            if bool(torch.rand(()) < 0.5):
-                image = image.flip(-1)
-                boxes[:, 1] = 1.0 - boxes[:, 1]
-            image = hsv_jitter(image)
         return image, boxes
 
 
-def hsv_jitter(image: torch.Tensor, hue: float = 0.015, saturation: float = 0.7, value: float = 0.4) -> torch.Tensor:
-    """YOLOv5's HSV augmentation gains (hsv_h/s/v), drawn from torch's RNG."""
-    gains = torch.empty(3).uniform_(-1, 1) * torch.tensor([hue, saturation, value]) + 1
-    image = TF.adjust_hue(image, float(gains[0] - 1))
-    image = TF.adjust_saturation(image, float(gains[1]))
-    return TF.adjust_brightness(image, float(gains[2])).clamp(0, 1)
+def hsv_jitter(images: torch.Tensor, hue: float = 0.015, saturation: float = 0.7, value: float = 0.4) -> torch.Tensor:
+    """YOLOv5's HSV augmentation over a batch (N, 3, H, W) in [0, 1]: per image, gains 1 + U(-1, 1) * (hsv_h, hsv_s,
+    hsv_v) multiply hue (modulo a turn), saturation and value (clipped), drawn from torch's RNG."""
+    gains = (torch.empty(len(images), 3).uniform_(-1, 1) * torch.tensor([hue, saturation, value]) + 1).view(-1, 3, 1, 1)
+    h, s, v = rgb_to_hsv(images).unbind(1)
+    h = (h * gains[:, 0]) % 1.0
+    s = (s * gains[:, 1]).clamp(0, 1)
+    v = (v * gains[:, 2]).clamp(0, 1)
+    return hsv_to_rgb(torch.stack([h, s, v], 1))
+
+
+def rgb_to_hsv(images: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) RGB in [0, 1] -> HSV, each in [0, 1] (hue in turns)."""
+    r, g, b = images.unbind(1)
+    high, argmax = images.max(1)
+    chroma = high - images.min(1).values
+    safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
+    hue = torch.where(argmax == 0, ((g - b) / safe) % 6, torch.where(argmax == 1, (b - r) / safe + 2, (r - g) / safe + 4))
+    hue = torch.where(chroma > 0, hue / 6, torch.zeros_like(hue))
+    sat = torch.where(high > 0, chroma / torch.where(high > 0, high, torch.ones_like(high)), torch.zeros_like(high))
+    return torch.stack([hue, sat, high], 1)
+
+
+def hsv_to_rgb(images: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) HSV in [0, 1] -> RGB in [0, 1]."""
+    h, s, v = images.unbind(1)
+    k = (torch.tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1) + (h * 6).unsqueeze(1)) % 6
+    return v.unsqueeze(1) - (v * s).unsqueeze(1) * torch.minimum(k, 4 - k).clamp(0, 1)
 
 
 def collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:

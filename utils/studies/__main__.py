@@ -17,7 +17,9 @@ from utils.studies import DEMO_STUDY, format_table, load_study, run_study, side_
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--study", default=str(DEMO_STUDY), help="the study file to run (default: the demo)")
-    p.add_argument("--jobs", type=int, default=1, help="cells run at once")
+    p.add_argument("--jobs", type=int, default=0,
+                   help="local: runs at once (default 0: one per GPU, else one per core up to 4, each with its share "
+                        "of the cores)")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress")
     args = p.parse_args(argv)
     setup_logging(args.verbose, quiet=True)

@@ -70,7 +70,9 @@ def cell_options(study: Study, *, upstream: UpstreamSpec, dataset: DatasetEntry,
                  checkpoint: Path) -> dict[str, Any]:
     """The run options of one cell: study, dataset and mode options, then what the cell itself fixes."""
     spec = study.mode(mode)
-    values = {"workers": 0, **study.options, **dataset.overrides, **spec.options, **dataset.mode_overrides(mode),
+    training = study.train_options if mode == "full" else {}
+    values = {"workers": 0, **study.options, **training, **dataset.overrides, **spec.options,
+              **dataset.mode_overrides(mode),
               **spec.run_fields(), "dataset": dataset.name, "dataset_path": dataset.path,
               "from_checkpoint_path": str(checkpoint), "checkpoint_flavour": upstream.flavour, "seed": seed,
               "model_label": upstream.model, "sparsity_label": upstream.sparsity}

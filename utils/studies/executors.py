@@ -37,13 +37,16 @@ def _pin_gpu(cell: Cell, slot: int, gpus: int) -> Cell:
 
 
 _PARENT: int | None = None
+_THREADS = 1
 
 
-def _die_with_parent(parent: int) -> None:
+def _init_worker(parent: int, threads: int) -> None:
     """Worker initializer: the kernel sends SIGTERM when the sweep process dies (Linux), and a worker whose
-    sweep is gone never starts a cell (see `_run_cell_in_worker`)."""
-    global _PARENT
-    _PARENT = parent
+    sweep is gone never starts a cell (see `in_worker`). Each worker takes its share of the cores:
+    N workers with all cores each would fight over them."""
+    global _PARENT, _THREADS
+    _PARENT, _THREADS = parent, threads
+    torch.set_num_threads(threads)
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGTERM)            # PR_SET_PDEATHSIG
@@ -53,24 +56,48 @@ def _die_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _run_cell_in_worker(cell: Cell) -> dict[str, Any]:
+def in_worker(fn: Callable[..., Any], *args: Any, threads: int | None = None, **kwargs: Any) -> Any:
+    """Run `fn` in a pool worker with `threads` torch threads (default: the worker's share of the cores),
+    unless the sweep that started the worker is gone."""
     if _PARENT is not None and os.getppid() != _PARENT:
         raise SystemExit("the sweep that started this worker is gone")
-    return run_cell(cell)
+    torch.set_num_threads(threads or _THREADS)
+    return fn(*args, **kwargs)
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_jobs() -> int:
+    """Local runs at once when none is asked for: one per GPU, else one per core up to 4 (the small models of
+    a demo or a test keep one core busy each; a bigger one splits the cores over the workers)."""
+    return _gpu_count() or min(cores(), 4)
+
+
+@contextlib.contextmanager
+def worker_pool(jobs: int) -> Iterator[ProcessPoolExecutor]:
+    """`jobs` worker processes (spawned, dying with this process), each with cores // jobs torch threads;
+    the sweep makes one and runs both its upstreams and its cells in it."""
+    context = multiprocessing.get_context("spawn")
+    threads = max(1, cores() // jobs)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker,
+                             initargs=(os.getpid(), threads)) as pool:
+        yield pool
 
 
 @EXECUTORS.register("local")
-def run_local(cells: list[Cell], *, jobs: int = 1, slurm: SlurmSpec | None = None, **_: Any) -> Iterator[Outcome]:
-    """One cell at a time in this process, or `jobs` worker processes (cells round-robin over GPUs)."""
+def run_local(cells: list[Cell], *, jobs: int = 1, slurm: SlurmSpec | None = None,
+              pool: ProcessPoolExecutor | None = None, **_: Any) -> Iterator[Outcome]:
+    """One cell at a time in this process, or `jobs` worker processes (cells round-robin over GPUs); `pool`:
+    workers already started (`worker_pool`)."""
     gpus = _gpu_count()
-    if jobs <= 1:
+    if jobs <= 1 and pool is None:
         for i, cell in enumerate(cells):
             yield cell, run_cell(_pin_gpu(cell, i, gpus))
         return
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_die_with_parent,
-                             initargs=(os.getpid(),)) as pool:
-        futures = {pool.submit(_run_cell_in_worker, _pin_gpu(cell, i, gpus)): cell for i, cell in enumerate(cells)}
+    with contextlib.nullcontext(pool) if pool is not None else worker_pool(jobs) as workers:
+        futures = {workers.submit(in_worker, run_cell, _pin_gpu(cell, i, gpus)): cell for i, cell in enumerate(cells)}
         for future in as_completed(futures):
             cell = futures[future]
             try:

@@ -114,7 +114,8 @@ class Study(StrictModel):
     full: FullMode | None = None
     linear: LinearMode | None = None
     options: dict[str, Any] = Field(default_factory=dict)    # options shared by every cell
-    slurm: SlurmSpec = SlurmSpec()
+    train_options: dict[str, Any] = Field(default_factory=dict)   # ... and by every training run (the upstreams a
+    slurm: SlurmSpec = SlurmSpec()                                # study trains and its full cells): precision, ...
 
     @model_validator(mode="after")
     def _consistent(self) -> "Study":

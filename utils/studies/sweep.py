@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import time
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Callable
 
@@ -17,7 +18,7 @@ from utils.config import validate
 from utils.io import exclusive_lock
 from utils.runs import RUNS
 from utils.studies.cells import Cell, cell_status, expand, read_error
-from utils.studies.executors import get_executor
+from utils.studies.executors import default_jobs, get_executor, worker_pool
 from utils.studies.study import Study, load_study
 from utils.studies.upstreams import resolve_upstreams
 
@@ -39,8 +40,10 @@ def run_study(study_path: str | Path, *, executor: str = "local", jobs: int = 1,
               retry_failed: bool = False, wait: bool = True, report: bool = True,
               progress: Callable[[str], None] = log.info) -> dict[str, int]:
     """The sweep: upstreams, grid, skip done, run the rest, then the report. Returns status counts (and how
-    many upstreams are missing, `blocked`). One sweep at a time per study root (a dry run needs no lock)."""
+    many upstreams are missing, `blocked`). `jobs` 0: `default_jobs()`. One sweep at a time per study root (a
+    dry run needs no lock)."""
     study = load_study(study_path)
+    jobs = jobs or default_jobs()
     root = Path(study.experiment_root)
     lock = contextlib.nullcontext() if dry_run else \
         exclusive_lock(root / ".sweep.lock", what=f"study {study.name!r} ({root})")
@@ -51,9 +54,16 @@ def run_study(study_path: str | Path, *, executor: str = "local", jobs: int = 1,
 
 def sweep(study: Study, *, study_path: str | Path, executor: str, jobs: int, dry_run: bool, retry_failed: bool,
           wait: bool, report: bool, progress: Callable[[str], None]) -> dict[str, int]:
+    with worker_pool(jobs) if executor == "local" and jobs > 1 and not dry_run else contextlib.nullcontext() as pool:
+        return _sweep(study, study_path=study_path, executor=executor, jobs=jobs, dry_run=dry_run,
+                      retry_failed=retry_failed, wait=wait, report=report, progress=progress, pool=pool)
+
+
+def _sweep(study: Study, *, study_path: str | Path, executor: str, jobs: int, dry_run: bool, retry_failed: bool,
+           wait: bool, report: bool, progress: Callable[[str], None], pool: Executor | None) -> dict[str, int]:
     run = get_executor(executor)
     start = time.perf_counter()
-    paths = resolve_upstreams(study, make=not dry_run, progress=progress)
+    paths = resolve_upstreams(study, make=not dry_run, progress=progress, pool=pool, jobs=jobs)
     phases = {"upstreams": time.perf_counter() - start}
     cells, blocked = expand(study, paths)
     validate_cells(cells, source=str(study_path))
@@ -72,7 +82,7 @@ def sweep(study: Study, *, study_path: str | Path, executor: str, jobs: int, dry
         for c in todo:
             progress(f"  to do: {c.label}  -> {c.run_dir}")
         return {**counts, "blocked": len(blocked)}
-    phases |= run_cells(todo, run, study=study, jobs=jobs, wait=wait, progress=progress)
+    phases |= run_cells(todo, run, study=study, jobs=jobs, wait=wait, progress=progress, pool=pool)
     progress(f"took {time.perf_counter() - start:.0f} s")
     root = Path(study.experiment_root)
     if report and (root / "results.csv").exists():
@@ -98,12 +108,13 @@ def phase_line(phases: dict[str, float], total: float) -> str:
 
 
 def run_cells(todo: list[Cell], run: Callable, *, study: Study, jobs: int, wait: bool,
-              progress: Callable[[str], None]) -> dict[str, float]:
+              progress: Callable[[str], None], pool: Executor | None = None) -> dict[str, float]:
     """Run the cells through the executor, one progress line each; returns the seconds spent per mode."""
     log_folder = Path(study.slurm.log_folder or Path(study.experiment_root) / "slurm_logs")
     finished = {"done": 0, "failed": 0, "submitted": 0}
     seconds: dict[str, float] = {}
-    for i, (cell, outcome) in enumerate(run(todo, jobs=jobs, slurm=study.slurm, log_folder=log_folder, wait=wait), 1):
+    outcomes = run(todo, jobs=jobs, slurm=study.slurm, log_folder=log_folder, wait=wait, pool=pool)
+    for i, (cell, outcome) in enumerate(outcomes, 1):
         state = outcome["status"]
         finished[state] = finished.get(state, 0) + 1
         seconds[f"{cell.mode} cells"] = seconds.get(f"{cell.mode} cells", 0.0) + outcome.get("seconds", 0.0)
