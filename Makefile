@@ -30,10 +30,7 @@ demo: venv data
 
 # The detection leg: YOLO data pasted from Fashion-MNIST, a yolov5n upstream, GMP 80/90%, seed-001 sparse transfer.
 demo-detection: venv data
-	$(PY) -m utils.data.paste_yolo experiments/demo_detection/data/upstream --classes 0 1 2 3 4 --train 800 --val 150
-	$(PY) -m utils.data.paste_yolo experiments/demo_detection/data/transfer --classes 5 6 7 8 9 --train 500 --val 150 --seed 1
 	$(PY) -m utils.studies --study configs/studies/demo_detection.yaml
-	$(PY) -m utils.deploy $$(ls -t experiments/demo_detection/full/yolo/gmp_90_seed0_*/model.pt | head -1) --latency
 
 test: venv data
 	$(PY) -m pytest

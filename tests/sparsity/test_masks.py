@@ -42,3 +42,20 @@ def test_prunable_parameters_excludes_prefix():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
     assert list(prunable_parameters(model)) == ["0.weight", "3.weight"]
     assert list(prunable_parameters(model, exclude_prefixes=["3"])) == ["0.weight"]
+
+
+def test_masks_of_channels_last_weights_equal_those_of_contiguous_ones():
+    """--channels_last keeps conv weights NHWC in memory; every mask type must give the same mask for them."""
+    from utils.sparsity.structured import layer_mask, make_masks, parse_mask_type
+
+    torch.manual_seed(0)
+    weight = torch.randn(8, 16, 3, 3)
+    nhwc = weight.to(memory_format=torch.channels_last)
+    assert not nhwc.is_contiguous()
+    for kind in ("unstructured", "block4", "2:4"):
+        mask_type = parse_mask_type(kind)
+        assert torch.equal(layer_mask(nhwc, 0.5, mask_type), layer_mask(weight, 0.5, mask_type)), kind
+        for global_scope in (False, True):
+            got = make_masks({"w": nhwc, "v": nhwc * 2}, 0.5, mask_type=mask_type, global_scope=global_scope)
+            want = make_masks({"w": weight, "v": weight * 2}, 0.5, mask_type=mask_type, global_scope=global_scope)
+            assert all(torch.equal(got[k], want[k]) for k in want), (kind, global_scope)

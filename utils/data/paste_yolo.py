@@ -2,7 +2,7 @@
 
     python -m utils.data.paste_yolo OUT_DIR --classes 0 1 2 3 4 [--train 1000] [--val 200] [--canvas 96]
 
-Each image is a dark noisy canvas with 1-3 items of the chosen Fashion-MNIST classes, each scaled by 0.8-1.6 and
+Each image is a dark noisy canvas with 1-3 items of the chosen Fashion-MNIST classes, each scaled by 0.8-1.6 (--scale) and
 pasted where it does not overlap another; its box is the tight box of the item's visible pixels. Items come from
 Fashion-MNIST's training split for train and from its test split for val, so no item is in both. Writes
 OUT_DIR/images/{train,val}/*.png, OUT_DIR/labels/{train,val}/*.txt and OUT_DIR/data.yaml (names: the classes'
@@ -49,10 +49,10 @@ def items_of(split: str, classes: list[int]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def paste(canvas: np.ndarray, item: np.ndarray, rng: np.random.Generator, taken: list[tuple[int, int, int, int]],
-          ) -> tuple[int, int, int, int] | None:
+          scale: tuple[float, float] = (0.8, 1.6)) -> tuple[int, int, int, int] | None:
     """Paste a scaled item where it overlaps nothing; its visible box (x0, y0, x1, y1), or None if no room."""
     size = canvas.shape[0]
-    side = int(round(28 * rng.uniform(0.8, 1.6)))
+    side = int(round(28 * rng.uniform(*scale)))
     scaled = F.interpolate(torch.from_numpy(item)[None, None].float(), size=(side, side), mode="bilinear",
                            align_corners=False)[0, 0].clamp(0, 255).numpy().astype(np.uint8)
     ys, xs = np.nonzero(scaled > MIN_VISIBLE)          # on the pixel values written, so the box is tight
@@ -70,7 +70,7 @@ def paste(canvas: np.ndarray, item: np.ndarray, rng: np.random.Generator, taken:
 
 
 def write_split(out: Path, split: str, count: int, items: np.ndarray, labels: np.ndarray, classes: list[int], *,
-                canvas: int, rng: np.random.Generator, noise: int = 40) -> None:
+                canvas: int, rng: np.random.Generator, noise: int = 40, scale: tuple[float, float] = (0.8, 1.6)) -> None:
     (out / "images" / split).mkdir(parents=True, exist_ok=True)
     (out / "labels" / split).mkdir(parents=True, exist_ok=True)
     index = {c: i for i, c in enumerate(classes)}
@@ -80,7 +80,7 @@ def write_split(out: Path, split: str, count: int, items: np.ndarray, labels: np
         taken: list[tuple[int, int, int, int]] = []
         lines = []
         for k in rng.choice(len(items), size=int(rng.integers(1, 4)), replace=False):
-            box = paste(image, items[k], rng, taken)
+            box = paste(image, items[k], rng, taken, scale)
             if box is not None:
                 x0, y0, x1, y1 = box
                 lines.append(f"{index[int(labels[k])]} {(x0 + x1) / 2 / canvas:.6f} {(y0 + y1) / 2 / canvas:.6f} "
@@ -90,19 +90,19 @@ def write_split(out: Path, split: str, count: int, items: np.ndarray, labels: np
 
 
 def make_paste_dataset(out: str | Path, *, classes: list[int], train: int = 1000, val: int = 200, canvas: int = 96,
-                       seed: int = 0, noise: int = 40) -> Path:
-    """Write the dataset (see the module docstring; `noise`: the canvas noise's upper bound); returns its
-    data.yaml."""
+                       seed: int = 0, noise: int = 40, scale: tuple[float, float] = (0.8, 1.6)) -> Path:
+    """Write the dataset (see the module docstring; `noise`: the canvas noise's upper bound, `scale`: the range of
+    the items' scale factors); returns its data.yaml."""
     out = Path(out)
     settings = {"classes": classes, "train": train, "val": val, "canvas": canvas, "seed": seed, "noise": noise,
-                "version": 1}
+                "version": 1, **({"scale": list(scale)} if tuple(scale) != (0.8, 1.6) else {})}
     stamp = out / "settings.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == settings and (out / "data.yaml").is_file():
         return out / "data.yaml"
     rng = np.random.default_rng(seed)
     for split, count in (("train", train), ("val", val)):
         items, labels = items_of(split if split == "train" else "test", classes)
-        write_split(out, split, count, items, labels, classes, canvas=canvas, rng=rng, noise=noise)
+        write_split(out, split, count, items, labels, classes, canvas=canvas, rng=rng, noise=noise, scale=scale)
     names = get_dataset_spec("fashion_mnist").class_names
     atomic_write_text(out / "data.yaml", yaml.safe_dump({"path": ".", "train": "images/train", "val": "images/val",
                                                          "nc": len(classes), "names": [names[c] for c in classes]}))
@@ -119,12 +119,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--val", type=int, default=200)
     p.add_argument("--canvas", type=int, default=96)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scale", type=float, nargs=2, default=(0.8, 1.6), metavar=("LOW", "HIGH"),
+                   help="range of the items' scale factors (28 px * factor)")
     args = p.parse_args(argv)
     setup_logging()
     if any(not 0 <= c <= 9 for c in args.classes):
         raise UserError(f"--classes {args.classes}: Fashion-MNIST classes are 0..9")
     data_yaml = make_paste_dataset(args.out, classes=args.classes, train=args.train, val=args.val,
-                                   canvas=args.canvas, seed=args.seed)
+                                   canvas=args.canvas, seed=args.seed, scale=tuple(args.scale))
     log.info("YOLO dataset ready: %s", data_yaml)
 
 

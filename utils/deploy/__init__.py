@@ -4,9 +4,9 @@ From the shell: `python -m utils.deploy RUN_DIR/model.pt`.
 """
 from utils.deploy.compress import (COMPRESSED_FORMAT, compress_state_dict, compressed_size_report,
                                    decompress_state_dict)
-from utils.deploy.export import export_checkpoint
+from utils.deploy.export import deploy_checkpoint, describe_deployment, export_checkpoint
 from utils.deploy.onnx import compare_with_torch, export_onnx, fold_quantized_weights_, onnx_latency_ms, onnx_session
 
 __all__ = ["COMPRESSED_FORMAT", "compare_with_torch", "compress_state_dict", "compressed_size_report",
-           "decompress_state_dict", "export_checkpoint", "export_onnx", "fold_quantized_weights_", "onnx_latency_ms",
+           "decompress_state_dict", "deploy_checkpoint", "describe_deployment", "export_checkpoint", "export_onnx", "fold_quantized_weights_", "onnx_latency_ms",
            "onnx_session"]

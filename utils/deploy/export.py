@@ -10,7 +10,8 @@ import torch
 from policies.quantization import load_qat_state_, qat_modules
 from utils.checkpoints import load_checkpoint
 from utils.deploy.compress import compressed_size_report
-from utils.deploy.onnx import compare_with_torch, export_onnx
+from utils.deploy.onnx import compare_with_torch, export_onnx, onnx_latency_ms
+from utils.io import atomic_write_json
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, flavour: str | None = None,
@@ -37,3 +38,39 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, flavour: s
                           **compare_with_torch(model, int8, inputs)}
     report["size"] = compressed_size_report(model.state_dict(), out_dir / "model_compressed.pt")
     return report
+
+
+def deploy_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, latency: bool = False, **options: Any
+                      ) -> dict[str, Any]:
+    """`export_checkpoint` (with `options`), plus the ONNX files' ONNX Runtime latency at batch 1 when asked;
+    the report is written to OUT_DIR/export_report.json."""
+    out_dir = Path(out_dir)
+    report = export_checkpoint(checkpoint, out_dir, **options)
+    if latency:
+        files = {kind: report[kind]["path"] for kind in ("fp32", "int8") if kind in report}
+        size = report["input_size"]
+        report["latency_ms"] = onnx_latency_ms(files, torch.rand(1, 3, size, size,
+                                                                 generator=torch.Generator().manual_seed(0)))
+    atomic_write_json(out_dir / "export_report.json", report)
+    return report
+
+
+def describe_deployment(report: dict[str, Any]) -> list[str]:
+    """The report's lines for a person: each ONNX file's size and agreement, the latency, the checkpoint sizes."""
+    lines = []
+    for kind in ("fp32", "int8"):
+        if kind in report:
+            r = report[kind]
+            agreement = (f"box agreement {r['box_agreement']:.2%} (torch's {r['boxes']} top boxes)"
+                         if "box_agreement" in r else f"top-1 agreement {r['top1_agreement']:.2%}")
+            lines.append(f"{kind}: {r['path']} ({r['bytes'] / 1e6:.2f} MB)  max |diff| {r['max_abs_diff']:.3g}  "
+                         f"{agreement} on {r['num_samples']} inputs")
+    timed = report.get("latency_ms")
+    if timed:
+        lines.append(f"ONNX Runtime, batch 1, {report['input_size']} px: "
+                     + ", ".join(f"{k} {v:.2f} ms" for k, v in timed.items())
+                     + (f"  (INT8 {timed['fp32'] / timed['int8']:.2f}x fp32)" if "int8" in timed else ""))
+    s = report["size"]
+    lines.append(f"checkpoint: dense {s['dense_bytes'] / 1e6:.2f} MB, bitmask+nonzeros {s['compressed_bytes'] / 1e6:.2f} "
+                 f"MB ({s['ratio']:.2f}x smaller)")
+    return lines

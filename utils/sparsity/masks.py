@@ -63,7 +63,7 @@ def magnitude_mask(weight: torch.Tensor, sparsity_fraction: float) -> torch.Tens
     if not 0.0 <= sparsity_fraction <= 1.0:
         raise ValueError(f"sparsity must be in [0, 1], got {sparsity_fraction}")
     num_pruned = int(round(sparsity_fraction * weight.numel()))
-    mask = torch.ones_like(weight, dtype=torch.bool)
+    mask = torch.ones(weight.shape, dtype=torch.bool, device=weight.device)   # contiguous, whatever the weight's layout
     if num_pruned == 0:
         return mask
     # Stable sort on |w| makes ties deterministic, so the pruned count is exact.

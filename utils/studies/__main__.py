@@ -1,6 +1,7 @@
-"""Run a study and print its results side by side: `python -m utils.studies [--study FILE] [--jobs N]`.
+"""Run studies and print their results side by side: `python -m utils.studies [--study FILE ...] [--jobs N]`.
 
-Without --study it runs the demo study (configs/studies/demo.yaml), which is what `make demo` does.
+Without --study it runs the demo (configs/studies/demo.yaml and demo_detection.yaml, with the detection data
+made first and the sparsest detector exported and timed at the end), which is what `make demo` does.
 """
 from __future__ import annotations
 
@@ -9,27 +10,44 @@ import time
 from pathlib import Path
 
 from utils.cli import setup_logging
+from utils.deploy import describe_deployment
 from utils.errors import exit_on_user_error
-from utils.studies import DEMO_STUDY, format_table, load_study, run_study, side_by_side
+from utils.studies import load_study, run_studies
+from utils.studies.demo import (DEMO_STUDIES, DETECTION_STUDY, deploy_sparsest, format_table,
+                                prepare_detection_data, side_by_side)
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--study", default=str(DEMO_STUDY), help="the study file to run (default: the demo)")
-    p.add_argument("--jobs", type=int, default=0,
-                   help="local: runs at once (default 0: one per GPU, else one per core up to 4, each with its share "
-                        "of the cores)")
+    p.add_argument("--study", action="append", help="a study file to run (repeat for several, run side by side; "
+                                                    "default: the demo)")
+    p.add_argument("--jobs", type=int, default=0, help="runs at once (default 0: one per GPU, else one per core "
+                                                       "up to 4)")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress")
     args = p.parse_args(argv)
     setup_logging(args.verbose, quiet=True)
     start = time.perf_counter()
-    run_study(args.study, jobs=args.jobs, progress=print)
-    root = Path(load_study(args.study).experiment_root)
-    print("\nFull and linear transfer from the upstream models, side by side:")
-    print(format_table(side_by_side(root / "results.csv")))
-    print(f"\nresults: {root / 'results.csv'}\nreport:  {root / 'report' / 'report.md'}")
-    print(f"took {time.perf_counter() - start:.0f} s")
+    studies = [Path(s) for s in args.study or DEMO_STUDIES]
+    detection_demo = any(s.resolve() == DETECTION_STUDY.resolve() for s in studies)
+    if detection_demo:
+        prepare_detection_data()
+    deployed = {}
+
+    def deploy(study: Path) -> None:       # the demo's detector is exported while the other study still runs
+        if detection_demo and study.resolve() == DETECTION_STUDY.resolve():
+            deployed[study] = deploy_sparsest(Path(load_study(study).experiment_root) / "results.csv", num_samples=16)
+
+    run_studies(studies, jobs=args.jobs, progress=print, then=deploy)
+    for study in studies:
+        root = Path(load_study(study).experiment_root)
+        print(f"\n{study}: transfer from the upstream models, side by side:")
+        print(format_table(side_by_side(root / "results.csv")))
+        print(f"results: {root / 'results.csv'}\nreport:  {root / 'report' / 'report.md'}")
+        if deployed.get(study):
+            print(f"\nthe sparsest transferred detector, exported ({deployed[study]['checkpoint']}):")
+            print("\n".join(describe_deployment(deployed[study])))
+    print(f"\ntook {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":

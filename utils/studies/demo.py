@@ -1,19 +1,43 @@
-"""`make demo`: the study in miniature (configs/studies/demo.yaml), on real data that ships offline.
+"""`make demo`: the study in miniature, on real data that ships offline -- a classification study and a detection leg.
 
-A dense small ResNet trained on Fashion-MNIST is the upstream model; GMP, AC/DC and one-shot magnitude
-pruning make sparse versions at 80/90/95%; each is transferred (full and linear) to scikit-learn's digits
-and to generated shapes with 2 seeds; the sweep writes the paper-style report. Finished cells are reused,
-so a second run takes seconds. Run it with `python -m utils.studies` (what `make demo` does).
+Classification (configs/studies/demo.yaml): a dense small ResNet trained on Fashion-MNIST is the upstream model;
+GMP, AC/DC and one-shot magnitude pruning make sparse versions at 80/90/95%; each is transferred (full and
+linear) to scikit-learn's digits and to generated shapes with 2 seeds.
+Detection (configs/studies/demo_detection.yaml): Fashion-MNIST items pasted on small canvases with their boxes
+(`DETECTION_DATA`); a dense yolov5n trained on classes 0-4, GMP-pruned to 80% and 90%, then each transferred to
+classes 5-9 with the seed-001 recipe (shortened), and the sparsest one exported to ONNX (fp32 and INT8) and timed.
+Both studies share one pool of workers. Finished runs are reused, so a second `make demo` takes seconds. Run it
+with `python -m utils.studies` (what `make demo` does).
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from utils.paths import STUDY_DIR
 
+log = logging.getLogger(__name__)
+
 DEMO_STUDY = STUDY_DIR / "demo.yaml"
+DETECTION_STUDY = STUDY_DIR / "demo_detection.yaml"
+DEMO_STUDIES = (DEMO_STUDY, DETECTION_STUDY)
+# The detection study's data (the paths its study file names): make_paste_dataset's arguments.
+DETECTION_DATA = (
+    {"out": "experiments/demo_detection/data/upstream", "classes": [0, 1, 2, 3, 4], "train": 600, "val": 120,
+     "canvas": 64, "scale": (0.55, 1.1), "seed": 0},
+    {"out": "experiments/demo_detection/data/transfer", "classes": [5, 6, 7, 8, 9], "train": 300, "val": 120,
+     "canvas": 64, "scale": (0.55, 1.1), "seed": 1},
+)
+
+
+def prepare_detection_data() -> list[Path]:
+    """Write the detection leg's YOLO datasets (kept when already made with the same settings)."""
+    from utils.data.paste_yolo import make_paste_dataset
+
+    return [make_paste_dataset(**{**spec, "classes": list(spec["classes"])}) for spec in DETECTION_DATA]
 
 
 def side_by_side(results_csv: Path) -> pd.DataFrame:
@@ -40,3 +64,23 @@ def format_table(table: pd.DataFrame) -> str:
     lines.append("(test top-1 % -- for detection datasets COCO mAP@0.5:0.95 % --, mean over seeds; 'measured "
                  "sparsity' is the fine-tuned models' zeros, classifier excluded)")
     return "\n".join(lines)
+
+
+def deploy_sparsest(results_csv: Path, **options: Any) -> dict[str, Any] | None:
+    """Export the sparsest transferred model of a study (ONNX fp32 and, after QAT, INT8) and time both in ONNX
+    Runtime; reuses an export newer than its model. None when the study has no full transfer yet."""
+    from utils.deploy import deploy_checkpoint
+    from utils.io import read_json
+
+    df = pd.read_csv(results_csv)
+    rows = df[df["finetuning"] == "full"].sort_values(["sparsity", "seed"], ascending=[False, True])
+    if rows.empty:
+        return None
+    model = Path(rows.iloc[0]["run_dir"]) / "model.pt"
+    out = model.parent / "model_export"
+    report = out / "export_report.json"
+    if report.is_file() and report.stat().st_mtime >= model.stat().st_mtime:
+        cached = read_json(report)
+        if "latency_ms" in cached:
+            return cached
+    return deploy_checkpoint(model, out, latency=True, **options)

@@ -1,6 +1,7 @@
 """Where cells run: in this process, in N local processes (one per GPU when GPUs exist), or via submitit."""
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import ctypes.util
@@ -8,8 +9,9 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -86,9 +88,67 @@ def worker_pool(jobs: int) -> Iterator[ProcessPoolExecutor]:
         yield pool
 
 
+class FairPool:
+    """Worker processes shared by several studies, each submitting through its own lane: at most one task per
+    worker is handed to the processes at a time, and a free worker takes the next task of the lanes in turn --
+    so a study whose runs are few and long is not stuck behind another's queue of many short ones."""
+
+    def __init__(self, pool: ProcessPoolExecutor, jobs: int):
+        self.pool, self.jobs = pool, jobs
+        self.lock = threading.RLock()                  # a task done at once calls back inside _dispatch
+        self.queues: dict[str, collections.deque] = {}
+        self.turn: collections.deque[str] = collections.deque()
+        self.running = 0
+
+    def lane(self, name: str) -> "Lane":
+        with self.lock:
+            self.queues.setdefault(name, collections.deque())
+            self.turn.append(name)
+        return Lane(self, name)
+
+    def _submit(self, name: str, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Future:
+        result: Future = Future()
+        with self.lock:
+            self.queues[name].append((result, fn, args, kwargs))
+        self._dispatch()
+        return result
+
+    def _dispatch(self) -> None:
+        with self.lock:
+            while self.running < self.jobs and any(self.queues.values()):
+                while not self.queues[self.turn[0]]:
+                    self.turn.rotate(-1)
+                result, fn, args, kwargs = self.queues[self.turn[0]].popleft()
+                self.turn.rotate(-1)
+                if not result.set_running_or_notify_cancel():
+                    continue
+                self.running += 1
+                self.pool.submit(fn, *args, **kwargs).add_done_callback(
+                    lambda done, result=result: self._finished(done, result))
+
+    def _finished(self, done: Future, result: Future) -> None:
+        with self.lock:
+            self.running -= 1
+        if done.exception() is not None:
+            result.set_exception(done.exception())
+        else:
+            result.set_result(done.result())
+        self._dispatch()
+
+
+class Lane:
+    """One study's way into a `FairPool` (what `submit` gives is a plain Future)."""
+
+    def __init__(self, fair: FairPool, name: str):
+        self.fair, self.name = fair, name
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        return self.fair._submit(self.name, fn, args, kwargs)
+
+
 @EXECUTORS.register("local")
 def run_local(cells: list[Cell], *, jobs: int = 1, slurm: SlurmSpec | None = None,
-              pool: ProcessPoolExecutor | None = None, **_: Any) -> Iterator[Outcome]:
+              pool: "ProcessPoolExecutor | Lane | None" = None, **_: Any) -> Iterator[Outcome]:
     """One cell at a time in this process, or `jobs` worker processes (cells round-robin over GPUs); `pool`:
     workers already started (`worker_pool`)."""
     gpus = _gpu_count()

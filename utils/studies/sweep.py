@@ -9,16 +9,16 @@ import contextlib
 import json
 import logging
 import time
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from utils.analysis import combos, load_results, paper_table, score_title, summarize, to_markdown, write_report
 from utils.config import validate
 from utils.io import exclusive_lock
 from utils.runs import RUNS
 from utils.studies.cells import Cell, cell_status, expand, read_error
-from utils.studies.executors import default_jobs, get_executor, worker_pool
+from utils.studies.executors import FairPool, Lane, default_jobs, get_executor, worker_pool
 from utils.studies.study import Study, load_study
 from utils.studies.upstreams import resolve_upstreams
 
@@ -38,10 +38,10 @@ def validate_cells(cells: list[Cell], *, source: str) -> None:
 
 def run_study(study_path: str | Path, *, executor: str = "local", jobs: int = 1, dry_run: bool = False,
               retry_failed: bool = False, wait: bool = True, report: bool = True,
-              progress: Callable[[str], None] = log.info) -> dict[str, int]:
+              progress: Callable[[str], None] = log.info, pool: Executor | Lane | None = None) -> dict[str, int]:
     """The sweep: upstreams, grid, skip done, run the rest, then the report. Returns status counts (and how
-    many upstreams are missing, `blocked`). `jobs` 0: `default_jobs()`. One sweep at a time per study root (a
-    dry run needs no lock)."""
+    many upstreams are missing, `blocked`). `jobs` 0: `default_jobs()`; `pool`: local workers shared with other
+    studies (`run_studies`). One sweep at a time per study root (a dry run needs no lock)."""
     study = load_study(study_path)
     jobs = jobs or default_jobs()
     root = Path(study.experiment_root)
@@ -49,21 +49,53 @@ def run_study(study_path: str | Path, *, executor: str = "local", jobs: int = 1,
         exclusive_lock(root / ".sweep.lock", what=f"study {study.name!r} ({root})")
     with lock:
         return sweep(study, study_path=study_path, executor=executor, jobs=jobs, dry_run=dry_run,
-                     retry_failed=retry_failed, wait=wait, report=report, progress=progress)
+                     retry_failed=retry_failed, wait=wait, report=report, progress=progress, pool=pool)
+
+
+def run_studies(study_paths: list[str | Path], *, jobs: int = 0, progress: Callable[[str], None] = log.info,
+                then: Callable[[Path], Any] | None = None, **options) -> dict[str, dict[str, int]]:
+    """Several studies at once on one pool of local workers (each study's lines prefixed with its name), so
+    one study's long runs and another's short ones fill the cores together; `then(study_path)` runs as soon
+    as a study has finished, beside the others. Returns each study's counts; a study that fails raises after
+    the others have finished."""
+    def one(path: Path, **more: Any) -> dict[str, int]:
+        counts = run_study(path, jobs=jobs, **options, **more)
+        if then is not None:
+            then(path)
+        return counts
+
+    if len(study_paths) == 1:
+        return {str(study_paths[0]): one(Path(study_paths[0]), progress=progress)}
+    jobs = jobs or default_jobs()
+    names = {str(p): load_study(p).name for p in study_paths}
+
+    def prefixed(name: str) -> Callable[[str], None]:
+        return lambda text: progress("\n".join(f"[{name}] {line}" if line else line for line in text.split("\n")))
+
+    with worker_pool(jobs) as pool, ThreadPoolExecutor(len(study_paths)) as studies:
+        fair = FairPool(pool, jobs)
+        futures = {str(p): studies.submit(one, Path(p), pool=fair.lane(str(p)), progress=prefixed(names[str(p)]))
+                   for p in study_paths}
+        return {p: future.result() for p, future in futures.items()}
 
 
 def sweep(study: Study, *, study_path: str | Path, executor: str, jobs: int, dry_run: bool, retry_failed: bool,
-          wait: bool, report: bool, progress: Callable[[str], None]) -> dict[str, int]:
-    with worker_pool(jobs) if executor == "local" and jobs > 1 and not dry_run else contextlib.nullcontext() as pool:
+          wait: bool, report: bool, progress: Callable[[str], None], pool: Executor | Lane | None = None
+          ) -> dict[str, int]:
+    own = pool is None and executor == "local" and jobs > 1 and not dry_run
+    with worker_pool(jobs) if own else contextlib.nullcontext(pool) as workers:
         return _sweep(study, study_path=study_path, executor=executor, jobs=jobs, dry_run=dry_run,
-                      retry_failed=retry_failed, wait=wait, report=report, progress=progress, pool=pool)
+                      retry_failed=retry_failed, wait=wait, report=report, progress=progress, pool=workers,
+                      shared=pool is not None)
 
 
 def _sweep(study: Study, *, study_path: str | Path, executor: str, jobs: int, dry_run: bool, retry_failed: bool,
-           wait: bool, report: bool, progress: Callable[[str], None], pool: Executor | None) -> dict[str, int]:
+           wait: bool, report: bool, progress: Callable[[str], None], pool: Executor | Lane | None,
+           shared: bool) -> dict[str, int]:
     run = get_executor(executor)
     start = time.perf_counter()
-    paths = resolve_upstreams(study, make=not dry_run, progress=progress, pool=pool, jobs=jobs)
+    paths = resolve_upstreams(study, make=not dry_run, progress=progress, pool=pool,
+                              jobs=0 if shared else jobs)
     phases = {"upstreams": time.perf_counter() - start}
     cells, blocked = expand(study, paths)
     validate_cells(cells, source=str(study_path))
@@ -108,7 +140,7 @@ def phase_line(phases: dict[str, float], total: float) -> str:
 
 
 def run_cells(todo: list[Cell], run: Callable, *, study: Study, jobs: int, wait: bool,
-              progress: Callable[[str], None], pool: Executor | None = None) -> dict[str, float]:
+              progress: Callable[[str], None], pool: Executor | Lane | None = None) -> dict[str, float]:
     """Run the cells through the executor, one progress line each; returns the seconds spent per mode."""
     log_folder = Path(study.slurm.log_folder or Path(study.experiment_root) / "slurm_logs")
     finished = {"done": 0, "failed": 0, "submitted": 0}

@@ -14,7 +14,7 @@ from utils.checkpoints import file_sha256, prune_checkpoint
 from utils.errors import UserError
 from utils.runs import RUNS
 from utils.studies.cells import NOT_IN_KEY, file_text_hash
-from utils.studies.executors import cores, in_worker
+from utils.studies.executors import Lane, cores, in_worker
 from utils.studies.study import Study, UpstreamSpec
 
 log = logging.getLogger(__name__)
@@ -85,10 +85,11 @@ def produce_upstream(u: UpstreamSpec, *, root: Path, source: Path | None, option
 
 
 def resolve_upstreams(study: Study, *, make: bool, progress: Callable[[str], None] = log.info,
-                      pool: Executor | None = None, jobs: int = 1) -> dict[str, Path | None]:
+                      pool: Executor | Lane | None = None, jobs: int = 1) -> dict[str, Path | None]:
     """name -> checkpoint path; produced upstreams are made when `make` (else None until they exist). With a
     `pool` of `jobs` workers, every upstream whose source exists is made at once in the workers (dense first,
-    then the sparse versions of it side by side), each run given the cores the others leave free."""
+    then the sparse versions of it side by side), each run given the cores the others leave free (`jobs` 0: a
+    pool shared with other studies; each run takes its worker's share)."""
     root = Path(study.experiment_root)
     paths: dict[str, Path | None] = {}
     waiting = upstream_order(study)
@@ -97,7 +98,7 @@ def resolve_upstreams(study: Study, *, make: bool, progress: Callable[[str], Non
         ready = [u for u in waiting if not (u.produce and u.produce.from_upstream
                                             and u.produce.from_upstream not in paths)]   # else: source being made
         trainings = len(running) + sum(bool(make and u.produce and u.produce.oneshot_sparsity is None) for u in ready)
-        threads = max(1, cores() // max(1, min(jobs, trainings)))
+        threads = max(1, cores() // max(1, min(jobs, trainings))) if jobs else None
         for u in ready:
             waiting.remove(u)
             source = _source_of(u, paths)

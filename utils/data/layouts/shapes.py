@@ -6,6 +6,7 @@ and downsampled (antialiased). Deterministic: the same spec always gives the sam
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -62,7 +63,10 @@ def draw_shape(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(small, 0, 255).astype(np.uint8)
 
 
+@functools.lru_cache(maxsize=4)
 def make_shapes(*, size: int, train_per_class: int, test_per_class: int, seed: int = SHAPES_SEED) -> RawSplits:
+    """The generated splits (kept per process: a sweep's worker draws them once for all its cells; callers
+    must not modify the tensors in place)."""
     rng = np.random.default_rng(seed)
 
     def split(per_class: int) -> TensorSamples:
