@@ -16,7 +16,7 @@ from utils.paths import REPO_ROOT
 
 PROJECT = ("utils", "policies", "models")
 GROUND = {"utils", "utils.errors", "utils.registry", "utils.config", "utils.io", "utils.cli", "utils.distributed",
-          "utils.paths", "utils.seed"}
+          "utils.paths", "utils.seed", "utils.engines"}     # engines: ONNX runtimes behind one interface
 # package -> the project packages it may import besides itself and the ground floor (which imports only itself).
 LAYERS = {
     "utils.sparsity": set(),
@@ -31,7 +31,8 @@ LAYERS = {
     "utils.deploy": {"utils.checkpoints", "policies", "utils.detection"},
     "utils.sparsify": {"utils.runs", "utils.deploy", "utils.checkpoints", "utils.data", "models", "policies"},
     "utils.sparseml": {"utils.runs", "utils.sparsify", "models", "policies"},
-    "utils.studies": {"utils.runs", "utils.checkpoints", "utils.analysis"},
+    "utils.studies": {"utils.runs", "utils.checkpoints", "utils.analysis",
+                      "utils.data", "utils.deploy"},   # the demo makes its detection data and exports its detector
     "utils.analysis": set(),
 }
 PRINT_ALLOWED = {"utils.errors"}   # exit_on_user_error: the one-line `error: ...` every entry point ends with

@@ -96,7 +96,7 @@ def test_finished_runs_are_reported_with_resume_and_refused_without(tmp_path, ck
 @pytest.mark.parametrize("flags, message", [
     (["--solver", "lbfgs", "--augment"], "only the sgd solver"),
     (["--solver", "newton"], "unknown linear solver 'newton'"),
-    (["--feature_backend", "deepsparse"], "unknown feature backend"),
+    (["--feature_backend", "tensorrt"], "unknown feature backend"),
 ])
 def test_user_errors_exit_with_one_line(tmp_path, ckpt, capsys, flags, message):
     with pytest.raises(SystemExit) as exc:

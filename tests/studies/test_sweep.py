@@ -63,7 +63,7 @@ def test_skip_done_failure_isolation_and_retry(tmp_path, two_upstreams, capsys, 
     ups = two_upstreams + [{"name": "broken", "model": "X", "sparsity": 0.9, "path": str(broken)}]
     path = write_study(tmp_path, ups)
     with pytest.raises(SystemExit) as exit_info:      # failed cells: a non-zero exit, the cells listed
-        sweep.main([str(path), "--no-report"])
+        sweep.main([str(path), "--no-report", "--jobs", "1"])
     captured = capsys.readouterr()
     assert exit_info.value.code == 1 and "error: sweep incomplete: 2 cell(s) failed" in captured.err
     assert "[6/6]" in captured.out and captured.out.count("failed: full   synthetic    broken") == 2
@@ -76,12 +76,12 @@ def test_skip_done_failure_isolation_and_retry(tmp_path, two_upstreams, capsys, 
 
     # a second sweep repeats nothing finished and, without --retry-failed, leaves failures alone
     with pytest.raises(SystemExit):
-        sweep.main([str(path), "--no-report"])
+        sweep.main([str(path), "--no-report", "--jobs", "1"])
     assert "ran 0 cells" in capsys.readouterr().out
     assert len(list(csv.DictReader(open(tmp_path / "exp" / "results.csv")))) == 4
 
     make_sparse_checkpoint(broken, sparsity=0.9, **TINY)  # the user fixes the file: its content, so its cells' keys, change
-    counts = sweep.main([str(path), "--no-report", "--retry-failed"])
+    counts = sweep.main([str(path), "--no-report", "--retry-failed", "--jobs", "1"])
     assert counts["done"] == 6 and counts["todo"] == 0
 
 

@@ -2,8 +2,9 @@
 export does; the check runs the same NMS on both sides and matches the boxes."""
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 from torchvision.ops import box_iou
@@ -37,18 +38,18 @@ def box_agreement(ours: list[torch.Tensor], theirs: list[torch.Tensor]) -> tuple
 
 
 @torch.no_grad()
-def compare_detections(model: nn.Module, onnx_path: str | Path, inputs: torch.Tensor, session,
+def compare_detections(model: nn.Module, run: Callable[[np.ndarray], np.ndarray], inputs: torch.Tensor,
                        *, batch_size: int = 16) -> dict[str, float]:
     """Max |difference| of the decoded outputs (pixels and scores) and the agreement of the boxes after NMS: the
-    torch model's 20 most confident boxes per image that ONNX Runtime's output also has (same class, IoU >= 0.5;
-    both sides through the same NMS at YOLOv5's validation settings)."""
+    torch model's 20 most confident boxes per image that the exported model (`run`: images -> decoded outputs)
+    also finds (same class, IoU >= 0.5; both sides through the same NMS at YOLOv5's validation settings)."""
     model.eval()
     device = next(model.parameters()).device
     diffs, ref_dets, ort_dets = [], [], []
     for start in range(0, len(inputs), batch_size):
         x = inputs[start:start + batch_size]
         ref = model(x.to(device))[0].float().cpu()
-        out = torch.from_numpy(session.run(None, {"input": x.cpu().numpy()})[0])
+        out = torch.from_numpy(np.asarray(run(x.cpu().numpy())))
         diffs.append(float((out - ref).abs().max()))
         ref_dets += [d[:TOP_BOXES] for d in non_max_suppression(ref)]      # sorted by confidence
         ort_dets += non_max_suppression(out)

@@ -10,17 +10,20 @@ import torch
 from policies.quantization import load_qat_state_, qat_modules
 from utils.checkpoints import load_checkpoint
 from utils.deploy.compress import compressed_size_report
-from utils.deploy.onnx import compare_with_torch, export_onnx, onnx_latency_ms
+from utils.engines import available_engines, engines_latency_ms
+from utils.deploy.onnx import compare_with_torch, export_onnx
 from utils.io import atomic_write_json
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, flavour: str | None = None,
                       image_size: int | None = None, num_samples: int = 64, seed: int = 0,
-                      inputs: torch.Tensor | None = None) -> dict[str, Any]:
+                      inputs: torch.Tensor | None = None, engines: list[str] | None = None) -> dict[str, Any]:
     """fp32 ONNX (+ INT8 QDQ ONNX when the checkpoint was quantization-aware trained), checks, sizes.
 
     `inputs` (N, 3, H, W) are the sample inputs compared on (default: `num_samples` seeded N(0, 1) images,
-    which matches normalised data)."""
+    which matches normalised data). Each file is checked in ONNX Runtime (its numbers are the entry's own) and
+    in every other engine of `engines` (default: all that are installed; under the entry's "engines")."""
+    engines = available_engines() if engines is None else engines
     out_dir = Path(out_dir)
     loaded = load_checkpoint(checkpoint, flavour=flavour, keep_classifier=True)
     model, quant = loaded.model.eval(), loaded.extra.get("quantization")
@@ -30,27 +33,38 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, flavour: s
         inputs = draw(num_samples, 3, size, size, generator=torch.Generator().manual_seed(seed))
     report: dict[str, Any] = {"checkpoint": str(checkpoint), "input_size": size}
     fp32 = export_onnx(model, out_dir / "model_fp32.onnx", input_size=size)
-    report["fp32"] = {"path": str(fp32), "bytes": fp32.stat().st_size, **compare_with_torch(model, fp32, inputs)}
+    report["fp32"] = {"path": str(fp32), "bytes": fp32.stat().st_size, **compare_in_engines(model, fp32, inputs, engines)}
     if quant and quant.get("modules"):
         load_qat_state_(model, quant)
         int8 = export_onnx(model, out_dir / "model_int8.onnx", input_size=size)
         report["int8"] = {"path": str(int8), "bytes": int8.stat().st_size, "quantized_modules": len(qat_modules(model)),
-                          **compare_with_torch(model, int8, inputs)}
+                          **compare_in_engines(model, int8, inputs, engines)}
     report["size"] = compressed_size_report(model.state_dict(), out_dir / "model_compressed.pt")
     return report
 
 
+def compare_in_engines(model: torch.nn.Module, path: Path, inputs: torch.Tensor, engines: list[str]) -> dict[str, Any]:
+    """ONNX Runtime's comparison with torch, and each other engine's under "engines"."""
+    result: dict[str, Any] = dict(compare_with_torch(model, path, inputs))
+    others = {name: compare_with_torch(model, path, inputs, engine=name) for name in engines if name != "onnxruntime"}
+    if others:
+        result["engines"] = others
+    return result
+
+
 def deploy_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, latency: bool = False, **options: Any
                       ) -> dict[str, Any]:
-    """`export_checkpoint` (with `options`), plus the ONNX files' ONNX Runtime latency at batch 1 when asked;
-    the report is written to OUT_DIR/export_report.json."""
+    """`export_checkpoint` (with `options`), plus the ONNX files' latency at batch 1 in every installed engine when
+    asked (ONNX Runtime's as "latency_ms"); the report is written to OUT_DIR/export_report.json."""
     out_dir = Path(out_dir)
     report = export_checkpoint(checkpoint, out_dir, **options)
     if latency:
         files = {kind: report[kind]["path"] for kind in ("fp32", "int8") if kind in report}
         size = report["input_size"]
-        report["latency_ms"] = onnx_latency_ms(files, torch.rand(1, 3, size, size,
-                                                                 generator=torch.Generator().manual_seed(0)))
+        images = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)).numpy()
+        timed, used = engines_latency_ms(files, images, available_engines())
+        report["latency_ms"] = timed["onnxruntime"]
+        report["engine_latency_ms"], report["engine_precision"] = timed, used
     atomic_write_json(out_dir / "export_report.json", report)
     return report
 
@@ -64,12 +78,17 @@ def describe_deployment(report: dict[str, Any]) -> list[str]:
             agreement = (f"box agreement {r['box_agreement']:.2%} (torch's {r['boxes']} top boxes)"
                          if "box_agreement" in r else f"top-1 agreement {r['top1_agreement']:.2%}")
             lines.append(f"{kind}: {r['path']} ({r['bytes'] / 1e6:.2f} MB)  max |diff| {r['max_abs_diff']:.3g}  "
-                         f"{agreement} on {r['num_samples']} inputs")
-    timed = report.get("latency_ms")
-    if timed:
-        lines.append(f"ONNX Runtime, batch 1, {report['input_size']} px: "
-                     + ", ".join(f"{k} {v:.2f} ms" for k, v in timed.items())
-                     + (f"  (INT8 {timed['fp32'] / timed['int8']:.2f}x fp32)" if "int8" in timed else ""))
+                         f"{agreement} on {r['num_samples']} inputs (onnxruntime)")
+            for name, other in r.get("engines", {}).items():
+                what = "box" if "box_agreement" in other else "top-1"
+                lines.append(f"      {name}: max |diff| {other['max_abs_diff']:.3g}  {what} agreement "
+                             f"{other.get('box_agreement', other['top1_agreement']):.2%}")
+    for engine, timed in report.get("engine_latency_ms", {"onnxruntime": report.get("latency_ms") or {}}).items():
+        if timed:
+            used = report.get("engine_precision", {}).get(engine, {})
+            lines.append(f"{engine}, batch 1, {report['input_size']} px: "
+                         + ", ".join(f"{k} {v:.2f} ms" + (f" [{used[k]}]" if k in used else "") for k, v in timed.items())
+                         + (f"  (INT8 {timed['fp32'] / timed['int8']:.2f}x fp32)" if "int8" in timed else ""))
     s = report["size"]
     lines.append(f"checkpoint: dense {s['dense_bytes'] / 1e6:.2f} MB, bitmask+nonzeros {s['compressed_bytes'] / 1e6:.2f} "
                  f"MB ({s['ratio']:.2f}x smaller)")

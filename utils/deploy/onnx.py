@@ -2,8 +2,6 @@
 check that an exported file computes what the torch model computes."""
 from __future__ import annotations
 
-import statistics
-import time
 import warnings
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import torch
 from torch import nn
 
 from utils.deploy.detect import DecodedOnly, compare_detections, is_detector
+from utils.engines import load_engine, median_latency_ms
 from utils.errors import UserError
 
 OPSET = 17
@@ -94,46 +93,37 @@ def fold_quantized_weights_(proto) -> int:
 
 def onnx_session(path: str | Path, *, threads: int | None = None):
     """An ONNX Runtime CPU session with full graph optimisation (QDQ pairs fuse into int8 kernels)."""
-    _, ort = _onnx()
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    _onnx()
+    return load_engine("onnxruntime", path, threads=threads).session
 
 
-def onnx_latency_ms(paths: dict[str, Path | str], batch: torch.Tensor, *, warmup: int = 3,
-                    runs: int = 20) -> dict[str, float]:
-    """Median wall time (ms) of one ONNX Runtime CPU call per model on `batch`; the models take turns,
-    so machine drift hits them alike."""
-    sessions = {k: onnx_session(p) for k, p in paths.items()}
-    feeds = {k: {s.get_inputs()[0].name: batch.numpy()} for k, s in sessions.items()}
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    for i in range(warmup + runs):
-        for k, session in sessions.items():
-            start = time.perf_counter()
-            session.run(None, feeds[k])
-            if i >= warmup:
-                times[k].append((time.perf_counter() - start) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
+def onnx_latency_ms(paths: dict[str, Path | str], batch: torch.Tensor, *, warmup: int = 3, runs: int = 20,
+                    engine: str = "onnxruntime", threads: int | None = None) -> dict[str, float]:
+    """Median wall time (ms) of one call per model on `batch` in `engine`; the models take turns, so machine
+    drift hits them alike."""
+    engines = {k: load_engine(engine, p, threads=threads) for k, p in paths.items()}
+    x = batch.numpy()
+    return median_latency_ms({k: (lambda e=e: e.run(x)) for k, e in engines.items()}, warmup=warmup, runs=runs)
 
 
 @torch.no_grad()
 def compare_with_torch(model: nn.Module, onnx_path: str | Path, inputs: torch.Tensor, *,
-                       batch_size: int = 32) -> dict[str, float]:
-    """Max |logit difference| and top-1 agreement between the torch model and its ONNX Runtime twin (a detector:
-    decoded outputs and box agreement after NMS, see utils.deploy.detect)."""
-    session = onnx_session(onnx_path)
+                       batch_size: int = 32, engine: str = "onnxruntime", precision: str = "default"
+                       ) -> dict[str, float]:
+    """Max |logit difference| and top-1 agreement between the torch model and its ONNX twin run by `engine` (a
+    detector: decoded outputs and box agreement after NMS, see utils.deploy.detect), and the precision the
+    engine used."""
+    runner = load_engine(engine, onnx_path, precision=precision)
     if is_detector(model):
-        return compare_detections(model, onnx_path, inputs, session)
+        return {**compare_detections(model, lambda x: runner.run(x)[0], inputs), "precision": runner.precision}
     model.eval()
     device = next(model.parameters()).device
     diffs, agree = [], []
     for start in range(0, len(inputs), batch_size):
         x = inputs[start:start + batch_size]
         ref = model(x.to(device)).float().cpu().numpy()
-        out = session.run(None, {"input": x.cpu().numpy()})[0]
+        out = runner.run(x.cpu().numpy())[0]
         diffs.append(float(np.abs(out - ref).max()))
         agree.append(out.argmax(1) == ref.argmax(1))
     return {"max_abs_diff": max(diffs), "top1_agreement": float(np.concatenate(agree).mean()),
-            "num_samples": int(len(inputs))}
+            "num_samples": int(len(inputs)), "precision": runner.precision}

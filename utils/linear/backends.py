@@ -2,9 +2,9 @@
 
     torch        the backbone in torch on the run's device
     onnxruntime  the backbone exported once per model content to `<workdir>/<state hash>-<size>px.onnx`
-                 (atomically) and run with onnxruntime's CPU provider (in place of the study's end-of-life
-                 DeepSparse engine; onnxruntime does not exploit unstructured sparsity, it buys a torch-free,
-                 CPU-optimised path)
+    openvino     (atomically) and run on the CPU by that engine (utils.engines; the study used the
+    deepsparse   end-of-life DeepSparse, which is used when it happens to be installed -- the only one that skips
+                 the zeros of unstructured sparsity; the others buy a torch-free, CPU-optimised path)
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils.errors import UserError
+from utils.engines import load_engine
 from utils.io import atomic_write
 from utils.registry import Registry
 
@@ -79,33 +79,20 @@ def export_backbone(model: nn.Module, path: str | Path, *, input_size: int) -> P
     return Path(path)
 
 
-class OnnxBackbone:
-    """An onnxruntime CPU session over an exported backbone: images (N,3,H,W) -> features (N,D)."""
-
-    def __init__(self, path: str | Path, *, threads: int | None = None):
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise UserError("the onnxruntime backend needs the onnxruntime package: pip install onnxruntime") from None
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-
-    def __call__(self, images: torch.Tensor) -> np.ndarray:
-        batch = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
-
-
-def onnx_backend(model: nn.Module, *, workdir: Path, input_size: int) -> Callable[[torch.Tensor], np.ndarray]:
-    """Export (or reuse the export of) this exact model, then return the onnxruntime runner."""
+def onnx_backend(model: nn.Module, *, workdir: Path, input_size: int, engine: str = "onnxruntime") -> BatchFn:
+    """Export (or reuse the export of) this exact model, then return its runner in `engine` (utils.engines)."""
     path = Path(workdir) / f"{state_sha256(model)[:16]}-{input_size}px.onnx"
     if path.exists():
         log.info("reusing ONNX backbone %s", path)
     else:
         log.info("exporting the backbone to ONNX: %s", path)
         export_backbone(model, path, input_size=input_size)
-    return OnnxBackbone(path)
+    runner = load_engine(engine, path, threads=torch.get_num_threads())
+
+    def run(images: torch.Tensor) -> np.ndarray:
+        return runner.run(images.detach().cpu().numpy())[0]
+
+    return run
 
 
 @BACKENDS.register("torch")
@@ -122,12 +109,18 @@ def torch_backend(model: nn.Module, *, device: torch.device, workdir: Path, inpu
     return run
 
 
-@BACKENDS.register("onnxruntime")
-def onnxruntime_backend(model: nn.Module, *, device: torch.device, workdir: Path, input_size: int) -> BatchFn:
-    """The backbone exported to ONNX and run by onnxruntime on the CPU (whatever `device` says)."""
-    if device.type != "cpu":
-        log.info("the onnxruntime backend runs on the CPU (ignoring %s)", device)
-    return onnx_backend(model, workdir=workdir, input_size=input_size)
+def engine_backend(engine: str) -> Callable[..., BatchFn]:
+    def build(model: nn.Module, *, device: torch.device, workdir: Path, input_size: int) -> BatchFn:
+        if device.type != "cpu":
+            log.info("the %s backend runs on the CPU (ignoring %s)", engine, device)
+        return onnx_backend(model, workdir=workdir, input_size=input_size, engine=engine)
+
+    build.__doc__ = f"The backbone exported to ONNX and run by {engine} on the CPU (whatever `device` says)."
+    return build
+
+
+for _engine in ("onnxruntime", "openvino", "deepsparse"):
+    BACKENDS.register(_engine)(engine_backend(_engine))
 
 
 def build_backend(name: str, model: nn.Module, *, device: torch.device, workdir: Path, input_size: int) -> BatchFn:

@@ -20,6 +20,7 @@ from policies.trainer import TrainerConfig
 from utils.checkpoints import LoadedCheckpoint, file_sha256, load_checkpoint
 from utils.config import load_config
 from utils.data import IMAGENET_MEAN, IMAGENET_STD, DatasetSplits, load_datasets
+from utils.engines import missing
 from utils.errors import UserError
 from utils.io import append_jsonl, atomic_torch_save
 from utils.linear import (BACKENDS, SOLVERS, FeatureSet, LinearClassifier, LinearProbeConfig, SolverSettings,
@@ -44,6 +45,9 @@ def default_exp_name(opts: LinearOptions) -> str:
 def check_options(opts: LinearOptions) -> None:
     SOLVERS.get(opts.solver)
     BACKENDS.get(opts.feature_backend)
+    if opts.feature_backend != "torch":
+        if why := missing(opts.feature_backend):
+            raise UserError(f"--feature_backend {opts.feature_backend}: {why}")
     if opts.augment and opts.solver != "sgd":
         raise UserError(f"--augment feeds new features every epoch, which only the sgd solver can use; "
                         f"got --solver {opts.solver}")

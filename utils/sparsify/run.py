@@ -16,7 +16,8 @@ from policies.recipe import load_recipe
 from utils.checkpoints import load_checkpoint
 from utils.config import StrictModel
 from utils.data import DatasetSplits, load_datasets, load_detection_datasets
-from utils.deploy import export_checkpoint, export_onnx, onnx_latency_ms
+from utils.deploy import export_checkpoint, export_onnx
+from utils.engines import available_engines, engines_latency_ms, missing
 from utils.errors import UserError
 from utils.io import atomic_write_json, atomic_write_text
 from utils.paths import RECIPE_DIR, TRAINER_DIR
@@ -57,6 +58,7 @@ class SparseTransferOptions(StrictModel):
     latency_batch_size: int = Field(default=1, gt=0)
     latency_warmup: int = Field(default=3, ge=0)
     latency_runs: int = Field(default=20, gt=0)
+    engine: str | None = None                 # the inference engine of the summary (default: the fastest installed)
 
 
 def check_data(case: UseCase, path: str | Path, **kwargs: Any) -> DatasetSplits:
@@ -152,17 +154,25 @@ def pick_model(opts: SparseTransferOptions, target: OptimTarget,
 
 def time_deployment(export: dict[str, Any], dense_onnx: Path, inputs: torch.Tensor, *, opts: SparseTransferOptions,
                     reference_label: str) -> dict[str, Any]:
-    """ONNX Runtime latency of the deployed model (INT8 if any, and its fp32 twin) vs the dense reference."""
+    """Latency of the deployed model (INT8 if any, and its fp32 twin) vs the dense reference, in every installed
+    engine taking turns (or --engine alone); the summary's numbers are the engine that runs the model fastest."""
     size = opts.latency_batch_size
     batch = inputs.repeat(-(-size // len(inputs)), 1, 1, 1)[:size]   # repeats images only if there are too few
     deployed = export.get("int8") or export["fp32"]
     models = {"model": deployed["path"], "dense": dense_onnx}
-    if "int8" in export:   # fp32 sparse vs dense shows what sparsity alone buys in ONNX Runtime
+    if "int8" in export:   # fp32 sparse vs dense shows what sparsity alone buys
         models["model_fp32"] = export["fp32"]["path"]
-    timed = onnx_latency_ms(models, batch, warmup=opts.latency_warmup, runs=opts.latency_runs)
+    engines = [opts.engine] if opts.engine else available_engines()
+    timed, used = engines_latency_ms(models, batch.numpy(), engines, warmup=opts.latency_warmup,
+                                     runs=opts.latency_runs)
+    engine = min(timed, key=lambda e: timed[e]["model"])
+    why = "--engine" if opts.engine else f"the fastest of {', '.join(engines)} on this model"
     return {"batch_size": size, "warmup": opts.latency_warmup, "runs": opts.latency_runs,
-            "model_onnx": deployed["path"], "dense_reference": reference_label,
-            **{f"{k}_ms": v for k, v in timed.items()}, "speedup_vs_dense": timed["dense"] / timed["model"]}
+            "model_onnx": deployed["path"], "dense_reference": reference_label, "engine": engine, "engine_why": why,
+            "precision": used[engine]["model"], **{f"{k}_ms": v for k, v in timed[engine].items()},
+            "speedup_vs_dense": timed[engine]["dense"] / timed[engine]["model"],
+            "by_engine": {e: {**{f"{k}_ms": v for k, v in t.items()}, "precision": used[e]["model"]}
+                          for e, t in timed.items()}}
 
 
 def run_sparse_transfer(opts: SparseTransferOptions) -> dict[str, Any]:
@@ -174,6 +184,8 @@ def run_sparse_transfer(opts: SparseTransferOptions) -> dict[str, Any]:
     chosen, reference = selection.entry, dense_reference_entry(entries)
     for entry in filter(None, (chosen, reference)):   # fail now, not after training
         require_file(entry, opts.zoo)
+    if opts.engine and (why := missing(opts.engine)):         # fail now, not after training
+        raise UserError(f"--engine {opts.engine}: {why}")
     recipe, recipe_note = choose_recipe(opts.recipe, opts.recipe_args, int8=target.int8, case=case)
     notes = [n for n in (selection.note, recipe_note) if n]
     for note in notes:
@@ -255,11 +267,15 @@ def summary_markdown(s: dict[str, Any]) -> str:
              f"| ONNX fp32 / INT8 | {mb(sizes['onnx_fp32_bytes'])} / {mb(sizes['onnx_int8_bytes'])} |",
              f"| checkpoint dense / bitmask+nonzeros | {mb(sizes['checkpoint_dense_bytes'])} / "
              f"{mb(sizes['checkpoint_compressed_bytes'])} |",
-             f"| ONNX Runtime latency, batch {lat['batch_size']} (median of {lat['runs']}) | "
+             f"| latency in {lat.get('engine', 'onnxruntime')} ({lat.get('precision', 'fp32')}), batch "
+             f"{lat['batch_size']} (median of {lat['runs']}) | "
              f"{lat['model_ms']:.3f} ms vs {lat['dense_ms']:.3f} ms dense ({lat['dense_reference']}) |",
              *([f"| ... the same model in fp32 (sparsity alone) | {lat['model_fp32_ms']:.3f} ms |"]
                if "model_fp32_ms" in lat else []),
-             f"| speed-up vs dense | {lat['speedup_vs_dense']:.2f}x |", "",
+             f"| speed-up vs dense | {lat['speedup_vs_dense']:.2f}x |",
+             *[f"| ... in {e} ({t['precision']}) | {t['model_ms']:.3f} ms vs {t['dense_ms']:.3f} ms dense |"
+               for e, t in lat.get("by_engine", {}).items() if e != lat.get("engine")], "",
+             f"Engine: {lat.get('engine', 'onnxruntime')} ({lat.get('engine_why', '')}).", "",
              f"Run directory: `{s['run_dir']}`; ONNX: `{lat['model_onnx']}`."]
     return "\n".join(lines) + "\n"
 

@@ -17,6 +17,9 @@ from typing import Any
 
 import pandas as pd
 
+from utils.data.paste_yolo import make_paste_dataset
+from utils.deploy import deploy_checkpoint
+from utils.io import read_json
 from utils.paths import STUDY_DIR
 
 log = logging.getLogger(__name__)
@@ -35,8 +38,6 @@ DETECTION_DATA = (
 
 def prepare_detection_data() -> list[Path]:
     """Write the detection leg's YOLO datasets (kept when already made with the same settings)."""
-    from utils.data.paste_yolo import make_paste_dataset
-
     return [make_paste_dataset(**{**spec, "classes": list(spec["classes"])}) for spec in DETECTION_DATA]
 
 
@@ -69,9 +70,6 @@ def format_table(table: pd.DataFrame) -> str:
 def deploy_sparsest(results_csv: Path, **options: Any) -> dict[str, Any] | None:
     """Export the sparsest transferred model of a study (ONNX fp32 and, after QAT, INT8) and time both in ONNX
     Runtime; reuses an export newer than its model. None when the study has no full transfer yet."""
-    from utils.deploy import deploy_checkpoint
-    from utils.io import read_json
-
     df = pd.read_csv(results_csv)
     rows = df[df["finetuning"] == "full"].sort_values(["sparsity", "seed"], ascending=[False, True])
     if rows.empty:
