@@ -1,5 +1,8 @@
-"""What the training-step benches share: sparsify a model by magnitude and hold its masks the way recipes do."""
+"""What the benches share: sparsify a model by magnitude and hold its masks the way recipes do; the machine's
+measured matmul throughput (the limit each bench compares with)."""
 from __future__ import annotations
+
+import time
 
 import torch
 from torch import nn
@@ -31,3 +34,24 @@ def hold_sparse_masks(model: nn.Module, sparsity: float) -> list[Policy]:
 def emit(policies: list[Policy], event: Event, state: TrainState) -> None:
     for policy in policies:
         policy.on_event(event, state)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_gflops(device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32, n: int = 2048,
+                  reps: int = 5) -> float:
+    """The machine's measured matmul throughput in GFLOP/s: an n x n matmul with all of torch's threads, the best
+    of `reps` calls (the closest to the limit; a busy moment only slows some calls)."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        sync(device)
+        start = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best / 1e9

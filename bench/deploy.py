@@ -19,7 +19,6 @@ import copy
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,20 +34,11 @@ from utils.deploy import compressed_size_report, export_onnx  # noqa: E402
 from utils.engines import ENGINES, load_engine, median_latency_ms, missing  # noqa: E402
 from utils.sparsity import prunable_parameters  # noqa: E402
 from utils.sparsity.structured import make_masks, parse_mask_type  # noqa: E402
+from common import matmul_gflops  # noqa: E402
 
 # (label, sparsity, mask type): the masks the project can make.
 VARIANTS = [("dense", 0.0, "unstructured"), ("80%", 0.8, "unstructured"), ("90%", 0.9, "unstructured"),
             ("95%", 0.95, "unstructured"), ("2:4", 0.5, "2:4"), ("block4 80%", 0.8, "block4")]
-
-
-def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
-    """The machine's measured fp32 matmul throughput (GFLOP/s) with all its threads."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    start = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e9
 
 
 def forward_flops(model: torch.nn.Module, size: int) -> float:

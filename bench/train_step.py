@@ -33,24 +33,7 @@ from policies.base import TrainState  # noqa: E402
 from policies.events import Event  # noqa: E402
 from policies.tasks import autocast_for  # noqa: E402
 from utils.data import build_transforms  # noqa: E402
-from common import emit, hold_sparse_masks  # noqa: E402
-
-
-def matmul_gflops(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e9
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+from common import emit, hold_sparse_masks, matmul_gflops, sync  # noqa: E402
 
 
 class Step:
