@@ -1,12 +1,12 @@
-"""Feature-extraction throughput of the torch and ONNX Runtime backends, same model and images.
+"""Feature-extraction throughput of the torch backend and every installed ONNX engine, same model and images.
 
     python bench/extract.py [--arch resnet50] [--size 224] [--images 64] [--batch 16] [--sparsity 0.9]
 
-The backbone is frozen, in eval mode, magnitude-pruned to --sparsity (onnxruntime, unlike DeepSparse,
-does not exploit unstructured sparsity: expect about the dense speed). Both backends run on the CPU by
-default (the ONNX Runtime backend only runs there); --torch_device cuda times torch on the GPU instead.
-Each backend does one untimed warm-up batch, then the timed passes alternate so drift hits both equally.
-Prints images/s per backend, the ratio, and the largest relative difference of their features.
+The backbone is frozen, in eval mode, magnitude-pruned to --sparsity (onnxruntime and openvino, unlike
+DeepSparse, do not exploit unstructured sparsity: expect about the dense speed). All backends run on the CPU by
+default (the engines only run there); --torch_device cuda times torch on the GPU instead. Each backend does one
+untimed warm-up batch, then the timed passes alternate so drift hits all equally. Prints images/s per backend,
+the ratio to torch, and the largest relative difference of each engine's features to torch's.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from models import build_model  # noqa: E402
+from utils.engines import available_engines  # noqa: E402
 from utils.linear import build_backend  # noqa: E402
 from utils.sparsity import magnitude_prune_  # noqa: E402
 
@@ -52,8 +53,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         common = dict(workdir=Path(tmp), input_size=args.size)
         start = time.perf_counter()
-        backends = {"torch": build_backend("torch", model, device=torch.device(args.torch_device), **common),
-                    "onnxruntime": build_backend("onnxruntime", model, device=torch.device("cpu"), **common)}
+        backends = {"torch": build_backend("torch", model, device=torch.device(args.torch_device), **common)}
+        for engine in available_engines():
+            backends[engine] = build_backend(engine, model, device=torch.device("cpu"), **common)
         print(f"{args.arch} at {args.size}px, sparsity {args.sparsity}, {args.images} images in batches of "
               f"{args.batch}; torch threads {torch.get_num_threads()}, torch device {args.torch_device}; "
               f"setup incl. ONNX export {time.perf_counter() - start:.1f} s")
@@ -68,10 +70,12 @@ def main() -> None:
     best = {name: max(r) for name, r in rates.items()}
     for name, rate in best.items():
         print(f"{name:12s} {rate:8.1f} images/s   (passes: {', '.join(f'{r:.1f}' for r in rates[name])})")
-    ref, other = features["torch"], features["onnxruntime"]
-    rel = np.linalg.norm(other - ref, axis=1) / np.linalg.norm(ref, axis=1)
-    print(f"onnxruntime / torch: {best['onnxruntime'] / best['torch']:.2f}x images/s; "
-          f"max relative feature difference {rel.max():.1e}")
+    ref = features["torch"]
+    for name in backends:
+        if name != "torch":
+            rel = np.linalg.norm(features[name] - ref, axis=1) / np.linalg.norm(ref, axis=1)
+            print(f"{name} / torch: {best[name] / best['torch']:.2f}x images/s; "
+                  f"max relative feature difference {rel.max():.1e}")
 
 
 if __name__ == "__main__":

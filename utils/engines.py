@@ -15,10 +15,12 @@ A missing engine is one line saying how to get it (`missing(name)`), never a tra
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -83,6 +85,32 @@ class OnnxRuntimeEngine(Engine):
         return self.session.run(None, {self.input: np.ascontiguousarray(images, dtype=np.float32)})
 
 
+class _StackT(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+@contextlib.contextmanager
+def calling_threads_sigaltstack_kept() -> Iterator[None]:
+    """OpenVINO's CPU plugin installs a ~10 kB alternate signal stack on the thread that compiles or runs a model.
+    Python's signal handlers are installed with SA_ONSTACK, and a signal frame with a large XSAVE area does not
+    fit in 10 kB: the next signal with a handler (a DataLoader's SIGCHLD, Ctrl-C) then kills the process with
+    SIGSEGV. This puts back the thread's own alternate stack afterwards (Linux; a no-op elsewhere)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        before = _StackT()
+        saved = libc.sigaltstack(None, ctypes.byref(before)) == 0
+    except (OSError, AttributeError):
+        saved = False
+    try:
+        yield
+    finally:
+        if saved:
+            now = _StackT()
+            if libc.sigaltstack(None, ctypes.byref(now)) == 0 and (now.ss_sp, now.ss_flags) != (before.ss_sp,
+                                                                                               before.ss_flags):
+                libc.sigaltstack(ctypes.byref(before), None)
+
+
 @ENGINES.register("openvino")
 class OpenVinoEngine(Engine):
     name = "openvino"
@@ -101,16 +129,18 @@ class OpenVinoEngine(Engine):
             config["INFERENCE_NUM_THREADS"] = self.threads
         if self.requested == "f32":
             config["INFERENCE_PRECISION_HINT"] = "f32"
-        self.compiled = core.compile_model(core.read_model(str(self.path)), "CPU", config)
+        with calling_threads_sigaltstack_kept():
+            self.compiled = core.compile_model(core.read_model(str(self.path)), "CPU", config)
+            self.request = self.compiled.create_infer_request()
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")     # an openvino Type: f32, bf16, f16
         used = hint.to_string() if hasattr(hint, "to_string") else str(hint)
         self.precision = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(used, used)
         if _is_quantized(self.path):
             self.precision = f"int8+{self.precision}"
-        self.request = self.compiled.create_infer_request()
 
     def run(self, images: np.ndarray) -> list[np.ndarray]:
-        result = self.request.infer([np.ascontiguousarray(images, dtype=np.float32)])
+        with calling_threads_sigaltstack_kept():
+            result = self.request.infer([np.ascontiguousarray(images, dtype=np.float32)])
         return [np.array(result[output]) for output in self.compiled.outputs]
 
 

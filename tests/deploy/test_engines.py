@@ -74,3 +74,26 @@ def test_engines_take_turns_and_report_their_precision(exported):
     assert set(timed) == set(used) == set(names) and "onnxruntime" in names
     assert all(ms > 0 for t in timed.values() for ms in t.values())
     assert all(used[n]["int8"].startswith("int8+") for n in names) and used["onnxruntime"]["fp32"] == "fp32"
+
+
+def test_openvino_leaves_the_calling_threads_signal_stack_alone(exported):
+    """OpenVINO's CPU plugin swaps in a ~10 kB alternate signal stack; with it, the next Python signal handler
+    (a DataLoader's SIGCHLD) crashed the test process with SIGSEGV. The engine puts the thread's own back."""
+    import ctypes
+
+    from utils.engines import _StackT
+
+    if missing("openvino"):
+        assert "openvino" in missing("openvino")
+        return
+    libc = ctypes.CDLL(None)
+
+    def altstack() -> tuple:
+        s = _StackT()
+        assert libc.sigaltstack(None, ctypes.byref(s)) == 0
+        return s.ss_sp, s.ss_flags, s.ss_size
+
+    before = altstack()
+    engine = load_engine("openvino", exported[2])
+    engine.run(exported[4][:2].numpy())
+    assert altstack() == before

@@ -226,4 +226,4 @@ def test_torch_and_onnxruntime_features_agree(tmp_path, caplog):
 
 
 def test_backends_are_a_registry():
-    assert set(BACKENDS.names()) == {"torch", "onnxruntime"}
+    assert set(BACKENDS.names()) == {"torch", "onnxruntime", "openvino", "deepsparse"}
