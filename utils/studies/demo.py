@@ -18,8 +18,8 @@ from typing import Any
 import pandas as pd
 
 from utils.data.paste_yolo import make_paste_dataset
-from utils.deploy import deploy_checkpoint
-from utils.io import read_json
+from utils.deploy import add_latency_, deploy_checkpoint
+from utils.io import atomic_write_json, read_json
 from utils.paths import STUDY_DIR
 
 log = logging.getLogger(__name__)
@@ -67,9 +67,10 @@ def format_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def deploy_sparsest(results_csv: Path, **options: Any) -> dict[str, Any] | None:
-    """Export the sparsest transferred model of a study (ONNX fp32 and, after QAT, INT8) and time both in ONNX
-    Runtime; reuses an export newer than its model. None when the study has no full transfer yet."""
+def deploy_sparsest(results_csv: Path, *, latency: bool = True, **options: Any) -> dict[str, Any] | None:
+    """Export the sparsest transferred model of a study (ONNX fp32 and, after QAT, INT8), checked in every installed
+    engine, and (`latency`) time both files in each; reuses an export newer than its model. None when the study
+    has no full transfer yet."""
     df = pd.read_csv(results_csv)
     rows = df[df["finetuning"] == "full"].sort_values(["sparsity", "seed"], ascending=[False, True])
     if rows.empty:
@@ -79,6 +80,7 @@ def deploy_sparsest(results_csv: Path, **options: Any) -> dict[str, Any] | None:
     report = out / "export_report.json"
     if report.is_file() and report.stat().st_mtime >= model.stat().st_mtime:
         cached = read_json(report)
-        if "latency_ms" in cached:
-            return cached
-    return deploy_checkpoint(model, out, latency=True, **options)
+        if latency and "latency_ms" not in cached:
+            atomic_write_json(report, add_latency_(cached))
+        return cached
+    return deploy_checkpoint(model, out, latency=latency, **options)
