@@ -219,7 +219,8 @@ def engines_latency_ms(files: dict[str, str | Path], images: np.ndarray, engines
                        runs: int = 20) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, str]]]:
     """Median latency (ms) of every file in every engine on `images`, all taking turns inside each round, and the
     precision each engine really used: ({engine: {file: ms}}, {engine: {file: precision}})."""
-    loaded = {(e, k): load_engine(e, p, threads=threads, precision=precision) for e in engines for k, p in files.items()}
+    loaded = {(e, k): load_engine(e, p, threads=threads, precision=precision)
+              for e in engines for k, p in files.items()}
     timed = median_latency_ms({f"{e}\t{k}": (lambda r=r: r.run(images)) for (e, k), r in loaded.items()},
                               warmup=warmup, runs=runs)
     latency: dict[str, dict[str, float]] = {}

@@ -706,7 +706,8 @@ def test_the_loader_takes_batched_augmentation_and_stays_seeded():
 
     def epoch():
         torch.manual_seed(3)
-        return [x for x, _ in DataLoader(data.train, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(1))]
+        loader = DataLoader(data.train, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(1))
+        return [x for x, _ in loader]
 
     first, second = epoch(), epoch()
     assert all(torch.equal(a, b) for a, b in zip(first, second)) and first[0].shape == (16, 3, 12, 12)

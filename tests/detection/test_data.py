@@ -109,7 +109,8 @@ def test_hsv_jitter_is_yolov5s_gains_in_hsv_space():
     gains = torch.empty(3, 3).uniform_(-1, 1) * torch.tensor([0.015, 0.7, 0.4]) + 1
     for n in range(3):
         h, s, v = colorsys.rgb_to_hsv(*images[n, :, 2, 3].tolist())
-        want = colorsys.hsv_to_rgb((h * gains[n, 0].item()) % 1, min(s * gains[n, 1].item(), 1), min(v * gains[n, 2].item(), 1))
+        gh, gs, gv = gains[n].tolist()
+        want = colorsys.hsv_to_rgb((h * gh) % 1, min(s * gs, 1), min(v * gv, 1))
         assert torch.allclose(out[n, :, 2, 3], torch.tensor(want), atol=1e-5)
 
 

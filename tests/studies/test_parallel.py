@@ -103,3 +103,15 @@ def test_two_studies_share_one_pool_and_make_their_upstreams_in_parallel(tmp_pat
         assert sorted(r["finetuning"] for r in rows) == ["full"] * 3 + ["linear"] * 3
         cells, blocked = expand(study, ups)
         assert not blocked and len(cells) == 6
+
+
+def test_the_study_runner_prints_each_studys_table(tmp_path, capsys):
+    """`python -m utils.studies --study A --study B` (what `make demo` runs, with other files)."""
+    from utils.studies.__main__ import main
+
+    paths = [write_study(tmp_path, "a"), write_study(tmp_path, "b")]
+    main(["--study", str(paths[0]), "--study", str(paths[1]), "--jobs", "2"])
+    out = capsys.readouterr().out
+    for path in paths:
+        assert f"{path}: transfer from the upstream models, side by side:" in out
+    assert out.count("synthetic full") == 2 and out.count("synthetic linear") == 2 and "took " in out

@@ -2,9 +2,9 @@
 
     python -m utils.data.paste_yolo OUT_DIR --classes 0 1 2 3 4 [--train 1000] [--val 200] [--canvas 96]
 
-Each image is a dark noisy canvas with 1-3 items of the chosen Fashion-MNIST classes, each scaled by 0.8-1.6 (--scale) and
-pasted where it does not overlap another; its box is the tight box of the item's visible pixels. Items come from
-Fashion-MNIST's training split for train and from its test split for val, so no item is in both. Writes
+Each image is a dark noisy canvas with 1-3 items of the chosen Fashion-MNIST classes, each scaled by 0.8-1.6
+(--scale) and pasted where it does not overlap another; its box is the tight box of the item's visible pixels.
+Items come from Fashion-MNIST's training split for train and from its test split for val, so no item is in both. Writes
 OUT_DIR/images/{train,val}/*.png, OUT_DIR/labels/{train,val}/*.txt and OUT_DIR/data.yaml (names: the classes'
 Fashion-MNIST names). Deterministic under --seed; an existing, complete OUT_DIR made with the same settings
 is kept as it is.
@@ -70,7 +70,8 @@ def paste(canvas: np.ndarray, item: np.ndarray, rng: np.random.Generator, taken:
 
 
 def write_split(out: Path, split: str, count: int, items: np.ndarray, labels: np.ndarray, classes: list[int], *,
-                canvas: int, rng: np.random.Generator, noise: int = 40, scale: tuple[float, float] = (0.8, 1.6)) -> None:
+                canvas: int, rng: np.random.Generator, noise: int = 40,
+                scale: tuple[float, float] = (0.8, 1.6)) -> None:
     (out / "images" / split).mkdir(parents=True, exist_ok=True)
     (out / "labels" / split).mkdir(parents=True, exist_ok=True)
     index = {c: i for i, c in enumerate(classes)}

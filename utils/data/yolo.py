@@ -228,7 +228,8 @@ def rgb_to_hsv(images: torch.Tensor) -> torch.Tensor:
     high, argmax = images.max(1)
     chroma = high - images.min(1).values
     safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
-    hue = torch.where(argmax == 0, ((g - b) / safe) % 6, torch.where(argmax == 1, (b - r) / safe + 2, (r - g) / safe + 4))
+    hue = torch.where(argmax == 0, ((g - b) / safe) % 6,
+                      torch.where(argmax == 1, (b - r) / safe + 2, (r - g) / safe + 4))
     hue = torch.where(chroma > 0, hue / 6, torch.zeros_like(hue))
     sat = torch.where(high > 0, chroma / torch.where(high > 0, high, torch.ones_like(high)), torch.zeros_like(high))
     return torch.stack([hue, sat, high], 1)

@@ -9,6 +9,7 @@ from utils.engines import ENGINES, available_engines, engines_latency_ms, load_e
 from utils.deploy.export import add_latency_, deploy_checkpoint, describe_deployment, export_checkpoint
 from utils.deploy.onnx import compare_with_torch, export_onnx, fold_quantized_weights_, onnx_latency_ms, onnx_session
 
-__all__ = ["COMPRESSED_FORMAT", "ENGINES", "add_latency_", "available_engines", "engines_latency_ms", "load_engine", "missing", "compare_with_torch", "compress_state_dict", "compressed_size_report",
-           "decompress_state_dict", "deploy_checkpoint", "describe_deployment", "export_checkpoint", "export_onnx", "fold_quantized_weights_", "onnx_latency_ms",
-           "onnx_session"]
+__all__ = ["COMPRESSED_FORMAT", "ENGINES", "add_latency_", "available_engines", "compare_with_torch",
+           "compress_state_dict", "compressed_size_report", "decompress_state_dict", "deploy_checkpoint",
+           "describe_deployment", "engines_latency_ms", "export_checkpoint", "export_onnx", "fold_quantized_weights_",
+           "load_engine", "missing", "onnx_latency_ms", "onnx_session"]

@@ -33,17 +33,19 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, flavour: s
         inputs = draw(num_samples, 3, size, size, generator=torch.Generator().manual_seed(seed))
     report: dict[str, Any] = {"checkpoint": str(checkpoint), "input_size": size}
     fp32 = export_onnx(model, out_dir / "model_fp32.onnx", input_size=size)
-    report["fp32"] = {"path": str(fp32), "bytes": fp32.stat().st_size, **compare_in_engines(model, fp32, inputs, engines)}
+    report["fp32"] = {"path": str(fp32), "bytes": fp32.stat().st_size,
+                      **compare_in_engines(model, fp32, inputs, engines=engines)}
     if quant and quant.get("modules"):
         load_qat_state_(model, quant)
         int8 = export_onnx(model, out_dir / "model_int8.onnx", input_size=size)
         report["int8"] = {"path": str(int8), "bytes": int8.stat().st_size, "quantized_modules": len(qat_modules(model)),
-                          **compare_in_engines(model, int8, inputs, engines)}
+                          **compare_in_engines(model, int8, inputs, engines=engines)}
     report["size"] = compressed_size_report(model.state_dict(), out_dir / "model_compressed.pt")
     return report
 
 
-def compare_in_engines(model: torch.nn.Module, path: Path, inputs: torch.Tensor, engines: list[str]) -> dict[str, Any]:
+def compare_in_engines(model: torch.nn.Module, path: Path, inputs: torch.Tensor, *,
+                       engines: list[str]) -> dict[str, Any]:
     """ONNX Runtime's comparison with torch, and each other engine's under "engines"."""
     result: dict[str, Any] = dict(compare_with_torch(model, path, inputs))
     others = {name: compare_with_torch(model, path, inputs, engine=name) for name in engines if name != "onnxruntime"}
@@ -94,9 +96,10 @@ def describe_deployment(report: dict[str, Any]) -> list[str]:
         if timed:
             used = report.get("engine_precision", {}).get(engine, {})
             lines.append(f"{engine}, batch 1, {report['input_size']} px: "
-                         + ", ".join(f"{k} {v:.2f} ms" + (f" [{used[k]}]" if k in used else "") for k, v in timed.items())
+                         + ", ".join(f"{k} {v:.2f} ms" + (f" [{used[k]}]" if k in used else "")
+                                     for k, v in timed.items())
                          + (f"  (INT8 {timed['fp32'] / timed['int8']:.2f}x fp32)" if "int8" in timed else ""))
     s = report["size"]
-    lines.append(f"checkpoint: dense {s['dense_bytes'] / 1e6:.2f} MB, bitmask+nonzeros {s['compressed_bytes'] / 1e6:.2f} "
-                 f"MB ({s['ratio']:.2f}x smaller)")
+    lines.append(f"checkpoint: dense {s['dense_bytes'] / 1e6:.2f} MB, bitmask+nonzeros "
+                 f"{s['compressed_bytes'] / 1e6:.2f} MB ({s['ratio']:.2f}x smaller)")
     return lines

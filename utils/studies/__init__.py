@@ -9,7 +9,7 @@ from utils.studies.study import MODES, DatasetEntry, FullMode, LinearMode, Study
 from utils.studies.sweep import run_studies, run_study, validate_cells, write_study_report
 from utils.studies.upstreams import produce_key, resolve_upstreams, upstream_order
 
-__all__ = ["Cell", "DEMO_STUDIES", "DEMO_STUDY", "DETECTION_STUDY", "DatasetEntry", "EXECUTORS", "FullMode", "LinearMode", "MODES", "Study",
-           "UpstreamSpec", "cell_key", "cell_options", "cell_status", "expand", "format_table", "get_executor",
-           "load_study", "produce_key", "resolve_upstreams", "run_cell", "run_studies", "run_study", "side_by_side",
-           "upstream_order", "validate_cells", "write_study_report"]
+__all__ = ["Cell", "DEMO_STUDIES", "DEMO_STUDY", "DETECTION_STUDY", "DatasetEntry", "EXECUTORS", "FullMode",
+           "LinearMode", "MODES", "Study", "UpstreamSpec", "cell_key", "cell_options", "cell_status", "expand",
+           "format_table", "get_executor", "load_study", "produce_key", "resolve_upstreams", "run_cell", "run_studies",
+           "run_study", "side_by_side", "upstream_order", "validate_cells", "write_study_report"]
