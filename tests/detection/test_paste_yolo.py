@@ -23,3 +23,18 @@ def test_pasted_items_are_boxed_tightly_and_the_dataset_loads(tmp_path):
             assert inside[:, 0].max() > 8 and inside[:, -1].max() > 8
     again = make_paste_dataset(tmp_path / "d", classes=[7, 9], train=6, val=3, canvas=64, seed=0, noise=0)
     assert again == data_yaml                                     # same settings: kept as it is
+
+
+def test_other_settings_replace_the_data_whole_and_change_the_study_keys(tmp_path):
+    """Regenerating into the same folder leaves no image of the old settings, and the data.yaml's text (which the
+    study keys hash) changes with the settings."""
+    from utils.studies.cells import dataset_file_hash
+
+    first = make_paste_dataset(tmp_path / "d", classes=[7, 9], train=6, val=3, canvas=64, seed=0, noise=0)
+    key = dataset_file_hash(str(first))
+    second = make_paste_dataset(tmp_path / "d", classes=[7, 9], train=4, val=2, canvas=48, seed=0, noise=0)
+    assert second == first and dataset_file_hash(str(second)) != key
+    assert len(list((tmp_path / "d" / "images" / "train").iterdir())) == 4
+    assert len(list((tmp_path / "d" / "labels" / "val").iterdir())) == 2
+    assert all(Image.open(p).size == (48, 48) for p in (tmp_path / "d" / "images" / "train").iterdir())
+    assert dataset_file_hash(str(tmp_path / "d")) == {} and dataset_file_hash(None) == {}

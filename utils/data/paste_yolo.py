@@ -6,14 +6,16 @@ Each image is a dark noisy canvas with 1-3 items of the chosen Fashion-MNIST cla
 (--scale) and pasted where it does not overlap another; its box is the tight box of the item's visible pixels.
 Items come from Fashion-MNIST's training split for train and from its test split for val, so no item is in both. Writes
 OUT_DIR/images/{train,val}/*.png, OUT_DIR/labels/{train,val}/*.txt and OUT_DIR/data.yaml (names: the classes'
-Fashion-MNIST names). Deterministic under --seed; an existing, complete OUT_DIR made with the same settings
-is kept as it is.
+Fashion-MNIST names; its first line, a comment, records the settings, so runs keyed by the data.yaml's text see
+other data as other data). Deterministic under --seed; an existing, complete OUT_DIR made with the same settings
+is kept as it is, one made with other settings is replaced whole.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -100,13 +102,19 @@ def make_paste_dataset(out: str | Path, *, classes: list[int], train: int = 1000
     stamp = out / "settings.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == settings and (out / "data.yaml").is_file():
         return out / "data.yaml"
+    for made in ("data.yaml", "settings.json"):       # another (or an interrupted) making: start clean, so no
+        (out / made).unlink(missing_ok=True)          # image of other settings stays in a split
+    for made in ("images", "labels"):
+        shutil.rmtree(out / made, ignore_errors=True)
     rng = np.random.default_rng(seed)
     for split, count in (("train", train), ("val", val)):
         items, labels = items_of(split if split == "train" else "test", classes)
         write_split(out, split, count, items, labels, classes, canvas=canvas, rng=rng, noise=noise, scale=scale)
     names = get_dataset_spec("fashion_mnist").class_names
-    atomic_write_text(out / "data.yaml", yaml.safe_dump({"path": ".", "train": "images/train", "val": "images/val",
-                                                         "nc": len(classes), "names": [names[c] for c in classes]}))
+    header = f"# made by python -m utils.data.paste_yolo with {json.dumps(settings, sort_keys=True)}\n"
+    atomic_write_text(out / "data.yaml", header + yaml.safe_dump({"path": ".", "train": "images/train",
+                                                                  "val": "images/val", "nc": len(classes),
+                                                                  "names": [names[c] for c in classes]}))
     atomic_write_text(stamp, json.dumps(settings))
     return out / "data.yaml"
 

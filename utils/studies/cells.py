@@ -59,10 +59,17 @@ def file_text_hash(path: str | None) -> str | None:
     return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
+def dataset_file_hash(path: str | None) -> dict[str, str]:
+    """{"dataset_file": hash of its text} for a dataset given as a file (a YOLO data.yaml: regenerated data writes a
+    new one), else {} -- so keys of datasets given as folders stay what they were."""
+    return {"dataset_file": hashlib.sha256(Path(path).read_bytes()).hexdigest()} if path and Path(path).is_file() else {}
+
+
 def cell_key(*, checkpoint_sha256: str, dataset: DatasetEntry, mode: str, seed: int, options: dict[str, Any]) -> str:
     config_files = {k: file_text_hash(v) for k, v in sorted(options.items()) if k in CONFIG_FILE_OPTIONS and v}
     payload = {"checkpoint": checkpoint_sha256, "dataset": [dataset.name, dataset.path], "mode": mode, "seed": seed,
-               "options": {k: v for k, v in sorted(options.items()) if k not in NOT_IN_KEY}, "files": config_files}
+               "options": {k: v for k, v in sorted(options.items()) if k not in NOT_IN_KEY}, "files": config_files,
+               **dataset_file_hash(dataset.path)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

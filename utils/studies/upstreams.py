@@ -13,7 +13,7 @@ from typing import Any, Callable
 from utils.checkpoints import file_sha256, prune_checkpoint
 from utils.errors import UserError
 from utils.runs import RUNS
-from utils.studies.cells import NOT_IN_KEY, file_text_hash
+from utils.studies.cells import NOT_IN_KEY, dataset_file_hash, file_text_hash
 from utils.studies.executors import Lane, cores, in_worker
 from utils.studies.study import Study, UpstreamSpec
 
@@ -51,8 +51,8 @@ def produce_key(u: UpstreamSpec, source_sha: str | None, options: dict[str, Any]
     files = {k: file_text_hash(spec[k]) for k in ("trainer_config_path", "recipe") if spec.get(k)}
     trained = u.produce.oneshot_sparsity is None                   # pruning once takes no run options
     run = {k: v for k, v in sorted((options or {}).items()) if k not in NOT_IN_KEY and trained}
-    payload = json.dumps({"spec": spec, "files": files, "source": source_sha, **({"options": run} if run else {})},
-                         sort_keys=True, default=str)
+    payload = json.dumps({"spec": spec, "files": files, "source": source_sha, **({"options": run} if run else {}),
+                          **dataset_file_hash(spec.get("dataset_path"))}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
