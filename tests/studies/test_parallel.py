@@ -115,3 +115,13 @@ def test_the_study_runner_prints_each_studys_table(tmp_path, capsys):
     for path in paths:
         assert f"{path}: transfer from the upstream models, side by side:" in out
     assert out.count("synthetic full") == 2 and out.count("synthetic linear") == 2 and "took " in out
+
+
+def test_tasks_queued_behind_a_broken_pool_fail_instead_of_waiting():
+    class Broken:
+        def submit(self, *args, **kwargs):
+            raise RuntimeError("A process in the process pool was terminated abruptly")
+
+    lane = FairPool(Broken(), jobs=1).lane("a")
+    futures = [lane.submit(lambda: 1) for _ in range(3)]
+    assert all(isinstance(f.exception(5), RuntimeError) for f in futures)

@@ -122,9 +122,13 @@ class FairPool:
                 self.turn.rotate(-1)
                 if not result.set_running_or_notify_cancel():
                     continue
+                try:
+                    future = self.pool.submit(fn, *args, **kwargs)
+                except Exception as err:  # noqa: BLE001 -- a broken pool fails each task, none waits forever
+                    result.set_exception(err)
+                    continue
                 self.running += 1
-                self.pool.submit(fn, *args, **kwargs).add_done_callback(
-                    lambda done, result=result: self._finished(done, result))
+                future.add_done_callback(lambda done, result=result: self._finished(done, result))
 
     def _finished(self, done: Future, result: Future) -> None:
         with self.lock:
