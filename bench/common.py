@@ -3,6 +3,7 @@ measured matmul throughput (the limit each bench compares with)."""
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import torch
 from torch import nn
@@ -34,6 +35,19 @@ def hold_sparse_masks(model: nn.Module, sparsity: float) -> list[Policy]:
 def emit(policies: list[Policy], event: Event, state: TrainState) -> None:
     for policy in policies:
         policy.on_event(event, state)
+
+
+def policy_step(policies: list[Policy], state: TrainState, loss_fn: Callable[[], torch.Tensor]) -> None:
+    """One training step as the Manager runs it: the policies' batch events around backward and the optimizer step
+    (the masks' cost is what they do at AFTER_BACKWARD and AFTER_OPTIMIZER_STEP)."""
+    emit(policies, Event.BATCH_START, state)
+    loss = loss_fn()
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    emit(policies, Event.AFTER_BACKWARD, state)
+    state.optimizer.step()
+    state.step += 1
+    emit(policies, Event.AFTER_OPTIMIZER_STEP, state)
 
 
 def sync(device: torch.device) -> None:

@@ -29,7 +29,7 @@ from policies.quantization import prepare_qat_, quantizable_modules, set_observe
 from policies.trainer import yolov5_param_groups  # noqa: E402
 from utils.deploy import export_onnx, onnx_session  # noqa: E402
 from utils.detection import YoloLoss  # noqa: E402
-from common import emit, hold_sparse_masks  # noqa: E402
+from common import emit, hold_sparse_masks, policy_step  # noqa: E402
 
 
 class Trainer:
@@ -51,14 +51,7 @@ class Trainer:
 
     def step(self, images: torch.Tensor, targets: torch.Tensor) -> float:
         start = time.perf_counter()
-        self.emit(Event.BATCH_START)
-        loss = self.loss(self.model(images), targets)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.emit(Event.AFTER_BACKWARD)
-        self.optimizer.step()
-        self.state.step += 1
-        self.emit(Event.AFTER_OPTIMIZER_STEP)
+        policy_step(self.policies, self.state, lambda: self.loss(self.model(images), targets))
         return time.perf_counter() - start
 
 

@@ -33,7 +33,7 @@ from policies.base import TrainState  # noqa: E402
 from policies.events import Event  # noqa: E402
 from policies.tasks import autocast_for  # noqa: E402
 from utils.data import build_transforms  # noqa: E402
-from common import emit, hold_sparse_masks, matmul_gflops, sync  # noqa: E402
+from common import emit, hold_sparse_masks, matmul_gflops, policy_step, sync  # noqa: E402
 
 
 class Step:
@@ -58,18 +58,14 @@ class Step:
     def emit(self, event: Event) -> None:
         emit(self.policies, event, self.state)
 
+    def loss(self) -> torch.Tensor:
+        with autocast_for(self.device, self.precision):
+            return F.cross_entropy(self.forward(self.batch), self.labels)
+
     def __call__(self) -> float:
         sync(self.device)
         start = time.perf_counter()
-        self.emit(Event.BATCH_START)
-        with autocast_for(self.device, self.precision):
-            loss = F.cross_entropy(self.forward(self.batch), self.labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.emit(Event.AFTER_BACKWARD)
-        self.optimizer.step()
-        self.state.step += 1
-        self.emit(Event.AFTER_OPTIMIZER_STEP)
+        policy_step(self.policies, self.state, self.loss)
         sync(self.device)
         return time.perf_counter() - start
 
