@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import statistics
 import time
 from pathlib import Path
@@ -171,10 +172,17 @@ class DeepSparseEngine(Engine):
 
 
 def _is_quantized(path: Path) -> bool:
+    """Whether an ONNX file holds quantized operators (read once per file version: every engine asks)."""
+    stat = Path(path).stat()
+    return _has_quantized_ops(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _has_quantized_ops(path: str, mtime_ns: int, size: int) -> bool:
     import onnx
 
     return any(n.op_type in ("QuantizeLinear", "DequantizeLinear", "QLinearConv")
-               for n in onnx.load(str(path), load_external_data=False).graph.node)
+               for n in onnx.load(path, load_external_data=False).graph.node)
 
 
 def missing(name: str) -> str | None:
