@@ -39,6 +39,7 @@ class TrainState:
     batch: Batch | None = None          # the step in progress (AFTER_FORWARD may replace its loss)
     train_loader: Any = None            # the training data (second-order pruning samples gradients from it)
     task: Any = None                    # the run's policies.tasks.Task (its loss), set by the Manager
+    eval_model: nn.Module | None = None  # what evaluation scores instead of forward_model (an EMA of the weights)
 
     @property
     def total_steps(self) -> int:

@@ -18,7 +18,8 @@ class Event(Enum):
             AFTER_BACKWARD                  # masks zero pruned gradients
             optimizer.step(); state.step += 1
             AFTER_OPTIMIZER_STEP            # masks re-zero pruned weights
-        evaluate on the test split (every `eval_every_epochs`, and always after the last epoch)
+        evaluate on the test split (every `eval_every_epochs`, and always after the last epoch; the weights'
+                                            # moving average, state.eval_model, when the trainer keeps one)
         EPOCH_END                           # metrics written, checkpoint saved atomically
     FIT_END                                 # sparsity verified, final model and result written
     """

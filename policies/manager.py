@@ -57,8 +57,8 @@ class Manager:
             s.metrics["train_time_s"] = time.perf_counter() - start
             last = epoch == s.num_epochs - 1
             if last or (epoch + 1) % self.eval_every_epochs == 0:
-                s.metrics.update(self.task.evaluate(s.forward_model, self.test_loader, s.device,
-                                                    precision=self.precision))
+                scored = s.eval_model if s.eval_model is not None else s.forward_model
+                s.metrics.update(self.task.evaluate(scored, self.test_loader, s.device, precision=self.precision))
             self.emit(Event.EPOCH_END)
         self.emit(Event.FIT_END)
         return dict(s.metrics)

@@ -11,6 +11,7 @@ import torch
 from pydantic import Field, PositiveInt
 
 from policies.base import Policy, TrainState
+from policies.ema import EmaConfig
 from utils.config import StrictModel
 from utils.registry import Registry
 
@@ -48,6 +49,7 @@ class TrainerConfig(StrictModel):
     grad_clip_norm: float | None = Field(default=None, gt=0)
     optimizer: OptimizerConfig
     schedule: ScheduleConfig = ScheduleConfig()
+    ema: EmaConfig | None = None               # evaluate and keep a moving average of the weights (YOLOv5's)
 
 
 @OPTIMIZERS.register("sgd")

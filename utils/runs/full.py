@@ -16,7 +16,8 @@ from models import build_model, model_task
 from policies.base import Policy, TrainState
 from policies.loggers import CheckpointSaver, MetricsLogger, ProgressBar, WandbLogger
 from policies.manager import Manager
-from policies.masking import FixedMaskPolicy
+from policies.ema import EmaPolicy
+from policies.masking import FixedMaskPolicy, MaskPolicy
 from policies.modifiers import recipe_method
 from policies.modifiers.distillation import DistillationModifier
 from policies.modifiers.layers import LayerPruningModifier
@@ -228,6 +229,17 @@ def fine_tune(opts: FullOptions) -> RunResult:
 
 def training_schedule(opts: FullOptions, plan: Plan, *, model: nn.Module, masks: dict[str, torch.Tensor],
                       steps_per_epoch: int, embedded_recipe: str | None = None) -> tuple[list[Policy], int]:
+    """What changes training, and for how many epochs; the trainer's weight average (EMA) comes last, after
+    every mask has been applied."""
+    policies, epochs = schedule_policies(opts, plan, model=model, masks=masks, steps_per_epoch=steps_per_epoch,
+                                         embedded_recipe=embedded_recipe)
+    if plan.trainer.ema is not None:
+        policies.append(EmaPolicy(plan.trainer.ema, mask_policies=[p for p in policies if isinstance(p, MaskPolicy)]))
+    return policies, epochs
+
+
+def schedule_policies(opts: FullOptions, plan: Plan, *, model: nn.Module, masks: dict[str, torch.Tensor],
+                      steps_per_epoch: int, embedded_recipe: str | None) -> tuple[list[Policy], int]:
     """(LR schedule + fixed masks, the trainer's epochs), or what a recipe says instead (it sets the epochs)."""
     if opts.recipe:
         policies, epochs, _ = build_run_recipe(opts.recipe, opts.recipe_args, model=model,
