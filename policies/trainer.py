@@ -50,6 +50,7 @@ class TrainerConfig(StrictModel):
     optimizer: OptimizerConfig
     schedule: ScheduleConfig = ScheduleConfig()
     ema: EmaConfig | None = None               # evaluate and keep a moving average of the weights (YOLOv5's)
+    mosaic: float = Field(default=0.0, ge=0, le=1)   # detection: the share of YOLOv5 four-image mosaic samples
 
 
 @OPTIMIZERS.register("sgd")

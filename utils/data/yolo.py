@@ -6,7 +6,8 @@
                 for 'labels'), one 'class cx cy w h' line per box, normalised to [0, 1]; no file or an empty
                 file: background
 A malformed label line stops before training with one line naming `file:line`. Images are letterboxed to a
-square `imgsz` (grey 114 padding, as YOLOv5); training adds a random scale (0.5-1.5), horizontal flip and HSV
+square `imgsz` (grey 114 padding, as YOLOv5); training adds, with probability `mosaic`, YOLOv5's four-image mosaic
+(utils.data.mosaic), else a random scale (0.5-1.5) of the letterboxed image, then horizontal flip and HSV
 jitter, drawn from torch's RNG (seeded per epoch by the run). Samples are (image (3, S, S) in [0, 1],
 boxes (n, 5): class, cx, cy, w, h normalised to the letterboxed image); `collate` stacks them with the image
 index in front: (N, 6).
@@ -25,12 +26,12 @@ from torch.utils.data import Dataset
 
 from utils.config import read_yaml
 from utils.data.loading import DatasetSplits
+from utils.data.mosaic import PAD_VALUE, mosaic
 from utils.data.spec import DatasetSpec
 from utils.data.verify import verify_images
 from utils.errors import UserError
 
 IMAGE_SUFFIXES = {".bmp", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp"}
-PAD_VALUE = 114 / 255
 
 
 @dataclass(frozen=True)
@@ -164,8 +165,10 @@ class YoloDataset(Dataset):
     """One split of a YOLO dataset as letterboxed tensors and normalised boxes (see the module docstring);
     batches need `collate_fn` (boxes per image vary)."""
 
-    def __init__(self, items: list[tuple[Path, Path]], *, num_classes: int, imgsz: int, augment: bool):
+    def __init__(self, items: list[tuple[Path, Path]], *, num_classes: int, imgsz: int, augment: bool,
+                 mosaic: float = 0.0):
         self.items, self.imgsz, self.augment = items, imgsz, augment
+        self.mosaic = mosaic if augment else 0.0
         self.labels = [read_labels(label, num_classes) for _, label in items]
 
     def __len__(self) -> int:
@@ -179,9 +182,10 @@ class YoloDataset(Dataset):
         return self.__getitems__([index])[0]
 
     def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Samples `indices` (the DataLoader asks for a batch with this): the letterbox and its random scale per
-        image, then flip and HSV jitter over the batch at once."""
-        samples = [self._letterboxed(i) for i in indices]
+        """Samples `indices` (the DataLoader asks for a batch with this): a mosaic or the letterbox and its random
+        scale per image, then flip and HSV jitter over the batch at once."""
+        samples = [self._mosaic(i) if self.mosaic and float(torch.rand(())) < self.mosaic else self._letterboxed(i)
+                   for i in indices]
         if not self.augment:
             return samples
         images = torch.stack([image for image, _ in samples])
@@ -195,10 +199,35 @@ class YoloDataset(Dataset):
             out.append((image, boxes))
         return out
 
-    def _letterboxed(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _read(self, index: int) -> torch.Tensor:
         with Image.open(self.items[index][0]) as im:
             image = TF.to_image(im.convert("RGB"))
-        image = TF.to_dtype(image, torch.float32, scale=True)
+        return TF.to_dtype(image, torch.float32, scale=True)
+
+    def _mosaic(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`index` and three images drawn from the split, each resized to a longest side of imgsz, as a mosaic."""
+        images, boxes = [], []
+        for i in [index, *torch.randint(len(self.items), (3,)).tolist()]:
+            image = self._read(i)
+            _, h, w = image.shape
+            ratio = self.imgsz / max(h, w)
+            nh, nw = max(1, round(h * ratio)), max(1, round(w * ratio))
+            if (nh, nw) != (h, w):
+                image = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False,
+                                      antialias=ratio < 1)[0].clamp(0, 1)
+            rows = self.labels[i]
+            pixels = torch.stack([rows[:, 0], (rows[:, 1] - rows[:, 3] / 2) * nw, (rows[:, 2] - rows[:, 4] / 2) * nh,
+                                  (rows[:, 1] + rows[:, 3] / 2) * nw, (rows[:, 2] + rows[:, 4] / 2) * nh], 1)
+            images.append(image)
+            boxes.append(pixels)
+        image, pixels = mosaic(images, boxes, self.imgsz)
+        s = self.imgsz
+        xywh = torch.stack([pixels[:, 0], (pixels[:, 1] + pixels[:, 3]) / 2 / s, (pixels[:, 2] + pixels[:, 4]) / 2 / s,
+                            (pixels[:, 3] - pixels[:, 1]) / s, (pixels[:, 4] - pixels[:, 2]) / s], 1)
+        return image, xywh
+
+    def _letterboxed(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = self._read(index)
         _, h, w = image.shape
         scale = float(torch.empty(()).uniform_(0.5, 1.5)) if self.augment else 1.0
         image, ratio, (left, top) = letterbox(image, self.imgsz, scale)
@@ -255,7 +284,7 @@ def is_detection_dataset(name: str) -> bool:
 
 
 def load_detection_datasets(data_yaml: str | Path, *, imgsz: int, max_train_samples: int | None = None,
-                            seed: int = 0, verify: bool = True) -> DatasetSplits:
+                            seed: int = 0, verify: bool = True, mosaic: float = 0.0) -> DatasetSplits:
     """A data.yaml's train and val splits as DatasetSplits (the name in results: the data.yaml's stem, or its
     folder's name for a plain data.yaml)."""
     data = load_yolo_data(data_yaml)
@@ -263,21 +292,23 @@ def load_detection_datasets(data_yaml: str | Path, *, imgsz: int, max_train_samp
         pick = torch.randperm(len(data.splits["train"]), generator=torch.Generator().manual_seed(seed))
         chosen = sorted(pick[:max_train_samples].tolist())
         data = YoloData(data.source, data.names, {**data.splits, "train": [data.splits["train"][i] for i in chosen]})
-    train, val = yolo_datasets(data, imgsz=imgsz, verify=verify)
+    train, val = yolo_datasets(data, imgsz=imgsz, verify=verify, mosaic=mosaic)
     name = data.source.parent.name if data.source.stem in ("data", "dataset") else data.source.stem
     spec = DatasetSpec(name=name, label=f"YOLO data {data.source.name}", num_classes=data.num_classes,
                        mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), layouts=("yolo",), hflip=True)
     meta = {"dataset": spec.name, "layout": "yolo", "root": str(data.source), "num_train": len(train),
             "num_test": len(val), "num_classes": data.num_classes, "image_size": imgsz,
-            "max_train_samples": max_train_samples, "seed": seed}
+            "max_train_samples": max_train_samples, "seed": seed, "mosaic": mosaic}
     return DatasetSplits(train=train, test=val, num_classes=data.num_classes, spec=spec, layout="yolo",
                          classes=list(data.names), root=data.source.parent, meta=meta)
 
 
-def yolo_datasets(data: YoloData, *, imgsz: int, verify: bool = True) -> tuple[YoloDataset, YoloDataset]:
-    """(train, val) datasets of a parsed data.yaml; every image is checked first (utils.data.verify)."""
+def yolo_datasets(data: YoloData, *, imgsz: int, verify: bool = True,
+                  mosaic: float = 0.0) -> tuple[YoloDataset, YoloDataset]:
+    """(train, val) datasets of a parsed data.yaml (`mosaic`: the training split's probability of a mosaic
+    sample); every image is checked first (utils.data.verify)."""
     if verify:
         verify_images([image for split in ("train", "val") for image, _ in data.splits[split]], root=data.source.parent)
-    train = YoloDataset(data.splits["train"], num_classes=data.num_classes, imgsz=imgsz, augment=True)
+    train = YoloDataset(data.splits["train"], num_classes=data.num_classes, imgsz=imgsz, augment=True, mosaic=mosaic)
     val = YoloDataset(data.splits["val"], num_classes=data.num_classes, imgsz=imgsz, augment=False)
     return train, val

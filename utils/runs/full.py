@@ -90,14 +90,17 @@ def plan_run(opts: FullOptions) -> Plan:
 
 
 def load_data(upstream: Upstream, *, dataset: str, dataset_path: str | None, image_size: int | None,
-              interpolation: str | None, max_train_samples: int | None,
-              seed: int) -> tuple[DatasetSplits, InputSettings]:
+              interpolation: str | None, max_train_samples: int | None, seed: int,
+              mosaic: float = 0.0) -> tuple[DatasetSplits, InputSettings]:
     """The downstream splits, prepared as the upstream expects (its resize and normalisation unless overridden)."""
     detector = model_task(upstream.arch) == "detection"
     if detector != is_detection_dataset(dataset):
         raise UserError(f"--dset {dataset!r} is a {'detection' if not detector else 'classification'} dataset but "
                         f"{upstream.arch} is a {'detector' if detector else 'classifier'}; detectors (yolov5*) train "
                         "on YOLO data: --dset yolo --dset_path data.yaml")
+    if mosaic and not detector:
+        raise UserError(f"the trainer config's 'mosaic: {mosaic}' is detection augmentation; {upstream.arch} is a "
+                        "classifier: remove the key (or set it to 0)")
     inputs = InputSettings(image_size=image_size or upstream.model.default_input_size,
                            interpolation=interpolation or upstream.interpolation,
                            normalization=upstream.normalization)
@@ -105,7 +108,8 @@ def load_data(upstream: Upstream, *, dataset: str, dataset_path: str | None, ima
         path = dataset if dataset != "yolo" else dataset_path
         if path is None:
             raise UserError("--dset yolo needs --dset_path pointing at the dataset's data.yaml")
-        data = load_detection_datasets(path, imgsz=inputs.image_size, max_train_samples=max_train_samples, seed=seed)
+        data = load_detection_datasets(path, imgsz=inputs.image_size, max_train_samples=max_train_samples, seed=seed,
+                                       mosaic=mosaic)
         return data, InputSettings(image_size=inputs.image_size, interpolation="bilinear",
                                    normalization={"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]})
     mean, std = inputs.mean_std()
@@ -190,7 +194,8 @@ def fine_tune(opts: FullOptions) -> RunResult:
                              arch=opts.arch, keep_classifier=opts.eval_only)
     data, inputs = load_data(upstream, dataset=opts.dataset, dataset_path=opts.dataset_path,
                              image_size=opts.image_size, interpolation=opts.interpolation,
-                             max_train_samples=opts.max_train_samples, seed=opts.seed)
+                             max_train_samples=opts.max_train_samples, seed=opts.seed,
+                             mosaic=0.0 if opts.eval_only else plan.trainer.mosaic)
     if opts.eval_only:
         return evaluate_only(upstream, data, opts=opts, device=plan.device, run_dir=plan.run_dir,
                              task=task_for(upstream.model, image_size=inputs.image_size, label_smoothing=0.0))
