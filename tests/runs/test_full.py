@@ -203,3 +203,32 @@ def test_a_results_table_from_before_the_detection_columns_still_takes_classific
         main.main(["--dset", "yolo", "--dset_path", str(data_yaml), "--config_path", str(trainer), "--arch", "yolov5n",
                    "--experiment_root_path", str(tmp_path / "exp"), "--workers", "0", "--no_progress"])
     assert not (tmp_path / "exp" / "yolo_yolov5n_seed0").exists()
+
+
+def test_a_run_recorded_before_a_field_existed_still_resumes_and_reports(tmp_path, sparse_checkpoint, trainer,
+                                                                        monkeypatch, capsys):
+    """config.yaml of an older version lacks the fields added since (precision, ema, mosaic, ...): holding their
+    defaults now is the same run; a new field set to something else is not."""
+    from utils.config import dump_yaml, read_yaml
+
+    def forget_new_fields(run_dir):
+        path = run_dir / "config.yaml"
+        config = read_yaml(path)
+        for key in ("precision", "channels_last", "compile"):
+            del config["options"][key]
+        for key in ("ema", "mosaic"):
+            del config["trainer"][key]
+        path.write_text(dump_yaml(config))
+
+    ckpt, _ = sparse_checkpoint
+    with monkeypatch.context() as m:
+        kill_after_first_checkpoint(m)
+        with pytest.raises(KeyboardInterrupt):
+            run(tmp_path, ckpt, trainer, "--exp_name", "old")
+    forget_new_fields(tmp_path / "exp" / "old")
+    first = run(tmp_path, ckpt, trainer, "--exp_name", "old", "--resume")
+    forget_new_fields(tmp_path / "exp" / "old")
+    assert run(tmp_path, ckpt, trainer, "--exp_name", "old", "--resume")["val_acc"] == first["val_acc"]
+    with pytest.raises(SystemExit):
+        run(tmp_path, ckpt, trainer, "--exp_name", "old", "--resume", "--channels_last")
+    assert "options.channels_last" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as dt
+import functools
 import json
 import subprocess
 from pathlib import Path
@@ -130,11 +131,38 @@ LOCATION_OPTIONS = ("experiment_root_path", "workers", "progress", "resume",
 
 
 def comparable(config: dict[str, Any]) -> dict[str, Any]:
-    """A resolved config without what a resume may change."""
+    """A resolved config without what a resume may change, and without the keys of its sections that hold their
+    field's default: a run recorded before a field existed compares equal to the same run now."""
     out = {k: v for k, v in config.items() if k not in ("git_commit", "resumed")}
     if isinstance(out.get("options"), dict):
         out["options"] = {k: v for k, v in out["options"].items() if k not in LOCATION_OPTIONS}
+    for section, defaults in section_defaults().items():
+        if isinstance(out.get(section), dict):
+            out[section] = {k: v for k, v in out[section].items() if k not in defaults or v != defaults[k]}
     return out
+
+
+@functools.cache
+def section_defaults() -> dict[str, dict[str, Any]]:
+    """Per section of config.yaml, each optional field's default as config.yaml writes it (several models share
+    a section: a name both give a default to keeps either, which only ever makes a difference unseen when a
+    field is new)."""
+    from policies.trainer import TrainerConfig
+    from utils.linear.solvers.base import LinearProbeConfig
+    from utils.runs.options import FullOptions, LinearOptions, TransferConfig
+
+    def defaults(*models: type) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for model in models:
+            for name, field in model.model_fields.items():
+                if not field.is_required():
+                    value = field.get_default(call_default_factory=True)
+                    value = value.model_dump() if hasattr(value, "model_dump") else value
+                    found.setdefault(name, json.loads(json.dumps(value, default=str)))
+        return found
+
+    return {"options": defaults(FullOptions, LinearOptions), "trainer": defaults(TrainerConfig),
+            "transfer": defaults(TransferConfig), "probe": defaults(LinearProbeConfig)}
 
 
 def environment_info() -> dict[str, Any]:
