@@ -207,8 +207,8 @@ def test_a_results_table_from_before_the_detection_columns_still_takes_classific
 
 def test_a_run_recorded_before_a_field_existed_still_resumes_and_reports(tmp_path, sparse_checkpoint, trainer,
                                                                         monkeypatch, capsys):
-    """config.yaml of an older version lacks the fields added since (precision, ema, mosaic, ...): holding their
-    defaults now is the same run; a new field set to something else is not."""
+    """config.yaml of an older version lacks the fields added since (precision, ema, mosaic, ..., the data's
+    fingerprint): holding their defaults now is the same run; a new field set to something else is not."""
     from utils.config import dump_yaml, read_yaml
 
     def forget_new_fields(run_dir):
@@ -218,6 +218,7 @@ def test_a_run_recorded_before_a_field_existed_still_resumes_and_reports(tmp_pat
             del config["options"][key]
         for key in ("ema", "mosaic"):
             del config["trainer"][key]
+        assert len(config["dataset"].pop("content")["train"]) == 64     # recorded since, not by older versions
         path.write_text(dump_yaml(config))
 
     ckpt, _ = sparse_checkpoint

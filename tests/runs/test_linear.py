@@ -127,3 +127,21 @@ def test_linear_and_full_rows_label_one_file_the_same_way(tmp_path, make_sparse_
                "--image_size", "16"])
     labels = {r["finetuning"]: r["model"] for r in rows(tmp_path)}
     assert labels == {"linear": "Magnitude", "full": "Magnitude"}
+
+
+def test_an_image_replaced_in_place_is_extracted_again(tmp_path, ckpt):
+    """The cache was keyed by the folder and the number of images: an image replaced in place reused stale
+    features."""
+    from tests.data.test_datasets import make_folders, write_image
+
+    make_folders(tmp_path / "data")
+    args = ["--dataset", "imagefolder", "--dataset_path", str(tmp_path / "data"), "--solver", "sgd",
+            "--epochs", "1"]
+    first = run(tmp_path, ckpt, *args, "--seed", "1")
+    assert run(tmp_path, ckpt, *args, "--seed", "2")["features_reused"] == {"train": True, "test": True}
+    write_image(tmp_path / "data" / "test" / "emu" / "emu_t.png", size=(14, 9), seed=99, mode="L")
+    third = run(tmp_path, ckpt, *args, "--seed", "3")
+    assert third["features_reused"] == {"train": True, "test": False}
+    configs = [(tmp_path / "exp" / f"imagefolder_up_linear-sgd_seed{s}" / "config.yaml").read_text()
+               for s in (1, 3)]
+    assert first["features_reused"] == {"train": False, "test": False} and configs[0] != configs[1]

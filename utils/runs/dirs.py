@@ -12,12 +12,15 @@ from typing import Any
 
 import torch
 
+from policies.trainer import TrainerConfig
 from utils.config import dump_yaml, read_yaml
 from utils.errors import UserError
 from utils.distributed import is_main_process
 from utils.io import append_csv_row, atomic_write_json, atomic_write_text, exclusive_lock
 from utils.paths import REPO_ROOT
+from utils.linear import LinearProbeConfig
 from utils.runs.kinds import RunResult
+from utils.runs.options import FullOptions, LinearOptions, TransferConfig
 
 # The raw_results schema first (dset,model,sparsity,seed,val_acc), then descriptive columns.
 RESULT_COLUMNS = [
@@ -117,12 +120,19 @@ def write_run_config(run_dir: Path, config: dict[str, Any], *, check_existing: b
     path = run_dir / "config.yaml"
     if check_existing and path.exists():
         saved, now = comparable(read_yaml(path) or {}), comparable(config)
+        for section, names in RECORDED_LATER.items():   # a run recorded before they were is checked without them
+            for name in names:
+                if name not in (saved.get(section) or {}) and isinstance(now.get(section), dict):
+                    now[section] = {k: v for k, v in now[section].items() if k != name}
         keys = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
         if keys:
             raise UserError(f"{path}: cannot resume with a different configuration (differs in {keys[:5]}); "
                             "rerun with the original flags or use another --exp_name")
     atomic_write_text(path, dump_yaml(config))
 
+
+# What config.yaml records beyond the user's settings, added since runs were first recorded (section -> keys).
+RECORDED_LATER = {"dataset": ("content",)}
 
 # Where and how fast a run goes and who watches it, not what it computes: a resumed run may change them
 # (e.g. a moved root, or wandb switched on).
@@ -147,10 +157,6 @@ def section_defaults() -> dict[str, dict[str, Any]]:
     """Per section of config.yaml, each optional field's default as config.yaml writes it (several models share
     a section: a name both give a default to keeps either, which only ever makes a difference unseen when a
     field is new)."""
-    from policies.trainer import TrainerConfig
-    from utils.linear.solvers.base import LinearProbeConfig
-    from utils.runs.options import FullOptions, LinearOptions, TransferConfig
-
     def defaults(*models: type) -> dict[str, Any]:
         found: dict[str, Any] = {}
         for model in models:

@@ -26,7 +26,8 @@ from policies.tasks import ClassificationTask, Task, fastest_precision
 from policies.trainer import LRSchedulePolicy, TrainerConfig, build_optimizer
 from utils.checkpoints import save_native_checkpoint
 from utils.config import load_config
-from utils.data import DatasetSplits, is_detection_dataset, load_detection_datasets, load_datasets
+from utils.data import (DatasetSplits, content_fingerprint, is_detection_dataset, load_detection_datasets,
+                        load_datasets)
 from utils.detection import DetectionTask
 from utils.distributed import DistInfo, barrier, init_distributed, shutdown
 from utils.errors import UserError
@@ -297,12 +298,18 @@ def resolved_config(opts: FullOptions, plan: Plan, *, upstream: Upstream, data: 
         "options": opts.model_dump(exclude={"resume", "progress"}), "trainer": plan.trainer.model_dump(),
         "transfer": plan.transfer.model_dump(), "checkpoint": upstream.describe(),
         "dataset": {"name": data.spec.name, "layout": data.layout, "num_classes": data.num_classes,
-                    "train_size": len(data.train), "test_size": len(data.test), "image_size": inputs.image_size},
+                    "train_size": len(data.train), "test_size": len(data.test), "image_size": inputs.image_size,
+                    "content": data_content(data)},
         "derived": {"epochs": state.num_epochs, "batch_size": plan.batch_size, "lr": plan.lr,
                     "device": str(plan.device), "steps_per_epoch": state.steps_per_epoch,
                     "loaded_sparsity": loaded_sparsity},
         **environment_info(),
     }
+
+
+def data_content(data: DatasetSplits) -> dict[str, str | None]:
+    """Each split's content fingerprint (utils.data.fingerprint), as config.yaml records it."""
+    return {"train": content_fingerprint(data.train), "test": content_fingerprint(data.test)}
 
 
 def check_sparsity(model: nn.Module, masks: dict[str, torch.Tensor], *, recipe: bool,

@@ -19,7 +19,7 @@ import torch
 from policies.trainer import TrainerConfig
 from utils.checkpoints import LoadedCheckpoint, file_sha256, load_checkpoint
 from utils.config import load_config
-from utils.data import IMAGENET_MEAN, IMAGENET_STD, DatasetSplits, load_datasets
+from utils.data import IMAGENET_MEAN, IMAGENET_STD, DatasetSplits, content_fingerprint, load_datasets
 from utils.engines import missing
 from utils.errors import UserError
 from utils.io import append_jsonl, atomic_torch_save
@@ -168,7 +168,7 @@ def cached_split(opts: LinearOptions, up: FrozenUpstream, data: DatasetSplits, s
     """One split's features from the cache, extracted first if needed."""
     dataset = getattr(data, split)
     description = describe_split(checkpoint=up.checkpoint, dataset_meta=data.meta, split=split, dataset=dataset,
-                                 backend=opts.feature_backend)
+                                 backend=opts.feature_backend, extra={"content": content_fingerprint(dataset)})
     return cached_features(extractor.build, dataset, cache_root=opts.features_cache, description=description,
                            dim=up.model.num_features, batch_size=opts.extract_batch_size, workers=opts.workers,
                            progress=opts.progress)
@@ -181,7 +181,8 @@ def resolved_config(opts: LinearOptions, up: FrozenUpstream, *, data: DatasetSpl
         "options": opts.model_dump(), "probe": settings.probe.model_dump(),
         "trainer": settings.trainer.model_dump() if settings.trainer else None, "checkpoint": up.checkpoint,
         "dataset": {"name": data.spec.name, "layout": data.layout, "num_classes": data.num_classes,
-                    "train_size": len(data.train), "test_size": len(data.test), **up.data_kwargs()},
+                    "train_size": len(data.train), "test_size": len(data.test), **up.data_kwargs(),
+                    "content": {name: fs.meta.get("content") for name, fs in splits.items()}},
         "features": {name: {"path": str(fs.path), "reused": fs.reused, "count": int(fs.meta["count"]),
                             "dim": int(fs.meta["dim"])} for name, fs in splits.items()},
         "derived": {"device": str(device), "epochs": settings.epochs, "batch_size": settings.batch_size},
