@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 import multiprocessing
 import os
@@ -43,19 +41,20 @@ _THREADS = 1
 
 
 def _init_worker(parent: int, threads: int) -> None:
-    """Worker initializer: the kernel sends SIGTERM when the sweep process dies (Linux), and a worker whose
-    sweep is gone never starts a cell (see `in_worker`). Each worker takes its share of the cores:
-    N workers with all cores each would fight over them."""
+    """Worker initializer: a worker ends within a second of its sweep process (a watcher thread; not the
+    kernel's PR_SET_PDEATHSIG, which fires when the *thread* that started the worker ends -- the pool starts
+    workers from whichever thread submits), and a worker whose sweep is gone never starts a cell (see
+    `in_worker`). Each worker takes its share of the cores: N workers with all cores each would fight over them."""
     global _PARENT, _THREADS
     _PARENT, _THREADS = parent, threads
     torch.set_num_threads(threads)
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)            # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):            # not Linux: the parent check below still holds
-        log.debug("no PR_SET_PDEATHSIG here")
-    if os.getppid() != parent:                   # the parent died before the signal was armed
-        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=_end_with_parent, args=(parent,), name="end-with-sweep", daemon=True).start()
+
+
+def _end_with_parent(parent: int, every_s: float = 1.0) -> None:
+    while os.getppid() == parent:
+        time.sleep(every_s)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def in_worker(fn: Callable[..., Any], *args: Any, threads: int | None = None, **kwargs: Any) -> Any:
