@@ -1,7 +1,7 @@
 """Run a whole study (checkpoints x datasets x modes x seeds) from one file; finished cells are skipped.
 
     python sweep.py configs/studies/demo.yaml [--executor local|slurm|submitit-local] [--jobs N]
-                    [--dry-run] [--retry-failed] [--no-wait] [--no-report]
+                    [--dry-run] [--retry-failed] [--rerun-stale] [--no-wait] [--no-report]
 """
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> dict:
                         "of the cores)")
     p.add_argument("--dry-run", action="store_true", help="print what is done / to do / failed; run nothing")
     p.add_argument("--retry-failed", action="store_true", help="run failed cells again")
+    p.add_argument("--rerun-stale", action="store_true",
+                   help="run again the done cells whose data changed after they ran (their runs are set aside)")
     p.add_argument("--no-wait", action="store_true", help="slurm: submit and exit without waiting")
     p.add_argument("--no-report", action="store_true", help="skip the Markdown report at the end")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -31,7 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     counts = run_study(args.study, executor=args.executor, jobs=args.jobs, dry_run=args.dry_run,
                        retry_failed=args.retry_failed, wait=not args.no_wait, report=not args.no_report,
-                       progress=print)
+                       rerun_stale=args.rerun_stale, progress=print)
     if not args.dry_run and (counts["failed"] or counts["blocked"]):
         print(f"error: sweep incomplete: {counts['failed']} cell(s) failed, {counts['blocked']} upstream(s) missing "
               "(each named above); fix them and run the sweep again: finished cells are skipped", file=sys.stderr)

@@ -144,27 +144,3 @@ def test_workers_outlive_the_thread_that_started_them():
         time.sleep(0.5)                     # a SIGTERM would have arrived by now
         assert pool.submit(os.getpid).result(60) == first
 
-
-def test_workers_end_with_their_sweep(tmp_path):
-    """A sweep killed outright (SIGKILL: no clean-up of its own) leaves no worker behind."""
-    import os
-    import subprocess
-    import sys
-    import time
-
-    script = ("import os, signal\n"
-              "from utils.studies.executors import worker_pool\n"
-              "with worker_pool(1) as pool:\n"
-              "    print(pool.submit(os.getpid).result(120), flush=True)\n"
-              "    os.kill(os.getpid(), signal.SIGKILL)\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180,
-                          cwd=Path(__file__).resolve().parents[2])
-    worker = int(done.stdout.split()[0])
-    for _ in range(50):
-        try:
-            os.kill(worker, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    os.kill(worker, 9)
-    raise AssertionError(f"worker {worker} outlived its sweep by 5 s")

@@ -165,3 +165,30 @@ def test_the_time_by_phase_line_adds_up():
     line = phase_line({"upstreams": 100.0, "full cells": 50.0, "linear cells": 20.0, "report": 5.0}, total=180.0)
     assert line == ("time by phase: upstreams 100 s, full cells 50 s, linear cells 20 s, report 5 s, other 5 s "
                     "(total 180 s)")
+
+
+def test_cells_whose_data_changed_are_named_and_rerun_on_request(tmp_path, two_upstreams, capsys):
+    from tests.data.test_datasets import make_folders, write_image
+
+    make_folders(tmp_path / "data")
+    path = write_study(tmp_path, two_upstreams[:1], seeds=[1],
+                       datasets=[{"name": "imagefolder", "path": str(tmp_path / "data")}],
+                       options={"image_size": 16, "workers": 0, "batch_size": 4})
+    sweep.main([str(path), "--no-report", "--jobs", "1"])
+    assert "data changed" not in capsys.readouterr().out
+    sweep.main([str(path), "--no-report", "--jobs", "1"])
+    assert "ran 0 cells" in capsys.readouterr().out and "data changed" not in capsys.readouterr().out
+
+    write_image(tmp_path / "data" / "train" / "dog" / "dog_0.jpg", size=(20, 16), seed=42)   # replaced in place
+    counts = sweep.main([str(path), "--no-report", "--jobs", "1"])
+    out = capsys.readouterr().out
+    assert "data changed since it ran: full   imagefolder  dense" in out and "run the sweep with --rerun-stale" in out
+    assert counts["done"] == 1 and "ran 0 cells" in out
+
+    counts = sweep.main([str(path), "--no-report", "--jobs", "1", "--rerun-stale"])
+    out = capsys.readouterr().out
+    assert "its run set aside as" in out and "[1/1] done" in out and counts["done"] == 1
+    assert len(list((tmp_path / "exp" / "full" / "imagefolder").glob("dense_seed1_*.stale-*"))) == 1
+    assert len(list(csv.DictReader(open(tmp_path / "exp" / "results.csv")))) == 2   # the later row is the one reported
+    sweep.main([str(path), "--no-report", "--jobs", "1"])
+    assert "data changed" not in capsys.readouterr().out

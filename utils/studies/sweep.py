@@ -18,6 +18,7 @@ from utils.config import validate
 from utils.io import exclusive_lock
 from utils.runs import RUNS
 from utils.studies.cells import Cell, cell_status, expand, read_error
+from utils.studies.stale import set_aside, stale_cells
 from utils.studies.executors import FairPool, Lane, default_jobs, get_executor, worker_pool
 from utils.studies.study import Study, load_study
 from utils.studies.upstreams import resolve_upstreams
@@ -37,7 +38,7 @@ def validate_cells(cells: list[Cell], *, source: str) -> None:
 
 
 def run_study(study_path: str | Path, *, executor: str = "local", jobs: int = 1, dry_run: bool = False,
-              retry_failed: bool = False, wait: bool = True, report: bool = True,
+              retry_failed: bool = False, wait: bool = True, report: bool = True, rerun_stale: bool = False,
               progress: Callable[[str], None] = log.info, pool: Executor | Lane | None = None) -> dict[str, int]:
     """The sweep: upstreams, grid, skip done, run the rest, then the report. Returns status counts (and how
     many upstreams are missing, `blocked`). `jobs` 0: `default_jobs()`; `pool`: local workers shared with other
@@ -49,7 +50,8 @@ def run_study(study_path: str | Path, *, executor: str = "local", jobs: int = 1,
         exclusive_lock(root / ".sweep.lock", what=f"study {study.name!r} ({root})")
     with lock:
         return sweep(study, study_path=study_path, executor=executor, jobs=jobs, dry_run=dry_run,
-                     retry_failed=retry_failed, wait=wait, report=report, progress=progress, pool=pool)
+                     retry_failed=retry_failed, wait=wait, report=report, progress=progress, pool=pool,
+                     rerun_stale=rerun_stale)
 
 
 def run_studies(study_paths: list[str | Path], *, jobs: int = 0, progress: Callable[[str], None] = log.info,
@@ -80,18 +82,18 @@ def run_studies(study_paths: list[str | Path], *, jobs: int = 0, progress: Calla
 
 
 def sweep(study: Study, *, study_path: str | Path, executor: str, jobs: int, dry_run: bool, retry_failed: bool,
-          wait: bool, report: bool, progress: Callable[[str], None], pool: Executor | Lane | None = None
-          ) -> dict[str, int]:
+          wait: bool, report: bool, progress: Callable[[str], None], pool: Executor | Lane | None = None,
+          rerun_stale: bool = False) -> dict[str, int]:
     own = pool is None and executor == "local" and jobs > 1 and not dry_run
     with worker_pool(jobs) if own else contextlib.nullcontext(pool) as workers:
         return _sweep(study, study_path=study_path, executor=executor, jobs=jobs, dry_run=dry_run,
                       retry_failed=retry_failed, wait=wait, report=report, progress=progress, pool=workers,
-                      shared=pool is not None)
+                      shared=pool is not None, rerun_stale=rerun_stale)
 
 
 def _sweep(study: Study, *, study_path: str | Path, executor: str, jobs: int, dry_run: bool, retry_failed: bool,
            wait: bool, report: bool, progress: Callable[[str], None], pool: Executor | Lane | None,
-           shared: bool) -> dict[str, int]:
+           shared: bool, rerun_stale: bool) -> dict[str, int]:
     run = get_executor(executor)
     start = time.perf_counter()
     paths = resolve_upstreams(study, make=not dry_run, progress=progress, pool=pool,
@@ -100,6 +102,7 @@ def _sweep(study: Study, *, study_path: str | Path, executor: str, jobs: int, dr
     cells, blocked = expand(study, paths)
     validate_cells(cells, source=str(study_path))
     status = {c.key: cell_status(c) for c in cells}
+    check_stale(cells, status, rerun=rerun_stale and not dry_run, progress=progress)
     counts = {s: sum(v == s for v in status.values()) for s in ("done", "todo", "failed")}
     planned = len(study.upstreams) * len(study.datasets) * sum(len(study.seeds_for(m)) for m in study.modes)
     progress(f"study {study.name}: grid of {planned} cells; {len(cells)} ready -- {counts['done']} done, "
@@ -128,6 +131,20 @@ def _sweep(study: Study, *, study_path: str | Path, executor: str, jobs: int, dr
         progress(f"failed: {c.label}: {read_error(c)} (see {c.run_dir / 'error.json'})")
     counts = {s: sum(cell_status(c) == s for c in cells) for s in ("done", "todo", "failed")}
     return {**counts, "blocked": len(blocked)}
+
+
+def check_stale(cells: list[Cell], status: dict[str, str], *, rerun: bool, progress: Callable[[str], None]) -> None:
+    """Name the done cells whose data changed after they ran; with `rerun`, set them aside to run again."""
+    stale = stale_cells([c for c in cells if status[c.key] == "done"])
+    for cell in stale:
+        if rerun:
+            status[cell.key] = "todo"
+            progress(f"  data changed since it ran: {cell.label}; its run set aside as {set_aside(cell)}")
+        else:
+            progress(f"  data changed since it ran: {cell.label}")
+    if stale and not rerun:
+        progress(f"{len(stale)} done cell(s) ran on data that has changed since (listed above); their results are "
+                 "kept and reported: run the sweep with --rerun-stale to run them again")
 
 
 def phase_line(phases: dict[str, float], total: float) -> str:
