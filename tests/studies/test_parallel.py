@@ -144,3 +144,13 @@ def test_workers_outlive_the_thread_that_started_them():
         time.sleep(0.5)                     # a SIGTERM would have arrived by now
         assert pool.submit(os.getpid).result(60) == first
 
+
+
+def test_a_run_made_again_replaces_its_earlier_row_in_the_demo_tables(tmp_path):
+    from utils.studies.demo import latest_rows
+
+    table = tmp_path / "results.csv"
+    header = "dset,model,sparsity,seed,val_acc,finetuning,run_dir\n"
+    table.write_text(header + "d,GMP,0.9,0,0.5,full,old\nd,GMP,0.9,1,0.6,full,other\nd,GMP,0.9,0,0.7,full,new\n")
+    rows = latest_rows(table)
+    assert sorted(rows["run_dir"]) == ["new", "other"]

@@ -41,10 +41,15 @@ def prepare_detection_data() -> list[Path]:
     return [make_paste_dataset(**{**spec, "classes": list(spec["classes"])}) for spec in DETECTION_DATA]
 
 
+def latest_rows(results_csv: Path) -> pd.DataFrame:
+    """A study's results.csv, one row per run: the later of a run made again (a cell re-run on changed data)."""
+    df = pd.read_csv(results_csv)
+    return df.drop_duplicates(subset=["dset", "model", "sparsity", "seed", "finetuning"], keep="last")
+
+
 def side_by_side(results_csv: Path) -> pd.DataFrame:
     """Rows model@sparsity; columns dataset x mode (mean test accuracy over seeds, %), plus measured sparsity."""
-    df = pd.read_csv(results_csv)
-    df = df.drop_duplicates(subset=["dset", "model", "sparsity", "seed", "finetuning"], keep="last")
+    df = latest_rows(results_csv)
     if "task" in df.columns:          # a detector's score is its mAP@0.5:0.95
         df["val_acc"] = df["val_acc"].where(df["task"] != "detection", df["map"])
     acc = df.pivot_table(index=["model", "sparsity"], columns=["dset", "finetuning"], values="val_acc",
@@ -71,8 +76,8 @@ def deploy_sparsest(results_csv: Path, *, latency: bool = True, **options: Any) 
     """Export the sparsest transferred model of a study (ONNX fp32 and, after QAT, INT8), checked in every installed
     engine, and (`latency`) time both files in each; reuses an export newer than its model. None when the study
     has no full transfer yet."""
-    df = pd.read_csv(results_csv)
-    rows = df[df["finetuning"] == "full"].sort_values(["sparsity", "seed"], ascending=[False, True])
+    df = latest_rows(results_csv)
+    rows = df[df["finetuning"] == "full"].sort_values(["sparsity", "seed"], ascending=[False, True], kind="stable")
     if rows.empty:
         return None
     model = Path(rows.iloc[0]["run_dir"]) / "model.pt"
