@@ -76,28 +76,59 @@ def append_csv_row(path: str | Path, row: dict[str, Any], *, optional: Iterable[
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+", newline="") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            f.seek(0)
-            header = next(csv.reader(f), None)
+    with _locked_table(path) as f:
+        f.seek(0)
+        header = next(csv.reader(f), None)
+        buf = io.StringIO()
+        if header is None:
+            header = list(row)
+            csv.writer(buf).writerow(header)
+        row = {k: v for k, v in row.items() if k in header or k not in optional}
+        extra = set(row) - set(header)
+        if extra:
+            raise ValueError(f"{path}: row has columns {sorted(extra)} absent from its header")
+        csv.DictWriter(buf, fieldnames=header).writerow(row)
+        f.seek(0, os.SEEK_END)
+        if f.tell() and not _ends_with_newline(f):
+            f.write("\n")                          # never fuse a row onto an unterminated last line
+        f.write(buf.getvalue())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def _locked_table(path: Path) -> Iterator[Any]:
+    """The table opened for appending, exclusively locked, and still the file at `path` (a writer that replaced it
+    while this one waited for the lock -- `drop_csv_rows` -- makes this one open the new file)."""
+    while True:
+        with open(path, "a+", newline="") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                if os.path.exists(path) and os.fstat(f.fileno()).st_ino == os.stat(path).st_ino:
+                    yield f
+                    return
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def drop_csv_rows(path: str | Path, drop: Callable[[dict[str, str]], bool]) -> int:
+    """Remove the rows for which `drop` is true, atomically (a complete new file renamed over the old one) and
+    under the appenders' lock; returns how many went."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    with _locked_table(path) as f:
+        f.seek(0)
+        rows = list(csv.reader(f))
+        if not rows:
+            return 0
+        header, body = rows[0], rows[1:]
+        kept = [r for r in body if not drop(dict(zip(header, r)))]
+        if len(kept) < len(body):
             buf = io.StringIO()
-            if header is None:
-                header = list(row)
-                csv.writer(buf).writerow(header)
-            row = {k: v for k, v in row.items() if k in header or k not in optional}
-            extra = set(row) - set(header)
-            if extra:
-                raise ValueError(f"{path}: row has columns {sorted(extra)} absent from its header")
-            csv.DictWriter(buf, fieldnames=header).writerow(row)
-            f.seek(0, os.SEEK_END)
-            if f.tell() and not _ends_with_newline(f):
-                f.write("\n")                          # never fuse a row onto an unterminated last line
-            f.write(buf.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            csv.writer(buf).writerows([header, *kept])
+            atomic_write_text(path, buf.getvalue())
+        return len(body) - len(kept)
 
 
 def _ends_with_newline(f) -> bool:

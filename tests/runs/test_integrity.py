@@ -1,6 +1,7 @@
 """Nothing lost, nothing doubled: every crash window of a run's end, other spellings and moves of the experiment
 root, locks, a results.csv that could not take the row, duplicate metrics, deterministic checkpoint files."""
 import csv
+import time
 import hashlib
 import json
 import os
@@ -207,3 +208,29 @@ def test_written_files_honour_the_umask(tmp_path):
         assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
     finally:
         os.umask(old)
+
+
+def test_rows_dropped_atomically_and_an_append_waiting_meanwhile_lands_in_the_new_table(tmp_path):
+    """drop_csv_rows renames a new table over the old one; an appender that opened the old file and waited for its
+    lock must not write into the replaced (unlinked) file."""
+    import fcntl
+    import threading
+
+    from utils.io import append_csv_row, drop_csv_rows
+
+    table = tmp_path / "results.csv"
+    for i in range(3):
+        append_csv_row(table, {"run_dir": f"r{i}", "val_acc": i})
+    with open(table) as held:                       # hold the appenders' lock while the table is replaced
+        fcntl.flock(held, fcntl.LOCK_EX)
+        waiting = threading.Thread(target=append_csv_row, args=(table, {"run_dir": "r3", "val_acc": 3}))
+        waiting.start()
+        time.sleep(0.3)                              # it has opened the old file and waits for the lock
+        rows = list(csv.reader(open(table)))
+        atomic_write_text(table, "run_dir,val_acc\r\n" + "".join(f"{a},{b}\r\n" for a, b in rows[1:] if a != "r1"))
+        fcntl.flock(held, fcntl.LOCK_UN)
+    waiting.join(10)
+    assert [r["run_dir"] for r in csv.DictReader(open(table))] == ["r0", "r2", "r3"]
+    assert drop_csv_rows(table, lambda row: row["run_dir"] in ("r0", "r3")) == 2
+    assert list(csv.DictReader(open(table))) == [{"run_dir": "r2", "val_acc": "2"}]
+    assert drop_csv_rows(tmp_path / "none.csv", lambda row: True) == 0

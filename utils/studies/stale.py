@@ -4,8 +4,8 @@ A cell's key names its dataset by name and path (a dataset given as a data.yaml 
 by the images: hashing every image at each sweep would cost more than many cells. Each run records what its
 splits held instead (config.yaml `dataset.content`, utils.data.fingerprint: a stat per image file, a hash of
 in-memory pixels), and the sweep compares that with the data as it is now. A stale cell is reported; with
-`--rerun-stale` its run directory is set aside (renamed, nothing deleted) and the cell runs again -- its new
-results.csv row is the later one, which the report takes.
+`--rerun-stale` its run directory is set aside (renamed, its result.json kept), its row leaves results.csv, and
+the cell runs again.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from typing import Any
 from utils.config import read_yaml
 from utils.data import content_fingerprint, is_detection_dataset, load_datasets, load_detection_datasets
 from utils.errors import UserError
+from utils.io import drop_csv_rows
 from utils.studies.cells import Cell
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,12 @@ def stale_cells(done: list[Cell]) -> list[Cell]:
 
 
 def set_aside(cell: Cell) -> Path:
-    """Rename a stale cell's run directory (`<name>.stale-<UTC time>`) so the cell runs again; returns the new path."""
+    """Rename a stale cell's run directory (`<name>.stale-<UTC time>`, its result.json kept) and take its row out
+    of results.csv, so the cell runs again and the table holds the runs as they are; returns the new path."""
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
     target = cell.run_dir.with_name(f"{cell.run_dir.name}.stale-{stamp}")
+    here = cell.run_dir.resolve()
+    drop_csv_rows(cell.root / "results.csv",
+                  lambda row: bool(row.get("run_dir")) and Path(row["run_dir"]).resolve() == here)
     cell.run_dir.rename(target)
     return target
