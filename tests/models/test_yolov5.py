@@ -73,4 +73,4 @@ def test_a_new_head_keeps_the_anchors_and_sets_the_prior():
     head = model.get_classifier()
     assert head.nc == 3 and head.m[0].out_channels == 3 * 8 and torch.equal(head.anchors, anchors)
     assert model.get_submodule(model.classifier_name) is head
-    assert float(head.m[0].bias.view(3, -1)[0, 4]) < -4          # objectness prior: few objects per cell
+    assert float(head.m[0].bias.detach().view(3, -1)[0, 4]) < -4          # objectness prior: few objects per cell
