@@ -1,8 +1,9 @@
 """Training-step speed against the machine's limit, measured side by side in one run.
 
-    python bench/train_step.py [--archs resnet18 resnet50] [--batch 16] [--size 160] [--steps 5] [--compile]
+    python bench/train_step.py [--archs resnet18 resnet50 yolov5s] [--batch 16] [--size 160] [--steps 5] [--compile]
 
-For each architecture: images/s of one SGD training step (forward, backward, step; 100 classes) in fp32,
+For each architecture: images/s of one SGD training step (forward, backward, step; a classifier's cross-entropy
+over 100 classes, a detector's YOLOv5 loss on 3 boxes per image of 20 classes with YOLOv5's parameter groups) in fp32,
 bf16 (autocast), and bf16 + channels-last, dense and with the masks held (90% magnitude masks through a
 recipe's ConstantPruningModifier), plus torch.compile with --compile. The step's FLOPs are counted by
 torch's FlopCounterMode and shown as a fraction of the machine's measured matmul throughput (a 2048x2048 fp32
@@ -19,6 +20,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -28,11 +30,13 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from models import build_model  # noqa: E402
+from models import build_model, model_task  # noqa: E402
 from policies.base import TrainState  # noqa: E402
 from policies.events import Event  # noqa: E402
 from policies.tasks import autocast_for  # noqa: E402
+from policies.trainer import yolov5_param_groups  # noqa: E402
 from utils.data import build_transforms  # noqa: E402
+from utils.detection import YoloLoss  # noqa: E402
 from common import emit, hold_sparse_masks, matmul_gflops, policy_step, sync  # noqa: E402
 
 
@@ -42,14 +46,17 @@ class Step:
     def __init__(self, arch: str, device: torch.device, *, precision: str, channels_last: bool, masked: bool,
                  compile_model: bool, batch: torch.Tensor, labels: torch.Tensor):
         torch.manual_seed(0)
-        self.model = build_model(arch, num_classes=100).to(device)
+        self.model = build_model(arch, num_classes=classes_of(arch)).to(device)
         self.device, self.precision = device, precision
         self.batch, self.labels = batch, labels
+        self.criterion = criterion_of(self.model, batch.shape[-1])
         self.policies = hold_sparse_masks(self.model, 0.9) if masked else []
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
             self.batch = batch.contiguous(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+        detector = model_task(arch) == "detection"
+        params = yolov5_param_groups(self.model, 5e-4) if detector else self.model.parameters()
+        self.optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=5e-4)
         self.state = TrainState(model=self.model, forward_model=self.model, optimizer=self.optimizer, device=device,
                                 steps_per_epoch=10**6, num_epochs=1, seed=0)
         self.emit(Event.FIT_START)
@@ -60,7 +67,7 @@ class Step:
 
     def loss(self) -> torch.Tensor:
         with autocast_for(self.device, self.precision):
-            return F.cross_entropy(self.forward(self.batch), self.labels)
+            return self.criterion(self.forward(self.batch), self.labels)
 
     def __call__(self) -> float:
         sync(self.device)
@@ -70,17 +77,38 @@ class Step:
         return time.perf_counter() - start
 
 
+def classes_of(arch: str) -> int:
+    return 20 if model_task(arch) == "detection" else 100
+
+
+def criterion_of(model: torch.nn.Module, size: int) -> Callable[[Any, torch.Tensor], torch.Tensor]:
+    """The training loss: YOLOv5's for a detector (targets: boxes), cross-entropy for a classifier (labels)."""
+    if getattr(model, "task", "classification") == "detection":
+        return YoloLoss(model.get_classifier(), imgsz=size)
+    return F.cross_entropy
+
+
+def fixed_targets(arch: str, batch: int, gen: torch.Generator) -> torch.Tensor:
+    """Labels for a classifier; for a detector 3 boxes per image (image, class, cx, cy, w, h; normalised)."""
+    if model_task(arch) != "detection":
+        return torch.randint(0, classes_of(arch), (batch,), generator=gen)
+    n = batch * 3
+    return torch.cat([torch.arange(batch).repeat_interleave(3)[:, None].float(),
+                      torch.randint(0, classes_of(arch), (n, 1), generator=gen).float(),
+                      0.2 + 0.6 * torch.rand(n, 2, generator=gen), 0.05 + 0.2 * torch.rand(n, 2, generator=gen)], 1)
+
+
 def step_flops(arch: str, batch: torch.Tensor, labels: torch.Tensor) -> float:
-    model = build_model(arch, num_classes=100).to(batch.device)
+    model = build_model(arch, num_classes=classes_of(arch)).to(batch.device)
     with FlopCounterMode(display=False) as counter:
-        F.cross_entropy(model(batch), labels).backward()
+        criterion_of(model, batch.shape[-1])(model(batch), labels).backward()
     return float(counter.get_total_flops())
 
 
 def bench_arch(arch: str, device: torch.device, args: argparse.Namespace, limits: dict[str, float]) -> None:
     gen = torch.Generator().manual_seed(0)
     batch = torch.randn(args.batch, 3, args.size, args.size, generator=gen).to(device)
-    labels = torch.randint(0, 100, (args.batch,), generator=gen).to(device)
+    labels = fixed_targets(arch, args.batch, gen).to(device)
     flops = step_flops(arch, batch, labels)
     kinds = (("fp32", False), ("fp32", True)) + ((("bf16", False), ("bf16", True)) if args.bf16 else ())
     variants = {f"{p}{' +CL' if cl else ''}{' masked' if m else ''}": (p, cl, m, False)
@@ -137,7 +165,7 @@ def input_pipeline(batch: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--archs", nargs="+", default=["resnet18", "resnet50"])
+    p.add_argument("--archs", nargs="+", default=["resnet18", "resnet50", "yolov5s"])
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--size", type=int, default=160)
     p.add_argument("--steps", type=int, default=5)
