@@ -23,6 +23,7 @@ SparseML                                                 here
   loss = manager.loss_update(loss, model, optimizer,       loss = manager.loss_update(loss, inputs=...,
       epoch, steps_per_epoch, student_outputs=...)             outputs=..., targets=...)   (distillation)
   manager.finalize(model)                                  manager.finalize(model)
+  (an EMA copy of the weights: masks not applied)          manager.apply_masks(ema.module) after each update
 
 The modifiers are this project's policies (no second implementation): the manager emits the same events
 as `policies.manager.Manager` at the same points of a step. BATCH_START (LR, QAT switches) runs in a
@@ -42,6 +43,7 @@ from torch import nn
 
 from policies.base import Batch, Policy, TrainState
 from policies.events import Event
+from policies.masking import MaskPolicy
 from policies.modifiers import build_recipe_policies, recipe_max_epochs
 from policies.modifiers.distillation import DistillationModifier
 from policies.recipe import Recipe, load_recipe, load_recipe_text
@@ -125,6 +127,21 @@ class RecipeManager:
         self._emit(Event.AFTER_FORWARD)
         self._loss_updated = True
         return s.batch.loss
+
+    def apply_masks(self, module: nn.Module) -> None:
+        """Zero in another copy of the model -- your EMA of the weights (timm's ModelEmaV3 `.module`, torch's
+        AveragedModel `.module`) -- every weight the recipe holds at zero now; call it after each update of that
+        copy, so it stays as sparse as the model."""
+        self._require_state()
+        named = dict(module.named_parameters())
+        for policy in self.policies:
+            masks = policy.held.masks if isinstance(policy, MaskPolicy) and policy.held is not None else None
+            for name, mask in (masks or {}).items():
+                if name not in named:
+                    raise UserError(f"apply_masks: the module has no parameter {name!r} (the recipe masks it); pass "
+                                    "a copy of the model itself, e.g. ema.module")
+                with torch.no_grad():
+                    named[name].mul_(mask.to(named[name].device))
 
     def finalize(self, model: nn.Module | None = None) -> None:
         """End of training: the recipe's checks run (masks still exact) and the hooks are removed."""

@@ -186,3 +186,43 @@ def test_a_distilling_recipe_needs_loss_update_and_adds_its_term():
     assert float(loss) != pytest.approx(float(F.cross_entropy(outputs, y)))     # the KL term is in
     loss.backward()
     optimizer.step()
+
+
+GMP_ONLY = """
+modifiers:
+  - !EpochRangeModifier
+    end_epoch: 2
+  - !GMPruningModifier
+    init_sparsity: 0.2
+    final_sparsity: 0.6
+    start_epoch: 0
+    end_epoch: 1
+    update_frequency: 0.5
+    params: ['0.weight']
+"""
+
+
+def test_an_averaged_copy_of_the_weights_is_kept_as_sparse_as_the_model():
+    """torch's AveragedModel (an EMA) of a model pruned by the recipe: apply_masks after each update zeroes what
+    the recipe prunes, and nothing else."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9))
+    manager = RecipeManager.from_yaml(GMP_ONLY)
+    optimizer = manager.modify(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), steps_per_epoch=4)
+    x, y = torch.randn(16, 8), torch.randint(0, 3, (16,))
+    for _ in range(manager.max_epochs * 4):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        ema.update_parameters(model)
+        manager.apply_masks(ema.module)
+        pruned = model[0].weight == 0
+        assert torch.all(ema.module[0].weight[pruned] == 0) and bool(pruned.any())
+        assert bool((ema.module[2].weight != 0).all()), "an unmasked layer is left alone"
+    assert float((ema.module[0].weight == 0).float().mean()) == pytest.approx(0.6, abs=0.02)
+    with pytest.raises(UserError, match="ema.module"):
+        manager.apply_masks(ema)                 # the wrapper's names carry 'module.'
+    manager.finalize()
