@@ -5,7 +5,6 @@ import torch
 from tests.detection.conftest import COLOURS
 from utils.data.mosaic import PAD_VALUE, box_candidates, scale_translate, tile4
 from utils.data.yolo import YoloDataset, load_yolo_data
-from utils.errors import UserError
 
 S = 32
 
@@ -89,11 +88,14 @@ def test_validation_never_mosaics(yolo_tree):
     assert val.mosaic == 0.0
 
 
-def test_mosaic_for_a_classifier_is_refused(tmp_path):
-    from utils.runs.full import load_data
-    from utils.runs.setup import load_upstream
+def test_mosaic_for_a_classifier_is_one_line_naming_the_trainer_config(tmp_path, capsys):
+    import main
 
-    upstream = load_upstream(checkpoint_path=None, flavour=None, arch="resnet_small", keep_classifier=False)
-    with pytest.raises(UserError, match="'mosaic: 1.0' is detection augmentation"):
-        load_data(upstream, dataset="synthetic", dataset_path=None, image_size=16, interpolation=None,
-                  max_train_samples=None, seed=0, mosaic=1.0)
+    trainer = tmp_path / "trainer.yaml"
+    trainer.write_text("epochs: 1\nbatch_size: 8\noptimizer: {name: sgd, lr: 0.01}\nmosaic: 1.0\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main.main(["--dset", "synthetic", "--config_path", str(trainer), "--arch", "resnet_small", "--image_size", "16",
+                   "--workers", "0", "--experiment_root_path", str(tmp_path / "exp"), "--no_progress"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert f"{trainer}: 'mosaic: 1.0' is detection augmentation" in err

@@ -99,9 +99,6 @@ def load_data(upstream: Upstream, *, dataset: str, dataset_path: str | None, ima
         raise UserError(f"--dset {dataset!r} is a {'detection' if not detector else 'classification'} dataset but "
                         f"{upstream.arch} is a {'detector' if detector else 'classifier'}; detectors (yolov5*) train "
                         "on YOLO data: --dset yolo --dset_path data.yaml")
-    if mosaic and not detector:
-        raise UserError(f"the trainer config's 'mosaic: {mosaic}' is detection augmentation; {upstream.arch} is a "
-                        "classifier: remove the key (or set it to 0)")
     inputs = InputSettings(image_size=image_size or upstream.model.default_input_size,
                            interpolation=interpolation or upstream.interpolation,
                            normalization=upstream.normalization)
@@ -197,6 +194,9 @@ def fine_tune(opts: FullOptions) -> RunResult:
                              image_size=opts.image_size, interpolation=opts.interpolation,
                              max_train_samples=opts.max_train_samples, seed=opts.seed,
                              mosaic=0.0 if opts.eval_only else plan.trainer.mosaic)
+    if plan.trainer.mosaic and not opts.eval_only and model_task(upstream.arch) != "detection":
+        raise UserError(f"{opts.trainer_config_path}: 'mosaic: {plan.trainer.mosaic}' is detection augmentation and "
+                        f"{upstream.arch} is a classifier; remove the key (or set it to 0)")
     if opts.eval_only:
         return evaluate_only(upstream, data, opts=opts, device=plan.device, run_dir=plan.run_dir,
                              task=task_for(upstream.model, image_size=inputs.image_size, label_smoothing=0.0))
