@@ -35,9 +35,11 @@ def recorded_content(cell: Cell) -> dict[str, str] | None:
 
 
 def data_key(cell: Cell) -> DataKey:
-    """What decides the samples of a cell's splits: dataset, path, training subset and its seed."""
+    """What decides the samples of a cell's splits: dataset, path, training subset and its seed (which draws
+    only a subset)."""
     o = cell.options
-    return o["dataset"], o.get("dataset_path"), o.get("max_train_samples"), int(o.get("seed", 0))
+    subset = o.get("max_train_samples")
+    return o["dataset"], o.get("dataset_path"), subset, int(o.get("seed", 0)) if subset else 0
 
 
 def current_content(key: DataKey) -> dict[str, str | None]:
