@@ -14,7 +14,7 @@ import torch
 import main
 import sweep
 import utils.runs.dirs as dirs
-import utils.runs.full as full
+import utils.runs.record as record
 from models import build_model
 from policies.loggers import CheckpointSaver
 from utils.checkpoints import save_native_checkpoint
@@ -63,7 +63,7 @@ def last_epoch_checkpoint_then_die(original):
 
 KILL_POINTS = {   # each step of the end-of-run sequence, killed right after it
     "checkpoint": (CheckpointSaver, "on_epoch_end", last_epoch_checkpoint_then_die),
-    "model.pt": (full, "save_native_checkpoint", then_die),
+    "model.pt": (record, "save_native_checkpoint", then_die),
     "result.json": (dirs, "atomic_write_json", then_die),
     "results.csv row": (dirs, "append_csv_row", then_die),
 }

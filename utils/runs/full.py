@@ -1,11 +1,11 @@
 """Full fine-tuning: one run from options to result, in named stages (main.py calls `run_full_finetuning`).
 
-    plan  ->  upstream + data  ->  prepare the model  ->  policies  ->  fit  ->  record
+    plan (utils.runs.plan)  ->  upstream + data  ->  prepare the model  ->  policies  ->  fit  ->  record
+    (utils.runs.record)
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,80 +14,32 @@ from torch import nn
 
 from models import build_model, model_task
 from policies.base import Policy, TrainState
+from policies.ema import EmaPolicy
 from policies.loggers import CheckpointSaver, MetricsLogger, ProgressBar, WandbLogger
 from policies.manager import Manager
-from policies.ema import EmaPolicy
 from policies.masking import FixedMaskPolicy, MaskPolicy
 from policies.modifiers import recipe_method
 from policies.modifiers.distillation import DistillationModifier
 from policies.modifiers.layers import LayerPruningModifier
-from policies.quantization import qat_modules, qat_state
 from policies.tasks import ClassificationTask, Task, fastest_precision
-from policies.trainer import LRSchedulePolicy, TrainerConfig, build_optimizer
-from utils.checkpoints import save_native_checkpoint
-from utils.config import load_config
-from utils.data import (DatasetSplits, content_fingerprint, is_detection_dataset, load_detection_datasets,
-                        load_datasets)
+from policies.trainer import LRSchedulePolicy, build_optimizer
+from utils.data import DatasetSplits, is_detection_dataset, load_detection_datasets, load_datasets
 from utils.detection import DetectionTask
-from utils.distributed import DistInfo, barrier, init_distributed, shutdown
 from utils.errors import UserError
-from utils.runs.dirs import (check_results_table, check_same_settings, environment_info, finished_result, now_iso,
-                             prepare_run_dir, record_result, run_dir_for, run_lock, write_run_config)
-from utils.runs.kinds import InputSettings, RunResult
+from utils.runs.dirs import check_same_settings, finished_result, run_lock, write_run_config
 from utils.runs.evaluate import evaluate_only
+from utils.runs.kinds import InputSettings, RunResult
 from utils.runs.options import FullOptions, TransferConfig
+from utils.runs.plan import Plan, default_exp_name, plan_run, run_dir_of
 from utils.runs.recipe import build_run_recipe
-from utils.runs.setup import (Upstream, freeze_, load_upstream, make_loaders, per_rank_batch_size, pick_device,
-                              reinitialize_unloaded_)
+from utils.runs.record import check_sparsity, finish, resolved_config
+from utils.runs.setup import Upstream, freeze_, load_upstream, make_loaders, reinitialize_unloaded_
 from utils.seed import seed_everything
-from utils.sparsity import layer_sparsity, masks_from_zeros, measured_sparsity, prunable_parameters, sparse_layers
+from utils.sparsity import masks_from_zeros, measured_sparsity, sparse_layers
+
+__all__ = ["default_exp_name", "load_data", "run_full_finetuning"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The options resolved: configs read, device and processes chosen, the run directory decided."""
-
-    trainer: TrainerConfig
-    transfer: TransferConfig
-    epochs: int
-    batch_size: int                # per process
-    lr: float
-    device: torch.device
-    gpus: list[int]
-    dist: DistInfo
-    experiment_root: Path
-    run_dir: Path
-    status: str                    # "new" | "resume" | "finished"
-
-
-def default_exp_name(dataset: str, source: str | None, seed: int) -> str:
-    """DATASET_CHECKPOINT-STEM_seedSEED (the architecture's name when training from scratch); a data.yaml given
-    as --dset is named by its folder."""
-    if is_detection_dataset(dataset) and dataset != "yolo":
-        dataset = Path(dataset).parent.name or Path(dataset).stem
-    return f"{dataset}_{Path(source).stem if source else 'model'}_seed{seed}"
-
-
-def plan_run(opts: FullOptions) -> Plan:
-    trainer = load_config(opts.trainer_config_path, TrainerConfig)
-    transfer = load_config(opts.transfer_config_path, TransferConfig) if opts.transfer_config_path else TransferConfig()
-    batch_size = opts.batch_size or trainer.batch_size
-    device, gpus = pick_device(cpu=opts.cpu, gpus=opts.gpus)
-    dist_info = init_distributed(use_cuda=device.type == "cuda")
-    if dist_info.enabled:
-        batch_size = per_rank_batch_size(batch_size, dist_info)
-        if device.type == "cuda":
-            device, gpus = torch.device(f"cuda:{dist_info.local_rank}"), [dist_info.local_rank]
-    experiment_root, run_dir = Path(opts.experiment_root_path), run_dir_of(opts)
-    if dist_info.is_main:
-        check_results_table(experiment_root, detection=is_detection_dataset(opts.dataset))
-    status = "new" if opts.eval_only else prepare_run_dir(run_dir, resume=opts.resume)
-    barrier(dist_info)  # every rank has decided new/resume/finished before the main one writes
-    return Plan(trainer=trainer, transfer=transfer, epochs=opts.epochs or trainer.epochs, batch_size=batch_size,
-                lr=opts.lr or trainer.optimizer.lr, device=device, gpus=gpus, dist=dist_info,
-                experiment_root=experiment_root, run_dir=run_dir, status=status)
 
 
 def load_data(upstream: Upstream, *, dataset: str, dataset_path: str | None, image_size: int | None,
@@ -168,11 +120,6 @@ def fit(state: TrainState, policies: list[Policy], *, plan: Plan, loaders: tuple
     return manager.fit()
 
 
-def run_dir_of(opts: FullOptions) -> Path:
-    return run_dir_for(opts.experiment_root_path,
-                       opts.exp_name or default_exp_name(opts.dataset, opts.from_checkpoint_path or opts.arch, opts.seed))
-
-
 def run_full_finetuning(opts: FullOptions) -> RunResult:
     """Fine-tune every (unfrozen) weight of a sparse checkpoint, keeping its zeros; returns the result."""
     with run_lock(run_dir_of(opts)):
@@ -230,7 +177,7 @@ def fine_tune(opts: FullOptions) -> RunResult:
     return finish(opts, plan, upstream=upstream, masks=final_masks, metrics=metrics, inputs=inputs, label=label,
                   extra={"classes": data.classes, **({"removed_layers": removed} if removed else {})},
                   loaded_sparsity=loaded_sparsity, epochs=epochs, git_commit=resolved["git_commit"],
-                  dataset_name=data.spec.name if data.layout == "yolo" else opts.dataset)
+                  dataset_name=data.spec.name if data.layout == "yolo" else opts.dataset, precision=precision)
 
 
 def training_schedule(opts: FullOptions, plan: Plan, *, model: nn.Module, masks: dict[str, torch.Tensor],
@@ -291,40 +238,6 @@ def train_state(model: nn.Module, plan: Plan, *, epochs: int, steps_per_epoch: i
                       steps_per_epoch=steps_per_epoch, num_epochs=epochs, seed=seed, run_dir=plan.run_dir)
 
 
-def resolved_config(opts: FullOptions, plan: Plan, *, upstream: Upstream, data: DatasetSplits, inputs: InputSettings,
-                    state: TrainState, loaded_sparsity: float) -> dict[str, Any]:
-    """config.yaml: the options, configs and derived values the run used, and where the code stood."""
-    return {
-        "options": opts.model_dump(exclude={"resume", "progress"}), "trainer": plan.trainer.model_dump(),
-        "transfer": plan.transfer.model_dump(), "checkpoint": upstream.describe(),
-        "dataset": {"name": data.spec.name, "layout": data.layout, "num_classes": data.num_classes,
-                    "train_size": len(data.train), "test_size": len(data.test), "image_size": inputs.image_size,
-                    "content": data_content(data)},
-        "derived": {"epochs": state.num_epochs, "batch_size": plan.batch_size, "lr": plan.lr,
-                    "device": str(plan.device), "steps_per_epoch": state.steps_per_epoch,
-                    "loaded_sparsity": loaded_sparsity},
-        **environment_info(),
-    }
-
-
-def data_content(data: DatasetSplits) -> dict[str, str | None]:
-    """Each split's content fingerprint (utils.data.fingerprint), as config.yaml records it."""
-    return {"train": content_fingerprint(data.train), "test": content_fingerprint(data.test)}
-
-
-def check_sparsity(model: nn.Module, masks: dict[str, torch.Tensor], *, recipe: bool,
-                   loaded_sparsity: float) -> dict[str, torch.Tensor]:
-    """The masks the final model has: a recipe decides them (recorded as they are, the classifier's too when
-    the recipe pruned it); fixed masks must hold."""
-    if recipe:
-        return masks_from_zeros({n: p for n, p in prunable_parameters(model).items() if bool((p == 0).any())})
-    final = measured_sparsity(model)
-    if final != loaded_sparsity:
-        raise UserError(f"final sparsity {final:.6f} differs from the loaded {loaded_sparsity:.6f}: "
-                        "the mask was not kept; this is a bug, please report it")
-    return masks
-
-
 def run_precision(requested: str, device: torch.device) -> str:
     """The precision a run trains in: as asked, or for 'auto' the fastest this device runs (probed once)."""
     if requested != "auto":
@@ -338,46 +251,3 @@ def run_precision(requested: str, device: torch.device) -> str:
 _PROBED: dict[torch.device, str] = {}
 
 
-def task_columns(metrics: dict[str, Any]) -> dict[str, Any]:
-    """results.csv's task column, and a detector's mAP columns (empty for a classifier)."""
-    if "map" not in metrics:
-        return {"task": "classification", "map": "", "map50": ""}
-    return {"task": "detection", "map": metrics["map"], "map50": metrics["map50"], "map75": metrics["map75"],
-            "ap_per_class": metrics.get("ap_per_class", {})}
-
-
-def finish(opts: FullOptions, plan: Plan, *, upstream: Upstream, masks: dict[str, torch.Tensor],
-           metrics: dict[str, Any], inputs: InputSettings, label: str, extra: dict[str, Any],
-           loaded_sparsity: float, epochs: int, git_commit: str, dataset_name: str) -> RunResult:
-    """The main process saves model.pt and records the result; the others only report theirs."""
-    model, final_sparsity = upstream.model, measured_sparsity(upstream.model)
-    if not plan.dist.is_main:
-        barrier(plan.dist)
-        shutdown(plan.dist)
-        record = {"val_acc": metrics.get("test_acc", ""), **task_columns(metrics), "measured_sparsity": final_sparsity,
-                  "rank": plan.dist.rank}
-        return RunResult(record=record, run_dir=plan.run_dir, input=inputs)
-    extra = {"method": label, "input_size": inputs.image_size, **extra}
-    if qat_modules(model):
-        extra["quantization"] = qat_state(model)
-    save_native_checkpoint(plan.run_dir / "model.pt", model, arch=upstream.arch, arch_kwargs=upstream.arch_kwargs,
-                           masks=masks, normalization=upstream.normalization, interpolation=inputs.interpolation,
-                           extra=extra)
-    sparsity = final_sparsity if opts.recipe else loaded_sparsity
-    record = {
-        "dset": dataset_name, "model": label,
-        "sparsity": opts.sparsity_label if opts.sparsity_label is not None else round(sparsity, 2),
-        "seed": opts.seed, "val_acc": metrics.get("test_acc", ""), "test_loss": metrics["test_loss"],
-        "precision": run_precision(opts.precision, plan.device),
-        **task_columns(metrics),
-        "finetuning": "full", "arch": upstream.arch, "checkpoint": opts.from_checkpoint_path or "",
-        "flavour": upstream.flavour or "", "recipe": opts.recipe or "", "solver": "", "lr": plan.lr,
-        "epochs": epochs, "batch_size": plan.batch_size, "measured_sparsity": final_sparsity,
-        "run_dir": str(plan.run_dir), "git_commit": git_commit, "finished_at": now_iso(),
-        "per_layer_sparsity": layer_sparsity(masks), "loaded_sparsity": loaded_sparsity,
-        "input": asdict(inputs),
-    }
-    record_result(plan.run_dir, plan.experiment_root, record)
-    barrier(plan.dist)
-    shutdown(plan.dist)
-    return RunResult(record=record, run_dir=plan.run_dir, input=inputs)

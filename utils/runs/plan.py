@@ -1,0 +1,66 @@
+"""The first stage of a full fine-tuning run: the options resolved into a plan (configs read, device and
+processes chosen, the run directory decided)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from policies.trainer import TrainerConfig
+from utils.config import load_config
+from utils.data import is_detection_dataset
+from utils.distributed import DistInfo, barrier, init_distributed
+from utils.runs.dirs import check_results_table, prepare_run_dir, run_dir_for
+from utils.runs.options import FullOptions, TransferConfig
+from utils.runs.setup import per_rank_batch_size, pick_device
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The options resolved: configs read, device and processes chosen, the run directory decided."""
+
+    trainer: TrainerConfig
+    transfer: TransferConfig
+    epochs: int
+    batch_size: int                # per process
+    lr: float
+    device: torch.device
+    gpus: list[int]
+    dist: DistInfo
+    experiment_root: Path
+    run_dir: Path
+    status: str                    # "new" | "resume" | "finished"
+
+
+def default_exp_name(dataset: str, source: str | None, seed: int) -> str:
+    """DATASET_CHECKPOINT-STEM_seedSEED (the architecture's name when training from scratch); a data.yaml given
+    as --dset is named by its folder."""
+    if is_detection_dataset(dataset) and dataset != "yolo":
+        dataset = Path(dataset).parent.name or Path(dataset).stem
+    return f"{dataset}_{Path(source).stem if source else 'model'}_seed{seed}"
+
+
+def plan_run(opts: FullOptions) -> Plan:
+    trainer = load_config(opts.trainer_config_path, TrainerConfig)
+    transfer = load_config(opts.transfer_config_path, TransferConfig) if opts.transfer_config_path else TransferConfig()
+    batch_size = opts.batch_size or trainer.batch_size
+    device, gpus = pick_device(cpu=opts.cpu, gpus=opts.gpus)
+    dist_info = init_distributed(use_cuda=device.type == "cuda")
+    if dist_info.enabled:
+        batch_size = per_rank_batch_size(batch_size, dist_info)
+        if device.type == "cuda":
+            device, gpus = torch.device(f"cuda:{dist_info.local_rank}"), [dist_info.local_rank]
+    experiment_root, run_dir = Path(opts.experiment_root_path), run_dir_of(opts)
+    if dist_info.is_main:
+        check_results_table(experiment_root, detection=is_detection_dataset(opts.dataset))
+    status = "new" if opts.eval_only else prepare_run_dir(run_dir, resume=opts.resume)
+    barrier(dist_info)  # every rank has decided new/resume/finished before the main one writes
+    return Plan(trainer=trainer, transfer=transfer, epochs=opts.epochs or trainer.epochs, batch_size=batch_size,
+                lr=opts.lr or trainer.optimizer.lr, device=device, gpus=gpus, dist=dist_info,
+                experiment_root=experiment_root, run_dir=run_dir, status=status)
+
+
+def run_dir_of(opts: FullOptions) -> Path:
+    return run_dir_for(opts.experiment_root_path,
+                       opts.exp_name or default_exp_name(opts.dataset, opts.from_checkpoint_path or opts.arch, opts.seed))
