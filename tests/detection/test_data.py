@@ -94,7 +94,7 @@ def test_letterbox_keeps_the_aspect_ratio():
 def test_hsv_jitter_is_yolov5s_gains_in_hsv_space():
     import colorsys
 
-    from utils.data.yolo import hsv_jitter, hsv_to_rgb, rgb_to_hsv
+    from utils.data.yolo_augment import hsv_jitter, hsv_to_rgb, rgb_to_hsv
 
     images = torch.rand(3, 3, 5, 7)
     images[0, :, 0, :] = 0.4                                          # grey pixels: no hue

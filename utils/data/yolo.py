@@ -7,7 +7,7 @@
                 file: background
 A malformed label line stops before training with one line naming `file:line`. Images are letterboxed to a
 square `imgsz` (grey 114 padding, as YOLOv5); training adds, with probability `mosaic`, YOLOv5's four-image mosaic
-(utils.data.mosaic), else a random scale (0.5-1.5) of the letterboxed image, then horizontal flip and HSV
+(utils.data.yolo_augment), else a random scale (0.5-1.5) of the letterboxed image, then horizontal flip and HSV
 jitter, drawn from torch's RNG (seeded per epoch by the run). Samples are (image (3, S, S) in [0, 1],
 boxes (n, 5): class, cx, cy, w, h normalised to the letterboxed image); `collate` stacks them with the image
 index in front: (N, 6).
@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from utils.config import read_yaml
 from utils.data.loading import DatasetSplits
-from utils.data.mosaic import PAD_VALUE, mosaic
+from utils.data.yolo_augment import PAD_VALUE, hsv_jitter, mosaic
 from utils.data.spec import DatasetSpec
 from utils.data.verify import verify_images
 from utils.errors import UserError
@@ -238,37 +238,6 @@ class YoloDataset(Dataset):
             boxes[:, 3] = boxes[:, 3] * w * ratio / self.imgsz
             boxes[:, 4] = boxes[:, 4] * h * ratio / self.imgsz
         return image, boxes
-
-
-def hsv_jitter(images: torch.Tensor, hue: float = 0.015, saturation: float = 0.7, value: float = 0.4) -> torch.Tensor:
-    """YOLOv5's HSV augmentation over a batch (N, 3, H, W) in [0, 1]: per image, gains 1 + U(-1, 1) * (hsv_h, hsv_s,
-    hsv_v) multiply hue (modulo a turn), saturation and value (clipped), drawn from torch's RNG."""
-    gains = (torch.empty(len(images), 3).uniform_(-1, 1) * torch.tensor([hue, saturation, value]) + 1).view(-1, 3, 1, 1)
-    h, s, v = rgb_to_hsv(images).unbind(1)
-    h = (h * gains[:, 0]) % 1.0
-    s = (s * gains[:, 1]).clamp(0, 1)
-    v = (v * gains[:, 2]).clamp(0, 1)
-    return hsv_to_rgb(torch.stack([h, s, v], 1))
-
-
-def rgb_to_hsv(images: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) RGB in [0, 1] -> HSV, each in [0, 1] (hue in turns)."""
-    r, g, b = images.unbind(1)
-    high, argmax = images.max(1)
-    chroma = high - images.min(1).values
-    safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
-    hue = torch.where(argmax == 0, ((g - b) / safe) % 6,
-                      torch.where(argmax == 1, (b - r) / safe + 2, (r - g) / safe + 4))
-    hue = torch.where(chroma > 0, hue / 6, torch.zeros_like(hue))
-    sat = torch.where(high > 0, chroma / torch.where(high > 0, high, torch.ones_like(high)), torch.zeros_like(high))
-    return torch.stack([hue, sat, high], 1)
-
-
-def hsv_to_rgb(images: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) HSV in [0, 1] -> RGB in [0, 1]."""
-    h, s, v = images.unbind(1)
-    k = (torch.tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1) + (h * 6).unsqueeze(1)) % 6
-    return v.unsqueeze(1) - (v * s).unsqueeze(1) * torch.minimum(k, 4 - k).clamp(0, 1)
 
 
 def collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,7 +1,9 @@
-"""YOLOv5's mosaic: four training images around a random centre of a 2S x 2S canvas, then a random scale and
-translation back to S x S (its `load_mosaic` + `random_perspective` with the default hyperparameters: scale 0.5,
-translate 0.1, no rotation, shear or perspective). Boxes follow the pixels; boxes cropped to under 10% of their
-area, to 2 px or less a side, or to an aspect ratio of 100 or more are dropped, as YOLOv5 drops them.
+"""YOLOv5's training augmentation beyond the flip: HSV jitter, and the mosaic.
+
+The mosaic puts four training images around a random centre of a 2S x 2S canvas, then scales and shifts it back
+to S x S (YOLOv5's `load_mosaic` + `random_perspective` with the default hyperparameters: scale 0.5, translate
+0.1, no rotation, shear or perspective). Boxes follow the pixels; boxes cropped to under 10% of their area, to
+2 px or less a side, or to an aspect ratio of 100 or more are dropped, as YOLOv5 drops them.
 
 Boxes here are pixels, (n, 5): class, x1, y1, x2, y2. Draws come from torch's RNG (the run seeds it per epoch).
 """
@@ -74,3 +76,34 @@ def mosaic(images: list[torch.Tensor], boxes: list[torch.Tensor], size: int, *, 
     scale = draw_uniform(1 - scale_range, 1 + scale_range)
     shift = (draw_uniform(0.5 - translate, 0.5 + translate) * size, draw_uniform(0.5 - translate, 0.5 + translate) * size)
     return scale_translate(canvas, tiled, size, scale=scale, shift=shift)
+
+
+def hsv_jitter(images: torch.Tensor, hue: float = 0.015, saturation: float = 0.7, value: float = 0.4) -> torch.Tensor:
+    """YOLOv5's HSV augmentation over a batch (N, 3, H, W) in [0, 1]: per image, gains 1 + U(-1, 1) * (hsv_h, hsv_s,
+    hsv_v) multiply hue (modulo a turn), saturation and value (clipped), drawn from torch's RNG."""
+    gains = (torch.empty(len(images), 3).uniform_(-1, 1) * torch.tensor([hue, saturation, value]) + 1).view(-1, 3, 1, 1)
+    h, s, v = rgb_to_hsv(images).unbind(1)
+    h = (h * gains[:, 0]) % 1.0
+    s = (s * gains[:, 1]).clamp(0, 1)
+    v = (v * gains[:, 2]).clamp(0, 1)
+    return hsv_to_rgb(torch.stack([h, s, v], 1))
+
+
+def rgb_to_hsv(images: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) RGB in [0, 1] -> HSV, each in [0, 1] (hue in turns)."""
+    r, g, b = images.unbind(1)
+    high, argmax = images.max(1)
+    chroma = high - images.min(1).values
+    safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
+    hue = torch.where(argmax == 0, ((g - b) / safe) % 6,
+                      torch.where(argmax == 1, (b - r) / safe + 2, (r - g) / safe + 4))
+    hue = torch.where(chroma > 0, hue / 6, torch.zeros_like(hue))
+    sat = torch.where(high > 0, chroma / torch.where(high > 0, high, torch.ones_like(high)), torch.zeros_like(high))
+    return torch.stack([hue, sat, high], 1)
+
+
+def hsv_to_rgb(images: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) HSV in [0, 1] -> RGB in [0, 1]."""
+    h, s, v = images.unbind(1)
+    k = (torch.tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1) + (h * 6).unsqueeze(1)) % 6
+    return v.unsqueeze(1) - (v * s).unsqueeze(1) * torch.minimum(k, 4 - k).clamp(0, 1)
