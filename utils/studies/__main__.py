@@ -1,4 +1,5 @@
-"""Run studies and print their results side by side: `python -m utils.studies [--study FILE ...] [--jobs N]`.
+"""Run studies and print their results side by side:
+`python -m utils.studies [--study FILE ...] [--jobs N] [--rerun-stale]`.
 
 Without --study it runs the demo (configs/studies/demo.yaml and demo_detection.yaml, with the detection data
 made first and the sparsest detector exported and timed at the end), which is what `make demo` does.
@@ -24,6 +25,8 @@ def main(argv: list[str] | None = None) -> None:
                                                     "default: the demo)")
     p.add_argument("--jobs", type=int, default=0, help="runs at once (default 0: one per GPU, else one per core "
                                                        "up to 4)")
+    p.add_argument("--rerun-stale", action="store_true",
+                   help="run again the done cells whose data changed after they ran (their runs are set aside)")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress")
     args = p.parse_args(argv)
     setup_logging(args.verbose, quiet=True)
@@ -39,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
             deployed[study] = deploy_sparsest(Path(load_study(study).experiment_root) / "results.csv",
                                               num_samples=16, latency=False)
 
-    run_studies(studies, jobs=args.jobs, progress=print, then=deploy)
+    run_studies(studies, jobs=args.jobs, progress=print, then=deploy, rerun_stale=args.rerun_stale)
     for study in deployed:                 # ... and timed once nothing else runs
         deployed[study] = deploy_sparsest(Path(load_study(study).experiment_root) / "results.csv", num_samples=16)
     for study in studies:
