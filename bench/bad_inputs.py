@@ -232,6 +232,12 @@ def cases() -> list[Case]:
     add(Case("trainer: epochs 0", lambda d: main_py(d, trainer=trainer_file(d, TRAINER.replace("epochs: 1",
                                                                                                "epochs: 0"))),
              "epochs"))
+    add(Case("trainer: ema decay 1 or more",
+             lambda d: main_py(d, trainer=trainer_file(d, TRAINER + "ema: {decay: 1.5}\n")), "ema.decay"))
+    add(Case("trainer: ema key misspelt",
+             lambda d: main_py(d, trainer=trainer_file(d, TRAINER + "ema: {tau: 10}\n")), "ema.tau"))
+    add(Case("trainer: mosaic for a classifier",
+             lambda d: main_py(d, trainer=trainer_file(d, TRAINER + "mosaic: 1.0\n")), "mosaic"))
     # --- recipes
     add(Case("recipe: missing", lambda d: main_py(d, "--recipe", str(d / "r.yaml")), "r.yaml"))
     add(Case("recipe: not UTF-8", lambda d: main_py(d, "--recipe", recipe_file(

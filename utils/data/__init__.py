@@ -12,7 +12,8 @@ from utils.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 from utils.data.yolo import is_detection_dataset, load_detection_datasets, load_yolo_data
 from utils.data.fingerprint import content_fingerprint
 
-__all__ = ["DATASETS", "content_fingerprint", "IMAGENET_MEAN", "IMAGENET_STD", "LAYOUTS", "DatasetSpec", "DatasetSplits", "FileSamples",
+__all__ = ["DATASETS", "IMAGENET_MEAN", "IMAGENET_STD", "LAYOUTS", "DatasetSpec", "DatasetSplits", "FileSamples",
            "ImageFileDataset", "Layout", "RawSplits", "TensorImageDataset", "TensorSamples", "build_transforms",
            "get_dataset_spec", "load_dataset_specs", "load_datasets", "make_dataset", "read_image",
-           "stratified_subset", "is_detection_dataset", "load_detection_datasets", "load_yolo_data"]
+           "stratified_subset", "is_detection_dataset", "load_detection_datasets", "load_yolo_data",
+           "content_fingerprint"]

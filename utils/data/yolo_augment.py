@@ -74,7 +74,8 @@ def mosaic(images: list[torch.Tensor], boxes: list[torch.Tensor], size: int, *, 
     centre = (int(draw_uniform(size / 2, 3 * size / 2)), int(draw_uniform(size / 2, 3 * size / 2)))
     canvas, tiled = tile4(images, boxes, size, centre)
     scale = draw_uniform(1 - scale_range, 1 + scale_range)
-    shift = (draw_uniform(0.5 - translate, 0.5 + translate) * size, draw_uniform(0.5 - translate, 0.5 + translate) * size)
+    low, high = 0.5 - translate, 0.5 + translate
+    shift = (draw_uniform(low, high) * size, draw_uniform(low, high) * size)
     return scale_translate(canvas, tiled, size, scale=scale, shift=shift)
 
 

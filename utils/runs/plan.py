@@ -62,5 +62,5 @@ def plan_run(opts: FullOptions) -> Plan:
 
 
 def run_dir_of(opts: FullOptions) -> Path:
-    return run_dir_for(opts.experiment_root_path,
-                       opts.exp_name or default_exp_name(opts.dataset, opts.from_checkpoint_path or opts.arch, opts.seed))
+    name = opts.exp_name or default_exp_name(opts.dataset, opts.from_checkpoint_path or opts.arch, opts.seed)
+    return run_dir_for(opts.experiment_root_path, name)
