@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--channels_last", action="store_true", help="NHWC memory order (faster convolutions on CPU)")
     o.add_argument("--compile", action="store_true", help="torch.compile the model (its first steps compile for "
                                                          "tens of seconds; pays off on long runs)")
+    o.add_argument("--noautoanchor", action="store_true",
+                   help="detection: keep the anchors as loaded (YOLOv5's flag; by default AutoAnchor checks them "
+                        "against the training labels and evolves new ones when they fit poorly)")
     o.add_argument("--model_label", help="the 'model' (method) column of results.csv, e.g. 'AC/DC'")
     o.add_argument("--sparsity_label", type=float, help="the 'sparsity' column (default: measured)")
     o.add_argument("--no_progress", action="store_true", help="no progress bars")

@@ -25,6 +25,7 @@ from policies.tasks import ClassificationTask, Task, fastest_precision
 from policies.trainer import LRSchedulePolicy, build_optimizer
 from utils.data import DatasetSplits, is_detection_dataset, load_detection_datasets, load_datasets
 from utils.detection import DetectionTask
+from utils.detection.anchors import check_anchors_
 from utils.errors import UserError
 from utils.runs.dirs import check_same_settings, finished_result, run_lock, write_run_config
 from utils.runs.evaluate import evaluate_only
@@ -149,6 +150,9 @@ def fine_tune(opts: FullOptions) -> RunResult:
                              task=task_for(upstream.model, image_size=inputs.image_size, label_smoothing=0.0))
     seed_everything(opts.seed)
     masks, frozen = prepare_model_(upstream, num_classes=data.num_classes, transfer=plan.transfer, device=plan.device)
+    if data.layout == "yolo" and not opts.noautoanchor and plan.status != "resume":   # a resumed run has its anchors
+        log.info("%s", check_anchors_(upstream.model.get_classifier(), data.train.items, data.train.labels,
+                                      imgsz=inputs.image_size, seed=opts.seed))
     loaded_sparsity = measured_sparsity(upstream.model)
     loaders = make_loaders(data, batch_size=plan.batch_size, test_batch_size=plan.trainer.test_batch_size or
                            plan.batch_size, workers=opts.workers, device=plan.device, dist=plan.dist)

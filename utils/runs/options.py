@@ -64,6 +64,7 @@ class FullOptions(RunOptions):
                                                 # auto: bf16 where a quick probe finds it faster, else fp32
     channels_last: bool = False                # NHWC memory order for model and inputs
     compile: bool = False                      # torch.compile the forward pass (the first steps compile: slow)
+    noautoanchor: bool = False                 # detection: keep the anchors as loaded (no AutoAnchor check)
     recipe: str | None = None                 # SparseML-style recipe: drives epochs, LR, WD, pruning, QAT
     recipe_args: str | None = None            # JSON or k=v,k2=v2 overrides of the recipe's variables
     distill_teacher: str | None = None        # the teacher checkpoint of a recipe's DistillationModifier

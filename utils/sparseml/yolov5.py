@@ -36,7 +36,7 @@ REFUSED = {"rect": "rectangular batches are not supported (images are letterboxe
            f"({TRAINER.relative_to(TRAINER_DIR.parent.parent)}) and the recipe; --hyp files are not read",
            "label_smoothing": "label smoothing is not supported for detection", "freeze": "freezing layers by index "
            "is not supported for detection"}
-NOTED = ("noautoanchor", "nosave", "noval", "noplots", "exist_ok", "cos_lr", "cache", "patience", "save_period")
+NOTED = ("nosave", "noval", "noplots", "exist_ok", "cos_lr", "cache", "patience", "save_period")
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -56,7 +56,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--optimizer", choices=["SGD", "Adam", "AdamW"], default="SGD")
     p.add_argument("--resume", nargs="?", const=True, default=False)
-    for flag in ("rect", "multi_scale", "image_weights", "quad", "single_cls", "sync_bn", *NOTED[:6]):
+    store_true = ("rect", "multi_scale", "image_weights", "quad", "single_cls", "sync_bn", "noautoanchor", *NOTED[:5])
+    for flag in store_true:
         p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, action="store_true")
     p.add_argument("--evolve", type=int, nargs="?", const=300, default=None)
     p.add_argument("--hyp", default=None)
@@ -119,5 +120,5 @@ def translate(argv: list[str], *, prog: str) -> FullOptions:
                        from_checkpoint_path=checkpoint, arch=arch, batch_size=args.batch_size, workers=workers,
                        image_size=args.imgsz, experiment_root_path=args.project, exp_name=args.name, seed=args.seed,
                        recipe=recipe, recipe_args=recipe_arguments(recipe, args.recipe_args, args.epochs),
-                       epochs=None if recipe else args.epochs, resume=True,
+                       epochs=None if recipe else args.epochs, resume=True, noautoanchor=args.noautoanchor,
                        **device_options({"": None, "cpu": "cpu"}.get(args.device, f"cuda:{args.device}")))
