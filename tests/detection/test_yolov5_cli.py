@@ -45,6 +45,14 @@ def test_seed_001_runs_as_pasted(tmp_path, zoo, yolo_tree):
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["options"]["recipe"] == str(RECIPE_DIR / "yolov5_sparse_transfer.yaml")
     assert config["checkpoint"]["flavour"] == "yolov5n"
+    assert config["options"]["noautoanchor"] is False
+
+
+def test_noautoanchor_reaches_the_run():
+    from utils.sparseml.yolov5 import translate
+
+    assert translate(["--data", "d.yaml", "--cfg", "yolov5n.yaml", "--noautoanchor"], prog="t").noautoanchor
+    assert not translate(["--data", "d.yaml", "--cfg", "yolov5n.yaml"], prog="t").noautoanchor
 
 
 @pytest.mark.parametrize("extra, message", [
