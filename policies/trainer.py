@@ -16,6 +16,7 @@ from utils.config import StrictModel
 from utils.registry import Registry
 
 OPTIMIZERS: Registry = Registry("optimizer")
+BIAS_GROUP = "biases"          # a detector's bias parameter group (YOLOv5 warms its lr up from above)
 LR_SCHEDULES: Registry = Registry("lr schedule")
 
 
@@ -36,6 +37,9 @@ class ScheduleConfig(StrictModel):
     final_lr: float = Field(default=0.0, ge=0)
     warmup_epochs: float = Field(default=0.0, ge=0)
     warmup_start_lr: float = Field(default=0.0, ge=0)
+    warmup_min_steps: int = Field(default=0, ge=0)          # YOLOv5: the warm-up lasts at least this many steps
+    warmup_momentum: float | None = Field(default=None, ge=0, lt=1)   # SGD momentum rises from this (YOLOv5: 0.8)
+    warmup_bias_lr: float | None = Field(default=None, ge=0)  # a detector's bias group falls from this lr (0.1)
 
 
 class TrainerConfig(StrictModel):
@@ -84,7 +88,7 @@ def yolov5_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dic
             else:
                 weights.append(p)
     return [{"params": norms, "weight_decay": 0.0}, {"params": weights, "weight_decay": weight_decay},
-            {"params": biases, "weight_decay": 0.0}]
+            {"params": biases, "weight_decay": 0.0, "name": BIAS_GROUP}]
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
@@ -123,26 +127,55 @@ def constant_lr(progress_epochs: float, base_lr: float, total_epochs: float, cfg
     return base_lr
 
 
-def lr_at(step: int, *, steps_per_epoch: int, total_epochs: int, base_lr: float, cfg: ScheduleConfig) -> float:
-    """The learning rate for optimizer step `step` (0-based): linear warm-up, then the schedule."""
-    epoch = step / steps_per_epoch
-    if epoch < cfg.warmup_epochs:
-        return cfg.warmup_start_lr + (base_lr - cfg.warmup_start_lr) * epoch / cfg.warmup_epochs
+def warmup_epochs(cfg: ScheduleConfig, steps_per_epoch: int) -> float:
+    """How long the warm-up lasts, in epochs (at least `warmup_min_steps` steps when it is set)."""
+    if not cfg.warmup_epochs and not cfg.warmup_min_steps:
+        return 0.0
+    return max(cfg.warmup_epochs, cfg.warmup_min_steps / steps_per_epoch)
+
+
+def lr_at(step: int, *, steps_per_epoch: int, total_epochs: int, base_lr: float, cfg: ScheduleConfig,
+          start_lr: float | None = None) -> float:
+    """The learning rate for optimizer step `step` (0-based): linear warm-up from `start_lr` (default the config's
+    warmup_start_lr) to the schedule's value at the end of the warm-up, then the schedule."""
+    epoch, span = step / steps_per_epoch, warmup_epochs(cfg, steps_per_epoch)
+    start = cfg.warmup_start_lr if start_lr is None else start_lr
+    if epoch < span:
+        target = base_lr if not cfg.warmup_min_steps else LR_SCHEDULES.get(cfg.name)(span, base_lr, total_epochs, cfg)
+        return start + (target - start) * epoch / span
     return LR_SCHEDULES.get(cfg.name)(epoch, base_lr, total_epochs, cfg)
 
 
+def momentum_at(step: int, *, steps_per_epoch: int, momentum: float, cfg: ScheduleConfig) -> float:
+    """SGD momentum for optimizer step `step`: from `warmup_momentum` up to `momentum` over the warm-up."""
+    span = warmup_epochs(cfg, steps_per_epoch)
+    if cfg.warmup_momentum is None or step / steps_per_epoch >= span:
+        return momentum
+    return cfg.warmup_momentum + (momentum - cfg.warmup_momentum) * step / steps_per_epoch / span
+
+
 class LRSchedulePolicy(Policy):
-    """Sets every param group's lr from `lr_at(state.step)` before each batch."""
+    """Sets every param group's lr from `lr_at(state.step)` before each batch (a detector's bias group from
+    `warmup_bias_lr` during the warm-up), and SGD's momentum from `momentum_at` when the config warms it up."""
 
     name = "lr_schedule"
 
-    def __init__(self, *, base_lr: float, cfg: ScheduleConfig):
+    def __init__(self, *, base_lr: float, cfg: ScheduleConfig, momentum: float | None = None):
         self.base_lr = base_lr
         self.cfg = cfg
+        self.momentum = momentum
 
     def on_batch_start(self, state: TrainState) -> None:
-        lr = lr_at(state.step, steps_per_epoch=state.steps_per_epoch, total_epochs=state.num_epochs,
-                   base_lr=self.base_lr, cfg=self.cfg)
+        when = dict(steps_per_epoch=state.steps_per_epoch, total_epochs=state.num_epochs, base_lr=self.base_lr,
+                    cfg=self.cfg)
+        lr = lr_at(state.step, **when)
+        bias_lr = lr if self.cfg.warmup_bias_lr is None else lr_at(state.step, **when, start_lr=self.cfg.warmup_bias_lr)
+        momentum = None
+        if self.cfg.warmup_momentum is not None and self.momentum is not None:
+            momentum = momentum_at(state.step, steps_per_epoch=state.steps_per_epoch, momentum=self.momentum,
+                                   cfg=self.cfg)
         for group in state.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = bias_lr if group.get("name") == BIAS_GROUP else lr
+            if momentum is not None and "momentum" in group:
+                group["momentum"] = momentum
         state.metrics["lr"] = lr

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from policies.trainer import ScheduleConfig, TrainerConfig, lr_at
+from policies.trainer import ScheduleConfig, TrainerConfig, lr_at, momentum_at
 from utils.config import load_config
 from utils.errors import UserError
 
@@ -22,6 +22,42 @@ def test_cosine_with_linear_warmup():
     assert math.isclose(at(20), 1.0)
     assert math.isclose(at(70), 0.5)
     assert at(119) < 0.001
+
+
+def test_yolov5_warmup_momentum_bias_lr_and_minimum_steps():
+    """YOLOv5's warm-up: over max(warmup epochs, 100 steps) momentum rises 0.8 -> 0.937, the bias group's lr falls
+    from 0.1 and the others' rises from 0 to the schedule's value where the warm-up ends."""
+    import torch
+
+    from models import build_model
+    from policies.base import TrainState
+    from policies.trainer import LRSchedulePolicy, yolov5_param_groups
+
+    cfg = ScheduleConfig(name="cosine", warmup_epochs=3, warmup_min_steps=100, warmup_momentum=0.8,
+                         warmup_bias_lr=0.1, final_lr=0.0001)
+    spe = 20                                            # 3 epochs = 60 steps < 100: the warm-up lasts 5 epochs
+    m = lambda step: momentum_at(step, steps_per_epoch=spe, momentum=0.937, cfg=cfg)
+    assert m(0) == 0.8 and math.isclose(m(50), 0.8 + 0.137 / 2) and m(100) == 0.937 and m(400) == 0.937
+    end = lr_at(100, steps_per_epoch=spe, total_epochs=50, base_lr=0.01, cfg=cfg)
+    assert end < 0.01 and math.isclose(lr_at(50, steps_per_epoch=spe, total_epochs=50, base_lr=0.01, cfg=cfg), end / 2)
+    bias = lambda step: lr_at(step, steps_per_epoch=spe, total_epochs=50, base_lr=0.01, cfg=cfg, start_lr=0.1)
+    assert bias(0) == 0.1 and math.isclose(bias(50), (0.1 + end) / 2) and math.isclose(bias(100), end)
+
+    model = build_model("yolov5n", num_classes=2)
+    optimizer = torch.optim.SGD(yolov5_param_groups(model, 5e-4), lr=0.01, momentum=0.937, nesterov=True)
+    state = TrainState(model=model, forward_model=model, optimizer=optimizer, device=torch.device("cpu"),
+                       steps_per_epoch=spe, num_epochs=50, seed=0, step=50)
+    LRSchedulePolicy(base_lr=0.01, cfg=cfg, momentum=0.937).on_batch_start(state)
+    lrs = [g["lr"] for g in optimizer.param_groups]
+    assert math.isclose(lrs[0], end / 2) and lrs[0] == lrs[1] and math.isclose(lrs[2], (0.1 + end) / 2)
+    assert all(math.isclose(g["momentum"], m(50)) for g in optimizer.param_groups)
+
+
+def test_configs_without_the_yolov5_warmup_keep_their_schedule_bit_for_bit():
+    cfg = ScheduleConfig(name="cosine", warmup_epochs=1, final_lr=0.0002)
+    values = [lr_at(s, steps_per_epoch=7, total_epochs=10, base_lr=0.02, cfg=cfg) for s in range(70)]
+    assert values[:7] == [0.02 * s / 7 for s in range(7)]
+    assert momentum_at(3, steps_per_epoch=7, momentum=0.9, cfg=cfg) == 0.9
 
 
 @pytest.mark.parametrize("path", sorted(__import__("glob").glob("configs/trainers/*.yaml")))

@@ -211,7 +211,10 @@ def schedule_policies(opts: FullOptions, plan: Plan, *, model: nn.Module, masks:
     if embedded_recipe is not None:
         log.info("%s carries the recipe it was trained with; run it with --recipe checkpoint "
                  "(this run uses the trainer config)", opts.from_checkpoint_path)
-    return [LRSchedulePolicy(base_lr=plan.lr, cfg=plan.trainer.schedule), FixedMaskPolicy(masks)], plan.epochs
+    optimizer = plan.trainer.optimizer
+    schedule = LRSchedulePolicy(base_lr=plan.lr, cfg=plan.trainer.schedule,
+                                momentum=optimizer.momentum if optimizer.name == "sgd" else None)
+    return [schedule, FixedMaskPolicy(masks)], plan.epochs
 
 
 def attach_teacher(distill: DistillationModifier, flag: str | None, *, num_classes: int) -> None:
