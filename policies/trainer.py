@@ -169,7 +169,9 @@ class LRSchedulePolicy(Policy):
         when = dict(steps_per_epoch=state.steps_per_epoch, total_epochs=state.num_epochs, base_lr=self.base_lr,
                     cfg=self.cfg)
         lr = lr_at(state.step, **when)
-        bias_lr = lr if self.cfg.warmup_bias_lr is None else lr_at(state.step, **when, start_lr=self.cfg.warmup_bias_lr)
+        bias_lr = lr
+        if self.cfg.warmup_bias_lr is not None:
+            bias_lr = lr_at(state.step, **when, start_lr=self.cfg.warmup_bias_lr)
         momentum = None
         if self.cfg.warmup_momentum is not None and self.momentum is not None:
             momentum = momentum_at(state.step, steps_per_epoch=state.steps_per_epoch, momentum=self.momentum,
