@@ -78,7 +78,8 @@ class EmaPolicy(Policy):
     def _mask_(self) -> None:
         with torch.no_grad():
             for policy in self.mask_policies:
-                for name, mask in (policy.held.masks or {}).items():
+                held = policy.held.masks if policy.held is not None else None
+                for name, mask in (held or {}).items():
                     self._masked[name].mul_(mask)
 
     def on_after_optimizer_step(self, state: TrainState) -> None:
