@@ -17,7 +17,8 @@ from typing import Any
 from utils.config import read_yaml
 from utils.data import content_fingerprint, is_detection_dataset, load_datasets, load_detection_datasets
 from utils.errors import UserError
-from utils.io import drop_csv_rows
+from utils.io import drop_csv_rows, read_json
+from utils.runs.dirs import same_run
 from utils.studies.cells import Cell
 
 log = logging.getLogger(__name__)
@@ -79,8 +80,8 @@ def set_aside(cell: Cell) -> Path:
     of results.csv, so the cell runs again and the table holds the runs as they are; returns the new path."""
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
     target = cell.run_dir.with_name(f"{cell.run_dir.name}.stale-{stamp}")
-    here = cell.run_dir.resolve()
+    record = read_json(cell.run_dir / "result.json")
     drop_csv_rows(cell.root / "results.csv",
-                  lambda row: bool(row.get("run_dir")) and Path(row["run_dir"]).resolve() == here)
+                  lambda row: same_run(row, record, run_dir=cell.run_dir, experiment_root=cell.root))
     cell.run_dir.rename(target)
     return target
