@@ -31,7 +31,7 @@ class OptimizerConfig(StrictModel):
 
 
 class ScheduleConfig(StrictModel):
-    name: Literal["step", "cosine", "constant"] = "step"
+    name: Literal["step", "cosine", "linear", "constant"] = "step"
     milestones_epochs: list[float] = Field(default_factory=lambda: [50, 100])
     gamma: float = Field(default=0.1, gt=0)
     final_lr: float = Field(default=0.0, ge=0)
@@ -119,6 +119,14 @@ def cosine_lr(progress_epochs: float, base_lr: float, total_epochs: float, cfg: 
     span = max(total_epochs - cfg.warmup_epochs, 1e-12)
     t = min(max((progress_epochs - cfg.warmup_epochs) / span, 0.0), 1.0)
     return cfg.final_lr + 0.5 * (base_lr - cfg.final_lr) * (1 + math.cos(math.pi * t))
+
+
+@LR_SCHEDULES.register("linear")
+def linear_lr(progress_epochs: float, base_lr: float, total_epochs: float, cfg: ScheduleConfig) -> float:
+    """YOLOv5's default: from base_lr at epoch 0 straight down to final_lr at the last epoch (a warm-up rises to
+    where the line stands when it ends)."""
+    t = min(max(progress_epochs / max(total_epochs, 1e-12), 0.0), 1.0)
+    return base_lr + (cfg.final_lr - base_lr) * t
 
 
 @LR_SCHEDULES.register("constant")

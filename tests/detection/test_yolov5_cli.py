@@ -55,6 +55,14 @@ def test_noautoanchor_reaches_the_run():
     assert not translate(["--data", "d.yaml", "--cfg", "yolov5n.yaml"], prog="t").noautoanchor
 
 
+def test_cos_lr_picks_the_cosine_trainer_config():
+    from utils.sparseml.yolov5 import TRAINER, TRAINER_COS, translate
+
+    assert translate(["--data", "d.yaml", "--cfg", "yolov5n.yaml", "--cos-lr"], prog="t").trainer_config_path == \
+        str(TRAINER_COS)
+    assert translate(["--data", "d.yaml", "--cfg", "yolov5n.yaml"], prog="t").trainer_config_path == str(TRAINER)
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--rect"], "--rect True: rectangular batches are not supported"),
     (["--optimizer", "Adam"], "--optimizer Adam: detection uses YOLOv5's SGD here"),

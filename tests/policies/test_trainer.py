@@ -78,3 +78,9 @@ def test_bad_trainer_config_names_file_and_key(tmp_path):
         load_config(bad, TrainerConfig)
     with pytest.raises(UserError, match="not found"):
         load_config(tmp_path / "missing.yaml", TrainerConfig)
+
+
+def test_linear_schedule_is_yolov5s_default_line():
+    cfg = ScheduleConfig(name="linear", final_lr=0.0001)
+    at = lambda epoch: lr_at(epoch * 10, steps_per_epoch=10, total_epochs=50, base_lr=0.01, cfg=cfg)
+    assert at(0) == 0.01 and math.isclose(at(25), (0.01 + 0.0001) / 2) and math.isclose(at(50), 0.0001)

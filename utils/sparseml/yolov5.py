@@ -27,6 +27,7 @@ from utils.sparsify.zoo import STUB_PREFIX, find_stub, resolve_recipe
 log = logging.getLogger(__name__)
 
 TRAINER = TRAINER_DIR / "yolov5_finetune.yaml"
+TRAINER_COS = TRAINER_DIR / "yolov5_finetune_cos.yaml"     # --cos-lr
 # flags this project cannot honour, with the reason (their defaults pass)
 REFUSED = {"rect": "rectangular batches are not supported (images are letterboxed to squares)",
            "evolve": "hyperparameter evolution is not supported", "multi_scale": "multi-scale training is not supported",
@@ -36,7 +37,7 @@ REFUSED = {"rect": "rectangular batches are not supported (images are letterboxe
            f"({TRAINER.relative_to(TRAINER_DIR.parent.parent)}) and the recipe; --hyp files are not read",
            "label_smoothing": "label smoothing is not supported for detection", "freeze": "freezing layers by index "
            "is not supported for detection"}
-NOTED = ("nosave", "noval", "noplots", "exist_ok", "cos_lr", "cache", "patience", "save_period")
+NOTED = ("nosave", "noval", "noplots", "exist_ok", "cache", "patience", "save_period")
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -56,7 +57,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--optimizer", choices=["SGD", "Adam", "AdamW"], default="SGD")
     p.add_argument("--resume", nargs="?", const=True, default=False)
-    store_true = ("rect", "multi_scale", "image_weights", "quad", "single_cls", "sync_bn", "noautoanchor", *NOTED[:5])
+    store_true = ("rect", "multi_scale", "image_weights", "quad", "single_cls", "sync_bn", "noautoanchor", "cos_lr",
+                  *NOTED[:4])
     for flag in store_true:
         p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, action="store_true")
     p.add_argument("--evolve", type=int, nargs="?", const=300, default=None)
@@ -116,7 +118,8 @@ def translate(argv: list[str], *, prog: str) -> FullOptions:
     recipe = resolve_recipe(args.recipe) if args.recipe else None
     checkpoint, arch = upstream(args)
     workers = min(args.workers, os.cpu_count() or 1)
-    return FullOptions(dataset="yolo", dataset_path=args.data, trainer_config_path=str(TRAINER),
+    trainer = TRAINER_COS if args.cos_lr else TRAINER
+    return FullOptions(dataset="yolo", dataset_path=args.data, trainer_config_path=str(trainer),
                        from_checkpoint_path=checkpoint, arch=arch, batch_size=args.batch_size, workers=workers,
                        image_size=args.imgsz, experiment_root_path=args.project, exp_name=args.name, seed=args.seed,
                        recipe=recipe, recipe_args=recipe_arguments(recipe, args.recipe_args, args.epochs),
