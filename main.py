@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--resume", action="store_true", help="continue the run in the run directory")
     o.add_argument("--arch", help="train this architecture from scratch instead of loading a checkpoint")
     o.add_argument("--lr", type=float, help="override the trainer config's learning rate")
+    o.add_argument("--accumulate_steps", type=int,
+                   help="gradient accumulation: one optimizer step per N batches (their mean gradient; the batch "
+                        "the optimizer sees is N x --batch_size). Default: the trainer config's")
     o.add_argument("--image_size", type=int, help="input size (default: the model's)")
     o.add_argument("--max_train_samples", type=int, help="use a seeded subset of the train split")
     o.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"], default="fp32",

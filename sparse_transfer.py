@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="classification: ImageFolder root (train/<class>/<image> + val/ or "
                                                  "test/); detection: the YOLO dataset's data.yaml")
     p.add_argument("--model", help="upstream checkpoint to use instead of the zoo's choice")
-    p.add_argument("--flavour", help="--model's checkpoint flavour (auto-detected when omitted)")
+    p.add_argument("--flavour", "--checkpoint_flavour", dest="flavour",
+                   help="--model's checkpoint flavour (auto-detected when omitted)")
     p.add_argument("--optim-level", "--optim_level", dest="optim_level", type=float, default=0.5,
                    help="0..1: how much to optimise (default 0.5: the medium pruned model + INT8)")
     p.add_argument("--recipe", help="override the recipe (default: by optim level, see above)")

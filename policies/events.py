@@ -14,10 +14,11 @@ class Event(Enum):
             BATCH_START                     # schedules set lr / weight decay for state.step
             state.batch = (inputs, targets, logits = model(inputs), loss = criterion(logits, targets))
             AFTER_FORWARD                   # distillation adds its term to state.batch.loss
-            state.batch.loss.backward()
-            AFTER_BACKWARD                  # masks zero pruned gradients
-            optimizer.step(); state.step += 1
-            AFTER_OPTIMIZER_STEP            # masks re-zero pruned weights
+            (state.batch.loss / batches_in_this_step).backward()
+            if this batch ends an optimizer step (every `accumulate_steps` batches, and the epoch's last):
+                AFTER_BACKWARD              # masks zero pruned gradients
+                optimizer.step(); state.step += 1
+                AFTER_OPTIMIZER_STEP        # masks re-zero pruned weights
         evaluate on the test split (every `eval_every_epochs`, and always after the last epoch; the weights'
                                             # moving average, state.eval_model, when the trainer keeps one)
         EPOCH_END                           # metrics written, checkpoint saved atomically

@@ -1,6 +1,7 @@
 """The Manager: runs the training loop and emits events to its policies."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any, Iterable
@@ -23,7 +24,7 @@ class Manager:
 
     def __init__(self, *, state: TrainState, policies: Iterable[Policy], train_loader: DataLoader,
                  test_loader: DataLoader, label_smoothing: float = 0.0, eval_every_epochs: int = 1,
-                 grad_clip_norm: float | None = None, precision: str = "fp32",
+                 grad_clip_norm: float | None = None, precision: str = "fp32", accumulate_steps: int = 1,
                  frozen_modules: Iterable[nn.Module] = (), task: Task | None = None):
         self.state = state
         self.policies = list(policies)
@@ -35,6 +36,7 @@ class Manager:
         self.eval_every_epochs = eval_every_epochs
         self.grad_clip_norm = grad_clip_norm
         self.precision = precision
+        self.accumulate_steps = accumulate_steps
         # fp16 needs gradient scaling (its range is small); bf16 has fp32's range and needs none
         self.scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16" and state.device.type == "cuda")
         self.frozen_modules = list(frozen_modules)
@@ -69,31 +71,45 @@ class Manager:
         for module in self.frozen_modules:
             module.eval()  # frozen BatchNorm keeps its running statistics
         stats = task.new_stats(s.device)
-        for inputs, targets in self.train_loader:
+        batches, every = len(self.train_loader), self.accumulate_steps
+        for index, (inputs, targets) in enumerate(self.train_loader):
+            # Accumulation: the batches of one optimizer step (the epoch's last step may have fewer) add up to the
+            # gradient one batch of them all would give; the events after the backward pass come once per step.
+            first = index - index % every
+            group = min(every, batches - first)
+            stepping = index - first == group - 1
             inputs, targets = task.to_device(inputs, targets, s.device)
             self.emit(Event.BATCH_START)
-            with autocast_for(s.device, self.precision):
-                outputs = s.forward_model(inputs)
-                s.batch = Batch(inputs, targets, outputs, task.loss(outputs, targets))
-                self.emit(Event.AFTER_FORWARD)
-            loss = s.batch.loss
-            if not torch.isfinite(loss):
-                lr = s.optimizer.param_groups[0]["lr"]
-                raise UserError(f"loss became {loss.item()} at step {s.step} (epoch {s.epoch}) with lr {lr:g}; "
-                                "lower the learning rate in the trainer config or recipe")
-            s.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.emit(Event.AFTER_BACKWARD)
-            if self.grad_clip_norm:
-                self.scaler.unscale_(s.optimizer)
-                nn.utils.clip_grad_norm_(s.model.parameters(), self.grad_clip_norm)
-            self.scaler.step(s.optimizer)
-            self.scaler.update()
-            s.step += 1
-            self.emit(Event.AFTER_OPTIMIZER_STEP)
+            no_sync = getattr(s.forward_model, "no_sync", None)     # DDP: reduce the gradients once per step
+            with no_sync() if no_sync is not None and not stepping else contextlib.nullcontext():
+                with autocast_for(s.device, self.precision):
+                    outputs = s.forward_model(inputs)
+                    s.batch = Batch(inputs, targets, outputs, task.loss(outputs, targets))
+                    self.emit(Event.AFTER_FORWARD)
+                loss = s.batch.loss
+                if not torch.isfinite(loss):
+                    lr = s.optimizer.param_groups[0]["lr"]
+                    raise UserError(f"loss became {loss.item()} at step {s.step} (epoch {s.epoch}) with lr {lr:g}; "
+                                    "lower the learning rate in the trainer config or recipe")
+                if index == first:
+                    s.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss if task.loss_grows_with_batch else loss / group).backward()
+            if stepping:
+                self._optimizer_step()
             s.batch = None
             task.update_stats(stats, outputs, targets, loss)
         return task.finish_stats(stats)
+
+    def _optimizer_step(self) -> None:
+        s = self.state
+        self.emit(Event.AFTER_BACKWARD)
+        if self.grad_clip_norm:
+            self.scaler.unscale_(s.optimizer)
+            nn.utils.clip_grad_norm_(s.model.parameters(), self.grad_clip_norm)
+        self.scaler.step(s.optimizer)
+        self.scaler.update()
+        s.step += 1
+        self.emit(Event.AFTER_OPTIMIZER_STEP)
 
     def training_state(self) -> dict[str, Any]:
         """Everything a resumed run needs to continue exactly where this one stands."""

@@ -50,6 +50,9 @@ class Task:
     metric = "test_acc"              # the result a run reports (the final epoch's, on the test split)
 
     channels_last = False            # the run's --channels_last: 4-D inputs in NHWC memory order
+    # The loss is a mean over the batch (False), or grows with it (YOLOv5's: its mean times the batch size):
+    # accumulated batches then add their losses as they are, as one batch of their combined size would.
+    loss_grows_with_batch = False
 
     def to_device(self, inputs: Any, targets: Any, device: torch.device) -> tuple[Any, Any]:
         inputs = inputs.to(device, non_blocking=True)

@@ -8,7 +8,7 @@ import math
 from typing import Literal
 
 import torch
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, model_validator
 
 from policies.base import Policy, TrainState
 from policies.ema import EmaConfig
@@ -37,7 +37,8 @@ class ScheduleConfig(StrictModel):
     final_lr: float = Field(default=0.0, ge=0)
     warmup_epochs: float = Field(default=0.0, ge=0)
     warmup_start_lr: float = Field(default=0.0, ge=0)
-    warmup_min_steps: int = Field(default=0, ge=0)          # YOLOv5: the warm-up lasts at least this many steps
+    warmup_min_steps: int = Field(default=0, ge=0)          # the warm-up lasts at least this many optimizer steps
+    warmup_min_batches: int = Field(default=0, ge=0)        # ... or batches (YOLOv5's 100 iterations, accumulated)
     warmup_momentum: float | None = Field(default=None, ge=0, lt=1)   # SGD momentum rises from this (YOLOv5: 0.8)
     warmup_bias_lr: float | None = Field(default=None, ge=0)  # a detector's bias group falls from this lr (0.1)
 
@@ -55,6 +56,30 @@ class TrainerConfig(StrictModel):
     schedule: ScheduleConfig = ScheduleConfig()
     ema: EmaConfig | None = None               # evaluate and keep a moving average of the weights (YOLOv5's)
     mosaic: float = Field(default=0.0, ge=0, le=1)   # detection: the share of YOLOv5 four-image mosaic samples
+    # Gradient accumulation: one optimizer step per `accumulate_steps` batches (their mean gradient), or YOLOv5's
+    # rule: `nominal_batch_size` (its nbs, 64) / the batch size, rounded, with the weight decay scaled to match.
+    accumulate_steps: PositiveInt = 1
+    nominal_batch_size: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _one_accumulation_rule(self) -> "TrainerConfig":
+        if self.nominal_batch_size is not None and self.accumulate_steps != 1:
+            raise ValueError("give accumulate_steps or nominal_batch_size, not both")
+        return self
+
+
+def accumulation(cfg: TrainerConfig, batch_size: int, steps: int | None = None) -> tuple[int, float]:
+    """(batches per optimizer step, weight decay) for a run whose batch (over all processes) is `batch_size`.
+
+    `steps` (a command line's) wins over the config. With `nominal_batch_size` it is YOLOv5's rule:
+    max(round(nbs / batch), 1) batches, and the weight decay times batch * steps / nbs."""
+    decay = cfg.optimizer.weight_decay
+    if steps is not None:
+        return steps, decay
+    if cfg.nominal_batch_size is None:
+        return cfg.accumulate_steps, decay
+    steps = max(round(cfg.nominal_batch_size / batch_size), 1)
+    return steps, decay * batch_size * steps / cfg.nominal_batch_size
 
 
 @OPTIMIZERS.register("sgd")
@@ -135,28 +160,32 @@ def constant_lr(progress_epochs: float, base_lr: float, total_epochs: float, cfg
     return base_lr
 
 
-def warmup_epochs(cfg: ScheduleConfig, steps_per_epoch: int) -> float:
-    """How long the warm-up lasts, in epochs (at least `warmup_min_steps` steps when it is set)."""
-    if not cfg.warmup_epochs and not cfg.warmup_min_steps:
+def warmup_epochs(cfg: ScheduleConfig, steps_per_epoch: int, batches_per_epoch: int | None = None) -> float:
+    """How long the warm-up lasts, in epochs (at least `warmup_min_steps` optimizer steps and `warmup_min_batches`
+    batches when they are set; an epoch has more batches than steps under gradient accumulation)."""
+    if not (cfg.warmup_epochs or cfg.warmup_min_steps or cfg.warmup_min_batches):
         return 0.0
-    return max(cfg.warmup_epochs, cfg.warmup_min_steps / steps_per_epoch)
+    return max(cfg.warmup_epochs, cfg.warmup_min_steps / steps_per_epoch,
+               cfg.warmup_min_batches / (batches_per_epoch or steps_per_epoch))
 
 
 def lr_at(step: int, *, steps_per_epoch: int, total_epochs: int, base_lr: float, cfg: ScheduleConfig,
-          start_lr: float | None = None) -> float:
+          start_lr: float | None = None, batches_per_epoch: int | None = None) -> float:
     """The learning rate for optimizer step `step` (0-based): linear warm-up from `start_lr` (default the config's
     warmup_start_lr) to the schedule's value at the end of the warm-up, then the schedule."""
-    epoch, span = step / steps_per_epoch, warmup_epochs(cfg, steps_per_epoch)
+    epoch, span = step / steps_per_epoch, warmup_epochs(cfg, steps_per_epoch, batches_per_epoch)
     start = cfg.warmup_start_lr if start_lr is None else start_lr
     if epoch < span:
-        target = base_lr if not cfg.warmup_min_steps else LR_SCHEDULES.get(cfg.name)(span, base_lr, total_epochs, cfg)
+        yolov5 = cfg.warmup_min_steps or cfg.warmup_min_batches     # YOLOv5 warms up to where the schedule stands
+        target = LR_SCHEDULES.get(cfg.name)(span, base_lr, total_epochs, cfg) if yolov5 else base_lr
         return start + (target - start) * epoch / span
     return LR_SCHEDULES.get(cfg.name)(epoch, base_lr, total_epochs, cfg)
 
 
-def momentum_at(step: int, *, steps_per_epoch: int, momentum: float, cfg: ScheduleConfig) -> float:
+def momentum_at(step: int, *, steps_per_epoch: int, momentum: float, cfg: ScheduleConfig,
+                batches_per_epoch: int | None = None) -> float:
     """SGD momentum for optimizer step `step`: from `warmup_momentum` up to `momentum` over the warm-up."""
-    span = warmup_epochs(cfg, steps_per_epoch)
+    span = warmup_epochs(cfg, steps_per_epoch, batches_per_epoch)
     if cfg.warmup_momentum is None or step / steps_per_epoch >= span:
         return momentum
     return cfg.warmup_momentum + (momentum - cfg.warmup_momentum) * step / steps_per_epoch / span
@@ -174,8 +203,9 @@ class LRSchedulePolicy(Policy):
         self.momentum = momentum
 
     def on_batch_start(self, state: TrainState) -> None:
+        batches = len(state.train_loader) if hasattr(state.train_loader, "__len__") else None
         when = dict(steps_per_epoch=state.steps_per_epoch, total_epochs=state.num_epochs, base_lr=self.base_lr,
-                    cfg=self.cfg)
+                    cfg=self.cfg, batches_per_epoch=batches)
         lr = lr_at(state.step, **when)
         bias_lr = lr
         if self.cfg.warmup_bias_lr is not None:
@@ -183,7 +213,7 @@ class LRSchedulePolicy(Policy):
         momentum = None
         if self.cfg.warmup_momentum is not None and self.momentum is not None:
             momentum = momentum_at(state.step, steps_per_epoch=state.steps_per_epoch, momentum=self.momentum,
-                                   cfg=self.cfg)
+                                   cfg=self.cfg, batches_per_epoch=batches)
         for group in state.optimizer.param_groups:
             group["lr"] = bias_lr if group.get("name") == BIAS_GROUP else lr
             if momentum is not None and "momentum" in group:

@@ -5,6 +5,7 @@ loader's renames. ResNet-50 flavours are exercised with ResNet-18 geometry (a co
 with `arch: resnet18`) to stay fast; auto-detection is checked on the real ResNet-50/MobileNet layouts.
 """
 import hashlib
+import logging
 import subprocess
 import sys
 import types
@@ -133,6 +134,10 @@ LAYOUTS = {
 # flavour -> (architecture used in the round trip, layout); native files come from save_native_checkpoint.
 CASES = {
     "torchvision_resnet50": ("resnet18", "torchvision"),
+    "torchvision_resnet18": ("resnet18", "torchvision"),
+    "torchvision_resnet34": ("resnet18", "torchvision"),
+    "torchvision_resnet101": ("resnet18", "torchvision"),
+    "torchvision_resnet152": ("resnet18", "torchvision"),
     "acdc_resnet50": ("resnet18", "acdc"),
     "gmp_resnet50": ("resnet18", "acdc"),
     "woodfisher_resnet50": ("resnet18", "acdc"),
@@ -148,6 +153,7 @@ CASES = {
     "sparseml_resnet18": ("resnet18", "sparseml"),
     "sparseml_resnet34": ("resnet18", "sparseml"),
     "sparseml_resnet101": ("resnet18", "sparseml"),
+    "sparseml_resnet152": ("resnet18", "sparseml"),
     "sparseml_mobilenet": ("mobilenet", "sparseml_mobilenet"),
 }
 
@@ -484,3 +490,21 @@ def test_cli_prints_the_report(tmp_path):
     assert f"global sparsity: {want:.4f}" in done.stdout
     first = sorted(masks)[0]
     assert any(line.startswith(first) and f"{layers[first]:.4f}" in line for line in done.stdout.splitlines())
+
+
+def test_a_pruned_file_in_a_dense_flavour_is_named_once(tmp_path, caplog):
+    """torchvision_resnet18 labels files 'Dense'; one that is mostly zeros says so, once per file."""
+    model = build_model("resnet18", num_classes=10)
+    with torch.no_grad():
+        for p in prunable_parameters(model).values():
+            p[p.abs() < p.abs().flatten().quantile(0.8)] = 0
+    path = _save(dict(model.state_dict()), tmp_path / "pruned_r18.pth")
+    dense = _save(dict(build_model("resnet18", num_classes=10).state_dict()), tmp_path / "dense_r18.pth")
+    with caplog.at_level(logging.WARNING, logger="utils.checkpoints.load"):
+        first = load_checkpoint(path)
+        load_checkpoint(path)
+        load_checkpoint(dense)
+    assert first.flavour.name == "torchvision_resnet18" and first.method == "Dense"
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "pruned_r18.pth" in warned[0] and "80.0% sparse" in warned[0] \
+        and "--model_label" in warned[0]

@@ -1,9 +1,15 @@
 """The loop's invariants on a tiny model: masks exact under any optimizer, resume equals no stop."""
+import itertools
+
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
+from policies.base import Policy, TrainState
 from policies.loggers import CheckpointSaver
-from policies.trainer import OptimizerConfig
+from policies.manager import Manager
+from policies.tasks import ClassificationTask
+from policies.trainer import OptimizerConfig, TrainerConfig, accumulation, build_optimizer
 from utils.errors import UserError
 
 
@@ -57,3 +63,88 @@ def test_nonfinite_loss_names_step_and_lr(make_masked_run):
         manager.state.model.fc.weight.fill_(float("inf"))
     with pytest.raises(UserError, match=r"at step 0 .*lr 1e\+30"):
         manager.fit()
+
+
+class Linear64(torch.nn.Module):
+    """No BatchNorm (its batch statistics would differ between batch sizes), float64: sums in any order agree."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(7)
+        self.body = torch.nn.Linear(12, 16).double()
+        self.fc = torch.nn.Linear(16, 3).double()
+
+    def forward(self, x):
+        return self.fc(torch.tanh(self.body(x)))
+
+
+class Counter(Policy):
+    name = "counter"
+
+    def __init__(self):
+        self.backward = self.stepped = 0
+
+    def on_after_backward(self, state):
+        self.backward += 1
+
+    def on_after_optimizer_step(self, state):
+        self.stepped += 1
+
+
+class SummedLoss(ClassificationTask):
+    """A loss that grows with the batch, as YOLOv5's (its mean times the batch size)."""
+
+    loss_grows_with_batch = True
+
+    def loss(self, outputs, targets):
+        return super().loss(outputs, targets) * outputs.shape[0]
+
+
+def accumulated_run(loader, *, accumulate: int, steps_per_epoch: int, epochs: int = 2, task=None):
+    model = Linear64()
+    cfg = OptimizerConfig(name="sgd", lr=0.3, momentum=0.9, weight_decay=1e-3)
+    state = TrainState(model=model, forward_model=model, optimizer=build_optimizer(model, cfg),
+                       device=torch.device("cpu"), steps_per_epoch=steps_per_epoch, num_epochs=epochs, seed=3)
+    counter = Counter()
+    Manager(state=state, policies=[counter], train_loader=loader, test_loader=loader,
+            accumulate_steps=accumulate, task=task).fit()
+    return model, state, counter
+
+
+@pytest.mark.parametrize("task", [ClassificationTask, SummedLoss])
+@pytest.mark.parametrize("small, accumulate, big", [(8, 2, [16, 16, 8]), (8, 3, [24, 16]), (10, 4, [40])])
+def test_accumulated_batches_step_as_one_batch_of_their_size(small, accumulate, big, task):
+    """Batches of `small`, one step per `accumulate` of them (the epoch's last step with what is left), move the
+    weights as batches of the sizes in `big` do (the same samples; a mean loss averaged, a growing one summed)."""
+    data = TensorDataset(torch.randn(40, 12, dtype=torch.float64), torch.randint(0, 3, (40,)))
+    edges = [0, *itertools.accumulate(big)]
+    one_batch = DataLoader(data, batch_sampler=[list(range(a, b)) for a, b in zip(edges, edges[1:])])
+    want, want_state, _ = accumulated_run(one_batch, accumulate=1, steps_per_epoch=len(big), task=task())
+    got, got_state, counter = accumulated_run(DataLoader(data, batch_size=small), accumulate=accumulate,
+                                              steps_per_epoch=len(big), task=task())
+    for (name, a), b in zip(want.state_dict().items(), got.state_dict().values()):
+        assert torch.allclose(a, b, rtol=0, atol=1e-12), name
+    assert got_state.step == want_state.step == 2 * len(big)
+    assert counter.backward == counter.stepped == 2 * len(big)       # once per optimizer step, not per batch
+
+
+def test_masks_stay_exact_with_accumulation(make_masked_run):
+    manager, masks = make_masked_run(OPTIMIZERS["sgd_momentum_wd"])
+    manager.accumulate_steps, manager.state.steps_per_epoch = 2, 2    # 3 batches: steps of 2 and 1
+    manager.fit()
+    params = dict(manager.state.model.named_parameters())
+    for pname, mask in masks.items():
+        assert torch.equal(params[pname] == 0, ~mask), pname
+    assert manager.state.step == 2 * 3
+
+
+def test_the_accumulation_rules():
+    opt = OptimizerConfig(name="sgd", lr=0.01, weight_decay=5e-4)
+    yolo = TrainerConfig(optimizer=opt, nominal_batch_size=64)
+    assert accumulation(yolo, 16) == (4, 5e-4)                         # YOLOv5 at --batch 16
+    assert accumulation(yolo, 24) == (3, pytest.approx(5e-4 * 72 / 64))   # round(2.67) = 3, decay scaled as there
+    assert accumulation(yolo, 128) == (1, pytest.approx(1e-3))
+    assert accumulation(yolo, 16, steps=2) == (2, 5e-4)                # a command line's count wins
+    assert accumulation(TrainerConfig(optimizer=opt, accumulate_steps=5), 8) == (5, 5e-4)
+    with pytest.raises(ValueError, match="accumulate_steps or nominal_batch_size, not both"):
+        TrainerConfig(optimizer=opt, accumulate_steps=2, nominal_batch_size=64)

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from policies.trainer import ScheduleConfig, TrainerConfig, lr_at, momentum_at
+from policies.trainer import ScheduleConfig, TrainerConfig, lr_at, momentum_at, warmup_epochs
 from utils.config import load_config
 from utils.errors import UserError
 
@@ -51,6 +51,19 @@ def test_yolov5_warmup_momentum_bias_lr_and_minimum_steps():
     lrs = [g["lr"] for g in optimizer.param_groups]
     assert math.isclose(lrs[0], end / 2) and lrs[0] == lrs[1] and math.isclose(lrs[2], (0.1 + end) / 2)
     assert all(math.isclose(g["momentum"], m(50)) for g in optimizer.param_groups)
+
+
+def test_a_warmup_counted_in_batches_under_accumulation():
+    """YOLOv5's 100 warm-up iterations are batches: with 4 batches per optimizer step, 25 steps."""
+    cfg = ScheduleConfig(name="linear", warmup_epochs=3, warmup_min_batches=100, warmup_momentum=0.8, final_lr=1e-4)
+    spe, batches = 5, 20                                # 3 epochs = 60 batches < 100: 5 epochs = 25 steps
+    assert warmup_epochs(cfg, spe, batches) == 5.0
+    m = lambda step: momentum_at(step, steps_per_epoch=spe, momentum=0.937, cfg=cfg, batches_per_epoch=batches)
+    assert m(0) == 0.8 and m(24) < 0.937 and m(25) == 0.937
+    lr = lambda step: lr_at(step, steps_per_epoch=spe, total_epochs=50, base_lr=0.01, cfg=cfg,
+                            batches_per_epoch=batches)
+    assert math.isclose(lr(25), 0.01 + (1e-4 - 0.01) * 5 / 50) and math.isclose(lr(12.5), lr(25) / 2)
+    assert warmup_epochs(cfg.model_copy(update={"warmup_min_batches": 0, "warmup_min_steps": 100}), spe, batches) == 20
 
 
 def test_configs_without_the_yolov5_warmup_keep_their_schedule_bit_for_bit():

@@ -1,7 +1,10 @@
 """main.py end to end on the synthetic dataset and a tiny native checkpoint."""
 import csv
+import math
+
 import pytest
 import torch
+import yaml
 
 import main
 from policies.loggers import CheckpointSaver
@@ -207,8 +210,9 @@ def test_a_results_table_from_before_the_detection_columns_still_takes_classific
 
 def test_a_run_recorded_before_a_field_existed_still_resumes_and_reports(tmp_path, sparse_checkpoint, trainer,
                                                                         monkeypatch, capsys):
-    """config.yaml of an older version lacks the fields added since (precision, ema, mosaic, ..., the data's
-    fingerprint): holding their defaults now is the same run; a new field set to something else is not."""
+    """config.yaml of an older version lacks the fields added since (precision, ema, mosaic, the schedule's
+    warm-up keys, ..., the data's fingerprint): holding their defaults now is the same run; a new field set to
+    something else is not."""
     from utils.config import dump_yaml, read_yaml
 
     def forget_new_fields(run_dir):
@@ -216,8 +220,10 @@ def test_a_run_recorded_before_a_field_existed_still_resumes_and_reports(tmp_pat
         config = read_yaml(path)
         for key in ("precision", "channels_last", "compile"):
             del config["options"][key]
-        for key in ("ema", "mosaic"):
+        for key in ("ema", "mosaic", "accumulate_steps", "nominal_batch_size"):
             del config["trainer"][key]
+        for key in ("warmup_min_steps", "warmup_momentum", "warmup_bias_lr"):    # inside the schedule
+            del config["trainer"]["schedule"][key]
         assert len(config["dataset"].pop("content")["train"]) == 64     # recorded since, not by older versions
         path.write_text(dump_yaml(config))
 
@@ -233,3 +239,18 @@ def test_a_run_recorded_before_a_field_existed_still_resumes_and_reports(tmp_pat
     with pytest.raises(SystemExit):
         run(tmp_path, ckpt, trainer, "--exp_name", "old", "--resume", "--channels_last")
     assert "options.channels_last" in capsys.readouterr().err
+
+
+def test_accumulated_steps_are_recorded_and_counted(tmp_path, sparse_checkpoint, trainer):
+    """--accumulate_steps 2: one optimizer (and recipe) step per two batches; the masks hold; config.yaml says so."""
+    ckpt, masks = sparse_checkpoint
+    run(tmp_path, ckpt, trainer, "--exp_name", "acc", "--accumulate_steps", "2")
+    run_dir = tmp_path / "exp" / "acc"
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    batches = math.ceil(config["dataset"]["train_size"] / 16)
+    assert batches >= 3 and config["derived"]["accumulate_steps"] == 2
+    assert config["derived"]["steps_per_epoch"] == math.ceil(batches / 2)
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["step"] == 2 * math.ceil(batches / 2)
+    final = torch.load(run_dir / "model.pt", weights_only=True)["state_dict"]
+    for name, mask in masks.items():
+        assert torch.equal(final[name] == 0, ~mask), name

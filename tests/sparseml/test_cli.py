@@ -176,7 +176,7 @@ def test_seed_000_pytorch_vision_transfer_runs_as_pasted(tmp_path, zoo, one_torc
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--gradient-accum-steps", "2"], "--gradient-accum-steps 2: gradient accumulation is not supported"),
+    (["--gradient-accum-steps", "0"], "--gradient-accum-steps 0: give 1 (no accumulation) or more"),
     (["--optim", "RMSprop"], "--optim 'RMSprop': supported here: SGD, Adam, AdamW"),
     (["--optim-args", '{"lr_decay": 1}'], "--optim-args ['lr_decay']: not supported for SGD"),
     (["--model-kwargs", '{"ignore_error_tensors": ["sections.0.0.conv1.weight"]}'], "only the classifier"),
@@ -200,8 +200,9 @@ def test_the_equivalent_main_py_command_is_shown(tmp_path, zoo):
     from utils.sparseml import main_py_command, translate
 
     imagenet = tiny_imagenet(tmp_path / "imagenet")
-    opts = translate(command(SEED_003_TRAIN, **{"/PATH/TO/IMAGENET": imagenet})[1:],
+    opts = translate(command(SEED_003_TRAIN, **{"/PATH/TO/IMAGENET": imagenet})[1:] + ["--gradient-accum-steps", "4"],
                      prog="sparseml.image_classification.train")
     line = main_py_command(opts)
     assert "--dset imagefolder" in line and f"--dset_path {imagenet}" in line and "--batch_size 256" in line
+    assert opts.accumulate_steps == 4 and "--accumulate_steps 4" in line
     assert "--recipe " + str(RECIPE_DIR / "acdc_resnet50_imagenet_pruned85_quant.md") in line

@@ -30,6 +30,9 @@ from utils.sparsity import check_masks_match_zeros, prunable_parameters
 log = logging.getLogger(__name__)
 
 _SHOW = 5  # offending keys listed in an error message
+DENSE_LABEL = "Dense"
+SPARSE_DENSE_FILE = 0.05  # a 'Dense' flavour's file with more zeros than this is somebody's pruned model
+_WARNED_SPARSE: set[str] = set()  # files already warned of (a command may load its upstream twice)
 
 
 @dataclass
@@ -265,6 +268,12 @@ def load_checkpoint(path: str | Path, *, flavour: str | None = None, num_classes
     for name in removed:
         _replace_with_identity(model, name)
     masks = {n: m for n, m in masks.items() if not n.startswith(tuple(f"{r}." for r in removed))}
+    if chosen.method == DENSE_LABEL and not header and report.global_sparsity > SPARSE_DENSE_FILE \
+            and source not in _WARNED_SPARSE:
+        _WARNED_SPARSE.add(source)
+        log.warning("%s: flavour %r labels its files %r, but this one is %.1f%% sparse; its results will say %r "
+                    "unless you pass --model_label", source, chosen.name, DENSE_LABEL,
+                    100 * report.global_sparsity, DENSE_LABEL)
     return LoadedCheckpoint(
         model=model, masks=masks, flavour=chosen, arch=arch, arch_kwargs=arch_kwargs, report=report,
         source_path=path, num_classes=model.get_classifier().out_features, classifier_loaded=keep_classifier,

@@ -23,6 +23,7 @@ class DetectionTask(Task):
 
     name = "detection"
     metric = "map"
+    loss_grows_with_batch = True     # YOLOv5's loss: summed over accumulated batches, as YOLOv5 does
 
     def __init__(self, model: nn.Module, *, imgsz: int, conf_thres: float = 0.001, iou_thres: float = 0.6):
         self.criterion = YoloLoss(model.get_classifier(), imgsz=imgsz)

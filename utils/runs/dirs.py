@@ -4,13 +4,14 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as dt
-import functools
 import json
 import subprocess
+import typing
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel
 
 from policies.trainer import TrainerConfig
 from utils.config import dump_yaml, read_yaml
@@ -142,33 +143,53 @@ LOCATION_OPTIONS = ("experiment_root_path", "workers", "progress", "resume",
 
 def comparable(config: dict[str, Any]) -> dict[str, Any]:
     """A resolved config without what a resume may change, and without the keys of its sections that hold their
-    field's default: a run recorded before a field existed compares equal to the same run now."""
+    field's default, at any depth (a trainer config's `schedule` too): a run recorded before a field existed
+    compares equal to the same run now."""
     out = {k: v for k, v in config.items() if k not in ("git_commit", "resumed")}
     if isinstance(out.get("options"), dict):
         out["options"] = {k: v for k, v in out["options"].items() if k not in LOCATION_OPTIONS}
-    for section, defaults in section_defaults().items():
+    for section, models in SECTION_MODELS.items():
         if isinstance(out.get(section), dict):
-            out[section] = {k: v for k, v in out[section].items() if k not in defaults or v != defaults[k]}
+            out[section] = without_defaults(out[section], models)
     return out
 
 
-@functools.cache
-def section_defaults() -> dict[str, dict[str, Any]]:
-    """Per section of config.yaml, each optional field's default as config.yaml writes it (several models share
-    a section: a name both give a default to keeps either, which only ever makes a difference unseen when a
-    field is new)."""
-    def defaults(*models: type) -> dict[str, Any]:
-        found: dict[str, Any] = {}
-        for model in models:
-            for name, field in model.model_fields.items():
-                if not field.is_required():
-                    value = field.get_default(call_default_factory=True)
-                    value = value.model_dump() if hasattr(value, "model_dump") else value
-                    found.setdefault(name, json.loads(json.dumps(value, default=str)))
-        return found
+SECTION_MODELS: dict[str, tuple[type[BaseModel], ...]] = {
+    "options": (FullOptions, LinearOptions), "trainer": (TrainerConfig,), "transfer": (TransferConfig,),
+    "probe": (LinearProbeConfig,)}
 
-    return {"options": defaults(FullOptions, LinearOptions), "trainer": defaults(TrainerConfig),
-            "transfer": defaults(TransferConfig), "probe": defaults(LinearProbeConfig)}
+
+def without_defaults(values: dict[str, Any], models: tuple[type[BaseModel], ...]) -> dict[str, Any]:
+    """`values` (a section as config.yaml writes it) less each key that holds its field's default; a field that is
+    itself a model (or an optional one) is compared key by key, so a field added to it later changes nothing."""
+    out = {}
+    for key, value in values.items():
+        field = next((m.model_fields[key] for m in models if key in m.model_fields), None)
+        if field is None:
+            out[key] = value
+            continue
+        nested = _nested_model(field.annotation)
+        if nested is not None and isinstance(value, dict):
+            value = without_defaults(value, (nested,))
+        if not field.is_required() and value == _default_as_written(field, nested):
+            continue
+        out[key] = value
+    return out
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    """The model class a field holds (`Model`, `Model | None`), else None."""
+    candidates = typing.get_args(annotation) or (annotation,)
+    models = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+    return models[0] if len(models) == 1 else None
+
+
+def _default_as_written(field: Any, nested: type[BaseModel] | None) -> Any:
+    default = field.get_default(call_default_factory=True)
+    if isinstance(default, BaseModel):
+        plain = json.loads(json.dumps(default.model_dump(), default=str))
+        return without_defaults(plain, (nested or type(default),))
+    return json.loads(json.dumps(default, default=str))
 
 
 def environment_info() -> dict[str, Any]:

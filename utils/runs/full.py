@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -109,8 +110,7 @@ def fit(state: TrainState, policies: list[Policy], *, plan: Plan, loaders: tuple
     trainer = plan.trainer
     manager = Manager(state=state, policies=policies, train_loader=loaders[0], test_loader=loaders[1],
                       eval_every_epochs=trainer.eval_every_epochs, grad_clip_norm=trainer.grad_clip_norm,
-                      precision=precision,
-                      frozen_modules=frozen, task=task)
+                      precision=precision, accumulate_steps=plan.accumulate, frozen_modules=frozen, task=task)
     if plan.dist.is_main:
         manager.policies.append(CheckpointSaver(plan.run_dir / "checkpoint.pt", manager.training_state))
     if plan.status == "resume":
@@ -156,9 +156,10 @@ def fine_tune(opts: FullOptions) -> RunResult:
     loaded_sparsity = measured_sparsity(upstream.model)
     loaders = make_loaders(data, batch_size=plan.batch_size, test_batch_size=plan.trainer.test_batch_size or
                            plan.batch_size, workers=opts.workers, device=plan.device, dist=plan.dist)
+    steps_per_epoch = math.ceil(len(loaders[0]) / plan.accumulate)    # optimizer steps
     schedule, epochs = training_schedule(opts, plan, model=upstream.model, masks=masks,
-                                         steps_per_epoch=len(loaders[0]), embedded_recipe=upstream.recipe)
-    state = train_state(upstream.model, plan, epochs=epochs, steps_per_epoch=len(loaders[0]), seed=opts.seed,
+                                         steps_per_epoch=steps_per_epoch, embedded_recipe=upstream.recipe)
+    state = train_state(upstream.model, plan, epochs=epochs, steps_per_epoch=steps_per_epoch, seed=opts.seed,
                         compile_model=opts.compile)
     resolved = resolved_config(opts, plan, upstream=upstream, data=data, inputs=inputs, state=state,
                                loaded_sparsity=loaded_sparsity)
@@ -234,7 +235,8 @@ def train_state(model: nn.Module, plan: Plan, *, epochs: int, steps_per_epoch: i
                 compile_model: bool = False) -> TrainState:
     """The loop's state: the optimizer over the model, and the model wrapped for several devices if asked, or
     compiled (torch.compile; the parameters, so the masks and the optimizer, are the model's own)."""
-    optimizer = build_optimizer(model, plan.trainer.optimizer.model_copy(update={"lr": plan.lr}))
+    optimizer = build_optimizer(model, plan.trainer.optimizer.model_copy(update={"lr": plan.lr,
+                                                                                "weight_decay": plan.weight_decay}))
     if plan.dist.enabled:
         forward_model = nn.parallel.DistributedDataParallel(model, device_ids=plan.gpus or None)
     else:

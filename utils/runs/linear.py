@@ -20,6 +20,7 @@ from policies.trainer import TrainerConfig
 from utils.checkpoints import LoadedCheckpoint, file_sha256, load_checkpoint
 from utils.config import load_config
 from utils.data import IMAGENET_MEAN, IMAGENET_STD, DatasetSplits, content_fingerprint, load_datasets
+from utils.data.seeded import SampleSeeded
 from utils.engines import missing
 from utils.errors import UserError
 from utils.io import append_jsonl, atomic_torch_save
@@ -29,7 +30,7 @@ from utils.runs.dirs import (check_results_table, check_same_settings, environme
                              prepare_run_dir, record_result, run_dir_for, run_lock, write_run_config)
 from utils.runs.kinds import InputSettings, RunResult
 from utils.runs.options import LinearOptions
-from utils.runs.setup import pick_device
+from utils.runs.setup import loader_workers, pick_device
 from utils.seed import epoch_seed, seed_everything
 from utils.sparsity import layer_sparsity, masks_from_zeros, measured_sparsity, sparse_layers
 
@@ -170,8 +171,8 @@ def cached_split(opts: LinearOptions, up: FrozenUpstream, data: DatasetSplits, s
     description = describe_split(checkpoint=up.checkpoint, dataset_meta=data.meta, split=split, dataset=dataset,
                                  backend=opts.feature_backend, extra={"content": content_fingerprint(dataset)})
     return cached_features(extractor.build, dataset, cache_root=opts.features_cache, description=description,
-                           dim=up.model.num_features, batch_size=opts.extract_batch_size, workers=opts.workers,
-                           progress=opts.progress)
+                           dim=up.model.num_features, batch_size=opts.extract_batch_size,
+                           workers=loader_workers(opts.workers), progress=opts.progress)
 
 
 def resolved_config(opts: LinearOptions, up: FrozenUpstream, *, data: DatasetSplits, settings: SolverSettings,
@@ -248,8 +249,10 @@ def fit_augmented(opts: LinearOptions, up: FrozenUpstream, *, extractor: Extract
     dim = up.model.num_features
 
     def epoch_features(epoch: int):
-        torch.manual_seed(epoch_seed(opts.seed, epoch))  # augmentation in the main process (workers=0)
-        fs = extract_features(run, data.train, dim=dim, batch_size=opts.extract_batch_size, workers=opts.workers,
+        # each image's augmentation from (seed, epoch, index): the same with any number of workers
+        images = SampleSeeded(data.train, epoch_key=epoch_seed(opts.seed, epoch))
+        fs = extract_features(run, images, dim=dim, batch_size=opts.extract_batch_size,
+                              workers=loader_workers(opts.workers),
                               desc=f"epoch {epoch} features", progress=opts.progress, seed=epoch_seed(opts.seed, epoch))
         return fs.features, fs.labels
 

@@ -54,6 +54,7 @@ class FullOptions(RunOptions):
     transfer_config_path: str | None = None
     arch: str | None = None                    # train this architecture from scratch (no checkpoint)
     lr: float | None = Field(default=None, gt=0)
+    accumulate_steps: int | None = Field(default=None, gt=0)   # batches per optimizer step (default: the config's)
     use_wandb: bool = False
     wandb_project: str = "sparse-transfer"
     wandb_group: str | None = None

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from policies.trainer import TrainerConfig
+from policies.trainer import TrainerConfig, accumulation
 from utils.config import load_config
 from utils.data import is_detection_dataset
 from utils.distributed import DistInfo, barrier, init_distributed
@@ -24,6 +24,8 @@ class Plan:
     transfer: TransferConfig
     epochs: int
     batch_size: int                # per process
+    accumulate: int                # batches per optimizer step
+    weight_decay: float            # the optimizer's (YOLOv5's nominal batch scales it)
     lr: float
     device: torch.device
     gpus: list[int]
@@ -45,6 +47,7 @@ def plan_run(opts: FullOptions) -> Plan:
     trainer = load_config(opts.trainer_config_path, TrainerConfig)
     transfer = load_config(opts.transfer_config_path, TransferConfig) if opts.transfer_config_path else TransferConfig()
     batch_size = opts.batch_size or trainer.batch_size
+    accumulate, weight_decay = accumulation(trainer, batch_size, opts.accumulate_steps)
     device, gpus = pick_device(cpu=opts.cpu, gpus=opts.gpus)
     dist_info = init_distributed(use_cuda=device.type == "cuda")
     if dist_info.enabled:
@@ -57,7 +60,7 @@ def plan_run(opts: FullOptions) -> Plan:
     status = "new" if opts.eval_only else prepare_run_dir(run_dir, resume=opts.resume)
     barrier(dist_info)  # every rank has decided new/resume/finished before the main one writes
     return Plan(trainer=trainer, transfer=transfer, epochs=opts.epochs or trainer.epochs, batch_size=batch_size,
-                lr=opts.lr or trainer.optimizer.lr, device=device, gpus=gpus, dist=dist_info,
+                accumulate=accumulate, weight_decay=weight_decay, lr=opts.lr or trainer.optimizer.lr, device=device, gpus=gpus, dist=dist_info,
                 experiment_root=experiment_root, run_dir=run_dir, status=status)
 
 

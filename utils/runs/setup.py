@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -11,6 +12,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from models import build_model
 from utils.checkpoints import load_checkpoint
+from utils.data.seeded import SampleSeeded
 from utils.distributed import DistInfo
 from utils.errors import UserError
 from utils.runs.options import TransferConfig
@@ -96,16 +98,32 @@ def freeze_(model: nn.Module, transfer: TransferConfig) -> list[nn.Module]:
     return frozen
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, e.g. a Slurm allocation), not the machine's count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def loader_workers(requested: int) -> int:
+    """Data-loader worker processes: at most one per core this process may use (more only compete for them; the
+    results do not depend on the count, see utils.data.seeded)."""
+    usable = usable_cores()
+    if requested > usable:
+        log.info("%d data-loader workers asked for, %d cores here: using %d", requested, usable, usable)
+    return min(requested, usable)
+
+
 def make_loaders(data, *, batch_size: int, test_batch_size: int, workers: int, device: torch.device,
                  dist: DistInfo | None = None) -> tuple[DataLoader, DataLoader]:
     """Train loader shuffled by a generator the Manager reseeds per epoch (a DistributedSampler under DDP)."""
     generator = torch.Generator()
+    workers = loader_workers(workers)
     pin = device.type == "cuda"
     sampler = None
+    seeded = SampleSeeded(data.train)
     if dist is not None and dist.enabled:
-        sampler = DistributedSampler(data.train, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=0)
+        sampler = DistributedSampler(seeded, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=0)
     collate = getattr(data.train, "collate_fn", None)      # detection: a varying number of boxes per image
-    train = DataLoader(data.train, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
+    train = DataLoader(seeded, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
                        generator=generator, num_workers=workers, pin_memory=pin, drop_last=False, collate_fn=collate)
     test = DataLoader(data.test, batch_size=test_batch_size, shuffle=False, num_workers=workers, pin_memory=pin,
                       collate_fn=collate)

@@ -38,10 +38,9 @@ NOTED = {"logs_dir": "metrics go to the run directory's metrics.jsonl (and wandb
          "save_best_after": "this project keeps the last epoch's model: no model selection on the test set",
          "save_epochs": "the run directory keeps one resumable checkpoint.pt, rewritten every epoch",
          "loader_pin_memory": "memory is pinned whenever training runs on CUDA"}
-REFUSED_UNLESS = {"gradient_accum_steps": 1, "ffcv": False, "max_train_steps": -1, "max_eval_steps": -1,
+REFUSED_UNLESS = {"ffcv": False, "max_train_steps": -1, "max_eval_steps": -1,
                   "one_shot": False, "debug_steps": -1, "dataset_kwargs": {}}
-REFUSED_WHY = {"gradient_accum_steps": "gradient accumulation is not supported; use a smaller --train-batch-size",
-               "ffcv": "FFCV loaders are not supported",
+REFUSED_WHY = {"ffcv": "FFCV loaders are not supported",
                "max_train_steps": "partial epochs are not supported (recipes count whole epochs)",
                "max_eval_steps": "partial evaluation is not supported (the whole test split is scored)",
                "one_shot": "one-shot recipes run with `python -m utils.checkpoints.prune` here",
@@ -68,7 +67,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     _flag(p, "test_batch_size", type=int, required=True)
     _flag(p, "dataset", required=True, help=f"one of {', '.join(DATASETS)}")
     _flag(p, "dataset_path", required=True)
-    _flag(p, "arch_key", help="resnet18/34/50/101 or mobilenet (SparseML's spellings accepted)")
+    _flag(p, "arch_key", help="resnet18/34/50/101/152 or mobilenet (SparseML's spellings accepted)")
     _flag(p, "checkpoint_path", help="a file, zoo:STUB, or 'zoo' (the recipe stub's model)")
     _flag(p, "init_lr", type=float, default=1e-9)
     _flag(p, "recipe_path", help="a recipe file or zoo:STUB?recipe_type=TYPE")
@@ -95,7 +94,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     _flag(p, "save_best_after", type=int, default=None)
     _flag(p, "save_epochs", type=int, nargs="*", default=None)
     _flag(p, "local_rank", type=int, default=None, help="set by torch.distributed launchers; torchrun works too")
-    _flag(p, "gradient_accum_steps", type=int, default=1)
+    _flag(p, "gradient_accum_steps", type=int, default=1, help="batches per optimizer step (main.py --accumulate_steps)")
     _flag(p, "ffcv", action="store_true")
     _flag(p, "max_train_steps", type=int, default=-1)
     _flag(p, "max_eval_steps", type=int, default=-1)
@@ -108,13 +107,13 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 def our_arch(arch_key: str) -> str:
     """SparseML's architecture keys (resnet_50, resnetv1-50, mobilenet_v1, ...) -> ours."""
     key = arch_key.lower()
-    m = re.fullmatch(r"resnet(?:v1)?[-_]?(18|34|50|101)", key)
+    m = re.fullmatch(r"resnet(?:v1)?[-_]?(18|34|50|101|152)", key)
     if m:
         return f"resnet{m.group(1)}"
     if re.fullmatch(r"mobilenet(?:[-_]?v1)?(?:[-_]1\.0)?", key):
         return "mobilenet"
     raise UserError(f"--arch-key {arch_key!r}: not an architecture this project has; use resnet18, resnet34, "
-                    "resnet50, resnet101 or mobilenet")
+                    "resnet50, resnet101, resnet152 or mobilenet")
 
 
 def check_unsupported(args: argparse.Namespace) -> None:
@@ -122,6 +121,9 @@ def check_unsupported(args: argparse.Namespace) -> None:
     for name, default in REFUSED_UNLESS.items():
         if getattr(args, name) != default:
             raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: {REFUSED_WHY[name]}")
+    if args.gradient_accum_steps < 1:
+        raise UserError(f"--gradient-accum-steps {args.gradient_accum_steps}: give 1 (no accumulation) or more batches "
+                        "per optimizer step")
     if args.pretrained_dataset not in (None, "imagenet"):
         raise UserError(f"--pretrained-dataset {args.pretrained_dataset!r}: only ImageNet upstreams are in the "
                         "local zoo; give the file with --checkpoint-path")
@@ -232,6 +234,7 @@ def translate(argv: list[str], *, prog: str) -> FullOptions:
     atomic_write_text(trainer, trainer_yaml(args))
     return FullOptions(dataset=DATASETS[args.dataset], dataset_path=args.dataset_path, trainer_config_path=str(trainer),
                        from_checkpoint_path=checkpoint, arch=arch, batch_size=args.train_batch_size,
+                       accumulate_steps=args.gradient_accum_steps if args.gradient_accum_steps != 1 else None,
                        workers=workers, image_size=args.image_size,
                        experiment_root_path=args.save_dir, exp_name=tag, recipe=recipe, recipe_args=args.recipe_args,
                        eval_only=args.eval_mode, fp16=args.use_mixed_precision, resume=True,
@@ -240,6 +243,7 @@ def translate(argv: list[str], *, prog: str) -> FullOptions:
 
 MAIN_FLAGS = {"dataset": "--dset", "dataset_path": "--dset_path", "trainer_config_path": "--config_path",
               "from_checkpoint_path": "--from_checkpoint_path", "arch": "--arch", "batch_size": "--batch_size",
+              "accumulate_steps": "--accumulate_steps",
               "workers": "--workers", "image_size": "--image_size", "experiment_root_path": "--experiment_root_path",
               "exp_name": "--exp_name", "recipe": "--recipe", "recipe_args": "--recipe_args",
               "eval_only": "--eval_only", "fp16": "--fp16", "resume": "--resume", "cpu": "--cpu", "gpus": "--gpus"}

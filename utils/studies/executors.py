@@ -17,6 +17,7 @@ import torch
 
 from utils.errors import UserError
 from utils.registry import Registry
+from utils.runs.setup import usable_cores
 from utils.studies.cells import Cell, run_cell
 from utils.studies.study import SlurmSpec
 
@@ -66,14 +67,10 @@ def in_worker(fn: Callable[..., Any], *args: Any, threads: int | None = None, **
     return fn(*args, **kwargs)
 
 
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def default_jobs() -> int:
     """Local runs at once when none is asked for: one per GPU, else one per core up to 4 (the small models of
     a demo or a test keep one core busy each; a bigger one splits the cores over the workers)."""
-    return _gpu_count() or min(cores(), 4)
+    return _gpu_count() or min(usable_cores(), 4)
 
 
 @contextlib.contextmanager
@@ -81,7 +78,7 @@ def worker_pool(jobs: int) -> Iterator[ProcessPoolExecutor]:
     """`jobs` worker processes (spawned, dying with this process), each with cores // jobs torch threads;
     the sweep makes one and runs both its upstreams and its cells in it."""
     context = multiprocessing.get_context("spawn")
-    threads = max(1, cores() // jobs)
+    threads = max(1, usable_cores() // jobs)
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker,
                              initargs=(os.getpid(), threads)) as pool:
         yield pool

@@ -13,8 +13,9 @@ from typing import Any, Callable
 from utils.checkpoints import file_sha256, prune_checkpoint
 from utils.errors import UserError
 from utils.runs import RUNS
+from utils.runs.setup import usable_cores
 from utils.studies.cells import NOT_IN_KEY, dataset_file_hash, file_text_hash
-from utils.studies.executors import Lane, cores, in_worker
+from utils.studies.executors import Lane, in_worker
 from utils.studies.study import Study, UpstreamSpec
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ def resolve_upstreams(study: Study, *, make: bool, progress: Callable[[str], Non
         ready = [u for u in waiting if not (u.produce and u.produce.from_upstream
                                             and u.produce.from_upstream not in paths)]   # else: source being made
         trainings = len(running) + sum(bool(make and u.produce and u.produce.oneshot_sparsity is None) for u in ready)
-        threads = max(1, cores() // max(1, min(jobs, trainings))) if jobs else None
+        threads = max(1, usable_cores() // max(1, min(jobs, trainings))) if jobs else None
         for u in ready:
             waiting.remove(u)
             source = _source_of(u, paths)

@@ -1,0 +1,57 @@
+"""Per-sample seeded augmentation: a training sample's random crop and flip depend on (seed, epoch, index) only.
+
+Without it the random transforms draw from whichever process decodes the sample: the main process's generator
+with `--workers 0`, else each worker's own (torch seeds worker w with base + w, and worker w decodes batches
+w, w+W, ...), so the same seed gave other numbers on a machine with another worker count. Here every sample
+seeds torch, NumPy and Python's `random` from its own key before its transform runs; in the main process the
+generators' states are put back afterwards, so the training step draws the same numbers with or without it.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, get_worker_info
+
+from utils.seed import sample_seed
+
+
+class SampleSeeded(Dataset):
+    """`dataset` with each `__getitem__(i)` seeded from `sample_seed(epoch_key, i)`; `set_epoch_seed` per epoch."""
+
+    def __init__(self, dataset: Dataset, epoch_key: int = 0):
+        self.dataset, self.epoch_key = dataset, int(epoch_key)
+
+    def set_epoch_seed(self, key: int) -> None:
+        """Called before an epoch's iterator starts (workers take a copy of the dataset then)."""
+        self.epoch_key = int(key)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        seed = sample_seed(self.epoch_key, int(index))
+        if get_worker_info() is not None:       # a worker's generators serve nothing else
+            _seed_all(seed)
+            return self.dataset[index]
+        saved = torch.get_rng_state(), np.random.get_state(), random.getstate()
+        try:
+            _seed_all(seed)
+            return self.dataset[index]
+        finally:
+            torch.set_rng_state(saved[0])
+            np.random.set_state(saved[1])
+            random.setstate(saved[2])
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "dataset":                   # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def _seed_all(seed: int) -> None:
+    torch.default_generator.manual_seed(seed)   # CPU only: CUDA's generators are not the transforms'
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
