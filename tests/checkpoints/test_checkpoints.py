@@ -21,7 +21,7 @@ import utils.checkpoints.detect as detect_mod
 import utils.checkpoints.flavours as flavours_mod
 from models import build_model, model_task
 from policies.modifiers.params import sparseml_alias, sparseml_mobilenet_alias
-from utils.checkpoints import (FLAVOURS, detect_flavour, file_sha256, load_checkpoint, load_flavour,
+from utils.checkpoints import (FLAVOURS, check_dense_label, detect_flavour, file_sha256, load_checkpoint, load_flavour,
                                save_native_checkpoint)
 from utils.errors import UserError
 from utils.sparsity import prunable_parameters
@@ -493,18 +493,20 @@ def test_cli_prints_the_report(tmp_path):
 
 
 def test_a_pruned_file_in_a_dense_flavour_is_named_once(tmp_path, caplog):
-    """torchvision_resnet18 labels files 'Dense'; one that is mostly zeros says so, once per file."""
+    """torchvision_resnet18 labels files 'Dense'; results about to call one that is mostly zeros 'Dense' say so,
+    once per file; a label given by the user, or a dense file, says nothing."""
     model = build_model("resnet18", num_classes=10)
     with torch.no_grad():
         for p in prunable_parameters(model).values():
             p[p.abs() < p.abs().flatten().quantile(0.8)] = 0
     path = _save(dict(model.state_dict()), tmp_path / "pruned_r18.pth")
     dense = _save(dict(build_model("resnet18", num_classes=10).state_dict()), tmp_path / "dense_r18.pth")
+    loaded, plain = load_checkpoint(path), load_checkpoint(dense)
+    assert loaded.flavour.name == "torchvision_resnet18" and loaded.method == plain.method == "Dense"
     with caplog.at_level(logging.WARNING, logger="utils.checkpoints.load"):
-        first = load_checkpoint(path)
-        load_checkpoint(path)
-        load_checkpoint(dense)
-    assert first.flavour.name == "torchvision_resnet18" and first.method == "Dense"
+        check_dense_label(plain.method, plain.report.global_sparsity, dense)
+        check_dense_label("Magnitude", loaded.report.global_sparsity, path)
+        for _ in range(2):
+            check_dense_label(loaded.method, loaded.report.global_sparsity, path)
     warned = [r.getMessage() for r in caplog.records]
-    assert len(warned) == 1 and "pruned_r18.pth" in warned[0] and "80.0% sparse" in warned[0] \
-        and "--model_label" in warned[0]
+    assert len(warned) == 1 and "pruned_r18.pth is 80.0% sparse" in warned[0] and "--model_label" in warned[0]

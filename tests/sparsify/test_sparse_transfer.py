@@ -223,6 +223,11 @@ def test_end_to_end_sparse_transfer_keeps_sparsity_and_writes_summary(tmp_path, 
         assert torch.equal(final[name] == 0, ~mask), name
     report = (out / "summary.md").read_text()
     assert "speed-up vs dense" in report and report in capsys.readouterr().out
+    (out / "result.json").unlink()              # as if killed before the end: this command's flags in the line
+    with pytest.raises(SystemExit):
+        sparse_transfer.main(["--use-case", "ic", "--data", str(data), "--zoo", str(zoo), "--out", str(out)])
+    assert "holds an unfinished transfer (checkpoint.pt); pass --resume to continue it, or choose another --out" \
+        in capsys.readouterr().err
 
 
 def test_model_flag_reads_arch_and_sparsity_from_the_file(tmp_path):

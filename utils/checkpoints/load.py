@@ -268,12 +268,6 @@ def load_checkpoint(path: str | Path, *, flavour: str | None = None, num_classes
     for name in removed:
         _replace_with_identity(model, name)
     masks = {n: m for n, m in masks.items() if not n.startswith(tuple(f"{r}." for r in removed))}
-    if chosen.method == DENSE_LABEL and not header and report.global_sparsity > SPARSE_DENSE_FILE \
-            and source not in _WARNED_SPARSE:
-        _WARNED_SPARSE.add(source)
-        log.warning("%s: flavour %r labels its files %r, but this one is %.1f%% sparse; its results will say %r "
-                    "unless you pass --model_label", source, chosen.name, DENSE_LABEL,
-                    100 * report.global_sparsity, DENSE_LABEL)
     return LoadedCheckpoint(
         model=model, masks=masks, flavour=chosen, arch=arch, arch_kwargs=arch_kwargs, report=report,
         source_path=path, num_classes=model.get_classifier().out_features, classifier_loaded=keep_classifier,
@@ -282,6 +276,16 @@ def load_checkpoint(path: str | Path, *, flavour: str | None = None, num_classes
         input_size=(header.get("extra", {}).get("input_size", model.default_input_size) if header
                     else chosen.input_size),
         detected=named is None, header=header, recipe=_embedded_recipe(raw, chosen))
+
+
+def check_dense_label(label: str, sparsity: float, source: str | Path) -> None:
+    """Warn (once per file) when results would call a file 'Dense' (its flavour's label, e.g. a torchvision
+    state dict) although it is mostly zeros: somebody's pruned model, whose method the user should name."""
+    if label != DENSE_LABEL or sparsity <= SPARSE_DENSE_FILE or str(source) in _WARNED_SPARSE:
+        return
+    _WARNED_SPARSE.add(str(source))
+    log.warning("%s is %.1f%% sparse, but its flavour labels it %r in results; pass --model_label to name its "
+                "method (a study: the upstream's `model`)", source, 100 * sparsity, DENSE_LABEL)
 
 
 def _embedded_recipe(raw: Any, flavour: Flavour) -> str | None:

@@ -24,6 +24,7 @@ from policies.modifiers.distillation import DistillationModifier
 from policies.modifiers.layers import LayerPruningModifier
 from policies.tasks import ClassificationTask, Task, fastest_precision
 from policies.trainer import LRSchedulePolicy, build_optimizer
+from utils.checkpoints import check_dense_label
 from utils.data import DatasetSplits, is_detection_dataset, load_detection_datasets, load_datasets
 from utils.detection import DetectionTask
 from utils.detection.anchors import check_anchors_
@@ -178,6 +179,8 @@ def fine_tune(opts: FullOptions) -> RunResult:
     final_masks = check_sparsity(upstream.model, masks, recipe=opts.recipe is not None,
                                  loaded_sparsity=loaded_sparsity)
     label = opts.model_label or recipe_method(schedule) or upstream.method
+    if label == upstream.method and opts.from_checkpoint_path:
+        check_dense_label(label, loaded_sparsity, opts.from_checkpoint_path)
     removed = [n for p in schedule if isinstance(p, LayerPruningModifier) for n in p.removed]
     return finish(opts, plan, upstream=upstream, masks=final_masks, metrics=metrics, inputs=inputs, label=label,
                   extra={"classes": data.classes, **({"removed_layers": removed} if removed else {})},

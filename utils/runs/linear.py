@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 
 from policies.trainer import TrainerConfig
-from utils.checkpoints import LoadedCheckpoint, file_sha256, load_checkpoint
+from utils.checkpoints import LoadedCheckpoint, check_dense_label, file_sha256, load_checkpoint
 from utils.config import load_config
 from utils.data import IMAGENET_MEAN, IMAGENET_STD, DatasetSplits, content_fingerprint, load_datasets
 from utils.data.seeded import SampleSeeded
@@ -223,6 +223,8 @@ def result_record(opts: LinearOptions, up: FrozenUpstream, classifier: LinearCla
     """The result: the same keys as full fine-tuning's, finetuning=linear, plus the probe's."""
     model, flavour = up.model, up.loaded.flavour
     sparsity = measured_sparsity(model)
+    if not opts.model_label:
+        check_dense_label(up.loaded.method, sparsity, opts.from_checkpoint_path)
     return {
         "dset": opts.dataset, "model": opts.model_label or up.loaded.method,
         "sparsity": opts.sparsity_label if opts.sparsity_label is not None else round(sparsity, 2),

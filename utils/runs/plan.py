@@ -60,8 +60,8 @@ def plan_run(opts: FullOptions) -> Plan:
     status = "new" if opts.eval_only else prepare_run_dir(run_dir, resume=opts.resume)
     barrier(dist_info)  # every rank has decided new/resume/finished before the main one writes
     return Plan(trainer=trainer, transfer=transfer, epochs=opts.epochs or trainer.epochs, batch_size=batch_size,
-                accumulate=accumulate, weight_decay=weight_decay, lr=opts.lr or trainer.optimizer.lr, device=device, gpus=gpus, dist=dist_info,
-                experiment_root=experiment_root, run_dir=run_dir, status=status)
+                accumulate=accumulate, weight_decay=weight_decay, lr=opts.lr or trainer.optimizer.lr, device=device,
+                gpus=gpus, dist=dist_info, experiment_root=experiment_root, run_dir=run_dir, status=status)
 
 
 def run_dir_of(opts: FullOptions) -> Path:

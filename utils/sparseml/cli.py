@@ -94,7 +94,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     _flag(p, "save_best_after", type=int, default=None)
     _flag(p, "save_epochs", type=int, nargs="*", default=None)
     _flag(p, "local_rank", type=int, default=None, help="set by torch.distributed launchers; torchrun works too")
-    _flag(p, "gradient_accum_steps", type=int, default=1, help="batches per optimizer step (main.py --accumulate_steps)")
+    _flag(p, "gradient_accum_steps", type=int, default=1,
+          help="batches per optimizer step (main.py --accumulate_steps)")
     _flag(p, "ffcv", action="store_true")
     _flag(p, "max_train_steps", type=int, default=-1)
     _flag(p, "max_eval_steps", type=int, default=-1)

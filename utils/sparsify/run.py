@@ -228,6 +228,9 @@ def score(result: RunResult) -> dict[str, Any]:
 
 def transfer(opts: SparseTransferOptions, *, case: UseCase, chosen: ZooEntry, recipe: str, run_dir: Path) -> RunResult:
     """Full fine-tuning of the chosen upstream with the recipe, every zero kept (a finished run is reused)."""
+    if not opts.resume and (run_dir / "checkpoint.pt").exists():    # (a finished one is refused before)
+        raise UserError(f"{run_dir} holds an unfinished transfer (checkpoint.pt); pass --resume to continue it, or "
+                        "choose another --out")
     kind = RUNS.get("full")
     result = kind.run(kind.options(
         dataset=case.dataset, dataset_path=opts.data,
