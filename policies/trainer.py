@@ -41,6 +41,9 @@ class ScheduleConfig(StrictModel):
     warmup_min_batches: int = Field(default=0, ge=0)        # ... or batches (YOLOv5's 100 iterations, accumulated)
     warmup_momentum: float | None = Field(default=None, ge=0, lt=1)   # SGD momentum rises from this (YOLOv5: 0.8)
     warmup_bias_lr: float | None = Field(default=None, ge=0)  # a detector's bias group falls from this lr (0.1)
+    # YOLOv5's (torch's LambdaLR stepped once an epoch): the value changes at epoch ends and the cosine counts from
+    # epoch 0; a warm-up rises to the value of the epoch it is in
+    per_epoch: bool = False
 
 
 class TrainerConfig(StrictModel):
@@ -141,8 +144,9 @@ def step_lr(progress_epochs: float, base_lr: float, total_epochs: float, cfg: Sc
 
 @LR_SCHEDULES.register("cosine")
 def cosine_lr(progress_epochs: float, base_lr: float, total_epochs: float, cfg: ScheduleConfig) -> float:
-    span = max(total_epochs - cfg.warmup_epochs, 1e-12)
-    t = min(max((progress_epochs - cfg.warmup_epochs) / span, 0.0), 1.0)
+    offset = 0.0 if cfg.per_epoch else cfg.warmup_epochs
+    span = max(total_epochs - offset, 1e-12)
+    t = min(max((progress_epochs - offset) / span, 0.0), 1.0)
     return cfg.final_lr + 0.5 * (base_lr - cfg.final_lr) * (1 + math.cos(math.pi * t))
 
 
@@ -174,12 +178,16 @@ def lr_at(step: int, *, steps_per_epoch: int, total_epochs: int, base_lr: float,
     """The learning rate for optimizer step `step` (0-based): linear warm-up from `start_lr` (default the config's
     warmup_start_lr) to the schedule's value at the end of the warm-up, then the schedule."""
     epoch, span = step / steps_per_epoch, warmup_epochs(cfg, steps_per_epoch, batches_per_epoch)
+    schedule = LR_SCHEDULES.get(cfg.name)
     start = cfg.warmup_start_lr if start_lr is None else start_lr
+    if cfg.per_epoch:
+        value = schedule(float(math.floor(epoch)), base_lr, total_epochs, cfg)
+        return start + (value - start) * epoch / span if epoch < span else value
     if epoch < span:
         yolov5 = cfg.warmup_min_steps or cfg.warmup_min_batches     # YOLOv5 warms up to where the schedule stands
-        target = LR_SCHEDULES.get(cfg.name)(span, base_lr, total_epochs, cfg) if yolov5 else base_lr
+        target = schedule(span, base_lr, total_epochs, cfg) if yolov5 else base_lr
         return start + (target - start) * epoch / span
-    return LR_SCHEDULES.get(cfg.name)(epoch, base_lr, total_epochs, cfg)
+    return schedule(epoch, base_lr, total_epochs, cfg)
 
 
 def momentum_at(step: int, *, steps_per_epoch: int, momentum: float, cfg: ScheduleConfig,

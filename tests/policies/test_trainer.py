@@ -1,10 +1,12 @@
 import math
 
+import numpy as np
 import pytest
 
 from policies.trainer import ScheduleConfig, TrainerConfig, lr_at, momentum_at, warmup_epochs
 from utils.config import load_config
 from utils.errors import UserError
+from utils.paths import TRAINER_DIR
 
 
 def test_study_step_schedule_decays_after_epochs_50_and_100():
@@ -64,6 +66,33 @@ def test_a_warmup_counted_in_batches_under_accumulation():
                             batches_per_epoch=batches)
     assert math.isclose(lr(25), 0.01 + (1e-4 - 0.01) * 5 / 50) and math.isclose(lr(12.5), lr(25) / 2)
     assert warmup_epochs(cfg.model_copy(update={"warmup_min_batches": 0, "warmup_min_steps": 100}), spe, batches) == 20
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_per_epoch_schedules_give_yolov5s_learning_rates(name):
+    """yolov5_finetune(_cos).yaml against YOLOv5's train.py loop (lr0 0.01, lrf 0.01, 3 warm-up epochs or 100
+    batches, interpolated per batch to lr0 x lf(epoch); after it LambdaLR's lr0 x lf(epoch)), every batch of 50
+    epochs of 7 batches, the weights' group (from 0) and the biases' (from 0.1)."""
+    config = "yolov5_finetune.yaml" if name == "linear" else "yolov5_finetune_cos.yaml"
+    cfg = load_config(TRAINER_DIR / config, TrainerConfig).schedule
+    epochs, nb, lr0, lrf = 50, 7, 0.01, 0.01
+    if name == "linear":
+        lf = lambda x: (1 - x / epochs) * (1.0 - lrf) + lrf
+    else:
+        lf = lambda x: ((1 - math.cos(x * math.pi / epochs)) / 2) * (lrf - 1) + 1
+    nw = max(round(3 * nb), 100)
+    for ni in range(epochs * nb):
+        epoch = ni // nb
+        if ni <= nw:
+            want = [float(np.interp(ni, [0, nw], [start, lr0 * lf(epoch)])) for start in (0.0, 0.1)]
+        else:
+            want = [lr0 * lf(epoch)] * 2
+        got = [lr_at(ni, steps_per_epoch=nb, total_epochs=epochs, base_lr=lr0, cfg=cfg, start_lr=start,
+                     batches_per_epoch=nb) for start in (0.0, 0.1)]
+        assert got == pytest.approx(want, rel=1e-12, abs=1e-15), (ni, got, want)
+        momentum = float(np.interp(ni, [0, nw], [0.8, 0.937])) if ni <= nw else 0.937
+        assert momentum_at(ni, steps_per_epoch=nb, momentum=0.937, cfg=cfg, batches_per_epoch=nb) \
+            == pytest.approx(momentum, rel=1e-12)
 
 
 def test_configs_without_the_yolov5_warmup_keep_their_schedule_bit_for_bit():
