@@ -93,12 +93,21 @@ class Manager:
                                     "lower the learning rate in the trainer config or recipe")
                 if index == first:
                     s.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss if task.loss_grows_with_batch else loss / group).backward()
+                self.scaler.scale(self._share(loss, group)).backward()
             if stepping:
                 self._optimizer_step()
             s.batch = None
             task.update_stats(stats, outputs, targets, loss)
         return task.finish_stats(stats)
+
+    def _share(self, loss: torch.Tensor, group: int) -> torch.Tensor:
+        """What one batch back-propagates so that the step's gradient is that of one batch of all the step's
+        images on all processes: a mean loss averaged over the step's batches (DDP averages over processes);
+        a loss that grows with the batch summed, and times the processes (YOLOv5's `loss *= WORLD_SIZE`)."""
+        if not self.task.loss_grows_with_batch:
+            return loss / group
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        return loss * torch.distributed.get_world_size() if distributed else loss
 
     def _optimizer_step(self) -> None:
         s = self.state

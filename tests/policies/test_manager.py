@@ -148,3 +148,49 @@ def test_the_accumulation_rules():
     assert accumulation(TrainerConfig(optimizer=opt, accumulate_steps=5), 8) == (5, 5e-4)
     with pytest.raises(ValueError, match="accumulate_steps or nominal_batch_size, not both"):
         TrainerConfig(optimizer=opt, accumulate_steps=2, nominal_batch_size=64)
+
+
+def _ddp_rank(rank: int, port: int, out: str) -> None:
+    """One of two gloo processes: global batches of 16 (8 per rank, rank r the r-th half), 2 batches of 4 each
+    accumulated per step, a loss that grows with the batch."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    data = ddp_data()
+    halves = [list(range(start, start + 4)) for b in range(3) for k in range(2)
+              for start in [b * 16 + rank * 8 + k * 4]]
+    model = Linear64()
+    cfg = OptimizerConfig(name="sgd", lr=0.3, momentum=0.9, weight_decay=1e-3)
+    state = TrainState(model=model, forward_model=DistributedDataParallel(model),
+                       optimizer=build_optimizer(model, cfg), device=torch.device("cpu"), steps_per_epoch=3,
+                       num_epochs=2, seed=3)
+    loader = DataLoader(data, batch_sampler=halves)
+    Manager(state=state, policies=[], train_loader=loader, test_loader=loader, accumulate_steps=2,
+            task=SummedLoss()).fit()
+    if rank == 0:
+        torch.save(model.state_dict(), out)
+    dist.destroy_process_group()
+
+
+def ddp_data():
+    g = torch.Generator().manual_seed(11)
+    return TensorDataset(torch.randn(48, 12, dtype=torch.float64, generator=g), torch.randint(0, 3, (48,), generator=g))
+
+
+def test_two_processes_accumulating_step_as_one_process_with_their_whole_batch(tmp_path):
+    """DDP (gloo, CPU) with accumulation and a loss that grows with the batch (a detector's): the weights move as
+    one process's batches of 16 move them (YOLOv5 multiplies such a loss by the number of processes)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_rank, args=(port, str(tmp_path / "ddp.pt")), nprocs=2, join=True)
+    whole = DataLoader(ddp_data(), batch_size=16)
+    want, _, _ = accumulated_run(whole, accumulate=1, steps_per_epoch=3, task=SummedLoss())
+    got = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    for name, value in want.state_dict().items():
+        assert torch.allclose(got[name], value, rtol=0, atol=1e-12), name
