@@ -648,7 +648,7 @@ def test_image_checks_are_cached_by_size_and_time(tmp_path, monkeypatch):
     make_folders(tmp_path)
     load_datasets("imagefolder", tmp_path)
     calls = []
-    monkeypatch.setattr(verify, "problem", lambda p: calls.append(p))
+    monkeypatch.setattr(verify, "inspect", lambda p: calls.append(p) or (None, [20, 20]))
     load_datasets("imagefolder", tmp_path)
     assert calls == [], "a second run checks nothing that did not change"
     write_image(tmp_path / "train" / "cat" / "cat_9.jpg", size=(20, 20))

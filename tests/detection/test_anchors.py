@@ -1,10 +1,14 @@
 """AutoAnchor: anchors that fit the labels stay; poorly fitting ones are replaced by better evolved ones, repeatably."""
+import json
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from models import build_model
+from utils.data import verify
+from utils.data.verify import image_sizes, verify_images
 from utils.detection.anchors import anchor_fit, check_anchors_, evolve_anchors, label_sizes
 
 
@@ -43,6 +47,32 @@ def test_poorly_fitting_anchors_are_replaced_by_better_ones_repeatably(tmp_path)
     again = build_model("yolov5n", num_classes=2).get_classifier()
     check_anchors_(again, items, labels, imgsz=320, seed=0)
     assert torch.equal(again.anchors, head.anchors)
+    # the image sizes the image check keeps give the same anchors as the files' headers
+    paths = [image for image, _ in items]
+    verify_images(paths, root=tmp_path)
+    cached = build_model("yolov5n", num_classes=2).get_classifier()
+    check_anchors_(cached, items, labels, imgsz=320, seed=0, image_wh=image_sizes(paths, root=tmp_path))
+    assert torch.equal(cached.anchors, head.anchors)
+
+
+def test_image_sizes_come_from_the_checks_cache_and_follow_changed_files(tmp_path, monkeypatch):
+    paths = []
+    for i, size in enumerate([(40, 30), (50, 64), (33, 20)]):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.zeros((size[1], size[0], 3), np.uint8)).save(paths[-1])
+    verify_images(paths, root=tmp_path)
+    opened = []
+    original = verify.inspect
+    monkeypatch.setattr(verify, "inspect", lambda p: opened.append(p) or original(p))
+    assert image_sizes(paths, root=tmp_path) == [(40, 30), (50, 64), (33, 20)] and opened == []
+    Image.fromarray(np.zeros((10, 90, 3), np.uint8)).save(paths[1])          # replaced in place
+    cache = verify.cache_file(tmp_path)
+    entries = json.loads(cache.read_text())
+    entries[str(paths[2])] = entries[str(paths[2])][:2]                       # a cache from before sizes were kept
+    cache.write_text(json.dumps(entries))
+    assert image_sizes(paths, root=tmp_path) == [(40, 30), (90, 10), (33, 20)] and opened == paths[1:]
+    assert image_sizes(paths, root=tmp_path) == [(40, 30), (90, 10), (33, 20)] and len(opened) == 2   # remembered
+    assert image_sizes(paths, root=None) == [(40, 30), (90, 10), (33, 20)]   # no cache: the headers
 
 
 def test_fitting_anchors_are_kept(tmp_path):

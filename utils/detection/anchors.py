@@ -22,15 +22,19 @@ log = logging.getLogger(__name__)
 GOOD_FIT_BPR = 0.98
 
 
-def label_sizes(items: list, labels: list[torch.Tensor], *, imgsz: int, rng: np.random.Generator | None = None
-                ) -> np.ndarray:
-    """(n, 2) label widths and heights in pixels at the training size; `rng`: a 0.9-1.1 scale per image."""
+def label_sizes(items: list, labels: list[torch.Tensor], *, imgsz: int, rng: np.random.Generator | None = None,
+                image_wh: list[tuple[int, int]] | None = None) -> np.ndarray:
+    """(n, 2) label widths and heights in pixels at the training size; `rng`: a 0.9-1.1 scale per image.
+    `image_wh`: each item's (width, height) if known (the image check caches them), else read from the headers."""
     sizes = []
-    for (image, _), boxes in zip(items, labels):
+    for index, ((image, _), boxes) in enumerate(zip(items, labels)):
         if not len(boxes):
             continue
-        with Image.open(image) as im:
-            w, h = im.size
+        if image_wh is not None:
+            w, h = image_wh[index]
+        else:
+            with Image.open(image) as im:
+                w, h = im.size
         scale = imgsz / max(w, h) * (rng.uniform(0.9, 1.1) if rng is not None else 1.0)
         sizes.append(boxes[:, 3:5].numpy() * np.array([w, h]) * scale)
     return np.concatenate(sizes).astype(np.float32) if sizes else np.zeros((0, 2), np.float32)
@@ -79,10 +83,10 @@ def evolve_anchors(wh: np.ndarray, n: int, *, imgsz: int, anchor_t: float = 4.0,
 
 
 def check_anchors_(head: torch.nn.Module, items: list, labels: list[torch.Tensor], *, imgsz: int, seed: int,
-                   anchor_t: float = 4.0) -> str:
+                   anchor_t: float = 4.0, image_wh: list[tuple[int, int]] | None = None) -> str:
     """Keep or replace a Detect head's anchors (stride units) for this training data; returns what was done."""
     rng = np.random.default_rng(seed)
-    wh = torch.from_numpy(label_sizes(items, labels, imgsz=imgsz, rng=rng))
+    wh = torch.from_numpy(label_sizes(items, labels, imgsz=imgsz, rng=rng, image_wh=image_wh))
     if not len(wh):
         return "AutoAnchor: no labels to check the anchors against; kept"
     stride = head.stride.view(-1, 1, 1).to(head.anchors.device)

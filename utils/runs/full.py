@@ -26,6 +26,7 @@ from policies.tasks import ClassificationTask, Task, fastest_precision
 from policies.trainer import LRSchedulePolicy, build_optimizer
 from utils.checkpoints import check_dense_label
 from utils.data import DatasetSplits, is_detection_dataset, load_detection_datasets, load_datasets
+from utils.data.verify import image_sizes
 from utils.detection import DetectionTask
 from utils.detection.anchors import check_anchors_
 from utils.errors import UserError
@@ -152,8 +153,9 @@ def fine_tune(opts: FullOptions) -> RunResult:
     seed_everything(opts.seed)
     masks, frozen = prepare_model_(upstream, num_classes=data.num_classes, transfer=plan.transfer, device=plan.device)
     if data.layout == "yolo" and not opts.noautoanchor and plan.status != "resume":   # a resumed run has its anchors
+        known = image_sizes([Path(image) for image, _ in data.train.items], root=data.root)   # the check's cache
         log.info("%s", check_anchors_(upstream.model.get_classifier(), data.train.items, data.train.labels,
-                                      imgsz=inputs.image_size, seed=opts.seed))
+                                      imgsz=inputs.image_size, seed=opts.seed, image_wh=known))
     loaded_sparsity = measured_sparsity(upstream.model)
     loaders = make_loaders(data, batch_size=plan.batch_size, test_batch_size=plan.trainer.test_batch_size or
                            plan.batch_size, workers=opts.workers, device=plan.device, dist=plan.dist)
