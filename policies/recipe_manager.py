@@ -29,8 +29,9 @@ The modifiers are this project's policies (no second implementation): the manage
 as `policies.manager.Manager` at the same points of a step. BATCH_START (LR, QAT switches) runs in a
 forward pre-hook on the first forward in training mode of each step, AFTER_BACKWARD, the optimizer step and
 AFTER_OPTIMIZER_STEP (masks) inside `optimizer.step()`. With `seed=` the manager reseeds every epoch as
-main.py does (and the `loader`'s generator), so a loop over the same data repeats a `main.py --recipe` run
-bit for bit.
+main.py does (and the `loader`'s generator, and its dataset's per-sample seeds when it is wrapped in
+utils.data.seeded.SampleSeeded as main.py's is), so a loop over the same data repeats a `main.py --recipe` run
+bit for bit. Gradient accumulation: `steps_per_epoch` counts optimizer steps (one recipe step each).
 """
 from __future__ import annotations
 

@@ -58,37 +58,43 @@ def user_setup():
     return upstream.model, loader
 
 
-def user_loop(recipe, model, loader, *, lrs, stop_after_epoch=None, manager_state=None):
-    """The hand-written loop of a SparseML user (lines marked # loop); returns the manager."""
+def user_loop(recipe, model, loader, *, lrs, stop_after_epoch=None, manager_state=None, accumulate=1):
+    """The hand-written loop of a SparseML user (lines marked # loop; with `accumulate`, one optimizer step per
+    that many batches, the epoch's last step with what is left); returns the manager."""
+    steps = -(-len(loader) // accumulate)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=0.0005)    # loop
     manager = RecipeManager.from_yaml(recipe, recipe_args={"num_epochs": 3})                       # loop
     if manager_state is not None:
         manager.load_state_dict(manager_state["manager"])
         optimizer.load_state_dict(manager_state["optimizer"])
-    first = 0 if manager_state is None else manager_state["manager"]["step"] // len(loader)
-    optimizer = manager.modify(model, optimizer, steps_per_epoch=len(loader), seed=SEED, loader=loader,  # loop
+    first = 0 if manager_state is None else manager_state["manager"]["step"] // steps
+    optimizer = manager.modify(model, optimizer, steps_per_epoch=steps, seed=SEED, loader=loader,   # loop
                                start_epoch=first)
     for epoch in range(first, manager.max_epochs):                                                  # loop
         model.train()                                                                               # loop
-        for inputs, targets in loader:                                                              # loop
-            optimizer.zero_grad()                                                                   # loop
+        for i, (inputs, targets) in enumerate(loader):                                              # loop
+            begins = i - i % accumulate
+            group = min(accumulate, len(loader) - begins)
+            if i == begins:
+                optimizer.zero_grad()                                                               # loop
             loss = F.cross_entropy(model(inputs), targets)                                          # loop
-            loss.backward()                                                                         # loop
-            lrs.append(optimizer.param_groups[0]["lr"])
-            optimizer.step()                                                                        # loop
+            (loss / group).backward()                                                               # loop
+            if i == begins + group - 1:
+                lrs.append(optimizer.param_groups[0]["lr"])
+                optimizer.step()                                                                    # loop
         if epoch == stop_after_epoch:
             return manager, optimizer
     manager.finalize(model)                                                                         # loop
     return manager, optimizer
 
 
-def main_run(tmp_path, trainer_config):
+def main_run(tmp_path, trainer_config, accumulate=1):
     recipe = tmp_path / "gmp_qat.yaml"
     recipe.write_text(GMP_QAT)
     main.main(["--dset", "synthetic", "--config_path", str(trainer_config(TRAINER)), "--arch", "resnet_small",
                "--experiment_root_path", str(tmp_path / "exp"), "--workers", "0", "--no_progress",
                "--image_size", "16", "--manual_seed", str(SEED), "--recipe", str(recipe),
-               "--recipe_args", '{"num_epochs": 3}', "--exp_name", "r"])
+               "--recipe_args", '{"num_epochs": 3}', "--exp_name", "r", "--accumulate_steps", str(accumulate)])
     run_dir = tmp_path / "exp" / "r"
     saved = torch.load(run_dir / "model.pt", weights_only=True)
     epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -114,14 +120,17 @@ def assert_same_as_main(model, lrs, steps_per_epoch, saved, epochs):
                 assert (torch.equal(v, other) if torch.is_tensor(v) else v == other), (name, q, k)
 
 
-def test_a_hand_written_loop_with_a_gmp_and_qat_recipe_equals_main_py(tmp_path, trainer_config, one_torch_thread):
-    recipe, saved, epochs = main_run(tmp_path, trainer_config)
+@pytest.mark.parametrize("accumulate", [1, 3])   # 3: steps of 3 and 1 of the 4 batches
+def test_a_hand_written_loop_with_a_gmp_and_qat_recipe_equals_main_py(tmp_path, trainer_config, one_torch_thread,
+                                                                      accumulate):
+    recipe, saved, epochs = main_run(tmp_path, trainer_config, accumulate)
     model, loader = user_setup()
     lrs = []
-    manager, _ = user_loop(recipe, model, loader, lrs=lrs)
-    assert manager.max_epochs == 3 and len(lrs) == 3 * len(loader)
-    assert len(set(lrs)) > 3 * len(loader) - 2     # a cosine: a new LR (almost) every step
-    assert_same_as_main(model, lrs, len(loader), saved, epochs)
+    manager, _ = user_loop(recipe, model, loader, lrs=lrs, accumulate=accumulate)
+    steps = -(-len(loader) // accumulate)
+    assert manager.max_epochs == 3 and len(lrs) == 3 * steps and steps >= 2
+    assert len(set(lrs)) > 3 * steps - 2     # a cosine: a new LR (almost) every step
+    assert_same_as_main(model, lrs, steps, saved, epochs)
     sparsity = float(sum((p == 0).sum() for n, p in model.named_parameters() if p.ndim > 1)
                      / sum(p.numel() for n, p in model.named_parameters() if p.ndim > 1))
     assert sparsity == pytest.approx(0.6, abs=0.02)
