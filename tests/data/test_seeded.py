@@ -61,3 +61,23 @@ def test_attributes_reach_the_wrapped_dataset_and_it_pickles():
     assert data.classes == ["a", "b"] and len(data) == 24
     copy = pickle.loads(pickle.dumps(data))
     assert torch.equal(copy[3], data[3])
+
+
+class BatchAugmented(RandomlyAugmented):
+    """Fetches whole batches (as the YOLO dataset does: one draw over the batch after per-image ones)."""
+
+    def __getitems__(self, indices):
+        shared = float(torch.rand(()))
+        return [torch.cat([self[i], torch.tensor([shared])]) for i in indices]
+
+
+def test_a_dataset_fetching_batches_is_seeded_per_batch_whatever_the_workers():
+    def batches(workers):
+        loader = DataLoader(SampleSeeded(BatchAugmented()), batch_size=5, shuffle=True, generator=torch.Generator(),
+                            num_workers=workers)
+        seed_epoch(5, 2, loader)
+        return torch.cat(list(loader))
+
+    main = batches(0)
+    assert torch.equal(main, batches(2))
+    assert main[:5, -1].unique().numel() == 1 and main[:, -1].unique().numel() == 5     # one draw per batch

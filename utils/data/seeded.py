@@ -9,7 +9,7 @@ generators' states are put back afterwards, so the training step draws the same 
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -32,14 +32,26 @@ class SampleSeeded(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> Any:
-        seed = sample_seed(self.epoch_key, int(index))
+        return self._seeded(int(index), lambda: self.dataset[index])
+
+    def __getitems__(self, indices: list[int]) -> list[Any]:
+        """A batch: a dataset that fetches batches itself (YOLO's: per-image draws, then flips and colour jitter
+        over the batch) is seeded once per batch, by its first sample (each index comes once an epoch); others
+        sample by sample."""
+        fetch = getattr(self.dataset, "__getitems__", None)
+        if fetch is None:
+            return [self[i] for i in indices]
+        return self._seeded(int(indices[0]), lambda: fetch(indices))
+
+    def _seeded(self, index: int, fetch: Callable[[], Any]) -> Any:
+        seed = sample_seed(self.epoch_key, index)
         if get_worker_info() is not None:       # a worker's generators serve nothing else
             _seed_all(seed)
-            return self.dataset[index]
+            return fetch()
         saved = torch.get_rng_state(), np.random.get_state(), random.getstate()
         try:
             _seed_all(seed)
-            return self.dataset[index]
+            return fetch()
         finally:
             torch.set_rng_state(saved[0])
             np.random.set_state(saved[1])
