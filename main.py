@@ -80,9 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     kind = RUNS.get("full")
     result = kind.run(options_from_args(args, kind.options))
-    shown = {k: result.record[k] for k in ("dset", "model", "sparsity", "seed", "val_acc", "map", "map50",
-                                           "measured_sparsity", "run_dir") if k in result.record}
-    print(json.dumps(shown))
+    print(json.dumps(result.summary()))
     return result.record
 
 

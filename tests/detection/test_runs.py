@@ -33,11 +33,13 @@ def run(tmp_path, data_yaml, ckpt, *extra):
                       "--workers", "0", "--no_progress", "--manual_seed", "1", *extra])
 
 
-def test_sparse_transfer_of_a_detector_with_the_seed_recipe(tmp_path, yolo_tree, sparse_yolo):
+def test_sparse_transfer_of_a_detector_with_the_seed_recipe(tmp_path, yolo_tree, sparse_yolo, capsys):
     ckpt, zeros = sparse_yolo
     # one optimizer step per batch (yolov5_finetune.yaml's nominal 64 would make the tiny epochs one step each)
     record = run(tmp_path, yolo_tree, ckpt, "--exp_name", "det", "--accumulate_steps", "1")
     assert record["task"] == "detection" and 0.0 <= record["map"] <= 1.0 and record["val_acc"] == ""
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])       # the detector's scores, not acc
+    assert printed["map"] == record["map"] and "map50" in printed and "val_acc" not in printed
     assert record["epochs"] == 3 and record["model"] == "YOLOv5"
     loaded = load_checkpoint(tmp_path / "exp" / "det" / "model.pt", keep_classifier=True)
     state = dict(loaded.model.named_parameters())

@@ -51,6 +51,13 @@ class RunResult:
             return "mAP", float(self.record["map"])
         return "acc", self.val_acc
 
+    def summary(self) -> dict[str, Any]:
+        """The line a command prints at the end: what was run and its result (a detector's mAPs, a classifier's
+        accuracy), the sparsity measured and where the run lives."""
+        keys = ("dset", "model", "sparsity", "seed", "map", "map50") if self.record.get("task") == "detection" \
+            else ("dset", "model", "sparsity", "seed", "val_acc")
+        return {k: self.record[k] for k in (*keys, "measured_sparsity", "run_dir") if k in self.record}
+
     @property
     def measured_sparsity(self) -> float:
         return float(self.record["measured_sparsity"])

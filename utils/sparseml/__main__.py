@@ -36,9 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
     opts = translate(rest, prog=prog)
     log.info("the same run with main.py: %s", main_py_command(opts))
     result = RUNS.get("full").run(opts)
-    shown = {k: result.record[k] for k in ("dset", "model", "sparsity", "val_acc", "measured_sparsity", "run_dir")
-             if k in result.record}
-    print(json.dumps(shown))
+    print(json.dumps(result.summary()))
     return result.record
 
 
