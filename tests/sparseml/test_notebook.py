@@ -30,7 +30,7 @@ def test_notebook_executes_keeps_the_zeros_and_exports_int8():
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "every upstream zero is still zero and nothing else became zero: True; sparsity 0.9" in text
     agreement = float(re.search(r"int8: \d+ kB, top-1 agreement with torch ([\d.]+)", text).group(1))
-    assert agreement >= 0.85       # INT8 vs fp32 top-1 of a few-epoch tiny model: 0.90-0.92 seen, 0.898 once
+    assert agreement >= 0.85       # INT8 vs fp32 top-1 of a few-epoch tiny model: >= 0.9 until 2026-12-02, then 0.898
     accuracy = float(re.search(r"INT8 ONNX accuracy on digits: ([\d.]+)", text).group(1))
     assert accuracy > 0.3          # 10 classes: well above chance after a few epochs
     assert re.search(r"90% sparse INT8: [\d.]+ ms \(batch 1\)", text)
