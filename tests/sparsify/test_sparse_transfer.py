@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 import sparse_transfer
@@ -205,11 +206,13 @@ def test_end_to_end_sparse_transfer_keeps_sparsity_and_writes_summary(tmp_path, 
     summary = sparse_transfer.main([
         "--use-case", "Image_Classification", "--data", str(data), "--zoo", str(zoo), "--out", str(out),
         "--recipe", "configs/recipes/demo_sparse_transfer.yaml",
-        "--recipe_args", "num_epochs=2,quantization_start_epoch=1", "--batch_size", "8", "--image_size", "16",
+        "--recipe_args", "num_epochs=2,quantization_start_epoch=1", "--batch_size", "4", "--accumulate_steps", "2",
+        "--image_size", "16",
         "--workers", "0", "--no_progress", "--latency_runs", "2"])
     assert summary["model"]["name"] == "small80" and summary["int8"] and summary["notes"] == []
     saved = json.loads((out / "summary.json").read_text())
     assert saved["epochs"] == 2 and 0 <= saved["accuracy"] <= 1
+    assert yaml.safe_load((out / "config.yaml").read_text())["derived"]["accumulate_steps"] == 2
     assert saved["sparsity"] == pytest.approx(0.8, abs=1e-3) == saved["upstream_sparsity"]
     assert saved["sizes"]["onnx_int8_bytes"] < saved["sizes"]["onnx_fp32_bytes"]
     assert saved["sizes"]["checkpoint_compressed_bytes"] < saved["sizes"]["checkpoint_dense_bytes"]

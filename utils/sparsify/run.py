@@ -49,6 +49,7 @@ class SparseTransferOptions(StrictModel):
     config_path: str | None = None            # trainer config (default: the use case's); with a recipe it only
                                               # names the optimizer
     batch_size: int | None = Field(default=None, gt=0)
+    accumulate_steps: int | None = Field(default=None, gt=0)   # gradient accumulation (default: the config's)
     image_size: int | None = Field(default=None, gt=0)
     workers: int = Field(default=4, ge=0)
     seed: int = 0
@@ -237,7 +238,8 @@ def transfer(opts: SparseTransferOptions, *, case: UseCase, chosen: ZooEntry, re
         trainer_config_path=opts.config_path or str(TRAINER_DIR / case.trainer if case.trainer else DEFAULT_TRAINER),
         from_checkpoint_path=chosen.path, checkpoint_flavour=chosen.flavour, recipe=recipe,
         recipe_args=opts.recipe_args, experiment_root_path=str(run_dir.parent), exp_name=run_dir.name,
-        batch_size=opts.batch_size, image_size=opts.image_size, workers=opts.workers, seed=opts.seed, cpu=opts.cpu,
+        batch_size=opts.batch_size, accumulate_steps=opts.accumulate_steps, image_size=opts.image_size,
+        workers=opts.workers, seed=opts.seed, cpu=opts.cpu,
         resume=opts.resume, progress=opts.progress, model_label=f"sparse transfer (optim {opts.optim_level:g})"))
     if result.input is None or "loaded_sparsity" not in result.record:
         raise UserError(f"{run_dir} was recorded by an older version of this code, which did not keep the run's "
