@@ -30,7 +30,7 @@ LAYERS = {
                    "utils.detection"},
     "utils.deploy": {"utils.checkpoints", "policies", "utils.detection"},
     "utils.sparsify": {"utils.runs", "utils.deploy", "utils.checkpoints", "utils.data", "models", "policies"},
-    "utils.sparseml": {"utils.runs", "utils.sparsify", "models", "policies"},
+    "utils.sparseml": {"utils.runs", "utils.sparsify", "utils.deploy", "models", "policies"},
     "utils.studies": {"utils.runs", "utils.checkpoints", "utils.analysis",
                       "utils.data", "utils.deploy"},   # the demo makes its detection data and exports its detector
     "utils.analysis": set(),

@@ -46,6 +46,26 @@ def test_seed_001_runs_as_pasted(tmp_path, zoo, yolo_tree):
     assert config["options"]["recipe"] == str(RECIPE_DIR / "yolov5_sparse_transfer.yaml")
     assert config["checkpoint"]["flavour"] == "yolov5n"
     assert config["options"]["noautoanchor"] is False
+    # the guide's step 4, `python3 export.py --weights runs/train/exp/weights/last.pt`: YOLOv5's place for the model
+    report = main(["yolov5", "export", "--weights", "runs/train/exp/weights/last.pt", "--imgsz", "64", "--dynamic"])
+    assert report["fp32"]["box_agreement"] >= 0.9 and report["int8"]["boxes"] > 0
+    assert all((run_dir / "model_export" / f"model_{kind}.onnx").is_file() for kind in ("fp32", "int8"))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--include", "torchscript"], "--include torchscript: only onnx is written here"),
+    (["--half"], "--half: fp16 ONNX is not written"),
+    (["--imgsz", "64", "48"], "--imgsz 64 48: give one size"),
+    (["--opset", "12"], "--opset 12: the ONNX files are written in opset 17"),
+])
+def test_export_flags_that_cannot_be_honoured_are_one_line(tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit):
+        main(["yolov5", "export", "--weights", str(tmp_path / "runs" / "exp" / "weights" / "last.pt"), *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and message in err[-1], err[-1]
+    with pytest.raises(SystemExit):              # no such run: says where a run keeps its model
+        main(["yolov5", "export", "--weights", str(tmp_path / "runs" / "exp" / "weights" / "last.pt")])
+    assert "RUN/model.pt" in capsys.readouterr().err
 
 
 def test_noautoanchor_reaches_the_run():

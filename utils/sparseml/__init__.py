@@ -8,5 +8,8 @@ from utils.sparseml.cli import main_py_command, translate
 COMMANDS = {("image_classification.train",): ("sparseml.image_classification.train", cli.translate),
             ("pytorch_vision", "train"): ("scripts/pytorch_vision.py train", cli.translate),
             ("yolov5", "train"): ("sparseml.yolov5.train", yolov5.translate)}
+# command words -> (program name, the translation of its flags into a utils.deploy export)
+EXPORTS = {("yolov5", "export"): ("export.py", yolov5.export_options),
+           ("yolov5", "export_onnx"): ("sparseml.yolov5.export_onnx", yolov5.export_options)}
 
-__all__ = ["COMMANDS", "main_py_command", "translate"]
+__all__ = ["COMMANDS", "EXPORTS", "main_py_command", "translate"]

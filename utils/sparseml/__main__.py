@@ -1,6 +1,7 @@
 """python -m utils.sparseml image_classification.train ARGS   (sparseml.image_classification.train ARGS)
 python -m utils.sparseml pytorch_vision train ARGS           (python scripts/pytorch_vision.py train ARGS)
 python -m utils.sparseml yolov5 train ARGS                   (sparseml.yolov5.train ARGS, YOLOv5's train.py flags)
+python -m utils.sparseml yolov5 export ARGS                  (sparseml.yolov5.export_onnx / export.py --weights ...)
 
 SparseML's training command lines, run as this project's full fine-tuning (main.py); the equivalent main.py
 command is logged first. `make sparseml-commands` puts `sparseml.image_classification.train` and
@@ -15,7 +16,8 @@ import sys
 from utils.cli import setup_logging
 from utils.errors import UserError, exit_on_user_error
 from utils.runs import RUNS
-from utils.sparseml import COMMANDS, main_py_command
+from utils.deploy import deploy_checkpoint, describe_deployment
+from utils.sparseml import COMMANDS, EXPORTS, main_py_command
 
 log = logging.getLogger("utils.sparseml")
 
@@ -23,15 +25,21 @@ log = logging.getLogger("utils.sparseml")
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = next((words for words in COMMANDS if tuple(argv[:len(words)]) == words), None)
+    command = next((words for words in (*COMMANDS, *EXPORTS) if tuple(argv[:len(words)]) == words), None)
     if command is None:
         if not argv or argv[0] in ("-h", "--help"):
             print(__doc__)
             return {}
         raise UserError(f"unknown command {' '.join(argv[:2])!r}; use one of: "
-                        + ", ".join(" ".join(words) for words in COMMANDS))
+                        + ", ".join(" ".join(words) for words in (*COMMANDS, *EXPORTS)))
     rest = argv[len(command):]
     setup_logging("-v" in rest or "--verbose" in rest)
+    if command in EXPORTS:
+        prog, translate_export = EXPORTS[command]
+        how = translate_export(rest, prog=prog)
+        report = deploy_checkpoint(how["checkpoint"], how["out"], image_size=how["image_size"])
+        print("\n".join(describe_deployment(report)))
+        return report
     prog, translate = COMMANDS[command]
     opts = translate(rest, prog=prog)
     log.info("the same run with main.py: %s", main_py_command(opts))

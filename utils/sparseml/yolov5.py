@@ -18,6 +18,7 @@ from pathlib import Path
 
 from models import architectures
 from policies.recipe import load_recipe, parse_recipe_args
+from utils.deploy.onnx import OPSET
 from utils.errors import UserError
 from utils.paths import TRAINER_DIR
 from utils.runs import FullOptions
@@ -125,3 +126,73 @@ def translate(argv: list[str], *, prog: str) -> FullOptions:
                        recipe=recipe, recipe_args=recipe_arguments(recipe, args.recipe_args, args.epochs),
                        epochs=None if recipe else args.epochs, resume=True, noautoanchor=args.noautoanchor,
                        **device_options({"": None, "cpu": "cpu"}.get(args.device, f"cuda:{args.device}")))
+
+
+# ---------------------------------------------------------------- export.py (sparseml.yolov5.export_onnx)
+
+EXPORT_NOTED = {"dynamic": "the ONNX files always have a dynamic batch axis",
+                "batch_size": "the ONNX files have a dynamic batch axis",
+                "device": "the export runs on CPU", "simplify": "the graph is exported as torch traces it"}
+EXPORT_REFUSED = {"half": "fp16 ONNX is not written (fp32, and INT8 after quantization-aware training)",
+                  "int8": "TensorFlow INT8 is not written; a QAT run's INT8 comes as ONNX",
+                  "keras": "Keras is not written", "optimize": "TorchScript mobile optimisation is not written",
+                  "inplace": "in-place Detect is not exported", "nms": "NMS is not in the graph (run YOLOv5's NMS "
+                  "on the decoded outputs)", "agnostic_nms": "NMS is not in the graph"}
+
+
+def build_export_parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="YOLOv5's export.py flags: ONNX (fp32, plus INT8 QDQ after "
+                                "quantization-aware training) of a trained run, checked against torch.")
+    p.add_argument("--weights", required=True, help="the trained model: RUN/weights/last.pt (YOLOv5's place, read "
+                                                    "as RUN/model.pt) or any checkpoint file")
+    p.add_argument("--imgsz", "--img", "--img-size", dest="imgsz", type=int, nargs="+", default=None,
+                   help="input size (one value, or two equal ones; default: the size the run trained at)")
+    p.add_argument("--include", nargs="+", default=["onnx"], help="formats: onnx only")
+    p.add_argument("--data", default=None, help="accepted (the class names come from the checkpoint)")
+    p.add_argument("--opset", type=int, default=None, help=f"ONNX opset: {OPSET}, the one written here")
+    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=1)
+    p.add_argument("--device", default="")
+    for flag in ("dynamic", "simplify", *EXPORT_REFUSED):
+        p.add_argument(f"--{flag.replace('_', '-')}", f"--{flag}", dest=flag, action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def export_weights_path(weights: str) -> Path:
+    """The checkpoint `--weights` names: YOLOv5's RUN/weights/last.pt (or best.pt) is this project's RUN/model.pt
+    (the last epoch's model; there is no 'best', which would be chosen on the test split)."""
+    path = Path(weights)
+    if path.is_file():
+        return path
+    run = path.parent.parent
+    if path.parent.name == "weights" and path.name in ("last.pt", "best.pt") and (run / "model.pt").is_file():
+        if path.name == "best.pt":
+            log.info("%s: this project keeps the last epoch's model, not a best one chosen on the validation "
+                     "split; exporting %s", path, run / "model.pt")
+        return run / "model.pt"
+    raise UserError(f"--weights {weights}: no such file (a run of `yolov5 train` keeps its model at RUN/model.pt; "
+                    "RUN/weights/last.pt is read as that)")
+
+
+def export_options(argv: list[str], *, prog: str) -> dict:
+    """The `utils.deploy` call YOLOv5's export.py flags mean: {'checkpoint', 'out', 'image_size'}."""
+    args = build_export_parser(prog).parse_args(argv)
+    for flag, why in EXPORT_REFUSED.items():
+        if getattr(args, flag):
+            raise UserError(f"--{flag.replace('_', '-')}: {why}")
+    formats = [f.lower() for f in args.include]
+    if formats != ["onnx"]:
+        raise UserError(f"--include {' '.join(args.include)}: only onnx is written here (fp32, and INT8 after "
+                        "quantization-aware training)")
+    if args.opset not in (None, OPSET):
+        raise UserError(f"--opset {args.opset}: the ONNX files are written in opset {OPSET}")
+    if args.imgsz is not None and (len(args.imgsz) > 2 or len(set(args.imgsz)) != 1):
+        raise UserError(f"--imgsz {' '.join(map(str, args.imgsz))}: give one size (square inputs: the training "
+                        "letterboxes to squares)")
+    defaults = {"dynamic": False, "batch_size": 1, "device": "", "simplify": False}
+    for flag, why in EXPORT_NOTED.items():
+        if getattr(args, flag) != defaults[flag]:
+            log.info("--%s: accepted; %s", flag.replace("_", "-"), why)
+    checkpoint = export_weights_path(args.weights)
+    return {"checkpoint": checkpoint, "out": checkpoint.parent / f"{checkpoint.stem}_export",
+            "image_size": args.imgsz[0] if args.imgsz else None}
