@@ -180,6 +180,7 @@ def cases() -> list[Case]:
     add(Case("main: --epochs -3", lambda d: main_py(d, "--epochs", "-3"), "epochs"))
     add(Case("main: --batch_size 0", lambda d: main_py(d, "--batch_size", "0"), "batch_size"))
     add(Case("main: --lr -1", lambda d: main_py(d, "--lr", "-1"), "lr"))
+    add(Case("main: --accumulate_steps 0", lambda d: main_py(d, "--accumulate_steps", "0"), "accumulate_steps"))
     add(Case("main: --gpus zero", lambda d: main_py(d, "--gpus", "zero"), "--gpus"))
     add(Case("main: --manual_seed abc", lambda d: main_py(d, "--manual_seed", "abc"), "manual_seed"))
     add(Case("main: --exp_name ../x", lambda d: main_py(d, "--exp_name", "../x"), "exp_name"))
@@ -236,6 +237,9 @@ def cases() -> list[Case]:
              lambda d: main_py(d, trainer=trainer_file(d, TRAINER + "ema: {decay: 1.5}\n")), "ema.decay"))
     add(Case("trainer: ema key misspelt",
              lambda d: main_py(d, trainer=trainer_file(d, TRAINER + "ema: {tau: 10}\n")), "ema.tau"))
+    add(Case("trainer: two accumulation rules",
+             lambda d: main_py(d, trainer=trainer_file(d, TRAINER + "accumulate_steps: 2\nnominal_batch_size: 64\n")),
+             "not both"))
     add(Case("trainer: mosaic for a classifier",
              lambda d: main_py(d, trainer=trainer_file(d, TRAINER + "mosaic: 1.0\n")), "mosaic"))
     # --- recipes
