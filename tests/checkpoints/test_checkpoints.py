@@ -510,3 +510,5 @@ def test_a_pruned_file_in_a_dense_flavour_is_named_once(tmp_path, caplog):
             check_dense_label(loaded.method, loaded.report.global_sparsity, path)
     warned = [r.getMessage() for r in caplog.records]
     assert len(warned) == 1 and "pruned_r18.pth is 80.0% sparse" in warned[0] and "--model_label" in warned[0]
+    from utils.checkpoints.__main__ import format_report     # `python -m utils.checkpoints FILE` says so too
+    assert "note: the flavour labels it 'Dense'" in format_report(loaded) and "note:" not in format_report(plain)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from utils.checkpoints import FLAVOURS, LoadedCheckpoint, load_checkpoint, prune_checkpoint
+from utils.checkpoints.load import DENSE_LABEL, SPARSE_DENSE_FILE
 from utils.cli import setup_logging
 from utils.errors import exit_on_user_error
 
@@ -32,6 +33,9 @@ def format_report(loaded: LoadedCheckpoint) -> str:
         lines.append(f"{name:<40} {shape:<20} {layer.numel:>10} {layer.sparsity:>9.4f} {layer.zeros - layer.pruned:>19}")
     lines += ["", f"global sparsity: {r.global_sparsity:.4f} ({r.num_pruned} of {r.num_params} conv/linear weights pruned)",
               f"zeros outside the mask: {r.zeros_outside_mask}"]
+    if loaded.method == DENSE_LABEL and r.global_sparsity > SPARSE_DENSE_FILE:
+        lines.append(f"note: the flavour labels it {DENSE_LABEL!r} in results; name its method with --model_label "
+                     "(a study: the upstream's `model`)")
     return "\n".join(lines)
 
 
