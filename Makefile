@@ -45,7 +45,8 @@ bench: venv
 # SparseML's command names on the venv's PATH: sparseml.image_classification.train ARGS,
 # sparseml.pytorch_vision train ARGS and sparseml.yolov5.train ARGS (= python -m utils.sparseml ...).
 sparseml-commands: venv
-	@for cmd in image_classification.train pytorch_vision yolov5.train yolov5.export_onnx; do \
+	@for cmd in image_classification.train image_classification.export_onnx pytorch_vision yolov5.train \
+	    yolov5.export_onnx; do \
 	  f=$(VENV)/bin/sparseml.$$cmd; words=$$(echo $$cmd | sed 's/^yolov5\./yolov5 /'); \
 	  { echo '#!/bin/sh'; \
 	    echo 'PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" exec "$(abspath $(PY))" -m utils.sparseml '"$$words"' "$$@"'; \

@@ -206,3 +206,20 @@ def test_the_equivalent_main_py_command_is_shown(tmp_path, zoo):
     assert "--dset imagefolder" in line and f"--dset_path {imagenet}" in line and "--batch_size 256" in line
     assert opts.accumulate_steps == 4 and "--accumulate_steps 4" in line
     assert "--recipe " + str(RECIPE_DIR / "acdc_resnet50_imagenet_pruned85_quant.md") in line
+
+
+@pytest.mark.parametrize("words", [["image_classification.export_onnx"], ["pytorch_vision", "export"]])
+def test_the_export_commands_write_checked_onnx(tmp_path, make_sparse_checkpoint, capsys, words):
+    ckpt = tmp_path / "runs" / "r1" / "model.pt"
+    ckpt.parent.mkdir(parents=True)
+    make_sparse_checkpoint(ckpt, sparsity=0.7, num_classes=4)
+    report = main([*words, "--arch-key", "resnet50", "--checkpoint-path", str(ckpt), "--dataset", "imagenet",
+                   "--save-dir", str(tmp_path / "pv"), "--num-samples", "8"])
+    assert report["fp32"]["top1_agreement"] == 1.0 and report["fp32"]["num_samples"] == 8
+    assert (tmp_path / "pv" / "r1" / "model_fp32.onnx").is_file()          # SAVE_DIR/TAG: the run's folder
+    assert "top-1 agreement 100.00%" in capsys.readouterr().out
+    for extra, message in ((["--onnx-opset", "11"], "--onnx-opset 11: the ONNX files are written in opset 17"),
+                           (["--no-convert-qat"], "--no-convert-qat: a quantization-aware-trained model")):
+        with pytest.raises(SystemExit):
+            main([*words, "--checkpoint-path", str(ckpt), *extra])
+        assert message in capsys.readouterr().err

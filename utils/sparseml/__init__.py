@@ -9,7 +9,9 @@ COMMANDS = {("image_classification.train",): ("sparseml.image_classification.tra
             ("pytorch_vision", "train"): ("scripts/pytorch_vision.py train", cli.translate),
             ("yolov5", "train"): ("sparseml.yolov5.train", yolov5.translate)}
 # command words -> (program name, the translation of its flags into a utils.deploy export)
-EXPORTS = {("yolov5", "export"): ("export.py", yolov5.export_options),
+EXPORTS = {("image_classification.export_onnx",): ("sparseml.image_classification.export_onnx", cli.export_options),
+           ("pytorch_vision", "export"): ("scripts/pytorch_vision.py export", cli.export_options),
+           ("yolov5", "export"): ("export.py", yolov5.export_options),
            ("yolov5", "export_onnx"): ("sparseml.yolov5.export_onnx", yolov5.export_options)}
 
 __all__ = ["COMMANDS", "EXPORTS", "main_py_command", "translate"]

@@ -2,6 +2,7 @@
 python -m utils.sparseml pytorch_vision train ARGS           (python scripts/pytorch_vision.py train ARGS)
 python -m utils.sparseml yolov5 train ARGS                   (sparseml.yolov5.train ARGS, YOLOv5's train.py flags)
 python -m utils.sparseml yolov5 export ARGS                  (sparseml.yolov5.export_onnx / export.py --weights ...)
+python -m utils.sparseml image_classification.export_onnx ARGS   (and pytorch_vision export ARGS)
 
 SparseML's training command lines, run as this project's full fine-tuning (main.py); the equivalent main.py
 command is logged first. `make sparseml-commands` puts `sparseml.image_classification.train` and
@@ -37,7 +38,8 @@ def main(argv: list[str] | None = None) -> dict:
     if command in EXPORTS:
         prog, translate_export = EXPORTS[command]
         how = translate_export(rest, prog=prog)
-        report = deploy_checkpoint(how["checkpoint"], how["out"], image_size=how["image_size"])
+        report = deploy_checkpoint(how["checkpoint"], how["out"], image_size=how["image_size"],
+                                   **({"num_samples": how["num_samples"]} if how["num_samples"] else {}))
         print("\n".join(describe_deployment(report)))
         return report
     prog, translate = COMMANDS[command]

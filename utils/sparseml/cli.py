@@ -18,6 +18,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from utils.deploy.onnx import OPSET as ONNX_OPSET
 from utils.errors import UserError
 from utils.io import atomic_write_text
 from utils.paths import REPO_ROOT
@@ -259,3 +260,48 @@ def main_py_command(opts: FullOptions) -> str:
             continue
         parts += [flag] if value is True else [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
     return shlex.join(parts)
+
+
+# ---------------------------------------------------------------- export_onnx (image_classification, pytorch_vision)
+
+EXPORT_READ_FROM_FILE = ("arch_key", "dataset", "dataset_path", "labels_to_class_mapping", "pretrained",
+                         "pretrained_dataset", "model_kwargs", "dataset_kwargs", "recipe", "num_classes")
+
+
+def build_export_parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="SparseML's classification export flags: ONNX (fp32, plus "
+                                "INT8 QDQ after quantization-aware training) of a checkpoint, checked against torch.")
+    _flag(p, "checkpoint_path", required=True, help="the trained model (a run's model.pt) or any checkpoint file")
+    _flag(p, "save_dir", default="pytorch_vision", help="where the export goes: SAVE_DIR/TAG/")
+    _flag(p, "model_tag", default=None, help="TAG (default: the checkpoint's run folder, else its file name)")
+    _flag(p, "image_size", type=int, default=None, help="input side (default: the size the model trained at)")
+    _flag(p, "num_samples", type=int, default=-1, help="sample inputs for the torch comparison (default 64)")
+    _flag(p, "onnx_opset", type=int, default=None, help="17, the opset written here")
+    p.add_argument("--convert-qat", "--convert_qat", dest="convert_qat", action="store_true", default=True)
+    p.add_argument("--no-convert-qat", "--no_convert_qat", dest="convert_qat", action="store_false")
+    p.add_argument("--use-zipfile-serialization-if-available", "--use_zipfile_serialization_if_available",
+                   "--no-zipfile-serialization", "--no_zipfile_serialization", dest="zipfile", action="store_true")
+    for name in EXPORT_READ_FROM_FILE:
+        _flag(p, name, default=None)
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def export_options(argv: list[str], *, prog: str) -> dict[str, Any]:
+    """The `utils.deploy` call SparseML's export flags mean: {'checkpoint', 'out', 'image_size', 'num_samples'}."""
+    args = build_export_parser(prog).parse_args(argv)
+    if args.onnx_opset not in (None, ONNX_OPSET):
+        raise UserError(f"--onnx-opset {args.onnx_opset}: the ONNX files are written in opset {ONNX_OPSET}")
+    if not args.convert_qat:
+        raise UserError("--no-convert-qat: a quantization-aware-trained model is written as INT8 QDQ ONNX (with its "
+                        "fp32 twin); fake-quantized graphs are not written")
+    given = [n for n in EXPORT_READ_FROM_FILE if getattr(args, n) is not None]
+    if given:
+        log.info("%s: accepted; the architecture, classes and input settings come from the checkpoint",
+                 ", ".join(f"--{n.replace('_', '-')}" for n in given))
+    checkpoint = Path(args.checkpoint_path)
+    if not checkpoint.is_file():
+        raise UserError(f"--checkpoint-path {checkpoint}: no such file (a run keeps its model at RUN/model.pt)")
+    tag = args.model_tag or (checkpoint.parent.name if checkpoint.name == "model.pt" else checkpoint.stem)
+    return {"checkpoint": checkpoint, "out": Path(args.save_dir) / tag, "image_size": args.image_size,
+            "num_samples": args.num_samples if args.num_samples > 0 else None}

@@ -195,4 +195,4 @@ def export_options(argv: list[str], *, prog: str) -> dict:
             log.info("--%s: accepted; %s", flag.replace("_", "-"), why)
     checkpoint = export_weights_path(args.weights)
     return {"checkpoint": checkpoint, "out": checkpoint.parent / f"{checkpoint.stem}_export",
-            "image_size": args.imgsz[0] if args.imgsz else None}
+            "image_size": args.imgsz[0] if args.imgsz else None, "num_samples": None}
