@@ -26,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--from_checkpoint_path", help="upstream checkpoint to fine-tune")
     g.add_argument("--epochs", type=int, help="override the trainer config's epochs")
     g.add_argument("--batch_size", type=int, help="override the trainer config's batch size")
-    g.add_argument("--workers", type=int, default=4, help="data loader worker processes")
+    g.add_argument("--workers", type=int, default=4,
+                   help="data loader worker processes (at most the cores this process may use; results do not "
+                        "depend on the count)")
     g.add_argument("--manual_seed", dest="seed", type=int, default=0, help="seed for everything random")
     g.add_argument("--experiment_root_path", default="experiments", help="where run directories go")
     g.add_argument("--exp_name", help="run directory name (default: DSET_CHECKPOINT_seedSEED)")

@@ -50,8 +50,10 @@ def validate(data: Any, model: type[M], *, source: str) -> M:
         # A misspelt key shows up as an unknown key plus a missing one: name the misspelling first.
         errors.sort(key=lambda e: e["type"] != "extra_forbidden")
         first = errors[0]
-        where = ".".join(str(p) for p in first["loc"]) or "<top level>"
+        where = ".".join(str(p) for p in first["loc"])
         more = f" (and {err.error_count() - 1} more problem(s))" if err.error_count() > 1 else ""
+        if not where:                            # a rule over several keys (a model validator)
+            raise UserError(f"{source}: {first['msg'].removeprefix('Value error, ')}{more}") from None
         if first["type"] == "extra_forbidden":
             raise UserError(f"{source}: key '{where}' is not a valid key{_did_you_mean(first, errors)}{more}") from None
         got = first.get("input")
