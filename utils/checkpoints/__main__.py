@@ -1,12 +1,15 @@
 """Inspect a checkpoint file: `python -m utils.checkpoints PATH [--checkpoint_flavour NAME]` (`--list`: flavours).
 
-With `--prune OUT --sparsity S` it also writes a one-shot magnitude-pruned copy in the native format.
+With `--prune OUT --sparsity S` it also writes a one-shot magnitude-pruned copy in the native format; with
+`--convert OUT` a copy of a file that names classes (refused as it is) with only its tensors and plain data, read
+without importing or running anything it names.
 """
 from __future__ import annotations
 
 import argparse
 
 from utils.checkpoints import FLAVOURS, LoadedCheckpoint, load_checkpoint, prune_checkpoint
+from utils.checkpoints.files import convert_checkpoint
 from utils.checkpoints.load import DENSE_LABEL, SPARSE_DENSE_FILE
 from utils.cli import setup_logging
 from utils.errors import exit_on_user_error
@@ -51,6 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sparsity", type=float, help="with --prune: fraction of backbone weights to remove, e.g. 0.9")
     parser.add_argument("--scope", default="global", choices=["global", "layer"],
                         help="with --prune: one magnitude threshold for all layers, or one per layer")
+    parser.add_argument("--convert", metavar="OUT", help="write the file's tensors and plain data to OUT, reading the "
+                        "classes it names as inert stand-ins (for files refused for the classes they name)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
@@ -58,6 +63,11 @@ def main(argv: list[str] | None = None) -> None:
         for name in FLAVOURS.names():
             f = FLAVOURS.get(name)
             print(f"{name:<22} {f.method or '-':<11} {f.arch or '(in file)':<10} {f.description[:70]}...")
+        return
+    if args.convert:
+        names = convert_checkpoint(args.path, args.convert)
+        print(f"wrote {args.convert}: tensors and plain data of {args.path}" +
+              (f" (dropped as stand-ins: {', '.join(names[:5])})" if names else ""))
         return
     if args.prune:
         if args.sparsity is None:

@@ -10,7 +10,9 @@ from typing import Any
 import torch
 
 from utils.checkpoints.flavours import DENIED_MODULES, DENIED_NAMES
+from utils.checkpoints.scan import untrusted_globals
 from utils.errors import UserError
+from utils.io import atomic_torch_save
 
 _SHOW = 5  # offending names listed in an error message
 
@@ -83,10 +85,10 @@ def read_checkpoint_file(path: str | Path, *, trusted_globals: list[str] = (), m
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for bad files; each becomes one clear line
         try:
-            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        except Exception:  # legacy (non-zip) files cannot be scanned
+            unsafe = untrusted_globals(path, trusted_globals)
+        except Exception:  # noqa: BLE001 -- an unreadable file: the names torch reported are all there is
             unsafe = []
-        # Names torch reports while unpickling (legacy files; types only met when building objects).
+        # Names torch reports while unpickling (types only met when building objects).
         unsafe += re.findall(r"Unsupported global: GLOBAL ([\w.]+)|but got <class '([\w.]+)'>", str(err))
         unsafe = list(dict.fromkeys(n for g in unsafe for n in ((g,) if isinstance(g, str) else g)
                                     if n and n not in trusted_globals))
@@ -98,14 +100,62 @@ def read_checkpoint_file(path: str | Path, *, trusted_globals: list[str] = (), m
         raise UserError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
 
 
+def dangerous_globals(names: list[str]) -> list[str]:
+    """Those of `names` that run code when called (os.system, builtins.eval, ...): a file naming one is not data."""
+    return [g for g in names if g.split(".")[0] in DENIED_MODULES or g in DENIED_NAMES]
+
+
 def refusal(path: Path, unsafe: list[str], flavour_name: str | None) -> str:
-    """Why a file whose unpickling needs `unsafe` globals is refused, and what a user who trusts it can do."""
-    dangerous = [g for g in unsafe if g.split(".")[0] in DENIED_MODULES or g in DENIED_NAMES]
+    """Why a file whose unpickling needs `unsafe` globals is refused, and what a user can do. Never torch's advice
+    (weights_only=False): that imports and calls whatever the file names."""
+    dangerous = dangerous_globals(unsafe)
     if dangerous:
         return (f"{path}: refused: loading it would call {', '.join(dangerous[:_SHOW])}, which runs code on this "
-                "machine; this is not model data (do not use this file)")
+                "machine; this is not model data (do not use this file, and do not load it with weights_only=False)")
     where = f"configs/checkpoints/{flavour_name}.yaml" if flavour_name else "a flavour YAML"
-    return (f"{path}: refusing to unpickle {', '.join(unsafe[:_SHOW])}: the file needs code to load, and loading "
-            f"code from a checkpoint is unsafe; if you trust it, add these names to trusted_globals in {where} (or a "
-            "copy passed with --checkpoint_flavour), or convert it once in Python: "
-            "torch.save(torch.load(PATH, weights_only=False)['state_dict'], 'clean.pt')")
+    return (f"{path}: refusing to unpickle {', '.join(unsafe[:_SHOW])}: the file names code to load and code in a "
+            f"checkpoint is never run here; it names no function known to run commands, so "
+            f"`python -m utils.checkpoints {path} --convert CLEAN.pt` can copy its tensors with inert stand-ins for "
+            f"these names (nothing of them is imported or run), or if you trust them add them to trusted_globals in "
+            f"{where} (or a copy passed with --checkpoint_flavour)")
+
+
+def convert_checkpoint(src: str | Path, dst: str | Path) -> list[str]:
+    """Copy a file's tensors, numbers, strings and containers into a plain `torch.save` file that loads with
+    weights_only=True alone; every global it names is read as an inert stand-in (an nn.Module's parameters and
+    buffers are kept as its state dict). Refuses files that name code-running functions. Returns the names."""
+    src = Path(src)
+    if not src.is_file():
+        raise UserError(f"{src}: checkpoint file not found")
+    try:
+        names = untrusted_globals(src)
+    except Exception as err:  # noqa: BLE001 -- not a pickle at all
+        raise UserError(f"{src}: not a readable PyTorch checkpoint ({type(err).__name__})") from None
+    if dangerous_globals(names):
+        raise UserError(refusal(src, names, None))
+    stand_ins = [(type(n.rpartition(".")[2], (_StandIn, PickledModule), {"__module__": n.rpartition(".")[0],
+                                                                          "__qualname__": n.rpartition(".")[2]}), n)
+                 for n in names]
+    try:
+        with torch.serialization.safe_globals(stand_ins):
+            raw = torch.load(src, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001
+        raise UserError(f"{src}: not a readable PyTorch checkpoint ({str(err).strip().splitlines()[0][:200]})") from None
+    atomic_torch_save(dst, plain_copy(raw))
+    return names
+
+
+_PLAIN = (torch.Tensor, str, bytes, int, float, bool, type(None))
+
+
+def plain_copy(obj: Any) -> Any:
+    """`obj` with stand-ins replaced: a pickled module by its state dict, anything else dropped (None)."""
+    if isinstance(obj, _PLAIN):
+        return obj
+    if isinstance(obj, dict):
+        return {k: plain_copy(v) for k, v in obj.items() if isinstance(k, (str, int))}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(plain_copy(v) for v in obj)
+    if isinstance(obj, PickledModule) and isinstance(obj.__dict__.get("_parameters"), dict):
+        return pickled_module_state(obj)
+    return None
