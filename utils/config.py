@@ -19,6 +19,9 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+MIN_IMAGE_SIZE = 8   # px, the least --image_size: below it a resize leaves nothing of an image (torch's fails at 1)
+
+
 def read_yaml(path: str | Path) -> Any:
     """Parse a YAML file, turning missing files and syntax errors into UserErrors."""
     path = Path(path)

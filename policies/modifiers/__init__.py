@@ -7,10 +7,12 @@ import math
 from torch import nn
 
 from policies.base import Policy
+from policies.masking import FixedMaskPolicy, MaskPolicy
 from policies.modifiers.base import MODIFIERS, Modifier, parse_args
 from policies.recipe import Recipe
 from utils.errors import UserError
 from utils.registry import unknown_name_message
+from utils.sparsity import masks_from_zeros, prunable_parameters
 
 # Importing the families registers them.
 from policies.modifiers import (acdc, distillation, layers, pruning, quantization,  # noqa: E402,F401
@@ -113,4 +115,21 @@ def build_recipe_policies(recipe: Recipe, *, model: nn.Module, steps_per_epoch: 
     writers = [m for m in modifiers if isinstance(m, ScheduleWriter)]
     others = [m for m in modifiers if not isinstance(m, ScheduleWriter) and m.acts]
     policies: list[Policy] = ([RecipeSchedule(writers)] if writers else []) + others
-    return policies, epochs
+    return policies + kept_zeros(policies, model=model, source=recipe.source), epochs
+
+
+def kept_zeros(policies: list[Policy], *, model: nn.Module, source: str) -> list[Policy]:
+    """A recipe that holds no masks (no pruning modifier) keeps the model's zeros fixed, as SparseML's
+    ConstantPruningModifier over __ALL_PRUNABLE__ would: a sparse upstream never turns dense without a word.
+    [FixedMaskPolicy] with one warning line, or [] when the recipe prunes or the model has no zeros."""
+    if any(isinstance(p, MaskPolicy) for p in policies):
+        return []
+    sparse = {n: p for n, p in prunable_parameters(model).items() if bool((p == 0).any())}
+    if not sparse:
+        return []
+    zeros = sum(int((p == 0).sum()) for p in sparse.values())
+    total = sum(p.numel() for p in prunable_parameters(model).values())
+    log.warning("%s has no pruning modifier: the model's zeros (%d weights, %.1f%% of its conv/linear weights, in "
+                "%d layers) are kept at zero, as a ConstantPruningModifier over __ALL_PRUNABLE__ would; add pruning "
+                "modifiers to change the mask", source, zeros, 100 * zeros / total, len(sparse))
+    return [FixedMaskPolicy(masks_from_zeros(sparse))]

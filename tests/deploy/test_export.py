@@ -157,3 +157,33 @@ def test_main_with_a_sparse_transfer_qat_recipe_resume_then_export(tmp_path, cap
     assert report["size"]["compressed_bytes"] < report["size"]["dense_bytes"]
     assert (run_dir / "model_export" / "model_int8.onnx").exists()
     assert "top-1 agreement" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--num_samples", "0"], "--num_samples 0: compare on at least 1 input"),
+    (["--image_size", "0"], "--image_size 0: at least 8 px"),
+    (["--out", "FILE"], "is a file; the export writes a folder"),
+])
+def test_export_flags_it_cannot_mean_are_one_line(tmp_path, capsys, sparse_checkpoint, flags, message):
+    from utils.deploy.__main__ import main as deploy_main
+    ckpt, _ = sparse_checkpoint
+    (tmp_path / "FILE").write_text("x")
+    with pytest.raises(SystemExit) as exit_info:
+        deploy_main([str(ckpt), *[str(tmp_path / f) if f == "FILE" else f for f in flags]])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+
+
+def test_a_runs_training_state_points_to_its_model(tmp_path, capsys, sparse_checkpoint, trainer_config):
+    import main
+    from utils.deploy.__main__ import main as deploy_main
+    ckpt, _ = sparse_checkpoint
+    trainer = trainer_config("epochs: 1\nbatch_size: 16\noptimizer: {name: sgd, lr: 0.05}\n")
+    main.main(["--dset", "synthetic", "--config_path", str(trainer), "--from_checkpoint_path", str(ckpt),
+               "--experiment_root_path", str(tmp_path / "exp"), "--exp_name", "r", "--workers", "0",
+               "--no_progress", "--image_size", "16"])
+    with pytest.raises(SystemExit):
+        deploy_main([str(tmp_path / "exp" / "r" / "checkpoint.pt")])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "training state" in err and str(tmp_path / "exp" / "r" / "model.pt") in err

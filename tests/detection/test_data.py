@@ -47,6 +47,10 @@ def test_a_malformed_label_line_is_named_by_file_and_line(tmp_path, line, messag
     ({"val": None}, "key 'val' is missing"),
     ({"train": "nowhere"}, "is neither a folder nor a .txt list"),
     ({"names": {1: "a", 2: "b"}, "nc": 2}, "needs the keys 0..1"),
+    ({"nc": "two"}, "nc must be an integer (the number of classes), got 'two'"),
+    ({"nc": True}, "nc must be an integer"),
+    ({"nc": 0, "names": []}, "nc is 0; a dataset needs at least one class"),
+    ({"nc": None, "names": []}, "'names' must be a non-empty list"),
 ])
 def test_a_bad_data_yaml_is_one_line(tmp_path, change, message):
     data_yaml = make_yolo_tree(tmp_path / "d")
@@ -133,3 +137,30 @@ def test_a_batch_flips_boxes_with_their_images(yolo_tree, monkeypatch):
                 assert torch.allclose(inside, torch.tensor(COLOURS[int(cls)], dtype=torch.float32), atol=50)
                 checked += 1
     assert checked > 20
+
+
+def test_a_data_yaml_without_names_says_how_its_classes_are_named(tmp_path, caplog):
+    data_yaml = make_yolo_tree(tmp_path / "d")
+    raw = yaml.safe_load(data_yaml.read_text())
+    del raw["names"]
+    data_yaml.write_text(yaml.safe_dump(raw))
+    with caplog.at_level("WARNING"):
+        assert load_yolo_data(data_yaml).names == ["0", "1"]
+    assert [r for r in caplog.records if "no 'names' key" in r.message and "'0'..'1'" in r.message]
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+@pytest.mark.parametrize("how", ["no labels folder", "empty label files"])
+def test_a_split_without_any_box_is_refused_before_training(tmp_path, split, how):
+    data_yaml = make_yolo_tree(tmp_path / "d")
+    for label in sorted((tmp_path / "d" / "labels" / split).iterdir()):
+        if how == "no labels folder":
+            label.unlink()
+        else:
+            label.write_text("")
+    if how == "no labels folder":
+        (tmp_path / "d" / "labels" / split).rmdir()
+    with pytest.raises(UserError, match=f"no image of split '{split}' has a box") as info:
+        yolo_datasets(load_yolo_data(data_yaml), imgsz=32)
+    assert ("no label file exists" if how == "no labels folder" else "every label file is empty") in str(info.value)
+    assert f"labels/{split}/{split}_0.txt" in str(info.value)

@@ -87,6 +87,9 @@ def test_cos_lr_picks_the_cosine_trainer_config():
     (["--rect"], "--rect True: rectangular batches are not supported"),
     (["--optimizer", "Adam"], "--optimizer Adam: detection uses YOLOv5's SGD here"),
     (["--weights", "", "--cfg", "yolov9.yaml"], "--cfg 'yolov9.yaml': give --weights FILE"),
+    (["--epochs", "0"], "--epochs 0: must be at least 1"),
+    (["--imgsz", "0"], "--imgsz 0: Input should be greater than or equal to 8"),
+    (["--batch-size", "-4"], "--batch-size -4: Input should be greater than 0"),
 ])
 def test_what_cannot_be_honoured_is_one_line(zoo, yolo_tree, capsys, extra, message):
     with pytest.raises(SystemExit):

@@ -235,3 +235,21 @@ def test_an_averaged_copy_of_the_weights_is_kept_as_sparse_as_the_model():
     with pytest.raises(UserError, match="ema.module"):
         manager.apply_masks(ema)                 # the wrapper's names carry 'module.'
     manager.finalize()
+
+
+def test_a_recipe_without_pruning_keeps_a_sparse_models_zeros_in_the_users_loop(make_sparse_checkpoint, tmp_path):
+    masks = make_sparse_checkpoint(tmp_path / "up.pt")
+    upstream = load_upstream(checkpoint_path=str(tmp_path / "up.pt"), flavour=None, arch=None)
+    model = upstream.model
+    model.reset_classifier(4)
+    manager = RecipeManager.from_yaml("num_epochs: 1\nmodifiers:\n  - !EpochRangeModifier\n    end_epoch: 1\n"
+                                      "  - !SetLearningRateModifier\n    start_epoch: 0\n    learning_rate: 0.1\n")
+    optimizer = manager.modify(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), steps_per_epoch=3)
+    for _ in range(3):
+        optimizer.zero_grad()
+        F.cross_entropy(model(torch.randn(4, 3, 16, 16)), torch.tensor([0, 1, 2, 3])).backward()
+        optimizer.step()
+    manager.finalize(model)
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        assert torch.equal(params[name] == 0, ~mask), name

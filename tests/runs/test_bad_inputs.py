@@ -109,7 +109,7 @@ def test_an_unknown_class_in_a_pickle_explains_how_to_convert_a_trusted_file(tmp
     ckpt = tmp_path / "trainer_state.pt"
     torch.save({"state_dict": {}, "args": Path("/somewhere")}, ckpt)
     fails_with_one_line(capsys, lambda: train(tmp_path, "--dset", "synthetic", "--from_checkpoint_path", str(ckpt)),
-                        "trainer_state.pt", "needs code to load", "trusted_globals", "clean.pt")
+                        "trainer_state.pt", "names code to load", "trusted_globals", "--convert")
 
 
 def test_nan_weights_in_a_checkpoint_are_blamed_on_the_checkpoint(tmp_path, capsys, make_sparse_checkpoint):

@@ -113,6 +113,8 @@ def test_resume_with_other_config_is_refused(tmp_path, sparse_checkpoint, traine
       "--epochs", "0"], "epochs"),
     (["--dset", "synthetic", "--config_path", "configs/trainers/demo_finetune.yaml", "--arch", "resnet_small",
       "--gpus", "zero"], "--gpus expects GPU ids"),
+    (["--dset", "synthetic", "--config_path", "configs/trainers/demo_finetune.yaml", "--arch", "resnet_small",
+      "--image_size", "1"], "'image_size': Input should be greater than or equal to 8"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -254,3 +256,29 @@ def test_accumulated_steps_are_recorded_and_counted(tmp_path, sparse_checkpoint,
     final = torch.load(run_dir / "model.pt", weights_only=True)["state_dict"]
     for name, mask in masks.items():
         assert torch.equal(final[name] == 0, ~mask), name
+
+
+LR_ONLY_RECIPE = """
+modifiers:
+  - !EpochRangeModifier
+    end_epoch: 2
+  - !LearningRateFunctionModifier
+    start_epoch: 0
+    end_epoch: 2
+    lr_func: cosine
+    init_lr: 0.05
+    final_lr: 0.001
+"""
+
+
+def test_a_recipe_without_a_pruning_modifier_keeps_the_upstream_mask(tmp_path, sparse_checkpoint, trainer, caplog):
+    ckpt, masks = sparse_checkpoint
+    recipe = tmp_path / "lr_only.yaml"
+    recipe.write_text(LR_ONLY_RECIPE)
+    with caplog.at_level("WARNING"):
+        result = run(tmp_path, ckpt, trainer, "--exp_name", "lr_only", "--recipe", str(recipe))
+    final = torch.load(tmp_path / "exp" / "lr_only" / "model.pt", weights_only=True)["state_dict"]
+    for name, mask in masks.items():
+        assert torch.equal(final[name] == 0, ~mask), name
+    assert result["measured_sparsity"] == pytest.approx(0.8, abs=1e-3)
+    assert [r.message for r in caplog.records if "no pruning modifier" in r.message and "kept at zero" in r.message]

@@ -177,6 +177,7 @@ def test_seed_000_pytorch_vision_transfer_runs_as_pasted(tmp_path, zoo, one_torc
 
 @pytest.mark.parametrize("extra, message", [
     (["--gradient-accum-steps", "0"], "--gradient-accum-steps 0: give 1 (no accumulation) or more"),
+    (["--image-size", "4"], "--image-size 4: Input should be greater than or equal to 8"),
     (["--optim", "RMSprop"], "--optim 'RMSprop': supported here: SGD, Adam, AdamW"),
     (["--optim-args", '{"lr_decay": 1}'], "--optim-args ['lr_decay']: not supported for SGD"),
     (["--model-kwargs", '{"ignore_error_tensors": ["sections.0.0.conv1.weight"]}'], "only the classifier"),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 from typing import Any, Mapping
 
 from utils.checkpoints.flavours import FLAVOURS, RAW_FLAVOURS, DetectRule, Flavour
@@ -63,6 +64,10 @@ def flavour_matches(flavour: Flavour, raw: Any) -> bool:
     return any(rule_matches(rule, flavour, raw) for rule in flavour.detect)
 
 
+# what policies.manager.Manager.training_state writes to a run's checkpoint.pt
+TRAINING_STATE_KEYS = {"epochs_completed", "step", "model", "optimizer", "policies"}
+
+
 def detect_flavour(raw: Mapping, *, source: str = "") -> Flavour:
     """The unique registered flavour whose detect rules match `raw`; otherwise a UserError."""
     names = FLAVOURS.names()
@@ -76,6 +81,10 @@ def detect_flavour(raw: Mapping, *, source: str = "") -> Flavour:
     if hits:
         raise UserError(f"{where}the checkpoint matches several flavours ({', '.join(hits)}); "
                         f"pass --checkpoint_flavour with one of them")
+    if isinstance(raw, Mapping) and TRAINING_STATE_KEYS <= set(raw):
+        model = Path(source).parent / "model.pt" if source else "RUN/model.pt"
+        raise UserError(f"{where}this is a run's training state (model, optimizer, policies, for --resume), not a "
+                        f"model; use the run's finished model {model} (written when the run ends)")
     top = sorted(map(str, raw))[:8] if isinstance(raw, Mapping) else type(raw).__name__
     raise UserError(f"{where}could not recognise the checkpoint format (top-level keys: {top}); pass "
                     f"--checkpoint_flavour NAME (one of: {', '.join(names)}) or a flavour YAML path")

@@ -111,7 +111,7 @@ def refusal(path: Path, unsafe: list[str], flavour_name: str | None) -> str:
     dangerous = dangerous_globals(unsafe)
     if dangerous:
         return (f"{path}: refused: loading it would call {', '.join(dangerous[:_SHOW])}, which runs code on this "
-                "machine; this is not model data (do not use this file, and do not load it with weights_only=False)")
+                "machine; this is not model data (do not use this file)")
     where = f"configs/checkpoints/{flavour_name}.yaml" if flavour_name else "a flavour YAML"
     return (f"{path}: refusing to unpickle {', '.join(unsafe[:_SHOW])}: the file names code to load and code in a "
             f"checkpoint is never run here; it names no function known to run commands, so "

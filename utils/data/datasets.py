@@ -77,7 +77,7 @@ class BatchedCropFlip:
         if images.dtype not in (torch.uint8, torch.float32) or [type(t) for t in rest] != [v2.ToDtype, v2.Normalize] \
                 or rest[0].dtype != torch.float32 or not rest[0].scale:
             return None
-        left, right, top, bottom = crop.padding if crop else (0, 0, 0, 0)
+        left, right, top, bottom = crop.padding if crop and crop.padding else (0, 0, 0, 0)   # None: no padding
         padded = torch.nn.functional.pad(images, (left, right, top, bottom))
         size = crop.size if crop else tuple(images.shape[-2:])
         if padded.shape[-2] < size[0] or padded.shape[-1] < size[1] or 4 * padded.numel() > PRECOMPUTE_BUDGET_BYTES:

@@ -14,6 +14,7 @@ index in front: (N, 6).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from utils.data.yolo_augment import PAD_VALUE, hsv_jitter, mosaic
 from utils.data.spec import DatasetSpec
 from utils.data.verify import verify_images
 from utils.errors import UserError
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".bmp", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp"}
 
@@ -58,15 +61,22 @@ def label_path(image: Path) -> Path:
 
 def _names(data: dict, source: Path) -> list[str]:
     names, nc = data.get("names"), data.get("nc")
+    if nc is not None and (isinstance(nc, bool) or not isinstance(nc, int)):
+        raise UserError(f"{source}: nc must be an integer (the number of classes), got {nc!r}")
+    if nc is not None and nc < 1:
+        raise UserError(f"{source}: nc is {nc}; a dataset needs at least one class (nc: N and names: [N names])")
     if isinstance(names, dict):
         keys = sorted(names)
         if keys != list(range(len(keys))):
             raise UserError(f"{source}: 'names' as a mapping needs the keys 0..{len(keys) - 1}, got {keys[:5]}")
         names = [names[k] for k in keys]
-    if names is None and isinstance(nc, int) and nc > 0:
+    if names is None and nc is not None:
+        log.warning("%s: no 'names' key; the %d classes are named '0'..'%d' in results (add names: [...])",
+                    source, nc, nc - 1)
         names = [str(i) for i in range(nc)]
     if not isinstance(names, list) or not names:
-        raise UserError(f"{source}: 'names' must be a list of class names or a {{0: name, ...}} mapping")
+        raise UserError(f"{source}: 'names' must be a non-empty list of class names or a {{0: name, ...}} mapping "
+                        f"(or give nc: N), got {names!r}"[:300])
     if nc is not None and nc != len(names):
         raise UserError(f"{source}: nc is {nc} but 'names' lists {len(names)} classes; make them agree")
     return [str(n) for n in names]
@@ -280,4 +290,18 @@ def yolo_datasets(data: YoloData, *, imgsz: int, verify: bool = True,
         verify_images([image for split in ("train", "val") for image, _ in data.splits[split]], root=data.source.parent)
     train = YoloDataset(data.splits["train"], num_classes=data.num_classes, imgsz=imgsz, augment=True, mosaic=mosaic)
     val = YoloDataset(data.splits["val"], num_classes=data.num_classes, imgsz=imgsz, augment=False)
+    for split, dataset in (("train", train), ("val", val)):
+        check_some_boxes(dataset, split=split, source=data.source)
     return train, val
+
+
+def check_some_boxes(dataset: YoloDataset, *, split: str, source: Path) -> None:
+    """A split with no box at all cannot train a detector (train) or give an mAP (val: it would be -1)."""
+    if any(len(boxes) for boxes in dataset.labels):
+        return
+    image, label = dataset.items[0]
+    found = "no label file exists" if not any(lab.is_file() for _, lab in dataset.items) else "every label file is empty"
+    raise UserError(f"{source}: no image of split '{split}' has a box ({found}; for {image} the label is read from "
+                    f"{label}: the last 'images' folder becomes 'labels', the suffix .txt); "
+                    + ("a detector cannot learn from background alone" if split == "train"
+                       else "mAP is undefined without boxes to find"))

@@ -12,8 +12,20 @@ from pathlib import Path
 from typing import Any
 
 from utils.cli import setup_logging
+from utils.config import MIN_IMAGE_SIZE
 from utils.deploy import deploy_checkpoint, describe_deployment
 from utils.errors import UserError, exit_on_user_error
+
+
+def check_flags(args: argparse.Namespace, out: Path) -> None:
+    """Values the export cannot mean, each as one line naming the flag."""
+    if args.num_samples < 1:
+        raise UserError(f"--num_samples {args.num_samples}: compare on at least 1 input (default 64)")
+    if args.image_size is not None and args.image_size < MIN_IMAGE_SIZE:
+        raise UserError(f"--image_size {args.image_size}: at least {MIN_IMAGE_SIZE} px (default: the size the model "
+                        "was trained at)")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; the export writes a folder (model_fp32.onnx, ...): name a folder")
 
 
 @exit_on_user_error
@@ -34,6 +46,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
     out = Path(args.out) if args.out else path.parent / f"{path.stem}_export"
+    check_flags(args, out)
     report = deploy_checkpoint(path, out, latency=args.latency, flavour=args.flavour, image_size=args.image_size,
                                num_samples=args.num_samples)
     print("\n".join(describe_deployment(report)))

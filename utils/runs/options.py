@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from utils.config import StrictModel
+from utils.config import MIN_IMAGE_SIZE, StrictModel
 from utils.paths import PROBE_DIR, TRAINER_DIR
 
 
@@ -35,7 +35,7 @@ class RunOptions(StrictModel):
     seed: int = 0
     workers: int = Field(default=4, ge=0)
     interpolation: Literal["bilinear", "bicubic"] | None = None
-    image_size: int | None = Field(default=None, gt=0)
+    image_size: int | None = Field(default=None, ge=MIN_IMAGE_SIZE)   # smaller leaves no image to resize
     max_train_samples: int | None = Field(default=None, gt=0)
     experiment_root_path: str = "experiments"
     exp_name: str | None = None

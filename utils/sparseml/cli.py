@@ -18,6 +18,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from utils.deploy.onnx import OPSET as ONNX_OPSET
 from utils.errors import UserError
 from utils.io import atomic_write_text
@@ -214,6 +216,22 @@ def device_options(device: str | None) -> dict[str, Any]:
     return {"gpus": [int(g) for g in m.group(1).split(",")]} if m.group(1) else {}
 
 
+# the run options a value out of range is named by: the flag the user typed
+CLASSIFICATION_FLAGS = {"batch_size": "--train-batch-size", "image_size": "--image-size",
+                        "workers": "--loader-num-workers", "accumulate_steps": "--gradient-accum-steps"}
+
+
+def run_options(flags: dict[str, str], **values: Any) -> FullOptions:
+    """FullOptions of a translated command line; a bad value is one line naming the flag it came from."""
+    try:
+        return FullOptions.model_validate(values)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = str(first["loc"][0]) if first["loc"] else ""
+        what = f"{flags.get(key, '--' + key)} {values.get(key)}: " if key else ""
+        raise UserError(f"{what}{first['msg'].removeprefix('Value error, ')}") from None
+
+
 def translate(argv: list[str], *, prog: str) -> FullOptions:
     """The run options a SparseML training command line means (the trainer config written beside the run)."""
     args = build_parser(prog).parse_args(argv)
@@ -234,7 +252,8 @@ def translate(argv: list[str], *, prog: str) -> FullOptions:
     tag = args.model_tag or f"{(args.arch_key or Path(checkpoint or 'model').stem).replace('/', '_')}_{args.dataset}"
     trainer = Path(args.save_dir) / f"{tag}.trainer.yaml"
     atomic_write_text(trainer, trainer_yaml(args))
-    return FullOptions(dataset=DATASETS[args.dataset], dataset_path=args.dataset_path, trainer_config_path=str(trainer),
+    return run_options(CLASSIFICATION_FLAGS, dataset=DATASETS[args.dataset], dataset_path=args.dataset_path,
+                       trainer_config_path=str(trainer),
                        from_checkpoint_path=checkpoint, arch=arch, batch_size=args.train_batch_size,
                        accumulate_steps=args.gradient_accum_steps if args.gradient_accum_steps != 1 else None,
                        workers=workers, image_size=args.image_size,

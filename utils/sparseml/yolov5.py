@@ -22,7 +22,7 @@ from utils.deploy.onnx import OPSET
 from utils.errors import UserError
 from utils.paths import TRAINER_DIR
 from utils.runs import FullOptions
-from utils.sparseml.cli import device_options
+from utils.sparseml.cli import device_options, run_options
 from utils.sparsify.zoo import STUB_PREFIX, find_stub, resolve_recipe
 
 log = logging.getLogger(__name__)
@@ -113,14 +113,19 @@ def recipe_arguments(recipe: str | None, recipe_args: str | None, epochs: int | 
     return json.dumps({**parse_recipe_args(recipe_args), "num_epochs": epochs})
 
 
+YOLOV5_FLAGS = {"batch_size": "--batch-size", "image_size": "--imgsz", "workers": "--workers", "epochs": "--epochs"}
+
+
 def translate(argv: list[str], *, prog: str) -> FullOptions:
     args = build_parser(prog).parse_args(argv)
     check_flags(args)
+    if args.epochs is not None and args.epochs < 1:
+        raise UserError(f"--epochs {args.epochs}: must be at least 1")
     recipe = resolve_recipe(args.recipe) if args.recipe else None
     checkpoint, arch = upstream(args)
     workers = min(args.workers, os.cpu_count() or 1)
     trainer = TRAINER_COS if args.cos_lr else TRAINER
-    return FullOptions(dataset="yolo", dataset_path=args.data, trainer_config_path=str(trainer),
+    return run_options(YOLOV5_FLAGS, dataset="yolo", dataset_path=args.data, trainer_config_path=str(trainer),
                        from_checkpoint_path=checkpoint, arch=arch, batch_size=args.batch_size, workers=workers,
                        image_size=args.imgsz, experiment_root_path=args.project, exp_name=args.name, seed=args.seed,
                        recipe=recipe, recipe_args=recipe_arguments(recipe, args.recipe_args, args.epochs),

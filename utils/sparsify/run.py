@@ -14,7 +14,7 @@ from pydantic import Field
 from models import build_model, model_task
 from policies.recipe import load_recipe
 from utils.checkpoints import load_checkpoint
-from utils.config import StrictModel
+from utils.config import MIN_IMAGE_SIZE, StrictModel
 from utils.data import DatasetSplits, load_datasets, load_detection_datasets
 from utils.deploy import export_checkpoint, export_onnx
 from utils.engines import available_engines, engines_latency_ms, missing
@@ -50,7 +50,7 @@ class SparseTransferOptions(StrictModel):
                                               # names the optimizer
     batch_size: int | None = Field(default=None, gt=0)
     accumulate_steps: int | None = Field(default=None, gt=0)   # gradient accumulation (default: the config's)
-    image_size: int | None = Field(default=None, gt=0)
+    image_size: int | None = Field(default=None, ge=MIN_IMAGE_SIZE)   # smaller leaves no image to resize
     workers: int = Field(default=4, ge=0)
     seed: int = 0
     cpu: bool = False
