@@ -63,7 +63,9 @@ def _parse(expr: str, *, source: str) -> ast.Expression:
 
 def _lookup(name: str, variables: Mapping[str, Any], *, source: str, expr: str) -> Any:
     if name not in variables:
-        raise UserError(f"{source}: in eval({expr}): " + unknown_name_message("variable", name, sorted(variables)))
+        raise UserError(f"{source}: in eval({expr}): " + unknown_name_message(
+            "variable", name, sorted(variables),
+            none=f"the recipe defines no variables (define it at the recipe's top level, e.g. '{name}: 10')"))
     return variables[name]
 
 

@@ -143,7 +143,8 @@ def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any]) -> Recipe:
     for name in overrides:
         if name not in known:
             raise UserError(f"{recipe.source}: --recipe_args: "
-                            + unknown_name_message("recipe variable", name, sorted(known)))
+                            + unknown_name_message("recipe variable", name, sorted(known),
+                                                 none="the recipe defines no variables to override"))
 
     def override(variables: Mapping[str, Any]) -> dict[str, Any]:
         return {k: overrides.get(k, v) for k, v in variables.items()}

@@ -50,8 +50,11 @@ class Registry(Generic[T]):
         return len(self._items)
 
 
-def unknown_name_message(kind: str, name: str, valid: list[str]) -> str:
-    """'unknown X 'foo' (did you mean 'fo'?); valid: a, b' -- shared by registries and recipes."""
+def unknown_name_message(kind: str, name: str, valid: list[str], *, none: str = "there are none") -> str:
+    """'unknown X 'foo' (did you mean 'fo'?); valid: a, b' -- shared by registries and recipes; with nothing valid,
+    'unknown X 'foo'; <none>'."""
+    if not valid:
+        return f"unknown {kind} {name!r}; {none}"
     close = difflib.get_close_matches(str(name), valid, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return f"unknown {kind} {name!r}{hint}; valid: {', '.join(valid)}"

@@ -139,8 +139,11 @@ def _meta_without(key):
     lambda entry: (entry / "meta.json").write_bytes(b"\xff\xfe not json"),
     lambda entry: (entry / "meta.json").write_text("[1, 2]"),
     lambda entry: (entry / "labels.npy").write_bytes(b"\x93NUMPY garbage"),
+    lambda entry: np.save(entry / "labels.npy", np.load(entry / "labels.npy") + 7),
+    lambda entry: np.save(entry / "labels.npy", np.load(entry / "labels.npy").astype(np.float32)),
+    lambda entry: np.save(entry / "features.npy", np.full_like(np.load(entry / "features.npy"), np.nan)),
 ], ids=["zero-byte features.npy", "meta without count", "meta without dim", "meta not UTF-8", "meta a list",
-        "labels.npy garbage"])
+        "labels.npy garbage", "labels out of range", "labels not integers", "NaN features"])
 def test_a_damaged_entry_is_extracted_again_not_a_traceback(tmp_path, damage, caplog):
     """Issue 12 item 9: a zero-byte features.npy or a meta.json without count crashed the linear run."""
     m, data, calls = model(), Images(), []
@@ -152,7 +155,7 @@ def test_a_damaged_entry_is_extracted_again_not_a_traceback(tmp_path, damage, ca
         assert read_entry(entry.path, cache_key(desc)) is None
         again = cached_features(counting_backend(m, calls), data, cache_root=tmp_path, description=desc,
                                 dim=m.num_features, progress=False)
-    assert "re-extracting" in caplog.text
+    assert "re-extracting" in caplog.text and str(entry.path) in caplog.text
     assert not again.reused and len(calls) == 2
     np.testing.assert_array_equal(again.features, entry.features)
 

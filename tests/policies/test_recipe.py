@@ -155,6 +155,10 @@ def test_cycles_and_unknown_names_are_named():
         load_recipe_text("a: eval(b)\nb: eval(a + 1)\nm_modifiers:\n  - !EpochRangeModifier\n    end_epoch: 1\n")
     with pytest.raises(UserError, match=r"unknown variable 'num_epoch' \(did you mean 'num_epochs'\?\)"):
         load_recipe_text(SMALL.replace("eval(num_epochs)", "eval(num_epoch)"))
+    with pytest.raises(UserError, match=r"unknown variable 'other_var'; the recipe defines no variables \(define it"):
+        load_recipe_text("modifiers:\n  - !EpochRangeModifier\n    end_epoch: eval(other_var)\n")
+    with pytest.raises(UserError, match=r"unknown recipe variable 'x'; the recipe defines no variables to override"):
+        load_recipe_text("modifiers:\n  - !EpochRangeModifier\n    end_epoch: 1\n", {"x": 1})
 
 
 def test_malicious_expressions_in_a_recipe_are_rejected():

@@ -117,7 +117,23 @@ def read_entry(path: Path, key: str) -> FeatureSet | None:
     if features.shape != expected or labels.shape != expected[:1]:
         log.warning("%s: cache entry shapes disagree with meta.json; re-extracting", path)
         return None
+    problem = content_problem(features, labels, num_classes=(meta.get("dataset") or {}).get("num_classes"))
+    if problem:
+        log.warning("%s: %s; re-extracting", path, problem)
+        return None
     return FeatureSet(features, labels, meta, path, reused=True)
+
+
+def content_problem(features: np.ndarray, labels: np.ndarray, *, num_classes: Any) -> str | None:
+    """What makes a cache entry's arrays unusable (labels that are no class, non-finite features), or None."""
+    if not np.issubdtype(labels.dtype, np.integer):
+        return f"labels.npy holds {labels.dtype}, not class indices"
+    if isinstance(num_classes, int) and len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        return f"labels.npy holds labels {labels.min()}..{labels.max()}, outside the {num_classes} classes 0.." \
+               f"{num_classes - 1}"
+    if not np.isfinite(features).all():
+        return "features.npy holds NaN or infinite values"
+    return None
 
 
 def remove_dead_temporaries(parent: Path, prefix: str) -> None:
