@@ -96,3 +96,11 @@ def test_what_cannot_be_honoured_is_one_line(zoo, yolo_tree, capsys, extra, mess
         main(words(yolo_tree) + extra)
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and message in err[-1], err[-1]
+
+
+def test_classifier_weights_on_yolo_data_name_the_file(tmp_path, zoo, yolo_tree, capsys, make_sparse_checkpoint):
+    make_sparse_checkpoint(tmp_path / "resnet.pt")
+    with pytest.raises(SystemExit):
+        main(["yolov5", "train", "--data", str(yolo_tree), "--weights", str(tmp_path / "resnet.pt"), "--imgsz", "64"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"the checkpoint {tmp_path / 'resnet.pt'} holds resnet_small, a classifier" in err and "--dset" not in err

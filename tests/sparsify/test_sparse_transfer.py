@@ -243,3 +243,14 @@ def test_model_flag_reads_arch_and_sparsity_from_the_file(tmp_path):
     assert e.params == backbone_params("resnet_small", {"widths": [8, 16, 32]})
     with pytest.raises(UserError, match="--model .*nope.pt: checkpoint not found"):
         entry_from_checkpoint(str(tmp_path / "nope.pt"), None)
+
+
+def test_a_zoo_without_a_model_of_the_use_cases_task_says_which_to_add(tmp_path, capsys, make_sparse_checkpoint):
+    from tests.detection.conftest import make_yolo_tree
+    make_sparse_checkpoint(tmp_path / "resnet.pt")
+    zoo = tmp_path / "zoo.yaml"
+    zoo.write_text(yaml.safe_dump({"models": [{"name": "small", "path": "resnet.pt", "arch": "resnet_small",
+                                               "sparsity": 0.8}]}))
+    err = cli_error(capsys, "--use-case", "detection", "--zoo", str(zoo), "--data", str(make_yolo_tree(tmp_path / "d")))
+    assert "has no detection model for --use-case detection (it lists 1 classification model(s))" in err
+    assert "arch: yolov5s" in err and "resnet50" not in err

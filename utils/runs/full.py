@@ -48,13 +48,15 @@ log = logging.getLogger(__name__)
 
 def load_data(upstream: Upstream, *, dataset: str, dataset_path: str | None, image_size: int | None,
               interpolation: str | None, max_train_samples: int | None, seed: int,
-              mosaic: float = 0.0) -> tuple[DatasetSplits, InputSettings]:
+              mosaic: float = 0.0, checkpoint: str | None = None) -> tuple[DatasetSplits, InputSettings]:
     """The downstream splits, prepared as the upstream expects (its resize and normalisation unless overridden)."""
     detector = model_task(upstream.arch) == "detection"
     if detector != is_detection_dataset(dataset):
-        raise UserError(f"--dset {dataset!r} is a {'detection' if not detector else 'classification'} dataset but "
-                        f"{upstream.arch} is a {'detector' if detector else 'classifier'}; detectors (yolov5*) train "
-                        "on YOLO data: --dset yolo --dset_path data.yaml")
+        data = dataset_path if dataset == "yolo" and dataset_path else dataset
+        model = f"the checkpoint {checkpoint} holds {upstream.arch}" if checkpoint else upstream.arch
+        raise UserError(f"{model}, a {'detector' if detector else 'classifier'}, and the data {data!r} is a "
+                        f"{'classification' if detector else 'detection'} dataset; detectors (yolov5*) train on YOLO "
+                        "data (a data.yaml), classifiers on image datasets: give a checkpoint of the data's task")
     inputs = InputSettings(image_size=image_size or upstream.model.default_input_size,
                            interpolation=interpolation or upstream.interpolation,
                            normalization=upstream.normalization)
@@ -141,6 +143,7 @@ def fine_tune(opts: FullOptions) -> RunResult:
     upstream = load_upstream(checkpoint_path=opts.from_checkpoint_path, flavour=opts.checkpoint_flavour,
                              arch=opts.arch, keep_classifier=opts.eval_only)
     data, inputs = load_data(upstream, dataset=opts.dataset, dataset_path=opts.dataset_path,
+                             checkpoint=opts.from_checkpoint_path,
                              image_size=opts.image_size, interpolation=opts.interpolation,
                              max_train_samples=opts.max_train_samples, seed=opts.seed,
                              mosaic=0.0 if opts.eval_only else plan.trainer.mosaic)

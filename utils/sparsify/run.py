@@ -134,12 +134,22 @@ def default_run_dir(data: str, entry: ZooEntry, level: float, seed: int) -> Path
     return Path("experiments") / "sparse_transfer" / f"{name}_{entry.name}_optim{level:g}_seed{seed}"
 
 
+TASK_EXAMPLES = {"detection": "{name: yolov5s_pruned75, path: ckpts/yolov5s_pruned75.pt, arch: yolov5s, sparsity: 0.75}",
+                 "classification": "{name: acdc_resnet50_90, path: ckpts/acdc_resnet50_90.pth, arch: resnet50, "
+                                   "sparsity: 0.9}"}
+
+
 def pick_model(opts: SparseTransferOptions, target: OptimTarget,
                case: UseCase) -> tuple[Selection, list[ZooEntry]]:
     """The zoo's choice for the level among the use case's models (or --model as given, with a note if it
     disagrees) and those zoo entries."""
-    entries = load_zoo(opts.zoo) if opts.model is None or Path(opts.zoo).is_file() else []
-    entries = [e for e in entries if model_task(e.arch) == case.task]
+    listed = load_zoo(opts.zoo) if opts.model is None or Path(opts.zoo).is_file() else []
+    entries = [e for e in listed if model_task(e.arch) == case.task]
+    if opts.model is None and listed and not entries:
+        others = sorted({model_task(e.arch) for e in listed})
+        raise UserError(f"{opts.zoo} has no {case.task} model for --use-case {opts.use_case} (it lists {len(listed)} "
+                        f"{'/'.join(others)} model(s)); add one under 'models:', e.g. '- {TASK_EXAMPLES[case.task]}', "
+                        "or pass --model CKPT")
     if opts.model is None:
         return select_model(entries, opts.optim_level, zoo_path=opts.zoo), entries
     given = entry_from_checkpoint(opts.model, opts.flavour)
