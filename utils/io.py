@@ -114,6 +114,12 @@ def _locked_table(path: Path) -> Iterator[Any]:
 def drop_csv_rows(path: str | Path, drop: Callable[[dict[str, str]], bool]) -> int:
     """Remove the rows for which `drop` is true, atomically (a complete new file renamed over the old one) and
     under the appenders' lock; returns how many went."""
+    return edit_csv_rows(path, lambda row: None if drop(row) else row)
+
+
+def edit_csv_rows(path: str | Path, edit: Callable[[dict[str, str]], dict[str, str] | None]) -> int:
+    """Replace each row by `edit(row)` (None: remove it), atomically and under the appenders' lock; returns how many
+    rows changed or went."""
     path = Path(path)
     if not path.is_file():
         return 0
@@ -123,12 +129,39 @@ def drop_csv_rows(path: str | Path, drop: Callable[[dict[str, str]], bool]) -> i
         if not rows:
             return 0
         header, body = rows[0], rows[1:]
-        kept = [r for r in body if not drop(dict(zip(header, r)))]
-        if len(kept) < len(body):
+        edited = [edit(dict(zip(header, r))) for r in body]
+        kept = [[e.get(h, "") for h in header] for e in edited if e is not None]
+        changed = sum(1 for r, e in zip(body, edited) if e is None or [e.get(h, "") for h in header] != r)
+        if changed:
             buf = io.StringIO()
             csv.writer(buf).writerows([header, *kept])
             atomic_write_text(path, buf.getvalue())
-        return len(body) - len(kept)
+        return changed
+
+
+def set_aside_ragged_rows(path: str | Path, aside: str | Path) -> list[tuple[int, int, int]]:
+    """Move the rows whose field count differs from the header's (a row cut off by a killed writer) from the table
+    to the end of `aside`, atomically and under the appenders' lock; returns (line, fields, header fields) of each."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with _locked_table(path) as f:
+        f.seek(0)
+        rows = list(csv.reader(f))
+        if not rows:
+            return []
+        header = rows[0]
+        ragged = [(i + 2, r) for i, r in enumerate(rows[1:]) if r and len(r) != len(header)]
+        if ragged:
+            with open(aside, "a", newline="") as out:
+                csv.writer(out).writerows(r for _, r in ragged)
+                out.flush()
+                os.fsync(out.fileno())
+            buf = io.StringIO()
+            cut = {line for line, _ in ragged}
+            csv.writer(buf).writerows([header, *(r for i, r in enumerate(rows[1:]) if i + 2 not in cut)])
+            atomic_write_text(path, buf.getvalue())
+        return [(line, len(r), len(header)) for line, r in ragged]
 
 
 def _ends_with_newline(f) -> bool:

@@ -93,6 +93,30 @@ def test_another_spelling_a_move_or_a_copy_of_the_root_never_doubles_a_row(tmp_p
     assert len(rows(tmp_path / "copied")) == 1
 
 
+def test_a_row_records_where_its_run_is_now_absolute(tmp_path, setup, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert setup(root="exp")["run_dir"] == str(tmp_path / "exp" / "r")          # a relative root
+    assert rows(tmp_path / "exp")[0]["run_dir"] == str(tmp_path / "exp" / "r")
+    shutil.move(tmp_path / "exp", tmp_path / "moved")
+    result = setup("--resume", root="moved")
+    here = str(tmp_path / "moved" / "r")
+    assert result["run_dir"] == here and [r["run_dir"] for r in rows(tmp_path / "moved")] == [here]
+    assert json.loads((tmp_path / "moved" / "r" / "result.json").read_text())["run_dir"] == here
+
+
+def test_a_cut_off_row_is_set_aside_with_a_warning(tmp_path, setup, caplog):
+    setup()
+    table = tmp_path / "exp" / "results.csv"
+    whole = table.read_text()
+    table.write_text(whole + whole.splitlines()[1][:40] + "\n")       # a second row cut off by a killed writer
+    with caplog.at_level("WARNING"):
+        setup("--exp_name", "r2")
+    assert [r["run_dir"] for r in rows(tmp_path / "exp")] == [str(tmp_path / "exp" / n) for n in ("r", "r2")]
+    assert (tmp_path / "exp" / "results.csv.damaged").read_text() == whole.splitlines()[1][:40] + "\n"
+    assert [r for r in caplog.records if "results.csv:3: a cut-off row" in r.getMessage()]
+    assert len(pd.read_csv(table)) == 2
+
+
 def test_a_finished_run_is_reported_only_for_the_settings_it_was_made_with(tmp_path, setup, trainer_config, capsys):
     """--resume of a finished run with another --lr (or an edited trainer config) returned the old result as if
     it were the new setting's."""

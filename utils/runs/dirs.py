@@ -5,6 +5,7 @@ import contextlib
 import csv
 import datetime as dt
 import json
+import logging
 import subprocess
 import typing
 from pathlib import Path
@@ -17,11 +18,14 @@ from policies.trainer import TrainerConfig
 from utils.config import dump_yaml, read_yaml
 from utils.errors import UserError
 from utils.distributed import is_main_process
-from utils.io import append_csv_row, atomic_write_json, atomic_write_text, exclusive_lock
+from utils.io import (append_csv_row, atomic_write_json, atomic_write_text, edit_csv_rows, exclusive_lock,
+                      set_aside_ragged_rows)
 from utils.paths import REPO_ROOT
 from utils.linear import LinearProbeConfig
 from utils.runs.kinds import RunResult
 from utils.runs.options import FullOptions, LinearOptions, TransferConfig
+
+log = logging.getLogger(__name__)
 
 # The raw_results schema first (dset,model,sparsity,seed,val_acc), then descriptive columns.
 RESULT_COLUMNS = [
@@ -56,7 +60,7 @@ def run_dir_for(experiment_root: str | Path, exp_name: str) -> Path:
     name = Path(exp_name)
     if name.is_absolute() or ".." in name.parts or not name.parts:
         raise UserError(f"--exp_name {exp_name!r} must be a name inside --experiment_root_path (no '..', not absolute)")
-    return Path(experiment_root) / name
+    return Path(experiment_root).absolute() / name     # absolute: results record where the run is
 
 
 @contextlib.contextmanager
@@ -212,16 +216,31 @@ def check_results_table(experiment_root: Path, *, detection: bool = False) -> No
     if header and missing:
         raise UserError(f"{table}: its header lacks the columns {missing[:5]} this run writes; move it aside or "
                         "choose another --experiment_root_path")
+    aside = table.with_name(table.name + ".damaged")
+    for line, fields, expected in set_aside_ragged_rows(table, aside):
+        log.warning("%s:%d: a cut-off row (%d of %d fields; a run killed while writing it?) moved to %s, so the "
+                    "table stays readable; a finished run's row comes back when it is run again with --resume",
+                    table, line, fields, expected, aside)
 
 
 def finished_result(run_dir: Path, experiment_root: Path) -> RunResult:
-    """A finished run's result; re-appends its results.csv row if a crash came between the two writes."""
+    """A finished run's result; re-appends its results.csv row if a crash came between the two writes, and records
+    where the run is now (absolute) in its row and result.json when it was moved or copied since."""
     record = json.loads((run_dir / "result.json").read_text())
+    here = str(Path(run_dir).absolute())
     table = experiment_root / "results.csv"
     rows = list(csv.DictReader(table.open())) if table.exists() else []
-    if not any(same_run(r, record, run_dir=run_dir, experiment_root=experiment_root) for r in rows):
-        append_csv_row(table, {**{col: record.get(col, "") for col in RESULT_COLUMNS}, "run_dir": str(run_dir)},
+    mine = [r for r in rows if same_run(r, record, run_dir=run_dir, experiment_root=experiment_root)]
+    if record.get("run_dir", here) != here:
+        log.info("%s was moved or copied from %s; its result now records where it is", here, record["run_dir"])
+        record["run_dir"] = here
+        atomic_write_json(run_dir / "result.json", record)
+    if not mine:
+        append_csv_row(table, {**{col: record.get(col, "") for col in RESULT_COLUMNS}, "run_dir": here},
                        optional=OPTIONAL_COLUMNS)
+    elif any(r.get("run_dir") != here for r in mine):
+        edit_csv_rows(table, lambda r: {**r, "run_dir": here}
+                      if same_run(r, record, run_dir=run_dir, experiment_root=experiment_root) else r)
     return RunResult.from_record(record, run_dir)
 
 
