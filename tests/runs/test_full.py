@@ -282,3 +282,13 @@ def test_a_recipe_without_a_pruning_modifier_keeps_the_upstream_mask(tmp_path, s
         assert torch.equal(final[name] == 0, ~mask), name
     assert result["measured_sparsity"] == pytest.approx(0.8, abs=1e-3)
     assert [r.message for r in caplog.records if "no pruning modifier" in r.message and "kept at zero" in r.message]
+
+
+def test_settings_that_quietly_mean_less_than_asked_say_so(tmp_path, sparse_checkpoint, trainer, caplog):
+    ckpt, _ = sparse_checkpoint
+    with caplog.at_level("WARNING"):
+        run(tmp_path, ckpt, trainer, "--exp_name", "acc", "--accumulate_steps", "1000", "--epochs", "1")
+        run(tmp_path, ckpt, trainer, "--exp_name", "few", "--max_train_samples", "2", "--epochs", "1")
+    text = [r.getMessage() for r in caplog.records]
+    assert [m for m in text if "accumulation over 1000 batches, but an epoch has 4" in m]
+    assert [m for m in text if "--max_train_samples 2 leaves 2 of 4 classes without a training image" in m]

@@ -167,6 +167,11 @@ def load_datasets(
         if max_train_samples <= 0:
             raise UserError(f"max_train_samples must be positive; got {max_train_samples}")
         train = train.subset(stratified_subset(train.labels, max_train_samples, seed))
+        missing = len(raw.classes) - len(np.unique(np.asarray(train.labels)))
+        if missing:
+            logger.warning("--max_train_samples %d leaves %d of %d classes without a training image (the subset keeps "
+                           "class proportions); the model cannot learn those: give at least %d", max_train_samples,
+                           missing, len(raw.classes), len(raw.classes))
     if verify:      # image files: checked now, all at once, rather than when the loader reaches them
         verify_images([p for samples in (train, raw.test) if isinstance(samples, FileSamples) for p in samples.paths],
                       root=root)

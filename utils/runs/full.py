@@ -163,6 +163,11 @@ def fine_tune(opts: FullOptions) -> RunResult:
     loaders = make_loaders(data, batch_size=plan.batch_size, test_batch_size=plan.trainer.test_batch_size or
                            plan.batch_size, workers=opts.workers, device=plan.device, dist=plan.dist)
     steps_per_epoch = math.ceil(len(loaders[0]) / plan.accumulate)    # optimizer steps
+    if plan.accumulate > len(loaders[0]):
+        log.warning("gradient accumulation over %d batches, but an epoch has %d: each epoch makes one optimizer step "
+                    "over its %d batches (accumulation does not cross epochs); lower --accumulate_steps (or the "
+                    "nominal batch size) to at most %d", plan.accumulate, len(loaders[0]), len(loaders[0]),
+                    len(loaders[0]))
     schedule, epochs = training_schedule(opts, plan, model=upstream.model, masks=masks,
                                          steps_per_epoch=steps_per_epoch, embedded_recipe=upstream.recipe)
     state = train_state(upstream.model, plan, epochs=epochs, steps_per_epoch=steps_per_epoch, seed=opts.seed,
