@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-requirements
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo demo-detection test venv data bench clean-demo sparseml-commands
+.PHONY: demo demo-detection test venv data bench clean-demo sparseml-commands kernels
 
 venv: $(STAMP)
 
@@ -13,6 +13,18 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	@touch $(STAMP)
+
+# The sparse engine's compiled kernels (utils/onnx/kernels): plain C with OpenMP, AVX-512 / AVX2 chosen at run time.
+# Without a C compiler this says so in one line and everything else still works (the other engines run).
+KERNELS := utils/onnx/kernels/build/libsparse_conv.so
+CC ?= cc
+kernels: $(KERNELS)
+
+$(KERNELS): utils/onnx/kernels/sparse_conv.c
+	@mkdir -p $(dir $@)
+	@if command -v $(CC) >/dev/null 2>&1; then \
+	  $(CC) -O3 -fopenmp -fPIC -shared -o $@.tmp $< -lm && mv $@.tmp $@; \
+	else echo "no C compiler ($(CC)): the sparse engine is off (apt-get install gcc, then make kernels)"; fi
 
 # Debian's dataset-fashion-mnist package: installed when apt is available and the files are missing.
 data:
@@ -25,17 +37,17 @@ data:
 	  fi; \
 	fi
 
-demo: venv data
+demo: venv data kernels
 	$(PY) -m utils.studies
 
 # The detection leg: YOLO data pasted from Fashion-MNIST, a yolov5n upstream, GMP 80/90%, seed-001 sparse transfer.
-demo-detection: venv data
+demo-detection: venv data kernels
 	$(PY) -m utils.studies --study configs/studies/demo_detection.yaml
 
-test: venv data
+test: venv data kernels
 	$(PY) -m pytest
 
-bench: venv
+bench: venv kernels
 	$(PY) bench/masked_step.py
 	$(PY) bench/linear_probe.py
 	$(PY) bench/extract.py

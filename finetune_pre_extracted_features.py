@@ -36,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--features_cache", default="features_cache", help="features cache directory")
     o.add_argument("--probe_config_path", help="lbfgs/sklearn settings (default: configs/probes/lbfgs.yaml)")
     o.add_argument("--feature_backend", default="torch",
-                   help="torch (default), or an ONNX engine on the CPU: onnxruntime, openvino, deepsparse "
-                        "(if installed)")
+                   help="torch (default), or an ONNX engine on the CPU: onnxruntime, openvino, sparse (our "
+                        "kernels that skip zero weights; `make kernels`), deepsparse (if installed)")
     o.add_argument("--augment", action="store_true",
                    help="sgd on freshly augmented images every epoch through the frozen backbone (no cache)")
     o.add_argument("--normalization", choices=["imagenet", "checkpoint"], default="imagenet",

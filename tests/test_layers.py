@@ -24,11 +24,12 @@ LAYERS = {
     "utils.data": set(),
     "policies": {"utils.sparsity"},
     "utils.checkpoints": {"utils.sparsity", "models"},
-    "utils.linear": {"policies"},   # the trainer's optimizer and LR functions (the sgd solver)
+    "utils.onnx": set(),            # the sparse engine: its kernels and ONNX executor (registers into utils.engines)
+    "utils.linear": {"policies", "utils.onnx"},   # the trainer's optimizer and LR functions (the sgd solver)
     "utils.detection": {"policies"},
     "utils.runs": {"utils.sparsity", "models", "policies", "utils.data", "utils.checkpoints", "utils.linear",
                    "utils.detection"},
-    "utils.deploy": {"utils.checkpoints", "policies", "utils.detection"},
+    "utils.deploy": {"utils.checkpoints", "policies", "utils.detection", "utils.onnx"},
     "utils.sparsify": {"utils.runs", "utils.deploy", "utils.checkpoints", "utils.data", "models", "policies"},
     "utils.sparseml": {"utils.runs", "utils.sparsify", "utils.deploy", "models", "policies"},
     "utils.studies": {"utils.runs", "utils.checkpoints", "utils.analysis",

@@ -229,4 +229,16 @@ def test_torch_and_onnxruntime_features_agree(tmp_path, caplog):
 
 
 def test_backends_are_a_registry():
-    assert set(BACKENDS.names()) == {"torch", "onnxruntime", "openvino", "deepsparse"}
+    assert set(BACKENDS.names()) == {"torch", "onnxruntime", "openvino", "deepsparse", "sparse"}
+
+
+def test_the_sparse_engine_extracts_the_features_torch_does(tmp_path):
+    """The study's linear protocol on a sparse backbone through the engine that skips its zeros."""
+    from utils.sparsity import magnitude_prune_
+    m, data = model(1), Images(n=5, size=32)
+    magnitude_prune_(m, 0.9)
+    kw = dict(device=torch.device("cpu"), workdir=tmp_path / "onnx", input_size=32)
+    ref = extract_features(build_backend("torch", m, **kw), data, dim=m.num_features, batch_size=2, progress=False)
+    got = extract_features(build_backend("sparse", m, **kw), data, dim=m.num_features, batch_size=2, progress=False)
+    rel = np.linalg.norm(got.features - ref.features, axis=1) / np.linalg.norm(ref.features, axis=1)
+    assert rel.max() < 1e-4 and np.array_equal(got.labels, ref.labels)

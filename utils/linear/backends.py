@@ -3,8 +3,9 @@
     torch        the backbone in torch on the run's device
     onnxruntime  the backbone exported once per model content to `<workdir>/<state hash>-<size>px.onnx`
     openvino     (atomically) and run on the CPU by that engine (utils.engines; the study used the
-    deepsparse   end-of-life DeepSparse, which is used when it happens to be installed -- the only one that skips
-                 the zeros of unstructured sparsity; the others buy a torch-free, CPU-optimised path)
+    deepsparse   end-of-life DeepSparse, which is used when it happens to be installed; the others buy a
+    sparse       CPU-optimised path; `sparse` (utils.onnx) multiplies only the nonzero weights, layer by layer
+                 where that is measured faster -- the study's linear protocol on sparse backbones)
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+import utils.onnx  # noqa: F401 -- registers engine 'sparse'
 from utils.engines import load_engine
 from utils.io import atomic_write
 from utils.registry import Registry
@@ -119,7 +121,7 @@ def engine_backend(engine: str) -> Callable[..., BatchFn]:
     return build
 
 
-for _engine in ("onnxruntime", "openvino", "deepsparse"):
+for _engine in ("onnxruntime", "openvino", "deepsparse", "sparse"):
     BACKENDS.register(_engine)(engine_backend(_engine))
 
 

@@ -1,0 +1,133 @@
+"""The sparse engine: kernels equal torch's convolution for every layer kind, whole models equal ONNX Runtime, the
+per-layer choice keeps a layer dense where sparse is slower, and a missing kernel library is one line."""
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+
+import utils.onnx.kernels as kernels
+from models import build_model
+from utils.deploy import export_onnx
+from utils.engines import available_engines, load_engine, missing
+from utils.errors import UserError
+from utils.onnx import SparseEngine
+from utils.onnx.graph import ConvLayer
+from utils.onnx.kernels import PackedConv, sparse_conv
+from utils.sparsity import magnitude_prune_
+
+RTOL = 1e-4
+ISAS = [0, 1, 2]      # scalar, AVX2+FMA, AVX-512 (capped at what this CPU runs)
+
+
+def relative_error(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-12))
+
+
+# (out, in, kernel, stride, pad, size, groups): 1x1, 3x3, strided 1x1 and 3x3, the 7x7 stem, depthwise, grouped,
+# an odd size, and padding that leaves the last tile partly outside the grid
+LAYERS = [(16, 8, 1, 1, 0, 7, 1), (16, 8, 3, 1, 1, 9, 1), (32, 16, 1, 2, 0, 14, 1), (32, 16, 3, 2, 1, 15, 1),
+          (8, 3, 7, 2, 3, 32, 1), (16, 16, 3, 1, 1, 10, 16), (16, 16, 3, 2, 1, 11, 16), (24, 12, 3, 1, 1, 5, 3),
+          (40, 24, 5, 1, 2, 13, 1)]
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 1.0])
+@pytest.mark.parametrize("shape", LAYERS, ids=lambda s: "co{}_ci{}_k{}_s{}_p{}_hw{}_g{}".format(*s))
+def test_each_layer_kind_equals_torch(shape, sparsity):
+    co, ci, k, s, p, hw, groups = shape
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((co, ci // groups, k, k)).astype(np.float32)
+    w[rng.random(w.shape) < sparsity] = 0.0
+    b = rng.standard_normal(co).astype(np.float32)
+    for batch in (1, 3):
+        x = rng.standard_normal((batch, ci, hw, hw)).astype(np.float32)
+        want = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b), stride=s, padding=p,
+                        groups=groups).numpy()
+        packed = PackedConv.from_dense(w, b, stride=s, pads=(p, p, p, p), groups=groups)
+        assert packed.nnz == int((w != 0).sum())
+        for isa in ISAS:
+            got = sparse_conv(x, packed, threads=2, isa=isa)
+            assert got.shape == want.shape and relative_error(got, want) < RTOL, (isa, batch)
+
+
+def test_fused_residual_and_activations_equal_torch():
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((12, 6, 3, 3)).astype(np.float32) * (rng.random((12, 6, 3, 3)) < 0.2)
+    x = rng.standard_normal((2, 6, 8, 8)).astype(np.float32)
+    residual = rng.standard_normal((2, 12, 8, 8)).astype(np.float32)
+    packed = PackedConv.from_dense(w, None, stride=1, pads=(1, 1, 1, 1))
+    conv = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding=1)
+    for act, fn in (("relu", torch.relu), ("silu", F.silu), (None, lambda t: t)):
+        want = fn(conv + torch.from_numpy(residual)).numpy()
+        assert relative_error(sparse_conv(x, packed, residual=residual, act=act, threads=2), want) < RTOL
+
+
+def test_a_1x1_convolution_reads_a_buffer_with_slack_in_place():
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((8, 4, 1, 1)).astype(np.float32)
+    packed = PackedConv.from_dense(w, None, stride=1, pads=(0, 0, 0, 0))
+    x = kernels.empty_with_slack((2, 4, 5, 5))
+    x[...] = rng.standard_normal(x.shape)
+    assert kernels.has_slack(x) and not kernels.has_slack(x.copy())
+    want = F.conv2d(torch.from_numpy(x.copy()), torch.from_numpy(w)).numpy()
+    assert relative_error(sparse_conv(x, packed, threads=2), want) < RTOL
+
+
+@pytest.mark.parametrize("arch, size, classes", [("resnet_small", 32, 10), ("mobilenet", 64, 10), ("yolov5n", 64, 5)])
+@pytest.mark.parametrize("sparsity", [0.0, 0.8, 0.95])
+def test_whole_models_equal_onnx_runtime(tmp_path, arch, size, classes, sparsity):
+    torch.manual_seed(0)
+    model = build_model(arch, num_classes=classes).eval()
+    if sparsity:
+        magnitude_prune_(model, sparsity)
+    path = export_onnx(model, tmp_path / f"{arch}.onnx", input_size=size)
+    x = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})
+    for force in ("sparse", "dense", None):
+        SparseEngine.force = force
+        try:
+            engine = load_engine("sparse", path, threads=2)
+        finally:
+            SparseEngine.force = None
+        for got, ref in zip(engine.run(x), want):
+            assert got.shape == ref.shape and relative_error(got, ref) < RTOL, (force, relative_error(got, ref))
+    layers = engine.report()
+    assert layers and {r["runs"] for r in layers} <= {"sparse", "dense"}
+    assert engine.precision == "fp32"
+
+
+def test_the_per_layer_choice_keeps_a_layer_dense_where_sparse_is_slower(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = build_model("resnet_small", num_classes=10).eval()
+    magnitude_prune_(model, 0.9)
+    path = export_onnx(model, tmp_path / "m.onnx", input_size=16)
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    fast = load_engine("sparse", path, threads=2)
+    fast.run(x)
+    slow_layer = fast.graph.conv_layers()[1].name
+    real = ConvLayer.run_sparse
+
+    def slower_in_one_layer(self, *args, **kwargs):
+        if self.name == slow_layer:
+            import time
+            time.sleep(0.01)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ConvLayer, "run_sparse", slower_in_one_layer)
+    engine = load_engine("sparse", path, threads=2)
+    engine.run(x)
+    runs = {r["layer"]: r for r in engine.report()}
+    assert runs[slow_layer]["runs"] == "dense" and runs[slow_layer]["sparse_ms"] > runs[slow_layer]["dense_ms"]
+
+
+def test_a_missing_kernel_library_is_one_line_and_the_other_engines_run(monkeypatch, tmp_path):
+    monkeypatch.setattr(kernels, "LIBRARY", tmp_path / "absent" / "libsparse_conv.so")
+    kernels.library.cache_clear()
+    try:
+        why = missing("sparse")
+        assert why is not None and "\n" not in why and "make kernels" in why
+        with pytest.raises(UserError, match="make kernels"):
+            load_engine("sparse", tmp_path / "any.onnx")
+        assert "sparse" not in available_engines() and "onnxruntime" in available_engines()
+    finally:
+        kernels.library.cache_clear()

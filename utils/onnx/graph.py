@@ -1,0 +1,292 @@
+"""An ONNX graph run with sparse convolutions where they are faster: the sparse engine's executor.
+
+Each Conv (with what follows it fused: a residual Add, Relu, or SiLU's Sigmoid + Mul) runs either in the compiled
+sparse kernels (utils.onnx.kernels: only nonzero weights are multiplied) or as torch's dense convolution, whichever
+a calibration on the first input of each shape measured faster (per layer; `force` pins every layer for tests).
+The other supported operators run as torch functions on the same tensors. Nodes this executor does not know, and
+everything that depends on them (a detector's box decoding), run in an ONNX Runtime session of that part of the
+graph, so every exported model runs; the report says which layers ran sparse and how long each took.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from utils.onnx.kernels import PackedConv, empty_with_slack, max_isa, sparse_conv
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_RUNS = 3
+
+
+def _attrs(node) -> dict[str, Any]:
+    import onnx
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _max_pool(x: torch.Tensor, a: dict[str, Any]) -> torch.Tensor:
+    k, s = a["kernel_shape"], a.get("strides", [1, 1])
+    pt, pl, pb, pr = a.get("pads", [0, 0, 0, 0])
+    if (pt, pl) != (pb, pr):
+        x = F.pad(x, (pl, pr, pt, pb), value=float("-inf"))
+        pt = pl = 0
+    return F.max_pool2d(x, k, s, (pt, pl), ceil_mode=bool(a.get("ceil_mode", 0)))
+
+
+def _gemm(a: dict[str, Any], x: torch.Tensor, w: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+    x = x.t() if a.get("transA", 0) else x
+    w = w.t() if a.get("transB", 0) else w
+    out = a.get("alpha", 1.0) * (x @ w)
+    return out if c is None else out + a.get("beta", 1.0) * c
+
+
+def _flatten(x: torch.Tensor, a: dict[str, Any]) -> torch.Tensor:
+    axis = a.get("axis", 1)
+    return x.reshape(int(np.prod(x.shape[:axis])), -1)
+
+
+# op type -> f(attributes, *inputs): the operators run here besides Conv (tensors are torch, fp32)
+OPS: dict[str, Callable[..., torch.Tensor]] = {
+    "Identity": lambda a, x: x,
+    "Relu": lambda a, x: torch.relu(x),
+    "Sigmoid": lambda a, x: torch.sigmoid(x),
+    "Add": lambda a, x, y: x + y,
+    "Mul": lambda a, x, y: x * y,
+    "MaxPool": lambda a, x: _max_pool(x, a),
+    "GlobalAveragePool": lambda a, x: x.mean((2, 3), keepdim=True),
+    "Flatten": lambda a, x: _flatten(x, a),
+    "Gemm": _gemm,
+    "Concat": lambda a, *xs: torch.cat(xs, a["axis"]),
+}
+
+
+@dataclass
+class ConvLayer:
+    """One Conv node and what is fused into it; runs sparse or dense as calibrated."""
+
+    name: str
+    inputs: list[str]                     # x, and the residual when an Add is fused
+    output: str
+    packed: PackedConv
+    weight: torch.Tensor                  # dense copy, kept only while the layer may run dense
+    bias: torch.Tensor | None
+    act: str | None
+    choice: dict[tuple, str] = field(default_factory=dict)        # input shape -> 'sparse' | 'dense'
+    timings: dict[tuple, dict[str, float]] = field(default_factory=dict)
+    buffers: dict[tuple, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)   # shape -> (prepared, out)
+    with_slack: set = field(default_factory=set)        # data pointers of buffers with slack (all layers share it)
+
+    def run_sparse(self, x: torch.Tensor, residual: torch.Tensor | None, threads: int, isa: int) -> torch.Tensor:
+        """The sparse kernels, into this layer's own buffers (valid until its next call: a run reads them before)."""
+        n, _, h, w = x.shape
+        key = tuple(x.shape)
+        if key not in self.buffers:
+            g = self.packed.geometry(h, w)
+            prepared = np.empty((n, g.image_floats), dtype=np.float32)
+            self.buffers[key] = (prepared, empty_with_slack((n, self.packed.out_channels, g.ho, g.wo)))
+            self.with_slack.add(self.buffers[key][1].ctypes.data)
+        prepared, out = self.buffers[key]
+        y = sparse_conv(x.numpy(), self.packed, residual=None if residual is None else residual.numpy(),
+                        act=self.act, threads=threads, isa=isa, prepared=prepared, out=out,
+                        slack=x.data_ptr() in self.with_slack)
+        return torch.from_numpy(y)
+
+    def run_dense(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        p = self.packed
+        pt, pl, pb, pr = p.pads
+        if (pt, pl) != (pb, pr):
+            x, pads = F.pad(x, (pl, pr, pt, pb)), (0, 0)
+        else:
+            pads = (pt, pl)
+        y = F.conv2d(x, self.weight, self.bias, p.stride, pads, 1, p.groups)
+        if residual is not None:
+            y = y + residual
+        return torch.relu(y) if self.act == "relu" else F.silu(y) if self.act == "silu" else y
+
+
+class SparseGraph:
+    """An fp32 ONNX file ready to run: conv layers packed, the rest as torch ops or an ONNX Runtime tail."""
+
+    def __init__(self, path: str | Path, *, threads: int | None = None, force: str | None = None):
+        import onnx
+        from onnx import numpy_helper
+
+        self.threads = threads or torch.get_num_threads()
+        self.isa, self.force = max_isa(), force
+        self.with_slack: set[int] = set()
+        model = onnx.load(str(path))
+        graph = model.graph
+        self.consts = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in graph.initializer}
+        for node in graph.node:         # constants, and Identity copies of them (the exporter shares weights so)
+            if node.op_type == "Constant":
+                self.consts[node.output[0]] = torch.from_numpy(numpy_helper.to_array(_attrs(node)["value"]).copy())
+            elif node.op_type == "Identity" and node.input[0] in self.consts:
+                self.consts[node.output[0]] = self.consts[node.input[0]]
+        self.input = graph.input[0].name
+        self.outputs = [o.name for o in graph.output]
+        nodes = [n for n in graph.node if not all(o in self.consts for o in n.output)]
+        here, tail = self._split(nodes)
+        self.steps = self._plan(here)
+        self.tail = self._tail_session(model, tail) if tail else None
+
+    # ------------------------------------------------------------------ building
+
+    def _split(self, nodes: list) -> tuple[list, list]:
+        """(nodes run here, nodes run by ONNX Runtime): an unknown operator and all that depends on it go there."""
+        away: set[str] = set()
+        here, tail = [], []
+        for node in nodes:
+            known = node.op_type == "Conv" or node.op_type in OPS
+            if not known or any(i in away for i in node.input):
+                tail.append(node)
+                away.update(node.output)
+            else:
+                here.append(node)
+        return here, tail
+
+    def _plan(self, nodes: list) -> list:
+        consumers: dict[str, list] = {}
+        for node in nodes:
+            for name in node.input:
+                consumers.setdefault(name, []).append(node)
+        graph_outputs = set(self.outputs)
+
+        def only_use(name: str):
+            users = consumers.get(name, [])
+            return users[0] if len(users) == 1 and name not in graph_outputs else None
+
+        emit_at: dict[int, ConvLayer] = {}     # a fused conv runs where its last node stood: its inputs exist there
+        skip: set[int] = set()
+        taken: set[int] = set()                 # a node is fused into one conv only (an Add has two conv inputs)
+
+        def free_use(name: str):
+            user = only_use(name)
+            return None if user is None or id(user) in taken else user
+
+        for node in nodes:
+            if node.op_type == "Conv":
+                layer, absorbed = self._conv(node, free_use, consumers)
+                taken.update(id(n) for n in absorbed)
+                chain = [node, *absorbed]
+                emit_at[id(chain[-1])] = layer
+                skip.update(id(n) for n in chain[:-1])
+        steps: list = []
+        for node in nodes:
+            if id(node) in emit_at:
+                steps.append(("conv", emit_at[id(node)]))
+            elif id(node) not in skip:
+                steps.append(("op", node, _attrs(node)))
+        return steps
+
+    def _conv(self, node, only_use: Callable, consumers: dict) -> tuple[ConvLayer, list]:
+        a = _attrs(node)
+        if any(d != 1 for d in a.get("dilations", [1, 1])):
+            raise NotImplementedError(f"{node.name}: dilated convolutions are not supported by the sparse engine")
+        strides = a.get("strides", [1, 1])
+        if strides[0] != strides[1]:
+            raise NotImplementedError(f"{node.name}: unequal strides {strides}")
+        weight = self.consts[node.input[1]].float()
+        bias = self.consts[node.input[2]].float() if len(node.input) > 2 and node.input[2] else None
+        pads = a.get("pads", [0, 0, 0, 0])
+        packed = PackedConv.from_dense(weight.numpy(), None if bias is None else bias.numpy(), stride=strides[0],
+                                       pads=(pads[0], pads[1], pads[2], pads[3]), groups=a.get("group", 1))
+        out, absorbed, inputs, act = node.output[0], [], [node.input[0]], None
+        nxt = only_use(out)
+        if nxt is not None and nxt.op_type == "Add" and out in nxt.input:
+            other = nxt.input[1] if nxt.input[0] == out else nxt.input[0]
+            if other not in self.consts:
+                inputs.append(other)
+                absorbed.append(nxt)
+                out = nxt.output[0]
+                nxt = only_use(out)
+        if nxt is not None and nxt.op_type == "Relu":
+            act, out = "relu", nxt.output[0]
+            absorbed.append(nxt)
+        elif nxt is None and len(consumers.get(out, [])) == 2 and out not in self.outputs:
+            sigmoid = next((n for n in consumers[out] if n.op_type == "Sigmoid"), None)
+            mul = only_use(sigmoid.output[0]) if sigmoid is not None else None
+            if mul is not None and mul.op_type == "Mul" and mul in consumers[out] \
+                    and set(mul.input) == {out, sigmoid.output[0]}:
+                act, out = "silu", mul.output[0]
+                absorbed += [sigmoid, mul]
+        return ConvLayer(node.name or node.output[0], inputs, out, packed, weight, bias, act,
+                         with_slack=self.with_slack), absorbed
+
+    def _tail_session(self, model, tail: list):
+        import onnx
+        import onnxruntime as ort
+
+        produced_here = {self.input} | {o for s in self.steps for o in _step_outputs(s)}
+        needed = list(dict.fromkeys(i for n in tail for i in n.input if i in produced_here))
+        outputs = [o for o in self.outputs if any(o in n.output for n in tail)]
+        sub = onnx.utils.Extractor(onnx.shape_inference.infer_shapes(model)).extract_model(needed, outputs)
+        options = ort.SessionOptions()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.intra_op_num_threads = self.threads
+        self.tail_inputs, self.tail_outputs = needed, outputs
+        log.info("sparse engine: %d operator(s) run in ONNX Runtime (%s)", len(tail),
+                 ", ".join(sorted({n.op_type for n in tail}))[:200])
+        return ort.InferenceSession(sub.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+    # ------------------------------------------------------------------ running
+
+    def run(self, images: np.ndarray) -> list[np.ndarray]:
+        """The graph's outputs for a batch of images (numpy in, numpy out, the ONNX graph's output order)."""
+        torch.set_num_threads(self.threads)
+        env: dict[str, torch.Tensor] = dict(self.consts)
+        env[self.input] = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+        with torch.inference_mode():
+            for step in self.steps:
+                if step[0] == "conv":
+                    layer = step[1]
+                    env[layer.output] = self._run_conv(layer, *[env[i] for i in layer.inputs])
+                else:
+                    _, node, a = step
+                    result = OPS[node.op_type](a, *[env[i] for i in node.input if i])
+                    env[node.output[0]] = result
+        if self.tail is not None:
+            feeds = {name: env[name].contiguous().numpy() for name in self.tail_inputs}
+            env.update(zip(self.tail_outputs, (torch.from_numpy(o) for o in self.tail.run(self.tail_outputs, feeds))))
+        return [env[o].numpy().copy() for o in self.outputs]     # layers' buffers are reused by the next run
+
+    def _run_conv(self, layer: ConvLayer, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        x = x.contiguous()
+        key = tuple(x.shape)
+        way = self.force or layer.choice.get(key) or self._calibrate(layer, key, x, residual)
+        if way == "sparse":
+            return layer.run_sparse(x, residual, self.threads, self.isa)
+        return layer.run_dense(x, residual)
+
+    def _calibrate(self, layer: ConvLayer, key: tuple, x: torch.Tensor, residual: torch.Tensor | None) -> str:
+        """Time both ways on this input (median of a few runs) and keep the faster for this input shape."""
+        runs = {"sparse": lambda: layer.run_sparse(x, residual, self.threads, self.isa),
+                "dense": lambda: layer.run_dense(x, residual)}
+        times: dict[str, list[float]] = {k: [] for k in runs}
+        for _ in range(CALIBRATION_RUNS):
+            for way, run in runs.items():
+                start = time.perf_counter()
+                run()
+                times[way].append((time.perf_counter() - start) * 1e3)
+        layer.timings[key] = {way: sorted(t)[len(t) // 2] for way, t in times.items()}
+        layer.choice[key] = min(layer.timings[key], key=layer.timings[key].get)
+        return layer.choice[key]
+
+    def report(self) -> list[dict[str, Any]]:
+        """Per conv layer and input shape: sparsity, the way it runs, and both ways' calibrated times (ms)."""
+        return [{"layer": layer.name, "input": list(key), "sparsity": round(layer.packed.sparsity, 4),
+                 "runs": layer.choice[key], **{f"{way}_ms": round(ms, 4) for way, ms in layer.timings[key].items()}}
+                for layer in self.conv_layers() for key in layer.choice]
+
+    def conv_layers(self) -> list[ConvLayer]:
+        return [s[1] for s in self.steps if s[0] == "conv"]
+
+
+def _step_outputs(step) -> list[str]:
+    return [step[1].output] if step[0] == "conv" else list(step[1].output)

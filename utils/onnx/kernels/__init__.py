@@ -1,0 +1,175 @@
+"""The compiled sparse convolution kernels (kernels/sparse_conv.c) and their Python face.
+
+`make kernels` builds `build/libsparse_conv.so` with the system C compiler (gcc or cc, OpenMP); where it is missing
+`KernelsMissing` says so in one line and the other engines still run. See sparse_conv.c for the layout.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+LIBRARY = HERE / "build" / "libsparse_conv.so"
+ACTIVATIONS = {None: 0, "relu": 1, "silu": 2}
+ISA_NAMES = {0: "scalar", 1: "AVX2+FMA", 2: "AVX-512"}
+
+
+class KernelsMissing(ImportError):
+    """The compiled library is not there (not built, or no compiler)."""
+
+
+@functools.lru_cache(maxsize=1)
+def library() -> ctypes.CDLL:
+    """The loaded kernel library; KernelsMissing (one line) when it was not built."""
+    if not LIBRARY.is_file():
+        raise KernelsMissing(f"{LIBRARY} is not built: run `make kernels` (needs a C compiler with OpenMP, e.g. "
+                             "apt-get install gcc)")
+    lib = ctypes.CDLL(str(LIBRARY))
+    f32, i32, i64 = ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_int32), ctypes.c_int64
+    c_int = ctypes.c_int
+    lib.spconv_run.argtypes = [f32, i64, c_int, i32, i32, f32, c_int, f32, c_int, c_int, c_int, f32, i64, f32, c_int,
+                               c_int, c_int]
+    lib.spconv_run.restype = None
+    lib.spconv_prepare.argtypes = [f32, i64, c_int, c_int, c_int, c_int, c_int, c_int, c_int, c_int, c_int, f32,
+                                   i64, c_int]
+    lib.spconv_prepare.restype = None
+    lib.spconv_isa.argtypes, lib.spconv_isa.restype = [c_int], c_int
+    lib.spconv_tile.argtypes, lib.spconv_tile.restype = [], c_int
+    return lib
+
+
+def max_isa() -> int:
+    """2: AVX-512, 1: AVX2+FMA, 0: scalar -- the best this CPU runs (SPARSE_ISA=avx2|scalar caps it)."""
+    cap = {"scalar": 0, "avx2": 1}.get(os.environ.get("SPARSE_ISA", "").lower(), 2)
+    return library().spconv_isa(cap)
+
+
+def _ptr(a: np.ndarray | None, kind=ctypes.c_float):
+    return None if a is None else a.ctypes.data_as(ctypes.POINTER(kind))
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where a convolution of one input size reads and writes: output size, prepared-grid size, offsets."""
+
+    ho: int
+    wo: int
+    hq: int
+    wq: int
+    offsets: np.ndarray          # int32, one per nonzero, in the CSR order of PackedConv
+    image_floats: int            # prepared floats per image, slack included
+
+
+@dataclass
+class PackedConv:
+    """A Conv2d's weights as CSR over output channels: the nonzeros and where each sits (input channel, kh, kw)."""
+
+    out_channels: int
+    in_channels: int
+    kernel: tuple[int, int]
+    stride: int
+    pads: tuple[int, int, int, int]           # top, left, bottom, right
+    groups: int
+    row_ptr: np.ndarray                      # int32 (out_channels + 1)
+    values: np.ndarray                       # float32 (nnz)
+    channel: np.ndarray                      # int32 input channel of each nonzero (groups resolved)
+    kh: np.ndarray
+    kw: np.ndarray
+    bias: np.ndarray | None
+    _geometry: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dense(cls, weight: np.ndarray, bias: np.ndarray | None, *, stride: int, pads: tuple[int, int, int, int],
+                   groups: int = 1) -> "PackedConv":
+        co, cig, kh, kw = weight.shape
+        rows, cols = np.nonzero(weight.reshape(co, -1))                # row-major: CSR order
+        ci, r = np.divmod(cols, kh * kw)
+        per_group = co // groups
+        channel = (rows // per_group) * cig + ci
+        row_ptr = np.zeros(co + 1, dtype=np.int32)
+        np.cumsum(np.bincount(rows, minlength=co), out=row_ptr[1:])
+        return cls(co, cig * groups, (kh, kw), stride, tuple(pads), groups, row_ptr,
+                   np.ascontiguousarray(weight.reshape(co, -1)[rows, cols], dtype=np.float32),
+                   channel.astype(np.int32), (r // kw).astype(np.int32), (r % kw).astype(np.int32),
+                   None if bias is None else np.ascontiguousarray(bias, dtype=np.float32))
+
+    @property
+    def nnz(self) -> int:
+        return len(self.values)
+
+    @property
+    def sparsity(self) -> float:
+        total = self.out_channels * (self.in_channels // self.groups) * self.kernel[0] * self.kernel[1]
+        return 1.0 - self.nnz / max(total, 1)
+
+    @property
+    def reads_input_as_is(self) -> bool:
+        """A 1x1, stride-1, unpadded convolution reads its input in place (its grid is the input's pixels)."""
+        return self.kernel == (1, 1) and self.stride == 1 and self.pads == (0, 0, 0, 0)
+
+    def geometry(self, h: int, w: int) -> Geometry:
+        """Output size and offsets for an h x w input (cached per size)."""
+        if (h, w) not in self._geometry:
+            (kh, kw), s, (pt, pl, pb, pr) = self.kernel, self.stride, self.pads
+            ho, wo = (h + pt + pb - kh) // s + 1, (w + pl + pr - kw) // s + 1
+            hq, wq = ho + (kh - 1) // s, wo + (kw - 1) // s
+            plane = hq * wq
+            phase = (self.kh % s) * s + (self.kw % s)
+            offsets = ((phase * self.in_channels + self.channel) * plane + (self.kh // s) * wq + self.kw // s)
+            tile = library().spconv_tile()
+            image_floats = s * s * self.in_channels * plane + 2 * tile + wq * (kh // s + 1) + 64
+            self._geometry[(h, w)] = Geometry(ho, wo, hq, wq, offsets.astype(np.int32), image_floats)
+        return self._geometry[(h, w)]
+
+
+def slack_floats() -> int:
+    """Floats a buffer needs past its end for a kernel to read it in place (a last tile's lanes, dropped)."""
+    return 2 * library().spconv_tile()
+
+
+def has_slack(x: np.ndarray) -> bool:
+    """Whether `x` is the start of a contiguous buffer with `slack_floats` more floats after it."""
+    base = x.base if isinstance(x.base, np.ndarray) else None
+    return (x.flags.c_contiguous and x.dtype == np.float32 and base is not None and base.ndim == 1
+            and base.ctypes.data == x.ctypes.data and base.size >= x.size + slack_floats())
+
+
+def empty_with_slack(shape: tuple[int, ...]) -> np.ndarray:
+    """An uninitialised float32 array of `shape` whose buffer goes on for `slack_floats` (zeroed)."""
+    size = int(np.prod(shape))
+    flat = np.empty(size + slack_floats(), dtype=np.float32)
+    flat[size:] = 0.0
+    return flat[:size].reshape(shape)
+
+
+def sparse_conv(x: np.ndarray, packed: PackedConv, *, residual: np.ndarray | None = None, act: str | None = None,
+                threads: int = 1, isa: int = 2, prepared: np.ndarray | None = None,
+                out: np.ndarray | None = None, slack: bool | None = None) -> np.ndarray:
+    """The convolution of `x` (N, C, H, W float32, contiguous) with the packed weights, plus bias, plus `residual`
+    (N, Co, Ho, Wo), then `act` ('relu', 'silu' or None): only nonzero weights are multiplied. `prepared`
+    ((N, image_floats) of `geometry`) and `out` are buffers to reuse: large fresh ones cost page faults. `slack`:
+    the caller knows `x` has `slack_floats` past its end (None: check the numpy array)."""
+    lib = library()
+    n, c, h, w = x.shape
+    if c != packed.in_channels:
+        raise ValueError(f"input has {c} channels, the convolution takes {packed.in_channels}")
+    g = packed.geometry(h, w)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if packed.reads_input_as_is and (has_slack(x) if slack is None else slack):      # no copy: the offsets are input planes already
+        buf, stride = x, c * h * w
+    else:
+        buf = prepared if prepared is not None else np.empty((n, g.image_floats), dtype=np.float32)
+        stride = g.image_floats
+        lib.spconv_prepare(_ptr(x), c * h * w, n, c, h, w, packed.stride, packed.pads[0], packed.pads[1], g.hq, g.wq,
+                           _ptr(buf), g.image_floats, threads)
+    y = out if out is not None else empty_with_slack((n, packed.out_channels, g.ho, g.wo))
+    res = None if residual is None else np.ascontiguousarray(residual, dtype=np.float32)
+    lib.spconv_run(_ptr(buf), stride, n, _ptr(packed.row_ptr, ctypes.c_int32), _ptr(g.offsets, ctypes.c_int32),
+                   _ptr(packed.values), packed.out_channels, _ptr(packed.bias), g.ho, g.wq, g.wo, _ptr(y),
+                   packed.out_channels * g.ho * g.wo, _ptr(res), ACTIVATIONS[act], threads, isa)
+    return y

@@ -1,0 +1,168 @@
+/* Sparse convolution for CPU inference: the weights of a layer are kept compressed (per output channel, the
+ * nonzero values and, for each, the offset of the input value it multiplies), and only nonzeros are multiplied.
+ *
+ * Layout. The input of a k x k convolution with stride s is "prepared" once per layer call: padded and split
+ * into s*s phases (phase (a, b) holds padded rows a, a+s, ... and columns b, b+s, ...), each phase a stack of
+ * C planes of Hq x Wq values. Output pixel (oh, ow) then reads, for weight (ci, kh, kw),
+ *     phase (kh % s, kw % s), plane ci, at (oh + kh / s) * Wq + (ow + kw / s)
+ * so over the output grid flattened with the row width Wq (q = oh * Wq + ow), every weight reads the prepared
+ * input at q + offset(ci, kh, kw): a convolution becomes a sparse matrix (output channels x offsets) times
+ * shifted copies of one dense vector, and each nonzero is a run of vector multiply-adds over a tile of q
+ * (the 1x1 SpMM of "Fast Sparse ConvNets", generalised to k x k and strides by the offsets). Grid columns
+ * ow >= Wo are computed and dropped; tiles past the end read the buffer's slack and are dropped too.
+ *
+ * Parallel over (image, tile of q, block of output channels). AVX-512 or AVX2+FMA chosen at run time.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#include <immintrin.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#ifndef TILE
+#define TILE 64          /* grid positions per tile: 4 AVX-512 or 8 AVX2 accumulators */
+#endif
+
+enum { ACT_NONE = 0, ACT_RELU = 1, ACT_SILU = 2 };
+
+int spconv_tile(void) { return TILE; }
+
+__attribute__((target("avx512f")))
+static void row_tile_avx512(const float *x, const int32_t *off, const float *val, int n, float *acc) {
+    __m512 a[TILE / 16];
+    for (int i = 0; i < TILE / 16; i++) a[i] = _mm512_setzero_ps();
+    for (int j = 0; j < n; j++) {
+        const __m512 w = _mm512_set1_ps(val[j]);
+        const float *p = x + off[j];
+        for (int i = 0; i < TILE / 16; i++) a[i] = _mm512_fmadd_ps(w, _mm512_loadu_ps(p + 16 * i), a[i]);
+    }
+    for (int i = 0; i < TILE / 16; i++) _mm512_storeu_ps(acc + 16 * i, a[i]);
+}
+
+__attribute__((target("avx2,fma")))
+static void row_tile_avx2(const float *x, const int32_t *off, const float *val, int n, float *acc) {
+    __m256 a[TILE / 8];
+    for (int i = 0; i < TILE / 8; i++) a[i] = _mm256_setzero_ps();
+    for (int j = 0; j < n; j++) {
+        const __m256 w = _mm256_set1_ps(val[j]);
+        const float *p = x + off[j];
+        for (int i = 0; i < TILE / 8; i++) a[i] = _mm256_fmadd_ps(w, _mm256_loadu_ps(p + 8 * i), a[i]);
+    }
+    for (int i = 0; i < TILE / 8; i++) _mm256_storeu_ps(acc + 8 * i, a[i]);
+}
+
+static void row_tile_scalar(const float *x, const int32_t *off, const float *val, int n, float *acc) {
+    for (int i = 0; i < TILE; i++) acc[i] = 0.0f;
+    for (int j = 0; j < n; j++) {
+        const float w = val[j];
+        const float *p = x + off[j];
+        for (int i = 0; i < TILE; i++) acc[i] += w * p[i];
+    }
+}
+
+/* Write a tile's valid grid positions (columns < wo) to the output, with bias, residual and activation; each
+ * row's run is a contiguous loop the compiler vectorises (one clone per instruction set, chosen at load). */
+__attribute__((target_clones("avx512f", "avx2", "default")))
+static void store_tile(const float *acc, int64_t q0, int64_t grid, int wq, int wo, float *yc, const float *rc,
+                       float bc, int act) {
+    const int64_t end = q0 + TILE < grid ? q0 + TILE : grid;
+    int64_t q = q0;
+    while (q < end) {
+        const int64_t row = q / wq, col = q - row * wq;
+        if (col >= wo) { q = (row + 1) * wq; continue; }
+        const int64_t stop = row * wq + wo < end ? row * wq + wo : end;
+        const int len = (int)(stop - q);
+        const float *a = acc + (q - q0);
+        float *d = yc + row * wo + col;
+        const float *r = rc ? rc + row * wo + col : 0;
+        if (r) for (int i = 0; i < len; i++) d[i] = a[i] + bc + r[i];
+        else for (int i = 0; i < len; i++) d[i] = a[i] + bc;
+        if (act == ACT_RELU) for (int i = 0; i < len; i++) d[i] = d[i] > 0.0f ? d[i] : 0.0f;
+        else if (act == ACT_SILU) for (int i = 0; i < len; i++) d[i] = d[i] / (1.0f + expf(-d[i]));
+        q = stop;
+    }
+}
+
+typedef void (*row_tile_fn)(const float *, const int32_t *, const float *, int, float *);
+
+static row_tile_fn pick(int isa) {
+    if (isa >= 2 && __builtin_cpu_supports("avx512f")) return row_tile_avx512;
+    if (isa >= 1 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return row_tile_avx2;
+    return row_tile_scalar;
+}
+
+/* The instruction set the kernels use here: 2 AVX-512, 1 AVX2+FMA, 0 scalar (capped by `isa`). */
+int spconv_isa(int isa) {
+    row_tile_fn f = pick(isa);
+    return f == row_tile_avx512 ? 2 : f == row_tile_avx2 ? 1 : 0;
+}
+
+/* y[n, co, oh, ow] = act(bias[co] + sum_j val[j] * x[n, off[j] + oh * wq + ow] (+ res[n, co, oh, ow])).
+ * x: prepared inputs (x_stride floats apart, each with TILE + max offset slack past the grid);
+ * row_ptr: co + 1 entries into off/val; y and res: (co, ho, wo) per image, y_stride floats apart. */
+void spconv_run(const float *x, int64_t x_stride, int images, const int32_t *row_ptr, const int32_t *off,
+                const float *val, int co, const float *bias, int ho, int wq, int wo, float *y, int64_t y_stride,
+                const float *res, int act, int threads, int isa) {
+    const row_tile_fn tile_fn = pick(isa);
+    const int64_t grid = (int64_t)ho * wq;
+    const int tiles = (int)((grid + TILE - 1) / TILE);
+    int blocks = 1;            /* split output channels when there are too few tiles for the threads */
+    while ((int64_t)images * tiles * blocks < 4 * (int64_t)threads && blocks * 8 < co) blocks *= 2;
+    const int per_block = (co + blocks - 1) / blocks;
+    const int64_t items = (int64_t)images * tiles * blocks;
+    const int64_t plane = (int64_t)ho * wo;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t item = 0; item < items; item++) {
+        float acc[TILE] __attribute__((aligned(64)));
+        const int n = (int)(item / ((int64_t)tiles * blocks));
+        const int t = (int)((item / blocks) % tiles);
+        const int b = (int)(item % blocks);
+        const int64_t q0 = (int64_t)t * TILE;
+        const float *xt = x + n * x_stride + q0;
+        const int c_end = (b + 1) * per_block < co ? (b + 1) * per_block : co;
+        for (int c = b * per_block; c < c_end; c++) {
+            tile_fn(xt, off + row_ptr[c], val + row_ptr[c], row_ptr[c + 1] - row_ptr[c], acc);
+            store_tile(acc, q0, grid, wq, wo, y + n * y_stride + c * plane,
+                       res ? res + n * y_stride + c * plane : 0, bias ? bias[c] : 0.0f, act);
+        }
+    }
+}
+
+/* out[n, (a * s + b) * c + ci, i, j] = xpad[n, ci, a + s * i, b + s * j] for the input zero-padded by (pt, pl)
+ * at the top and left (and as needed at the bottom and right); each image's block is out_stride floats, its tail
+ * (slack) zeroed. x: (c, h, w) per image, x_stride floats apart. */
+void spconv_prepare(const float *x, int64_t x_stride, int images, int c, int h, int w, int s, int pt, int pl,
+                    int hq, int wq, float *out, int64_t out_stride, int threads) {
+    const int64_t plane = (int64_t)hq * wq;
+    const int64_t used = (int64_t)s * s * c * plane;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t job = 0; job < (int64_t)images * c; job++) {
+        const int n = (int)(job / c), ci = (int)(job % c);
+        const float *src = x + n * x_stride + (int64_t)ci * h * w;
+        for (int a = 0; a < s; a++)
+            for (int b = 0; b < s; b++) {
+                float *dst = out + n * out_stride + ((int64_t)(a * s + b) * c + ci) * plane;
+                for (int i = 0; i < hq; i++) {
+                    const int r = a + s * i - pt;
+                    float *drow = dst + (int64_t)i * wq;
+                    if (r < 0 || r >= h) { memset(drow, 0, sizeof(float) * wq); continue; }
+                    const float *srow = src + (int64_t)r * w;
+                    if (s == 1) {
+                        int j = 0;
+                        for (; j < wq && j - pl < 0; j++) drow[j] = 0.0f;
+                        const int last = (w + pl < wq ? w + pl : wq);
+                        if (last > j) { memcpy(drow + j, srow + (j - pl), sizeof(float) * (last - j)); j = last; }
+                        for (; j < wq; j++) drow[j] = 0.0f;
+                    } else {
+                        for (int j = 0; j < wq; j++) {
+                            const int col = b + s * j - pl;
+                            drow[j] = (col >= 0 && col < w) ? srow[col] : 0.0f;
+                        }
+                    }
+                }
+            }
+    }
+    for (int n = 0; n < images; n++) memset(out + n * out_stride + used, 0, sizeof(float) * (out_stride - used));
+}
