@@ -224,9 +224,11 @@ def median_latency_ms(runners: dict[str, Callable[[], Any]], *, warmup: int = 3,
 
 def engines_latency_ms(files: dict[str, str | Path], images: np.ndarray, engines: list[str], *,
                        threads: int | None = None, precision: str = "default", warmup: int = 3,
-                       runs: int = 20) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, str]]]:
+                       runs: int = 20, layers: dict | None = None
+                       ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, str]]]:
     """Median latency (ms) of every file in every engine on `images`, all taking turns inside each round, and the
-    precision each engine really used: ({engine: {file: ms}}, {engine: {file: precision}})."""
+    precision each engine really used: ({engine: {file: ms}}, {engine: {file: precision}}). `layers`, when given,
+    receives {engine: {file: per-layer report}} of the engines that report layers (the sparse engine)."""
     loaded = {(e, k): load_engine(e, p, threads=threads, precision=precision)
               for e in engines for k, p in files.items()}
     timed = median_latency_ms({f"{e}\t{k}": (lambda r=r: r.run(images)) for (e, k), r in loaded.items()},
@@ -236,4 +238,6 @@ def engines_latency_ms(files: dict[str, str | Path], images: np.ndarray, engines
     for (e, k), runner in loaded.items():
         latency.setdefault(e, {})[k] = timed[f"{e}\t{k}"]
         used.setdefault(e, {})[k] = runner.precision
+        if layers is not None and hasattr(runner, "report"):
+            layers.setdefault(e, {})[k] = runner.report()
     return latency, used

@@ -187,3 +187,20 @@ def test_a_runs_training_state_points_to_its_model(tmp_path, capsys, sparse_chec
         deploy_main([str(tmp_path / "exp" / "r" / "checkpoint.pt")])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "training state" in err and str(tmp_path / "exp" / "r" / "model.pt") in err
+
+
+def test_a_sparse_model_exports_and_runs_end_to_end_in_the_sparse_engine(tmp_path, capsys, make_sparse_checkpoint):
+    import json
+    from utils.deploy.__main__ import main as deploy_main
+    make_sparse_checkpoint(tmp_path / "up.pt", sparsity=0.9)
+    deploy_main([str(tmp_path / "up.pt"), "--engine", "sparse", "--latency", "--image_size", "32", "--out",
+                 str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert "sparse: max |diff|" in out and "top-1 agreement 100.00%" in out.split("sparse: max |diff|")[1]
+    assert "sparse, batch 1, 32 px: fp32" in out and "convolutions run sparse" in out
+    report = json.loads((tmp_path / "out" / "export_report.json").read_text())
+    assert report["fp32"]["engines"]["sparse"]["max_abs_diff"] < 1e-3
+    assert report["sparse_layers"]["conv_layers"] == 9 and len(report["sparse_layers"]["layers"]) == 9
+    with pytest.raises(SystemExit):
+        deploy_main([str(tmp_path / "up.pt"), "--engine", "tensorrt"])
+    assert "--engine tensorrt: unknown" in capsys.readouterr().err

@@ -13,8 +13,20 @@ from typing import Any
 
 from utils.cli import setup_logging
 from utils.config import MIN_IMAGE_SIZE
-from utils.deploy import deploy_checkpoint, describe_deployment
+from utils.deploy import ENGINES, deploy_checkpoint, describe_deployment, missing
 from utils.errors import UserError, exit_on_user_error
+
+
+def chosen_engines(names: list[str] | None) -> list[str] | None:
+    """The engines asked for (each known and runnable here, else one line), ONNX Runtime first."""
+    if names is None:
+        return None
+    for name in names:
+        if name not in ENGINES.names():
+            raise UserError(f"--engine {name}: unknown; engines: {', '.join(ENGINES.names())}")
+        if why := missing(name):
+            raise UserError(f"--engine {name}: {why}")
+    return list(dict.fromkeys(["onnxruntime", *names]))
 
 
 def check_flags(args: argparse.Namespace, out: Path) -> None:
@@ -39,6 +51,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--num_samples", type=int, default=64, help="random sample inputs for the comparison")
     p.add_argument("--latency", action="store_true", help="also time the ONNX files in ONNX Runtime (batch 1, "
                                                          "median of 20 alternating calls)")
+    p.add_argument("--engine", "--engines", dest="engines", nargs="+", metavar="NAME",
+                   help="engines to check and time the ONNX files in (default: every installed one: "
+                        f"{', '.join(ENGINES.names())}); ONNX Runtime is always checked, as the reference")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = p.parse_args(argv)
     setup_logging(args.verbose)
@@ -48,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(args.out) if args.out else path.parent / f"{path.stem}_export"
     check_flags(args, out)
     report = deploy_checkpoint(path, out, latency=args.latency, flavour=args.flavour, image_size=args.image_size,
-                               num_samples=args.num_samples)
+                               num_samples=args.num_samples, engines=chosen_engines(args.engines))
     print("\n".join(describe_deployment(report)))
     return report
 

@@ -54,27 +54,34 @@ def compare_in_engines(model: torch.nn.Module, path: Path, inputs: torch.Tensor,
     return result
 
 
-def deploy_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, latency: bool = False, **options: Any
-                      ) -> dict[str, Any]:
-    """`export_checkpoint` (with `options`), plus the ONNX files' latency at batch 1 in every installed engine when
-    asked (`add_latency_`); the report is written to OUT_DIR/export_report.json."""
+def deploy_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, latency: bool = False,
+                      engines: list[str] | None = None, **options: Any) -> dict[str, Any]:
+    """`export_checkpoint` (with `options`), plus the ONNX files' latency at batch 1 in every installed engine (or
+    `engines`) when asked (`add_latency_`); the report is written to OUT_DIR/export_report.json."""
     out_dir = Path(out_dir)
-    report = export_checkpoint(checkpoint, out_dir, **options)
+    report = export_checkpoint(checkpoint, out_dir, engines=engines, **options)
     if latency:
-        add_latency_(report)
+        add_latency_(report, engines=engines)
     atomic_write_json(out_dir / "export_report.json", report)
     return report
 
 
-def add_latency_(report: dict[str, Any]) -> dict[str, Any]:
-    """Time an export report's ONNX files at batch 1 in every installed engine, taking turns; adds
-    "engine_latency_ms", "engine_precision" and ONNX Runtime's numbers as "latency_ms"."""
+def add_latency_(report: dict[str, Any], *, engines: list[str] | None = None) -> dict[str, Any]:
+    """Time an export report's ONNX files at batch 1 in every installed engine (or `engines`), taking turns; adds
+    "engine_latency_ms", "engine_precision", ONNX Runtime's numbers as "latency_ms" (ONNX Runtime is always timed:
+    it is the reference) and, for the sparse engine, "sparse_layers" (how many layers it runs sparse)."""
     files = {kind: report[kind]["path"] for kind in ("fp32", "int8") if kind in report}
     size = report["input_size"]
     images = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)).numpy()
-    timed, used = engines_latency_ms(files, images, available_engines())
+    chosen = available_engines() if engines is None else list(dict.fromkeys(["onnxruntime", *engines]))
+    layers: dict[str, Any] = {}
+    timed, used = engines_latency_ms(files, images, chosen, layers=layers)
     report["latency_ms"] = timed["onnxruntime"]
     report["engine_latency_ms"], report["engine_precision"] = timed, used
+    if layers.get("sparse", {}).get("fp32"):
+        rows = layers["sparse"]["fp32"]
+        report["sparse_layers"] = {"sparse": sum(r["runs"] == "sparse" for r in rows), "conv_layers": len(rows),
+                                   "layers": rows}
     return report
 
 
@@ -99,6 +106,10 @@ def describe_deployment(report: dict[str, Any]) -> list[str]:
                          + ", ".join(f"{k} {v:.2f} ms" + (f" [{used[k]}]" if k in used else "")
                                      for k, v in timed.items())
                          + (f"  (INT8 {timed['fp32'] / timed['int8']:.2f}x fp32)" if "int8" in timed else ""))
+    if "sparse_layers" in report:
+        r = report["sparse_layers"]
+        lines.append(f"sparse engine: {r['sparse']} of {r['conv_layers']} convolutions run sparse (the others were "
+                     "measured faster dense); per-layer times in export_report.json")
     s = report["size"]
     lines.append(f"checkpoint: dense {s['dense_bytes'] / 1e6:.2f} MB, bitmask+nonzeros "
                  f"{s['compressed_bytes'] / 1e6:.2f} MB ({s['ratio']:.2f}x smaller)")
