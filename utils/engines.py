@@ -228,7 +228,8 @@ def engines_latency_ms(files: dict[str, str | Path], images: np.ndarray, engines
                        ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, str]]]:
     """Median latency (ms) of every file in every engine on `images`, all taking turns inside each round, and the
     precision each engine really used: ({engine: {file: ms}}, {engine: {file: precision}}). `layers`, when given,
-    receives {engine: {file: per-layer report}} of the engines that report layers (the sparse engine)."""
+    receives {engine: {file: {"layers": per-layer report, "whole_graph": {shape: way}}}} of the engines that report
+    layers (the sparse engine)."""
     loaded = {(e, k): load_engine(e, p, threads=threads, precision=precision)
               for e in engines for k, p in files.items()}
     timed = median_latency_ms({f"{e}\t{k}": (lambda r=r: r.run(images)) for (e, k), r in loaded.items()},
@@ -239,5 +240,7 @@ def engines_latency_ms(files: dict[str, str | Path], images: np.ndarray, engines
         latency.setdefault(e, {})[k] = timed[f"{e}\t{k}"]
         used.setdefault(e, {})[k] = runner.precision
         if layers is not None and hasattr(runner, "report"):
-            layers.setdefault(e, {})[k] = runner.report()
+            layers.setdefault(e, {})[k] = {"layers": runner.report(),
+                                           "whole_graph": {"x".join(map(str, shape)): way for shape, way
+                                                           in runner.whole_graph().items()}}
     return latency, used

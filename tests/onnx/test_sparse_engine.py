@@ -131,3 +131,28 @@ def test_a_missing_kernel_library_is_one_line_and_the_other_engines_run(monkeypa
         assert "sparse" not in available_engines() and "onnxruntime" in available_engines()
     finally:
         kernels.library.cache_clear()
+
+
+def test_the_whole_graph_runs_in_onnx_runtime_where_that_is_faster(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = build_model("resnet_small", num_classes=10).eval()
+    path = export_onnx(model, tmp_path / "dense.onnx", input_size=16)
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    from utils.onnx.graph import SparseGraph
+    real = SparseGraph.run
+
+    def slow(self, images):
+        import time
+        time.sleep(0.02)
+        return real(self, images)
+
+    monkeypatch.setattr(SparseGraph, "run", slow)
+    engine = load_engine("sparse", path, threads=2)
+    assert relative_error(engine.run(x)[0], want) < RTOL
+    chosen = engine.whole_graph()[(1, 3, 16, 16)]
+    assert chosen["runs"] == "onnxruntime" and chosen["sparse_ms"] > chosen["onnxruntime_ms"]
+    monkeypatch.setattr(SparseGraph, "run", real)
+    fast = load_engine("sparse", path, threads=2)
+    fast.run(x)
+    assert fast.whole_graph()[(1, 3, 16, 16)]["runs"] in ("sparse", "onnxruntime")

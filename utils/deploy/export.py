@@ -79,9 +79,9 @@ def add_latency_(report: dict[str, Any], *, engines: list[str] | None = None) ->
     report["latency_ms"] = timed["onnxruntime"]
     report["engine_latency_ms"], report["engine_precision"] = timed, used
     if layers.get("sparse", {}).get("fp32"):
-        rows = layers["sparse"]["fp32"]
+        rows, whole = layers["sparse"]["fp32"]["layers"], layers["sparse"]["fp32"]["whole_graph"]
         report["sparse_layers"] = {"sparse": sum(r["runs"] == "sparse" for r in rows), "conv_layers": len(rows),
-                                   "layers": rows}
+                                   "graph": next(iter(whole.values()), {}), "layers": rows}
     return report
 
 
@@ -108,8 +108,11 @@ def describe_deployment(report: dict[str, Any]) -> list[str]:
                          + (f"  (INT8 {timed['fp32'] / timed['int8']:.2f}x fp32)" if "int8" in timed else ""))
     if "sparse_layers" in report:
         r = report["sparse_layers"]
+        graph = r.get("graph", {})
+        whole = (f"; the whole graph ran in ONNX Runtime, measured faster ({graph.get('onnxruntime_ms')} vs "
+                 f"{graph.get('sparse_ms')} ms)" if graph.get("runs") == "onnxruntime" else "")
         lines.append(f"sparse engine: {r['sparse']} of {r['conv_layers']} convolutions run sparse (the others were "
-                     "measured faster dense); per-layer times in export_report.json")
+                     f"measured faster dense){whole}; per-layer times in export_report.json")
     s = report["size"]
     lines.append(f"checkpoint: dense {s['dense_bytes'] / 1e6:.2f} MB, bitmask+nonzeros "
                  f"{s['compressed_bytes'] / 1e6:.2f} MB ({s['ratio']:.2f}x smaller)")

@@ -1,6 +1,7 @@
 """Engine 'sparse': an exported fp32 ONNX file run by utils.onnx.graph (sparse kernels where measured faster)."""
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -8,6 +9,9 @@ import numpy as np
 from utils.engines import ENGINES, Engine, _is_quantized
 from utils.onnx import kernels
 from utils.onnx.graph import SparseGraph
+
+
+WHOLE_GRAPH_RUNS = 3
 
 
 @ENGINES.register("sparse")
@@ -24,14 +28,10 @@ class SparseEngine(Engine):
         return kernels.library()
 
     def _load(self) -> None:
+        self.session: Any = None
+        self.whole: dict[tuple, dict[str, Any]] = {}       # input shape -> which way the whole graph runs, times
         if _is_quantized(self.path):
-            import onnxruntime as ort
-
-            options = ort.SessionOptions()
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            if self.threads:
-                options.intra_op_num_threads = self.threads
-            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            self.session = self._onnxruntime()
             self.graph = None
             self.precision = "int8+fp32"       # run by ONNX Runtime inside this engine: no sparse int8 kernels yet
             return
@@ -39,12 +39,49 @@ class SparseEngine(Engine):
         self.precision = "fp32"
         self.instructions = kernels.ISA_NAMES[self.graph.isa]      # what the kernels vectorise with here
 
+    def _onnxruntime(self) -> Any:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        return ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+
+    def _run_onnxruntime(self, images: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(None, {self.session.get_inputs()[0].name:
+                                       np.ascontiguousarray(images, dtype=np.float32)})
+
     def run(self, images: np.ndarray) -> list[np.ndarray]:
         if self.graph is None:
-            return self.session.run(None, {self.session.get_inputs()[0].name:
-                                           np.ascontiguousarray(images, dtype=np.float32)})
-        return self.graph.run(images)
+            return self._run_onnxruntime(images)
+        key = tuple(images.shape)
+        way = "sparse" if self.force else (self.whole[key]["runs"] if key in self.whole else self._choose(images))
+        return self.graph.run(images) if way == "sparse" else self._run_onnxruntime(images)
+
+    def _choose(self, images: np.ndarray) -> str:
+        """The whole graph's way for this input shape: the sparse/dense mix (calibrated on its first run) or all of
+        it in ONNX Runtime, whichever is measured faster -- so the engine is never slower than ONNX Runtime fp32."""
+        self.graph.run(images)                          # per-layer calibration, then warm
+        self.session = self.session or self._onnxruntime()
+        self._run_onnxruntime(images)
+        times: dict[str, list[float]] = {"sparse": [], "onnxruntime": []}
+        for _ in range(WHOLE_GRAPH_RUNS):
+            for way, run in (("sparse", self.graph.run), ("onnxruntime", self._run_onnxruntime)):
+                start = time.perf_counter()
+                run(images)
+                times[way].append((time.perf_counter() - start) * 1e3)
+        medians = {way: sorted(t)[len(t) // 2] for way, t in times.items()}
+        way = min(medians, key=medians.get)
+        self.whole[tuple(images.shape)] = {"runs": way, **{f"{k}_ms": round(v, 3) for k, v in medians.items()}}
+        if all(w["runs"] == "sparse" for w in self.whole.values()):
+            self.session = None                         # keep only the compressed weights
+        return way
 
     def report(self) -> list[dict[str, Any]]:
         """Which layers run sparse, with both ways' calibrated times (see SparseGraph.report)."""
         return [] if self.graph is None else self.graph.report()
+
+    def whole_graph(self) -> dict[tuple, dict[str, Any]]:
+        """Per input shape: whether the graph runs as the sparse/dense mix or in ONNX Runtime, and both times."""
+        return dict(self.whole)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils.onnx.kernels import PackedConv, empty_with_slack, max_isa, sparse_conv
+from utils.onnx.kernels import BoundConv, PackedConv, max_isa
 
 log = logging.getLogger(__name__)
 
@@ -80,23 +80,22 @@ class ConvLayer:
     act: str | None
     choice: dict[tuple, str] = field(default_factory=dict)        # input shape -> 'sparse' | 'dense'
     timings: dict[tuple, dict[str, float]] = field(default_factory=dict)
-    buffers: dict[tuple, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)   # shape -> (prepared, out)
-    with_slack: set = field(default_factory=set)        # data pointers of buffers with slack (all layers share it)
+    bound: dict[tuple, tuple[BoundConv, torch.Tensor]] = field(default_factory=dict)   # input shape -> call, out
+    with_slack: set = field(default_factory=set)        # addresses of buffers with slack (all layers share it)
 
     def run_sparse(self, x: torch.Tensor, residual: torch.Tensor | None, threads: int, isa: int) -> torch.Tensor:
-        """The sparse kernels, into this layer's own buffers (valid until its next call: a run reads them before)."""
-        n, _, h, w = x.shape
+        """The sparse kernels, into this layer's own buffer (valid until its next call: a run reads it before)."""
         key = tuple(x.shape)
-        if key not in self.buffers:
-            g = self.packed.geometry(h, w)
-            prepared = np.empty((n, g.image_floats), dtype=np.float32)
-            self.buffers[key] = (prepared, empty_with_slack((n, self.packed.out_channels, g.ho, g.wo)))
-            self.with_slack.add(self.buffers[key][1].ctypes.data)
-        prepared, out = self.buffers[key]
-        y = sparse_conv(x.numpy(), self.packed, residual=None if residual is None else residual.numpy(),
-                        act=self.act, threads=threads, isa=isa, prepared=prepared, out=out,
-                        slack=x.data_ptr() in self.with_slack)
-        return torch.from_numpy(y)
+        if key not in self.bound:
+            call = BoundConv(self.packed, key, act=self.act, threads=threads, isa=isa)
+            self.bound[key] = (call, torch.from_numpy(call.out))
+            self.with_slack.add(call.out.ctypes.data)
+        call, out = self.bound[key]
+        address = x.data_ptr()
+        residual = None if residual is None else residual.contiguous()     # held: the kernel reads its address
+        call(address, x_has_slack=address in self.with_slack,
+             residual_address=None if residual is None else residual.data_ptr())
+        return out
 
     def run_dense(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
         p = self.packed

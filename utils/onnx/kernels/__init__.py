@@ -30,7 +30,8 @@ def library() -> ctypes.CDLL:
         raise KernelsMissing(f"{LIBRARY} is not built: run `make kernels` (needs a C compiler with OpenMP, e.g. "
                              "apt-get install gcc)")
     lib = ctypes.CDLL(str(LIBRARY))
-    f32, i32, i64 = ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_int32), ctypes.c_int64
+    f32 = i32 = ctypes.c_void_p        # addresses as ints: ctypes' pointer objects cost microseconds a call
+    i64 = ctypes.c_int64
     c_int = ctypes.c_int
     lib.spconv_run.argtypes = [f32, i64, c_int, i32, i32, f32, c_int, f32, c_int, c_int, c_int, f32, i64, f32, c_int,
                                c_int, c_int]
@@ -49,8 +50,8 @@ def max_isa() -> int:
     return library().spconv_isa(cap)
 
 
-def _ptr(a: np.ndarray | None, kind=ctypes.c_float):
-    return None if a is None else a.ctypes.data_as(ctypes.POINTER(kind))
+def _ptr(a: np.ndarray | None, kind=None) -> int | None:
+    return None if a is None else a.ctypes.data
 
 
 @dataclass(frozen=True)
@@ -173,3 +174,35 @@ def sparse_conv(x: np.ndarray, packed: PackedConv, *, residual: np.ndarray | Non
                    _ptr(packed.values), packed.out_channels, _ptr(packed.bias), g.ho, g.wq, g.wo, _ptr(y),
                    packed.out_channels * g.ho * g.wo, _ptr(res), ACTIVATIONS[act], threads, isa)
     return y
+
+
+class BoundConv:
+    """A packed convolution bound to one input shape: its geometry, buffers and every address computed once, so
+    a call costs two foreign calls (the executor's hot path)."""
+
+    def __init__(self, packed: PackedConv, shape: tuple[int, int, int, int], *, act: str | None, threads: int,
+                 isa: int):
+        n, c, h, w = shape
+        self.packed, self.g = packed, packed.geometry(h, w)
+        self.prepared = np.empty((n, self.g.image_floats), dtype=np.float32)
+        self.out = empty_with_slack((n, packed.out_channels, self.g.ho, self.g.wo))
+        self.lib = library()
+        g = self.g
+        self.prepare_args = (c * h * w, n, c, h, w, packed.stride, packed.pads[0], packed.pads[1], g.hq, g.wq,
+                             self.prepared.ctypes.data, g.image_floats, threads)
+        self.run_tail = (packed.row_ptr.ctypes.data, g.offsets.ctypes.data, packed.values.ctypes.data,
+                         packed.out_channels, _ptr(packed.bias), g.ho, g.wq, g.wo, self.out.ctypes.data,
+                         packed.out_channels * g.ho * g.wo)
+        self.act_threads_isa = (ACTIVATIONS[act], threads, isa)
+        self.in_place_stride = c * h * w if packed.reads_input_as_is else None
+
+    def __call__(self, x_address: int, *, x_has_slack: bool, residual_address: int | None) -> np.ndarray:
+        """Run on the contiguous float32 input at `x_address` (shape as bound); returns the (reused) output."""
+        if self.in_place_stride is not None and x_has_slack:
+            source, stride = x_address, self.in_place_stride
+        else:
+            self.lib.spconv_prepare(x_address, *self.prepare_args)
+            source, stride = self.prepare_args[10], self.g.image_floats
+        n = self.prepare_args[1]
+        self.lib.spconv_run(source, stride, n, *self.run_tail, residual_address, *self.act_threads_isa)
+        return self.out
