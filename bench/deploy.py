@@ -26,7 +26,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from models import build_model  # noqa: E402
+from models import build_model, model_task  # noqa: E402
 from policies.quantization import (freeze_bn_stats_, load_qat_state_, prepare_qat_, quantizable_modules,  # noqa: E402
                                    set_observers_)
 from utils.checkpoints import load_checkpoint  # noqa: E402
@@ -62,9 +62,14 @@ def sparsify_(model: torch.nn.Module, sparsity: float, mask_type: str) -> None:
             params[name].mul_(mask)
 
 
+def classes(arch: str) -> int:
+    """ImageNet's 1000 for a classifier, COCO's 80 for a detector."""
+    return 80 if model_task(arch) == "detection" else 1000
+
+
 def qat_twin(model: torch.nn.Module, arch: str, size: int) -> torch.nn.Module:
     """A copy with fake quantization, its observers calibrated on random batches, then frozen."""
-    qat = build_model(arch, num_classes=1000)
+    qat = build_model(arch, num_classes=classes(arch))
     qat.load_state_dict(model.state_dict())
     prepare_qat_(qat, quantizable_modules(qat))
     qat.train()
@@ -92,7 +97,7 @@ def variants(args: argparse.Namespace) -> list[tuple[str, torch.nn.Module, torch
     out = []
     for label, sparsity, mask_type in VARIANTS:
         torch.manual_seed(0)
-        model = build_model(args.arch, num_classes=1000).eval()
+        model = build_model(args.arch, num_classes=classes(args.arch)).eval()
         sparsify_(model, sparsity, mask_type)
         out.append((label, model, qat_twin(model, args.arch, args.size)))
     return out

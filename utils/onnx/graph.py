@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils.onnx.kernels import BoundConv, PackedConv, max_isa
+from utils.onnx.kernels import BoundConv, PackedConv, empty_with_slack, max_isa
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,54 @@ OPS: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
+class Buffers:
+    """Output buffers reused across layers and runs (fresh large arrays cost page faults, and one buffer per layer
+    costs memory): a free list per shape, every buffer with slack, counted references (an op may return a view of
+    its input: Identity, Flatten), and one scratch buffer for prepared inputs."""
+
+    def __init__(self):
+        self.free: dict[tuple, list[torch.Tensor]] = {}
+        self.owner: dict[int, torch.Tensor] = {}          # storage address -> the buffer's own tensor
+        self.refs: dict[int, int] = {}
+        self._scratch = np.empty(0, dtype=np.float32)
+
+    def take(self, shape: tuple[int, ...]) -> torch.Tensor:
+        spare = self.free.get(shape)
+        if spare:
+            return spare.pop()
+        tensor = torch.from_numpy(empty_with_slack(shape))
+        self.owner[tensor.data_ptr()] = tensor
+        return tensor
+
+    def hold(self, tensor: torch.Tensor) -> None:
+        """A name now refers to `tensor` (or a view of a buffer)."""
+        address = tensor.untyped_storage().data_ptr()
+        if address in self.owner:
+            self.refs[address] = self.refs.get(address, 0) + 1
+
+    def release(self, tensor: torch.Tensor) -> None:
+        """A name referring to `tensor` is gone; the buffer is free once no name refers to it."""
+        address = tensor.untyped_storage().data_ptr()
+        if address in self.owner:
+            self.refs[address] -= 1
+            if self.refs[address] == 0:
+                buffer = self.owner[address]
+                self.free.setdefault(tuple(buffer.shape), []).append(buffer)
+
+    def give_back(self, tensor: torch.Tensor) -> None:
+        """Return a buffer no name refers to (a calibration's output)."""
+        self.hold(tensor)
+        self.release(tensor)
+
+    def has_slack(self, address: int) -> bool:
+        return address in self.owner
+
+    def scratch(self, floats: int) -> int:
+        if self._scratch.size < floats:
+            self._scratch = np.empty(floats, dtype=np.float32)
+        return self._scratch.ctypes.data
+
+
 @dataclass
 class ConvLayer:
     """One Conv node and what is fused into it; runs sparse or dense as calibrated."""
@@ -80,21 +128,21 @@ class ConvLayer:
     act: str | None
     choice: dict[tuple, str] = field(default_factory=dict)        # input shape -> 'sparse' | 'dense'
     timings: dict[tuple, dict[str, float]] = field(default_factory=dict)
-    bound: dict[tuple, tuple[BoundConv, torch.Tensor]] = field(default_factory=dict)   # input shape -> call, out
-    with_slack: set = field(default_factory=set)        # addresses of buffers with slack (all layers share it)
+    bound: dict[tuple, BoundConv] = field(default_factory=dict)     # input shape -> the call bound to it
 
-    def run_sparse(self, x: torch.Tensor, residual: torch.Tensor | None, threads: int, isa: int) -> torch.Tensor:
-        """The sparse kernels, into this layer's own buffer (valid until its next call: a run reads it before)."""
+    def run_sparse(self, x: torch.Tensor, residual: torch.Tensor | None, threads: int, isa: int,
+                   memory: "Buffers") -> torch.Tensor:
+        """The sparse kernels, into a buffer of `memory` (the executor gives it back after the output's last use)."""
         key = tuple(x.shape)
         if key not in self.bound:
-            call = BoundConv(self.packed, key, act=self.act, threads=threads, isa=isa)
-            self.bound[key] = (call, torch.from_numpy(call.out))
-            self.with_slack.add(call.out.ctypes.data)
-        call, out = self.bound[key]
-        address = x.data_ptr()
+            self.bound[key] = BoundConv(self.packed, key, act=self.act, threads=threads, isa=isa)
+        call = self.bound[key]
+        out = memory.take(call.out_shape)
         residual = None if residual is None else residual.contiguous()     # held: the kernel reads its address
-        call(address, x_has_slack=address in self.with_slack,
-             residual_address=None if residual is None else residual.data_ptr())
+        address = x.data_ptr()
+        call(address, x_has_slack=memory.has_slack(address),
+             residual_address=None if residual is None else residual.data_ptr(), out_address=out.data_ptr(),
+             scratch_address=memory.scratch(call.scratch_floats))
         return out
 
     def run_dense(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
@@ -119,7 +167,6 @@ class SparseGraph:
 
         self.threads = threads or torch.get_num_threads()
         self.isa, self.force = max_isa(), force
-        self.with_slack: set[int] = set()
         model = onnx.load(str(path))
         graph = model.graph
         self.consts = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in graph.initializer}
@@ -134,6 +181,8 @@ class SparseGraph:
         here, tail = self._split(nodes)
         self.steps = self._plan(here)
         self.tail = self._tail_session(model, tail) if tail else None
+        self.memory = Buffers()
+        self._liveness()
 
     # ------------------------------------------------------------------ building
 
@@ -215,8 +264,7 @@ class SparseGraph:
                     and set(mul.input) == {out, sigmoid.output[0]}:
                 act, out = "silu", mul.output[0]
                 absorbed += [sigmoid, mul]
-        return ConvLayer(node.name or node.output[0], inputs, out, packed, weight, bias, act,
-                         with_slack=self.with_slack), absorbed
+        return ConvLayer(node.name or node.output[0], inputs, out, packed, weight, bias, act), absorbed
 
     def _tail_session(self, model, tail: list):
         import onnx
@@ -237,35 +285,57 @@ class SparseGraph:
     # ------------------------------------------------------------------ running
 
     def run(self, images: np.ndarray) -> list[np.ndarray]:
-        """The graph's outputs for a batch of images (numpy in, numpy out, the ONNX graph's output order)."""
+        """The graph's outputs for a batch of images (numpy in, numpy out, the ONNX graph's order)."""
         torch.set_num_threads(self.threads)
         env: dict[str, torch.Tensor] = dict(self.consts)
         env[self.input] = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
         with torch.inference_mode():
-            for step in self.steps:
+            for index, step in enumerate(self.steps):
                 if step[0] == "conv":
                     layer = step[1]
-                    env[layer.output] = self._run_conv(layer, *[env[i] for i in layer.inputs])
+                    name, value = layer.output, self._run_conv(layer, *[env[i] for i in layer.inputs])
                 else:
                     _, node, a = step
-                    result = OPS[node.op_type](a, *[env[i] for i in node.input if i])
-                    env[node.output[0]] = result
+                    name, value = node.output[0], OPS[node.op_type](a, *[env[i] for i in node.input if i])
+                env[name] = value
+                self.memory.hold(value)
+                for gone in self.last_use.get(index, ()):           # its last reader has run
+                    self.memory.release(env.pop(gone))
         if self.tail is not None:
             feeds = {name: env[name].contiguous().numpy() for name in self.tail_inputs}
             env.update(zip(self.tail_outputs, (torch.from_numpy(o) for o in self.tail.run(self.tail_outputs, feeds))))
-        return [env[o].numpy().copy() for o in self.outputs]     # layers' buffers are reused by the next run
+        outputs = [env[o].numpy().copy() for o in self.outputs]   # copies: the buffers serve the next run
+        for name in self.kept_names:
+            self.memory.release(env[name])
+        return outputs
+
+    def _liveness(self) -> None:
+        """For each step, the tensors read for the last time there (graph outputs and the tail's inputs stay)."""
+        kept = set(self.outputs) | set(getattr(self, "tail_inputs", ()))
+        last: dict[str, int] = {}
+        for index, step in enumerate(self.steps):
+            for name in (step[1].inputs if step[0] == "conv" else step[1].input):
+                last[name] = index
+            for name in _step_outputs(step):
+                last.setdefault(name, index)        # never read: free right away (if read later, that step wins)
+        self.last_use: dict[int, list[str]] = {}
+        for name, index in last.items():
+            if name not in kept and name not in self.consts and name != self.input:
+                self.last_use.setdefault(index, []).append(name)
+        self.kept_names = [o for o in kept if any(o in _step_outputs(s) for s in self.steps)]
 
     def _run_conv(self, layer: ConvLayer, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         x = x.contiguous()
         key = tuple(x.shape)
         way = self.force or layer.choice.get(key) or self._calibrate(layer, key, x, residual)
         if way == "sparse":
-            return layer.run_sparse(x, residual, self.threads, self.isa)
+            return layer.run_sparse(x, residual, self.threads, self.isa, self.memory)
         return layer.run_dense(x, residual)
 
     def _calibrate(self, layer: ConvLayer, key: tuple, x: torch.Tensor, residual: torch.Tensor | None) -> str:
         """Time both ways on this input (median of a few runs) and keep the faster for this input shape."""
-        runs = {"sparse": lambda: layer.run_sparse(x, residual, self.threads, self.isa),
+        runs = {"sparse": lambda: self.memory.give_back(layer.run_sparse(x, residual, self.threads, self.isa,
+                                                                          self.memory)),
                 "dense": lambda: layer.run_dense(x, residual)}
         times: dict[str, list[float]] = {k: [] for k in runs}
         for _ in range(CALIBRATION_RUNS):

@@ -177,32 +177,34 @@ def sparse_conv(x: np.ndarray, packed: PackedConv, *, residual: np.ndarray | Non
 
 
 class BoundConv:
-    """A packed convolution bound to one input shape: its geometry, buffers and every address computed once, so
-    a call costs two foreign calls (the executor's hot path)."""
+    """A packed convolution bound to one input shape: its geometry and every constant address computed once, so a
+    call costs two foreign calls (the executor's hot path). The caller owns the buffers: `scratch` (at least
+    `scratch_floats`, for the prepared input) and the output (`out_shape`, with slack when a 1x1 layer after it
+    should read it in place)."""
 
     def __init__(self, packed: PackedConv, shape: tuple[int, int, int, int], *, act: str | None, threads: int,
                  isa: int):
         n, c, h, w = shape
-        self.packed, self.g = packed, packed.geometry(h, w)
-        self.prepared = np.empty((n, self.g.image_floats), dtype=np.float32)
-        self.out = empty_with_slack((n, packed.out_channels, self.g.ho, self.g.wo))
-        self.lib = library()
+        self.packed, self.g, self.lib = packed, packed.geometry(h, w), library()
         g = self.g
-        self.prepare_args = (c * h * w, n, c, h, w, packed.stride, packed.pads[0], packed.pads[1], g.hq, g.wq,
-                             self.prepared.ctypes.data, g.image_floats, threads)
-        self.run_tail = (packed.row_ptr.ctypes.data, g.offsets.ctypes.data, packed.values.ctypes.data,
-                         packed.out_channels, _ptr(packed.bias), g.ho, g.wq, g.wo, self.out.ctypes.data,
-                         packed.out_channels * g.ho * g.wo)
+        self.n = n
+        self.out_shape = (n, packed.out_channels, g.ho, g.wo)
+        self.scratch_floats = n * g.image_floats
+        self.prepare_args = (c * h * w, n, c, h, w, packed.stride, packed.pads[0], packed.pads[1], g.hq, g.wq)
+        self.weights = (packed.row_ptr.ctypes.data, g.offsets.ctypes.data, packed.values.ctypes.data,
+                        packed.out_channels, _ptr(packed.bias), g.ho, g.wq, g.wo)
+        self.y_stride = packed.out_channels * g.ho * g.wo
         self.act_threads_isa = (ACTIVATIONS[act], threads, isa)
+        self.threads = threads
         self.in_place_stride = c * h * w if packed.reads_input_as_is else None
 
-    def __call__(self, x_address: int, *, x_has_slack: bool, residual_address: int | None) -> np.ndarray:
-        """Run on the contiguous float32 input at `x_address` (shape as bound); returns the (reused) output."""
+    def __call__(self, x_address: int, *, x_has_slack: bool, residual_address: int | None, out_address: int,
+                 scratch_address: int) -> None:
+        """Run on the contiguous float32 input at `x_address` (shape as bound) into the output at `out_address`."""
         if self.in_place_stride is not None and x_has_slack:
             source, stride = x_address, self.in_place_stride
         else:
-            self.lib.spconv_prepare(x_address, *self.prepare_args)
-            source, stride = self.prepare_args[10], self.g.image_floats
-        n = self.prepare_args[1]
-        self.lib.spconv_run(source, stride, n, *self.run_tail, residual_address, *self.act_threads_isa)
-        return self.out
+            self.lib.spconv_prepare(x_address, *self.prepare_args, scratch_address, self.g.image_floats, self.threads)
+            source, stride = scratch_address, self.g.image_floats
+        self.lib.spconv_run(source, stride, self.n, *self.weights, out_address, self.y_stride, residual_address,
+                            *self.act_threads_isa)
