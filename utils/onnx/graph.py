@@ -52,6 +52,20 @@ def _flatten(x: torch.Tensor, a: dict[str, Any]) -> torch.Tensor:
     return x.reshape(int(np.prod(x.shape[:axis])), -1)
 
 
+def _resize(a: dict[str, Any], x: torch.Tensor, roi=None, scales=None, sizes=None) -> torch.Tensor:
+    """ONNX Resize as the exporters write nearest upsampling (asymmetric coordinates, floor): torch's 'nearest'."""
+    if scales is not None and scales.numel():
+        return F.interpolate(x, scale_factor=[float(v) for v in scales[2:]], mode="nearest")
+    return F.interpolate(x, size=[int(v) for v in sizes[2:]], mode="nearest")
+
+
+def _resize_supported(a: dict[str, Any]) -> bool:
+    mode = a.get("mode", b"nearest")
+    how = a.get("coordinate_transformation_mode", b"half_pixel")
+    return mode in (b"nearest", "nearest") and how in (b"asymmetric", "asymmetric") \
+        and a.get("nearest_mode", b"round_prefer_floor") in (b"floor", "floor")
+
+
 # op type -> f(attributes, *inputs): the operators run here besides Conv (tensors are torch, fp32)
 OPS: dict[str, Callable[..., torch.Tensor]] = {
     "Identity": lambda a, x: x,
@@ -64,7 +78,10 @@ OPS: dict[str, Callable[..., torch.Tensor]] = {
     "Flatten": lambda a, x: _flatten(x, a),
     "Gemm": _gemm,
     "Concat": lambda a, *xs: torch.cat(xs, a["axis"]),
+    "Resize": _resize,
 }
+# operators run here only with these attributes (others go to the ONNX Runtime part)
+SUPPORTED_IF: dict[str, Callable[[dict[str, Any]], bool]] = {"Resize": _resize_supported}
 
 
 class Buffers:
@@ -191,7 +208,8 @@ class SparseGraph:
         away: set[str] = set()
         here, tail = [], []
         for node in nodes:
-            known = node.op_type == "Conv" or node.op_type in OPS
+            known = node.op_type == "Conv" or (node.op_type in OPS
+                                               and SUPPORTED_IF.get(node.op_type, lambda a: True)(_attrs(node)))
             if not known or any(i in away for i in node.input):
                 tail.append(node)
                 away.update(node.output)
@@ -296,7 +314,7 @@ class SparseGraph:
                     name, value = layer.output, self._run_conv(layer, *[env[i] for i in layer.inputs])
                 else:
                     _, node, a = step
-                    name, value = node.output[0], OPS[node.op_type](a, *[env[i] for i in node.input if i])
+                    name, value = node.output[0], OPS[node.op_type](a, *[env[i] if i else None for i in node.input])
                 env[name] = value
                 self.memory.hold(value)
                 for gone in self.last_use.get(index, ()):           # its last reader has run
@@ -315,7 +333,8 @@ class SparseGraph:
         last: dict[str, int] = {}
         for index, step in enumerate(self.steps):
             for name in (step[1].inputs if step[0] == "conv" else step[1].input):
-                last[name] = index
+                if name:                            # '' is an omitted optional input
+                    last[name] = index
             for name in _step_outputs(step):
                 last.setdefault(name, index)        # never read: free right away (if read later, that step wins)
         self.last_use: dict[int, list[str]] = {}
