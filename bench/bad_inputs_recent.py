@@ -194,6 +194,8 @@ def recent_cases() -> list[Case]:
         recover=said("without a training image")))
     add(Case("main: --accumulate_steps 1000, 4 batches an epoch", lambda d: main_py(d, "--accumulate_steps", "1000"),
              recover=said("but an epoch has")))
+    add(Case("deploy: --engine unknown", lambda d: [PY, "-m", "utils.deploy", str(checkpoint(d / "up.pt")),
+                                                    "--engine", "tensorrt"], "--engine tensorrt"))
     add(Case("deploy: --image_size 0", lambda d: [PY, "-m", "utils.deploy", str(checkpoint(d / "up.pt")),
                                                   "--image_size", "0"], "image_size"))
     # 14. where a run is
