@@ -1,5 +1,7 @@
 """The sparse engine: kernels equal torch's convolution for every layer kind, whole models equal ONNX Runtime, the
 per-layer choice keeps a layer dense where sparse is slower, and a missing kernel library is one line."""
+import time
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -12,7 +14,8 @@ from utils.deploy import export_onnx
 from utils.engines import available_engines, load_engine, missing
 from utils.errors import UserError
 from utils.onnx import SparseEngine
-from utils.onnx.graph import ConvLayer
+from utils.onnx.graph import SparseGraph
+from utils.onnx.layers import ConvLayer
 from utils.onnx.kernels import PackedConv, sparse_conv
 from utils.sparsity import magnitude_prune_
 
@@ -119,7 +122,6 @@ def test_the_per_layer_choice_keeps_a_layer_dense_where_sparse_is_slower(tmp_pat
 
     def slower_in_one_layer(self, *args, **kwargs):
         if self.name == slow_layer:
-            import time
             time.sleep(0.01)
         return real(self, *args, **kwargs)
 
@@ -149,11 +151,9 @@ def test_the_whole_graph_runs_in_onnx_runtime_where_that_is_faster(tmp_path, mon
     path = export_onnx(model, tmp_path / "dense.onnx", input_size=16)
     x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
     want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
-    from utils.onnx.graph import SparseGraph
     real = SparseGraph.run
 
     def slow(self, images):
-        import time
         time.sleep(0.02)
         return real(self, images)
 

@@ -11,168 +11,19 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from utils.onnx.kernels import BoundConv, PackedConv, empty_with_slack, max_isa
+from utils.onnx.kernels import PackedConv, max_isa
+from utils.onnx.layers import Buffers, ConvLayer
+from utils.onnx.ops import OPS, SUPPORTED_IF, attributes
 
 log = logging.getLogger(__name__)
 
 CALIBRATION_RUNS = 3
-
-
-def _attrs(node) -> dict[str, Any]:
-    import onnx
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-
-
-def _max_pool(x: torch.Tensor, a: dict[str, Any]) -> torch.Tensor:
-    k, s = a["kernel_shape"], a.get("strides", [1, 1])
-    pt, pl, pb, pr = a.get("pads", [0, 0, 0, 0])
-    if (pt, pl) != (pb, pr):
-        x = F.pad(x, (pl, pr, pt, pb), value=float("-inf"))
-        pt = pl = 0
-    return F.max_pool2d(x, k, s, (pt, pl), ceil_mode=bool(a.get("ceil_mode", 0)))
-
-
-def _gemm(a: dict[str, Any], x: torch.Tensor, w: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-    x = x.t() if a.get("transA", 0) else x
-    w = w.t() if a.get("transB", 0) else w
-    out = a.get("alpha", 1.0) * (x @ w)
-    return out if c is None else out + a.get("beta", 1.0) * c
-
-
-def _flatten(x: torch.Tensor, a: dict[str, Any]) -> torch.Tensor:
-    axis = a.get("axis", 1)
-    return x.reshape(int(np.prod(x.shape[:axis])), -1)
-
-
-def _resize(a: dict[str, Any], x: torch.Tensor, roi=None, scales=None, sizes=None) -> torch.Tensor:
-    """ONNX Resize as the exporters write nearest upsampling (asymmetric coordinates, floor): torch's 'nearest'."""
-    if scales is not None and scales.numel():
-        return F.interpolate(x, scale_factor=[float(v) for v in scales[2:]], mode="nearest")
-    return F.interpolate(x, size=[int(v) for v in sizes[2:]], mode="nearest")
-
-
-def _resize_supported(a: dict[str, Any]) -> bool:
-    mode = a.get("mode", b"nearest")
-    how = a.get("coordinate_transformation_mode", b"half_pixel")
-    return mode in (b"nearest", "nearest") and how in (b"asymmetric", "asymmetric") \
-        and a.get("nearest_mode", b"round_prefer_floor") in (b"floor", "floor")
-
-
-# op type -> f(attributes, *inputs): the operators run here besides Conv (tensors are torch, fp32)
-OPS: dict[str, Callable[..., torch.Tensor]] = {
-    "Identity": lambda a, x: x,
-    "Relu": lambda a, x: torch.relu(x),
-    "Sigmoid": lambda a, x: torch.sigmoid(x),
-    "Add": lambda a, x, y: x + y,
-    "Mul": lambda a, x, y: x * y,
-    "MaxPool": lambda a, x: _max_pool(x, a),
-    "GlobalAveragePool": lambda a, x: x.mean((2, 3), keepdim=True),
-    "Flatten": lambda a, x: _flatten(x, a),
-    "Gemm": _gemm,
-    "Concat": lambda a, *xs: torch.cat(xs, a["axis"]),
-    "Resize": _resize,
-}
-# operators run here only with these attributes (others go to the ONNX Runtime part)
-SUPPORTED_IF: dict[str, Callable[[dict[str, Any]], bool]] = {"Resize": _resize_supported}
-
-
-class Buffers:
-    """Output buffers reused across layers and runs (fresh large arrays cost page faults, and one buffer per layer
-    costs memory): a free list per shape, every buffer with slack, counted references (an op may return a view of
-    its input: Identity, Flatten), and one scratch buffer for prepared inputs."""
-
-    def __init__(self):
-        self.free: dict[tuple, list[torch.Tensor]] = {}
-        self.owner: dict[int, torch.Tensor] = {}          # storage address -> the buffer's own tensor
-        self.refs: dict[int, int] = {}
-        self._scratch = np.empty(0, dtype=np.float32)
-
-    def take(self, shape: tuple[int, ...]) -> torch.Tensor:
-        spare = self.free.get(shape)
-        if spare:
-            return spare.pop()
-        tensor = torch.from_numpy(empty_with_slack(shape))
-        self.owner[tensor.data_ptr()] = tensor
-        return tensor
-
-    def hold(self, tensor: torch.Tensor) -> None:
-        """A name now refers to `tensor` (or a view of a buffer)."""
-        address = tensor.untyped_storage().data_ptr()
-        if address in self.owner:
-            self.refs[address] = self.refs.get(address, 0) + 1
-
-    def release(self, tensor: torch.Tensor) -> None:
-        """A name referring to `tensor` is gone; the buffer is free once no name refers to it."""
-        address = tensor.untyped_storage().data_ptr()
-        if address in self.owner:
-            self.refs[address] -= 1
-            if self.refs[address] == 0:
-                buffer = self.owner[address]
-                self.free.setdefault(tuple(buffer.shape), []).append(buffer)
-
-    def give_back(self, tensor: torch.Tensor) -> None:
-        """Return a buffer no name refers to (a calibration's output)."""
-        self.hold(tensor)
-        self.release(tensor)
-
-    def has_slack(self, address: int) -> bool:
-        return address in self.owner
-
-    def scratch(self, floats: int) -> int:
-        if self._scratch.size < floats:
-            self._scratch = np.empty(floats, dtype=np.float32)
-        return self._scratch.ctypes.data
-
-
-@dataclass
-class ConvLayer:
-    """One Conv node and what is fused into it; runs sparse or dense as calibrated."""
-
-    name: str
-    inputs: list[str]                     # x, and the residual when an Add is fused
-    output: str
-    packed: PackedConv
-    weight: torch.Tensor                  # dense copy, kept only while the layer may run dense
-    bias: torch.Tensor | None
-    act: str | None
-    choice: dict[tuple, str] = field(default_factory=dict)        # input shape -> 'sparse' | 'dense'
-    timings: dict[tuple, dict[str, float]] = field(default_factory=dict)
-    bound: dict[tuple, BoundConv] = field(default_factory=dict)     # input shape -> the call bound to it
-
-    def run_sparse(self, x: torch.Tensor, residual: torch.Tensor | None, threads: int, isa: int,
-                   memory: "Buffers") -> torch.Tensor:
-        """The sparse kernels, into a buffer of `memory` (the executor gives it back after the output's last use)."""
-        key = tuple(x.shape)
-        if key not in self.bound:
-            self.bound[key] = BoundConv(self.packed, key, act=self.act, threads=threads, isa=isa)
-        call = self.bound[key]
-        out = memory.take(call.out_shape)
-        residual = None if residual is None else residual.contiguous()     # held: the kernel reads its address
-        address = x.data_ptr()
-        call(address, x_has_slack=memory.has_slack(address),
-             residual_address=None if residual is None else residual.data_ptr(), out_address=out.data_ptr(),
-             scratch_address=memory.scratch(call.scratch_floats))
-        return out
-
-    def run_dense(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
-        p = self.packed
-        pt, pl, pb, pr = p.pads
-        if (pt, pl) != (pb, pr):
-            x, pads = F.pad(x, (pl, pr, pt, pb)), (0, 0)
-        else:
-            pads = (pt, pl)
-        y = F.conv2d(x, self.weight, self.bias, p.stride, pads, 1, p.groups)
-        if residual is not None:
-            y = y + residual
-        return torch.relu(y) if self.act == "relu" else F.silu(y) if self.act == "silu" else y
 
 
 class SparseGraph:
@@ -189,7 +40,7 @@ class SparseGraph:
         self.consts = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in graph.initializer}
         for node in graph.node:         # constants, and Identity copies of them (the exporter shares weights so)
             if node.op_type == "Constant":
-                self.consts[node.output[0]] = torch.from_numpy(numpy_helper.to_array(_attrs(node)["value"]).copy())
+                self.consts[node.output[0]] = torch.from_numpy(numpy_helper.to_array(attributes(node)["value"]).copy())
             elif node.op_type == "Identity" and node.input[0] in self.consts:
                 self.consts[node.output[0]] = self.consts[node.input[0]]
         self.input = graph.input[0].name
@@ -209,7 +60,7 @@ class SparseGraph:
         here, tail = [], []
         for node in nodes:
             known = node.op_type == "Conv" or (node.op_type in OPS
-                                               and SUPPORTED_IF.get(node.op_type, lambda a: True)(_attrs(node)))
+                                               and SUPPORTED_IF.get(node.op_type, lambda a: True)(attributes(node)))
             if not known or any(i in away for i in node.input):
                 tail.append(node)
                 away.update(node.output)
@@ -248,11 +99,11 @@ class SparseGraph:
             if id(node) in emit_at:
                 steps.append(("conv", emit_at[id(node)]))
             elif id(node) not in skip:
-                steps.append(("op", node, _attrs(node)))
+                steps.append(("op", node, attributes(node)))
         return steps
 
     def _conv(self, node, only_use: Callable, consumers: dict) -> tuple[ConvLayer, list]:
-        a = _attrs(node)
+        a = attributes(node)
         if any(d != 1 for d in a.get("dilations", [1, 1])):
             raise NotImplementedError(f"{node.name}: dilated convolutions are not supported by the sparse engine")
         strides = a.get("strides", [1, 1])

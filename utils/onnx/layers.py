@@ -1,0 +1,102 @@
+"""A convolution layer of the sparse engine (sparse kernels or torch's dense convolution) and the buffers its
+outputs live in."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from utils.onnx.kernels import BoundConv, PackedConv, empty_with_slack
+
+
+class Buffers:
+    """Output buffers reused across layers and runs (fresh large arrays cost page faults, and one buffer per layer
+    costs memory): a free list per shape, every buffer with slack, counted references (an op may return a view of
+    its input: Identity, Flatten), and one scratch buffer for prepared inputs."""
+
+    def __init__(self):
+        self.free: dict[tuple, list[torch.Tensor]] = {}
+        self.owner: dict[int, torch.Tensor] = {}          # storage address -> the buffer's own tensor
+        self.refs: dict[int, int] = {}
+        self._scratch = np.empty(0, dtype=np.float32)
+
+    def take(self, shape: tuple[int, ...]) -> torch.Tensor:
+        spare = self.free.get(shape)
+        if spare:
+            return spare.pop()
+        tensor = torch.from_numpy(empty_with_slack(shape))
+        self.owner[tensor.data_ptr()] = tensor
+        return tensor
+
+    def hold(self, tensor: torch.Tensor) -> None:
+        """A name now refers to `tensor` (or a view of a buffer)."""
+        address = tensor.untyped_storage().data_ptr()
+        if address in self.owner:
+            self.refs[address] = self.refs.get(address, 0) + 1
+
+    def release(self, tensor: torch.Tensor) -> None:
+        """A name referring to `tensor` is gone; the buffer is free once no name refers to it."""
+        address = tensor.untyped_storage().data_ptr()
+        if address in self.owner:
+            self.refs[address] -= 1
+            if self.refs[address] == 0:
+                buffer = self.owner[address]
+                self.free.setdefault(tuple(buffer.shape), []).append(buffer)
+
+    def give_back(self, tensor: torch.Tensor) -> None:
+        """Return a buffer no name refers to (a calibration's output)."""
+        self.hold(tensor)
+        self.release(tensor)
+
+    def has_slack(self, address: int) -> bool:
+        return address in self.owner
+
+    def scratch(self, floats: int) -> int:
+        if self._scratch.size < floats:
+            self._scratch = np.empty(floats, dtype=np.float32)
+        return self._scratch.ctypes.data
+
+
+@dataclass
+class ConvLayer:
+    """One Conv node and what is fused into it; runs sparse or dense as calibrated."""
+
+    name: str
+    inputs: list[str]                     # x, and the residual when an Add is fused
+    output: str
+    packed: PackedConv
+    weight: torch.Tensor                  # dense copy, kept only while the layer may run dense
+    bias: torch.Tensor | None
+    act: str | None
+    choice: dict[tuple, str] = field(default_factory=dict)        # input shape -> 'sparse' | 'dense'
+    timings: dict[tuple, dict[str, float]] = field(default_factory=dict)
+    bound: dict[tuple, BoundConv] = field(default_factory=dict)     # input shape -> the call bound to it
+
+    def run_sparse(self, x: torch.Tensor, residual: torch.Tensor | None, threads: int, isa: int,
+                   memory: "Buffers") -> torch.Tensor:
+        """The sparse kernels, into a buffer of `memory` (the executor gives it back after the output's last use)."""
+        key = tuple(x.shape)
+        if key not in self.bound:
+            self.bound[key] = BoundConv(self.packed, key, act=self.act, threads=threads, isa=isa)
+        call = self.bound[key]
+        out = memory.take(call.out_shape)
+        residual = None if residual is None else residual.contiguous()     # held: the kernel reads its address
+        address = x.data_ptr()
+        call(address, x_has_slack=memory.has_slack(address),
+             residual_address=None if residual is None else residual.data_ptr(), out_address=out.data_ptr(),
+             scratch_address=memory.scratch(call.scratch_floats))
+        return out
+
+    def run_dense(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        p = self.packed
+        pt, pl, pb, pr = p.pads
+        if (pt, pl) != (pb, pr):
+            x, pads = F.pad(x, (pl, pr, pt, pb)), (0, 0)
+        else:
+            pads = (pt, pl)
+        y = F.conv2d(x, self.weight, self.bias, p.stride, pads, 1, p.groups)
+        if residual is not None:
+            y = y + residual
+        return torch.relu(y) if self.act == "relu" else F.silu(y) if self.act == "silu" else y
