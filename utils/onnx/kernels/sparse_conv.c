@@ -30,7 +30,8 @@ enum { ACT_NONE = 0, ACT_RELU = 1, ACT_SILU = 2 };
 int spconv_tile(void) { return TILE; }
 
 __attribute__((target("avx512f")))
-static void row_tile_avx512(const float *x, const int32_t *off, const float *val, int n, float *acc) {
+static void row_tile_avx512(const float *x, const int32_t *off, const float *val, int n, float *acc,
+                            float *dst, const float *res, float bias, int relu) {
     __m512 a[TILE / 16];
     for (int i = 0; i < TILE / 16; i++) a[i] = _mm512_setzero_ps();
     for (int j = 0; j < n; j++) {
@@ -38,11 +39,22 @@ static void row_tile_avx512(const float *x, const int32_t *off, const float *val
         const float *p = x + off[j];
         for (int i = 0; i < TILE / 16; i++) a[i] = _mm512_fmadd_ps(w, _mm512_loadu_ps(p + 16 * i), a[i]);
     }
-    for (int i = 0; i < TILE / 16; i++) _mm512_storeu_ps(acc + 16 * i, a[i]);
+    if (!dst) {
+        for (int i = 0; i < TILE / 16; i++) _mm512_storeu_ps(acc + 16 * i, a[i]);
+        return;
+    }
+    const __m512 b = _mm512_set1_ps(bias), zero = _mm512_setzero_ps();
+    for (int i = 0; i < TILE / 16; i++) {
+        __m512 v = _mm512_add_ps(a[i], b);
+        if (res) v = _mm512_add_ps(v, _mm512_loadu_ps(res + 16 * i));
+        if (relu) v = _mm512_max_ps(v, zero);
+        _mm512_storeu_ps(dst + 16 * i, v);
+    }
 }
 
 __attribute__((target("avx2,fma")))
-static void row_tile_avx2(const float *x, const int32_t *off, const float *val, int n, float *acc) {
+static void row_tile_avx2(const float *x, const int32_t *off, const float *val, int n, float *acc,
+                          float *dst, const float *res, float bias, int relu) {
     __m256 a[TILE / 8];
     for (int i = 0; i < TILE / 8; i++) a[i] = _mm256_setzero_ps();
     for (int j = 0; j < n; j++) {
@@ -50,15 +62,31 @@ static void row_tile_avx2(const float *x, const int32_t *off, const float *val, 
         const float *p = x + off[j];
         for (int i = 0; i < TILE / 8; i++) a[i] = _mm256_fmadd_ps(w, _mm256_loadu_ps(p + 8 * i), a[i]);
     }
-    for (int i = 0; i < TILE / 8; i++) _mm256_storeu_ps(acc + 8 * i, a[i]);
+    if (!dst) {
+        for (int i = 0; i < TILE / 8; i++) _mm256_storeu_ps(acc + 8 * i, a[i]);
+        return;
+    }
+    const __m256 b = _mm256_set1_ps(bias), zero = _mm256_setzero_ps();
+    for (int i = 0; i < TILE / 8; i++) {
+        __m256 v = _mm256_add_ps(a[i], b);
+        if (res) v = _mm256_add_ps(v, _mm256_loadu_ps(res + 8 * i));
+        if (relu) v = _mm256_max_ps(v, zero);
+        _mm256_storeu_ps(dst + 8 * i, v);
+    }
 }
 
-static void row_tile_scalar(const float *x, const int32_t *off, const float *val, int n, float *acc) {
+static void row_tile_scalar(const float *x, const int32_t *off, const float *val, int n, float *acc,
+                            float *dst, const float *res, float bias, int relu) {
     for (int i = 0; i < TILE; i++) acc[i] = 0.0f;
     for (int j = 0; j < n; j++) {
         const float w = val[j];
         const float *p = x + off[j];
         for (int i = 0; i < TILE; i++) acc[i] += w * p[i];
+    }
+    if (!dst) return;
+    for (int i = 0; i < TILE; i++) {
+        const float v = acc[i] + bias + (res ? res[i] : 0.0f);
+        dst[i] = relu && v < 0.0f ? 0.0f : v;
     }
 }
 
@@ -110,7 +138,10 @@ static void store_tile(const float *acc, int64_t q0, int64_t grid, int wq, int w
     }
 }
 
-typedef void (*row_tile_fn)(const float *, const int32_t *, const float *, int, float *);
+/* Accumulate one output channel over a tile; with `dst`, also add bias (and `res`), apply ReLU if asked and store
+ * there in registers (a tile of contiguous valid outputs), else leave the sums in `acc` for store_tile. */
+typedef void (*row_tile_fn)(const float *, const int32_t *, const float *, int, float *, float *, const float *,
+                            float, int);
 
 static row_tile_fn pick(int isa) {
     if (isa >= 2 && __builtin_cpu_supports("avx512f")) return row_tile_avx512;
@@ -147,10 +178,15 @@ void spconv_run(const float *x, int64_t x_stride, int images, const int32_t *row
         const int64_t q0 = (int64_t)t * TILE;
         const float *xt = x + n * x_stride + q0;
         const int c_end = (b + 1) * per_block < co ? (b + 1) * per_block : co;
+        /* the whole tile is valid, contiguous output: the tile function stores it (not SiLU: store_tile's exp) */
+        const int direct = wq == wo && q0 + TILE <= grid && act != ACT_SILU;
         for (int c = b * per_block; c < c_end; c++) {
-            tile_fn(xt, off + row_ptr[c], val + row_ptr[c], row_ptr[c + 1] - row_ptr[c], acc);
-            store_tile(acc, q0, grid, wq, wo, y + n * y_stride + c * plane,
-                       res ? res + n * y_stride + c * plane : 0, bias ? bias[c] : 0.0f, act);
+            float *yc = y + n * y_stride + c * plane;
+            const float *rc = res ? res + n * y_stride + c * plane : 0;
+            const float bc = bias ? bias[c] : 0.0f;
+            tile_fn(xt, off + row_ptr[c], val + row_ptr[c], row_ptr[c + 1] - row_ptr[c], acc,
+                    direct ? yc + q0 : 0, direct && rc ? rc + q0 : 0, bc, act == ACT_RELU);
+            if (!direct) store_tile(acc, q0, grid, wq, wo, yc, rc, bc, act);
         }
     }
 }
