@@ -154,8 +154,16 @@ class SparseGraph:
     # ------------------------------------------------------------------ running
 
     def run(self, images: np.ndarray) -> list[np.ndarray]:
-        """The graph's outputs for a batch of images (numpy in, numpy out, the ONNX graph's order)."""
+        """The graph's outputs for a batch of images (numpy in, numpy out, the ONNX graph's order); torch's own
+        operators use the engine's threads meanwhile (the caller's setting is put back)."""
+        caller = torch.get_num_threads()
         torch.set_num_threads(self.threads)
+        try:
+            return self._run(images)
+        finally:
+            torch.set_num_threads(caller)
+
+    def _run(self, images: np.ndarray) -> list[np.ndarray]:
         env: dict[str, torch.Tensor] = dict(self.consts)
         env[self.input] = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
         with torch.inference_mode():
