@@ -166,3 +166,23 @@ def test_the_whole_graph_runs_in_onnx_runtime_where_that_is_faster(tmp_path, mon
     fast = load_engine("sparse", path, threads=2)
     fast.run(x)
     assert fast.whole_graph()[(1, 3, 16, 16)]["runs"] in ("sparse", "onnxruntime")
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+def test_packed_weights_give_the_dense_weight_back(groups):
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((8, 8 // groups, 3, 3)).astype(np.float32) * (rng.random((8, 8 // groups, 3, 3)) < 0.3)
+    assert np.array_equal(PackedConv.from_dense(w, None, stride=1, pads=(1, 1, 1, 1), groups=groups).to_dense(), w)
+
+
+def test_layers_that_run_sparse_keep_only_their_nonzeros(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("resnet_small", num_classes=10).eval()
+    magnitude_prune_(model, 0.9)
+    path = export_onnx(model, tmp_path / "m.onnx", input_size=16)
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    engine = load_engine("sparse", path, threads=2)
+    engine.run(x)
+    layers = engine.graph.conv_layers()
+    assert all(layer.weight_name not in engine.graph.consts for layer in layers)
+    assert all((layer.weight is None) == all(w == "sparse" for w in layer.choice.values()) for layer in layers)

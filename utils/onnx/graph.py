@@ -51,6 +51,8 @@ class SparseGraph:
         self.tail = self._tail_session(model, tail) if tail else None
         self.memory = Buffers()
         self._liveness()
+        for layer in self.conv_layers():      # the packed nonzeros replace the dense initializer
+            self.consts.pop(layer.weight_name, None)
 
     # ------------------------------------------------------------------ building
 
@@ -133,7 +135,8 @@ class SparseGraph:
                     and set(mul.input) == {out, sigmoid.output[0]}:
                 act, out = "silu", mul.output[0]
                 absorbed += [sigmoid, mul]
-        return ConvLayer(node.name or node.output[0], inputs, out, packed, weight, bias, act), absorbed
+        return ConvLayer(node.name or node.output[0], inputs, out, packed, weight, bias, act,
+                         weight_name=node.input[1]), absorbed
 
     def _tail_session(self, model, tail: list):
         import onnx
@@ -206,6 +209,8 @@ class SparseGraph:
         x = x.contiguous()
         key = tuple(x.shape)
         way = self.force or layer.choice.get(key) or self._calibrate(layer, key, x, residual)
+        if self.force == "sparse":
+            layer.weight = None
         if way == "sparse":
             return layer.run_sparse(x, residual, self.threads, self.isa, self.memory)
         return layer.run_dense(x, residual)
@@ -223,6 +228,8 @@ class SparseGraph:
                 times[way].append((time.perf_counter() - start) * 1e3)
         layer.timings[key] = {way: sorted(t)[len(t) // 2] for way, t in times.items()}
         layer.choice[key] = min(layer.timings[key], key=layer.timings[key].get)
+        if all(way == "sparse" for way in layer.choice.values()):
+            layer.weight = None                  # only the nonzeros stay in memory
         return layer.choice[key]
 
     def report(self) -> list[dict[str, Any]]:

@@ -67,12 +67,13 @@ class ConvLayer:
     inputs: list[str]                     # x, and the residual when an Add is fused
     output: str
     packed: PackedConv
-    weight: torch.Tensor                  # dense copy, kept only while the layer may run dense
+    weight: torch.Tensor | None           # dense copy: dropped once the layer runs sparse (rebuilt if ever needed)
     bias: torch.Tensor | None
     act: str | None
     choice: dict[tuple, str] = field(default_factory=dict)        # input shape -> 'sparse' | 'dense'
     timings: dict[tuple, dict[str, float]] = field(default_factory=dict)
     bound: dict[tuple, BoundConv] = field(default_factory=dict)     # input shape -> the call bound to it
+    weight_name: str = ""                                          # the ONNX initializer the weight came from
 
     def run_sparse(self, x: torch.Tensor, residual: torch.Tensor | None, threads: int, isa: int,
                    memory: "Buffers") -> torch.Tensor:
@@ -96,6 +97,8 @@ class ConvLayer:
             x, pads = F.pad(x, (pl, pr, pt, pb)), (0, 0)
         else:
             pads = (pt, pl)
+        if self.weight is None:
+            self.weight = torch.from_numpy(p.to_dense())
         y = F.conv2d(x, self.weight, self.bias, p.stride, pads, 1, p.groups)
         if residual is not None:
             y = y + residual

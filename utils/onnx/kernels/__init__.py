@@ -50,7 +50,7 @@ def max_isa() -> int:
     return library().spconv_isa(cap)
 
 
-def _ptr(a: np.ndarray | None, kind=None) -> int | None:
+def _ptr(a: np.ndarray | None) -> int | None:
     return None if a is None else a.ctypes.data
 
 
@@ -98,6 +98,15 @@ class PackedConv:
                    np.ascontiguousarray(weight.reshape(co, -1)[rows, cols], dtype=np.float32),
                    channel.astype(np.int32), (r // kw).astype(np.int32), (r % kw).astype(np.int32),
                    None if bias is None else np.ascontiguousarray(bias, dtype=np.float32))
+
+    def to_dense(self) -> np.ndarray:
+        """The (out, in / groups, kh, kw) weight back from the nonzeros (for a layer that runs dense after all)."""
+        co, (kh, kw) = self.out_channels, self.kernel
+        cig = self.in_channels // self.groups
+        rows = np.repeat(np.arange(co), np.diff(self.row_ptr))
+        dense = np.zeros((co, cig, kh, kw), dtype=np.float32)
+        dense[rows, self.channel - (rows // (co // self.groups)) * cig, self.kh, self.kw] = self.values
+        return dense
 
     @property
     def nnz(self) -> int:
@@ -170,7 +179,7 @@ def sparse_conv(x: np.ndarray, packed: PackedConv, *, residual: np.ndarray | Non
                            _ptr(buf), g.image_floats, threads)
     y = out if out is not None else empty_with_slack((n, packed.out_channels, g.ho, g.wo))
     res = None if residual is None else np.ascontiguousarray(residual, dtype=np.float32)
-    lib.spconv_run(_ptr(buf), stride, n, _ptr(packed.row_ptr, ctypes.c_int32), _ptr(g.offsets, ctypes.c_int32),
+    lib.spconv_run(_ptr(buf), stride, n, _ptr(packed.row_ptr), _ptr(g.offsets),
                    _ptr(packed.values), packed.out_channels, _ptr(packed.bias), g.ho, g.wq, g.wo, _ptr(y),
                    packed.out_channels * g.ho * g.wo, _ptr(res), ACTIVATIONS[act], threads, isa)
     return y
