@@ -186,3 +186,60 @@ def test_layers_that_run_sparse_keep_only_their_nonzeros(tmp_path):
     layers = engine.graph.conv_layers()
     assert all(layer.weight_name not in engine.graph.consts for layer in layers)
     assert all((layer.weight is None) == all(w == "sparse" for w in layer.choice.values()) for layer in layers)
+
+
+def test_outputs_written_around_the_caches_equal_the_cached_ones():
+    """Large outputs are stored with non-temporal stores: force that path on a small layer and compare."""
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((16, 8, 1, 1)).astype(np.float32) * (rng.random((16, 8, 1, 1)) < 0.3)
+    x = rng.standard_normal((2, 8, 16, 16)).astype(np.float32)     # 256 positions: full, aligned tiles
+    residual = rng.standard_normal((2, 16, 16, 16)).astype(np.float32)
+    packed = PackedConv.from_dense(w, rng.standard_normal(16).astype(np.float32), stride=1, pads=(0, 0, 0, 0))
+    want = {isa: sparse_conv(x, packed, residual=residual, act="relu", threads=2, isa=isa) for isa in ISAS}
+    before = kernels.library().spconv_stream_bytes(1)
+    try:
+        for isa in ISAS:
+            got = sparse_conv(x, packed, residual=residual, act="relu", threads=2, isa=isa)
+            assert np.array_equal(got, want[isa]), isa
+    finally:
+        kernels.library().spconv_stream_bytes(before)
+    assert kernels.empty_with_slack((3, 5)).ctypes.data % 64 == 0
+
+
+def test_a_strided_1x1_layer_prepares_only_the_phase_it_reads():
+    packed = PackedConv.from_dense(np.ones((4, 6, 1, 1), dtype=np.float32), None, stride=2, pads=(0, 0, 0, 0))
+    stem = PackedConv.from_dense(np.ones((4, 3, 3, 3), dtype=np.float32), None, stride=2, pads=(1, 1, 1, 1))
+    assert packed.geometry(8, 8).phases == 1 and stem.geometry(8, 8).phases == 4
+
+
+# (kernel, stride, pads top/left/bottom/right, ceil_mode): ResNet's stem pool, no padding, asymmetric padding,
+# ceil mode with a last window hanging over the edge, a window larger than the stride
+POOLS = [(3, 2, (1, 1, 1, 1), 0), (2, 2, (0, 0, 0, 0), 0), (3, 2, (0, 0, 1, 1), 0), (3, 2, (1, 1, 1, 1), 1),
+         (2, 2, (0, 0, 0, 0), 1), (5, 1, (2, 2, 2, 2), 0)]
+
+
+@pytest.mark.parametrize("pool", POOLS, ids=lambda p: "k{}_s{}_p{}_ceil{}".format(p[0], p[1], "".join(map(str, p[2])),
+                                                                               p[3]))
+def test_max_pool_equals_onnx_runtime(tmp_path, pool):
+    import onnx
+    from onnx import TensorProto, helper
+
+    k, s, pads, ceil = pool
+    node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[k, k], strides=[s, s], pads=list(pads),
+                            ceil_mode=ceil)
+    graph = helper.make_graph([node], "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    path = tmp_path / "pool.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    x = np.random.default_rng(3).standard_normal((2, 3, 11, 12)).astype(np.float32)
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    graph_run = SparseGraph(path, threads=2)
+    calls = []
+    graph_run.compiled_ops["MaxPool"] = lambda a, t: calls.append(1) or graph_run._max_pool(a, t)
+    got = graph_run.run(x)[0]
+    assert calls and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+    x[0, 1, 4, 5] = np.nan                  # a NaN in a window wins, as in torch (the engine's ops before the kernel)
+    padded = F.pad(torch.from_numpy(x), (pads[1], pads[3], pads[0], pads[2]), value=float("-inf"))
+    torch_nan = torch.isnan(F.max_pool2d(padded, k, s, ceil_mode=bool(ceil))).numpy()
+    assert torch_nan.any() and np.array_equal(np.isnan(graph_run.run(x)[0]), torch_nan)

@@ -36,11 +36,14 @@ def library() -> ctypes.CDLL:
     lib.spconv_run.argtypes = [f32, i64, c_int, i32, i32, f32, c_int, f32, c_int, c_int, c_int, f32, i64, f32, c_int,
                                c_int, c_int]
     lib.spconv_run.restype = None
-    lib.spconv_prepare.argtypes = [f32, i64, c_int, c_int, c_int, c_int, c_int, c_int, c_int, c_int, c_int, f32,
-                                   i64, c_int]
+    lib.spconv_prepare.argtypes = [f32, i64, c_int, c_int, c_int, c_int, c_int, c_int, c_int, c_int, c_int, c_int,
+                                   f32, i64, c_int]
     lib.spconv_prepare.restype = None
     lib.spconv_isa.argtypes, lib.spconv_isa.restype = [c_int], c_int
     lib.spconv_tile.argtypes, lib.spconv_tile.restype = [], c_int
+    lib.spconv_maxpool.argtypes = [f32, i64, c_int, c_int, c_int, c_int, c_int, c_int, c_int, c_int, c_int, f32, c_int]
+    lib.spconv_maxpool.restype = None
+    lib.spconv_stream_bytes.argtypes, lib.spconv_stream_bytes.restype = [i64], i64
     return lib
 
 
@@ -64,6 +67,7 @@ class Geometry:
     wq: int
     offsets: np.ndarray          # int32, one per nonzero, in the CSR order of PackedConv
     image_floats: int            # prepared floats per image, slack included
+    phases: int                  # stride phases prepared: the first ones up to the last a weight reads
 
 
 @dataclass
@@ -130,10 +134,11 @@ class PackedConv:
             hq, wq = ho + (kh - 1) // s, wo + (kw - 1) // s
             plane = hq * wq
             phase = (self.kh % s) * s + (self.kw % s)
+            phases = int(phase.max()) + 1 if phase.size else 1
             offsets = ((phase * self.in_channels + self.channel) * plane + (self.kh // s) * wq + self.kw // s)
             tile = library().spconv_tile()
-            image_floats = s * s * self.in_channels * plane + 2 * tile + wq * (kh // s + 1) + 64
-            self._geometry[(h, w)] = Geometry(ho, wo, hq, wq, offsets.astype(np.int32), image_floats)
+            image_floats = phases * self.in_channels * plane + 2 * tile + wq * (kh // s + 1) + 64
+            self._geometry[(h, w)] = Geometry(ho, wo, hq, wq, offsets.astype(np.int32), image_floats, phases)
         return self._geometry[(h, w)]
 
 
@@ -143,18 +148,23 @@ def slack_floats() -> int:
 
 
 def has_slack(x: np.ndarray) -> bool:
-    """Whether `x` is the start of a contiguous buffer with `slack_floats` more floats after it."""
+    """Whether `x` is contiguous float32 inside a numpy buffer that goes on for `slack_floats` after it."""
     base = x.base if isinstance(x.base, np.ndarray) else None
-    return (x.flags.c_contiguous and x.dtype == np.float32 and base is not None and base.ndim == 1
-            and base.ctypes.data == x.ctypes.data and base.size >= x.size + slack_floats())
+    if not (x.flags.c_contiguous and x.dtype == np.float32 and base is not None and base.ndim == 1
+            and base.flags.c_contiguous):
+        return False
+    start, end = base.ctypes.data, base.ctypes.data + base.nbytes
+    return start <= x.ctypes.data and x.ctypes.data + x.nbytes + 4 * slack_floats() <= end
 
 
 def empty_with_slack(shape: tuple[int, ...]) -> np.ndarray:
-    """An uninitialised float32 array of `shape` whose buffer goes on for `slack_floats` (zeroed)."""
+    """An uninitialised float32 array of `shape`, starting on a 64-byte boundary (so the kernels' full tiles can be
+    written with stream stores), whose buffer goes on for `slack_floats` (zeroed)."""
     size = int(np.prod(shape))
-    flat = np.empty(size + slack_floats(), dtype=np.float32)
-    flat[size:] = 0.0
-    return flat[:size].reshape(shape)
+    raw = np.empty(size + slack_floats() + 16, dtype=np.float32)
+    start = (-raw.ctypes.data % 64) // 4
+    raw[start + size:] = 0.0
+    return raw[start:start + size].reshape(shape)
 
 
 def sparse_conv(x: np.ndarray, packed: PackedConv, *, residual: np.ndarray | None = None, act: str | None = None,
@@ -176,13 +186,34 @@ def sparse_conv(x: np.ndarray, packed: PackedConv, *, residual: np.ndarray | Non
         buf = prepared if prepared is not None else np.empty((n, g.image_floats), dtype=np.float32)
         stride = g.image_floats
         lib.spconv_prepare(_ptr(x), c * h * w, n, c, h, w, packed.stride, packed.pads[0], packed.pads[1], g.hq, g.wq,
-                           _ptr(buf), g.image_floats, threads)
+                           g.phases, _ptr(buf), g.image_floats, threads)
     y = out if out is not None else empty_with_slack((n, packed.out_channels, g.ho, g.wo))
     res = None if residual is None else np.ascontiguousarray(residual, dtype=np.float32)
     lib.spconv_run(_ptr(buf), stride, n, _ptr(packed.row_ptr), _ptr(g.offsets),
                    _ptr(packed.values), packed.out_channels, _ptr(packed.bias), g.ho, g.wq, g.wo, _ptr(y),
                    packed.out_channels * g.ho * g.wo, _ptr(res), ACTIVATIONS[act], threads, isa)
     return y
+
+
+def pool_size(size: int, kernel: int, stride: int, pad_before: int, pad_after: int, ceil_mode: bool) -> int:
+    """Output length of a max-pool along one axis (torch's and ONNX's rule: with ceil_mode a last window must start
+    inside the input or its leading padding)."""
+    span = size + pad_before + pad_after - kernel
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + pad_before:
+        out -= 1
+    return out
+
+
+def max_pool(x: np.ndarray, out: np.ndarray, *, kernel: tuple[int, int], stride: int, pads: tuple[int, int],
+             threads: int) -> np.ndarray:
+    """Max-pool the contiguous float32 (N, C, H, W) `x` into `out` (N, C, Ho, Wo; pads: top, left; padding never
+    wins): the compiled kernel, vectorised, threads over planes."""
+    n, c, h, w = x.shape
+    ho, wo = out.shape[2:]
+    library().spconv_maxpool(x.ctypes.data, n * c, h, w, kernel[0], kernel[1], stride, pads[0], pads[1], ho, wo,
+                             out.ctypes.data, threads)
+    return out
 
 
 class BoundConv:
@@ -199,7 +230,7 @@ class BoundConv:
         self.n = n
         self.out_shape = (n, packed.out_channels, g.ho, g.wo)
         self.scratch_floats = n * g.image_floats
-        self.prepare_args = (c * h * w, n, c, h, w, packed.stride, packed.pads[0], packed.pads[1], g.hq, g.wq)
+        self.prepare_args = (c * h * w, n, c, h, w, packed.stride, packed.pads[0], packed.pads[1], g.hq, g.wq, g.phases)
         self.weights = (packed.row_ptr.ctypes.data, g.offsets.ctypes.data, packed.values.ctypes.data,
                         packed.out_channels, _ptr(packed.bias), g.ho, g.wq, g.wo)
         self.y_stride = packed.out_channels * g.ho * g.wo
