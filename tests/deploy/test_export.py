@@ -197,10 +197,12 @@ def test_a_sparse_model_exports_and_runs_end_to_end_in_the_sparse_engine(tmp_pat
                  str(tmp_path / "out")])
     out = capsys.readouterr().out
     assert "sparse: max |diff|" in out and "top-1 agreement 100.00%" in out.split("sparse: max |diff|")[1]
-    assert "sparse, batch 1, 32 px: fp32" in out and "convolutions run sparse" in out
+    assert "sparse, batch 1, 32 px: fp32" in out and "layers (convolutions and linear) run sparse" in out
     report = json.loads((tmp_path / "out" / "export_report.json").read_text())
     assert report["fp32"]["engines"]["sparse"]["max_abs_diff"] < 1e-3
-    assert report["sparse_layers"]["conv_layers"] == 9 and len(report["sparse_layers"]["layers"]) == 9
+    rows = report["sparse_layers"]["layers"]
+    assert report["sparse_layers"]["weight_layers"] == 10 == len(rows)              # 9 convolutions, the classifier
+    assert [r["kind"] for r in rows].count("linear") == 1
     with pytest.raises(SystemExit):
         deploy_main([str(tmp_path / "up.pt"), "--engine", "tensorrt"])
     assert "--engine tensorrt: unknown" in capsys.readouterr().err

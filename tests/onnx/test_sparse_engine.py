@@ -16,7 +16,7 @@ from utils.errors import UserError
 from utils.onnx import SparseEngine
 from utils.onnx.graph import SparseGraph
 from utils.onnx.layers import ConvLayer
-from utils.onnx.kernels import PackedConv, sparse_conv
+from utils.onnx.kernels import PackedConv, PackedLinear, sparse_conv, sparse_linear
 from utils.sparsity import magnitude_prune_
 
 RTOL = 1e-4
@@ -243,3 +243,44 @@ def test_max_pool_equals_onnx_runtime(tmp_path, pool):
     padded = F.pad(torch.from_numpy(x), (pads[1], pads[3], pads[0], pads[2]), value=float("-inf"))
     torch_nan = torch.isnan(F.max_pool2d(padded, k, s, ceil_mode=bool(ceil))).numpy()
     assert torch_nan.any() and np.array_equal(np.isnan(graph_run.run(x)[0]), torch_nan)
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.9, 1.0])
+def test_a_linear_layer_equals_torch(sparsity):
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal((37, 70)).astype(np.float32)
+    w[rng.random(w.shape) < sparsity] = 0.0
+    b = rng.standard_normal(37).astype(np.float32)
+    packed = PackedLinear.from_dense(w, b)
+    assert packed.nnz == int((w != 0).sum()) and np.array_equal(packed.to_dense(), w)
+    for rows in (1, 16):
+        x = rng.standard_normal((rows, 70)).astype(np.float32)
+        want = F.linear(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b)).numpy()
+        assert relative_error(sparse_linear(x, packed, threads=2), want) < RTOL
+
+
+@pytest.mark.parametrize("attrs", [{"transB": 1}, {"transB": 0, "alpha": 0.5, "beta": 2.0}, {"transB": 1, "bias": False}],
+                         ids=["transB", "alpha_beta", "no_bias"])
+def test_a_gemm_node_runs_as_a_sparse_linear_layer(tmp_path, attrs):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(7)
+    attrs = dict(attrs)
+    with_bias = attrs.pop("bias", True)
+    w = rng.standard_normal((12, 20)).astype(np.float32) * (rng.random((12, 20)) < 0.2)    # (out, in)
+    b = rng.standard_normal(12).astype(np.float32)
+    inits = [numpy_helper.from_array(w if attrs["transB"] else w.T.copy(), "w")] + \
+        ([numpy_helper.from_array(b, "b")] if with_bias else [])
+    node = helper.make_node("Gemm", ["x", "w", "b"] if with_bias else ["x", "w"], ["y"], **attrs)
+    graph = helper.make_graph([node], "fc", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 20])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 12])], inits)
+    path = tmp_path / "fc.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    x = rng.standard_normal((3, 20)).astype(np.float32)
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    for force in ("sparse", "dense", None):
+        graph_run = SparseGraph(path, threads=2, force=force)
+        assert [layer.kind for layer in graph_run.layers()] == ["linear"]
+        assert relative_error(graph_run.run(x)[0], want) < RTOL, force
+    assert graph_run.report()[0]["kind"] == "linear" and graph_run.report()[0]["sparsity"] == pytest.approx(0.8, abs=0.1)

@@ -80,7 +80,7 @@ def add_latency_(report: dict[str, Any], *, engines: list[str] | None = None) ->
     report["engine_latency_ms"], report["engine_precision"] = timed, used
     if layers.get("sparse", {}).get("fp32"):
         rows, whole = layers["sparse"]["fp32"]["layers"], layers["sparse"]["fp32"]["whole_graph"]
-        report["sparse_layers"] = {"sparse": sum(r["runs"] == "sparse" for r in rows), "conv_layers": len(rows),
+        report["sparse_layers"] = {"sparse": sum(r["runs"] == "sparse" for r in rows), "weight_layers": len(rows),
                                    "graph": next(iter(whole.values()), {}), "layers": rows}
     return report
 
@@ -111,8 +111,9 @@ def describe_deployment(report: dict[str, Any]) -> list[str]:
         graph = r.get("graph", {})
         whole = (f"; the whole graph ran in ONNX Runtime, measured faster ({graph.get('onnxruntime_ms')} vs "
                  f"{graph.get('sparse_ms')} ms)" if graph.get("runs") == "onnxruntime" else "")
-        lines.append(f"sparse engine: {r['sparse']} of {r['conv_layers']} convolutions run sparse (the others were "
-                     f"measured faster dense){whole}; per-layer times in export_report.json")
+        total = r.get("weight_layers", r.get("conv_layers"))         # conv_layers: a report from before linear layers
+        lines.append(f"sparse engine: {r['sparse']} of {total} layers (convolutions and linear) run sparse (the others "
+                     f"were measured faster dense){whole}; per-layer times in export_report.json")
     s = report["size"]
     lines.append(f"checkpoint: dense {s['dense_bytes'] / 1e6:.2f} MB, bitmask+nonzeros "
                  f"{s['compressed_bytes'] / 1e6:.2f} MB ({s['ratio']:.2f}x smaller)")

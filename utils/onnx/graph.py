@@ -17,8 +17,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from utils.onnx.kernels import PackedConv, max_isa, max_pool, pool_size
-from utils.onnx.layers import Buffers, ConvLayer
+from utils.onnx.kernels import PackedConv, PackedLinear, max_isa, max_pool, pool_size
+from utils.onnx.layers import Buffers, ConvLayer, LinearLayer
 from utils.onnx.ops import OPS, SUPPORTED_IF, attributes
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class SparseGraph:
         # operators with a compiled kernel besides Conv (None from one: these attributes or inputs are not its own)
         self.compiled_ops: dict[str, Callable[..., torch.Tensor | None]] = {"MaxPool": self._max_pool}
         self._liveness()
-        for layer in self.conv_layers():      # the packed nonzeros replace the dense initializer
+        for layer in self.layers():           # the packed nonzeros replace the dense initializer
             self.consts.pop(layer.weight_name, None)
 
     # ------------------------------------------------------------------ building
@@ -83,7 +83,7 @@ class SparseGraph:
             users = consumers.get(name, [])
             return users[0] if len(users) == 1 and name not in graph_outputs else None
 
-        emit_at: dict[int, ConvLayer] = {}     # a fused conv runs where its last node stood: its inputs exist there
+        emit_at: dict[int, ConvLayer | LinearLayer] = {}   # a fused conv runs where its last node stood
         skip: set[int] = set()
         taken: set[int] = set()                 # a node is fused into one conv only (an Add has two conv inputs)
 
@@ -98,10 +98,12 @@ class SparseGraph:
                 chain = [node, *absorbed]
                 emit_at[id(chain[-1])] = layer
                 skip.update(id(n) for n in chain[:-1])
+            elif node.op_type == "Gemm" and (linear := self._linear(node)) is not None:
+                emit_at[id(node)] = linear
         steps: list = []
         for node in nodes:
             if id(node) in emit_at:
-                steps.append(("conv", emit_at[id(node)]))
+                steps.append(("layer", emit_at[id(node)]))
             elif id(node) not in skip:
                 steps.append(("op", node, attributes(node)))
         return steps
@@ -140,6 +142,24 @@ class SparseGraph:
         return ConvLayer(node.name or node.output[0], inputs, out, packed, weight, bias, act,
                          weight_name=node.input[1]), absorbed
 
+    def _linear(self, node) -> LinearLayer | None:
+        """A Gemm with constant 2-D weights and a constant per-output bias (or none) as a layer; None otherwise."""
+        a = attributes(node)
+        weight = self.consts.get(node.input[1])
+        bias_name = node.input[2] if len(node.input) > 2 else ""
+        bias = self.consts.get(bias_name) if bias_name else None
+        if a.get("transA", 0) or weight is None or weight.dim() != 2 or (bias_name and bias is None):
+            return None
+        weight = (weight if a.get("transB", 0) else weight.t()).float() * a.get("alpha", 1.0)
+        if bias is not None:
+            if bias.numel() != weight.shape[0]:
+                return None                               # a bias per row as well: the torch op does it
+            bias = bias.float().reshape(-1) * a.get("beta", 1.0)
+        weight = weight.contiguous()
+        packed = PackedLinear.from_dense(weight.numpy(), None if bias is None else bias.numpy())
+        return LinearLayer(node.name or node.output[0], [node.input[0]], node.output[0], packed, weight, bias,
+                           weight_name=node.input[1])
+
     def _tail_session(self, model, tail: list):
         import onnx
         import onnxruntime as ort
@@ -173,9 +193,9 @@ class SparseGraph:
         env[self.input] = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
         with torch.inference_mode():
             for index, step in enumerate(self.steps):
-                if step[0] == "conv":
+                if step[0] == "layer":
                     layer = step[1]
-                    name, value = layer.output, self._run_conv(layer, *[env[i] for i in layer.inputs])
+                    name, value = layer.output, self._run_layer(layer, *[env[i] for i in layer.inputs])
                 else:
                     _, node, a = step
                     inputs = [env[i] if i else None for i in node.input]
@@ -199,7 +219,7 @@ class SparseGraph:
         kept = set(self.outputs) | set(getattr(self, "tail_inputs", ()))
         last: dict[str, int] = {}
         for index, step in enumerate(self.steps):
-            for name in (step[1].inputs if step[0] == "conv" else step[1].input):
+            for name in (step[1].inputs if step[0] == "layer" else step[1].input):
                 if name:                            # '' is an omitted optional input
                     last[name] = index
             for name in _step_outputs(step):
@@ -210,7 +230,8 @@ class SparseGraph:
                 self.last_use.setdefault(index, []).append(name)
         self.kept_names = [o for o in kept if any(o in _step_outputs(s) for s in self.steps)]
 
-    def _run_conv(self, layer: ConvLayer, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+    def _run_layer(self, layer: ConvLayer | LinearLayer, x: torch.Tensor,
+                   residual: torch.Tensor | None = None) -> torch.Tensor:
         x = x.contiguous()
         key = tuple(x.shape)
         way = self.force or layer.choice.get(key) or self._calibrate(layer, key, x, residual)
@@ -239,7 +260,7 @@ class SparseGraph:
                  threads=self.threads)
         return out
 
-    def _calibrate(self, layer: ConvLayer, key: tuple, x: torch.Tensor, residual: torch.Tensor | None) -> str:
+    def _calibrate(self, layer: ConvLayer | LinearLayer, key: tuple, x: torch.Tensor, residual: torch.Tensor | None) -> str:
         """Time both ways on this input (median of a few runs) and keep the faster for this input shape."""
         runs = {"sparse": lambda: self.memory.give_back(layer.run_sparse(x, residual, self.threads, self.isa,
                                                                           self.memory)),
@@ -257,14 +278,20 @@ class SparseGraph:
         return layer.choice[key]
 
     def report(self) -> list[dict[str, Any]]:
-        """Per conv layer and input shape: sparsity, the way it runs, and both ways' calibrated times (ms)."""
-        return [{"layer": layer.name, "input": list(key), "sparsity": round(layer.packed.sparsity, 4),
-                 "runs": layer.choice[key], **{f"{way}_ms": round(ms, 4) for way, ms in layer.timings[key].items()}}
-                for layer in self.conv_layers() for key in layer.choice]
+        """Per layer (convolution or linear) and input shape: sparsity, the way it runs, and both ways' calibrated
+        times (ms)."""
+        return [{"layer": layer.name, "kind": layer.kind, "input": list(key),
+                 "sparsity": round(layer.packed.sparsity, 4), "runs": layer.choice[key],
+                 **{f"{way}_ms": round(ms, 4) for way, ms in layer.timings[key].items()}}
+                for layer in self.layers() for key in layer.choice]
+
+    def layers(self) -> list[ConvLayer | LinearLayer]:
+        """The layers with weights, in order: convolutions (with what is fused into them) and linear layers."""
+        return [s[1] for s in self.steps if s[0] == "layer"]
 
     def conv_layers(self) -> list[ConvLayer]:
-        return [s[1] for s in self.steps if s[0] == "conv"]
+        return [layer for layer in self.layers() if isinstance(layer, ConvLayer)]
 
 
 def _step_outputs(step) -> list[str]:
-    return [step[1].output] if step[0] == "conv" else list(step[1].output)
+    return [step[1].output] if step[0] == "layer" else list(step[1].output)

@@ -1,5 +1,5 @@
-"""A convolution layer of the sparse engine (sparse kernels or torch's dense convolution) and the buffers its
-outputs live in."""
+"""The layers of the sparse engine that hold weights -- convolutions and linear layers, each run in the sparse kernels
+or as torch's dense operator -- and the buffers their outputs live in."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils.onnx.kernels import BoundConv, PackedConv, empty_with_slack
+from utils.onnx.kernels import BoundConv, PackedConv, PackedLinear, empty_with_slack, sparse_linear
 
 
 class Buffers:
@@ -63,6 +63,8 @@ class Buffers:
 class ConvLayer:
     """One Conv node and what is fused into it; runs sparse or dense as calibrated."""
 
+    kind = "convolution"
+
     name: str
     inputs: list[str]                     # x, and the residual when an Add is fused
     output: str
@@ -103,3 +105,29 @@ class ConvLayer:
         if residual is not None:
             y = y + residual
         return torch.relu(y) if self.act == "relu" else F.silu(y) if self.act == "silu" else y
+
+
+@dataclass
+class LinearLayer:
+    """One Gemm node with constant weights (a classifier): y = x W^T + b, sparse or dense as calibrated."""
+
+    name: str
+    inputs: list[str]
+    output: str
+    packed: PackedLinear                  # alpha and beta folded into the nonzeros and the bias
+    weight: torch.Tensor | None           # dense (out, in) copy: dropped once the layer runs sparse
+    bias: torch.Tensor | None
+    choice: dict[tuple, str] = field(default_factory=dict)
+    timings: dict[tuple, dict[str, float]] = field(default_factory=dict)
+    weight_name: str = ""
+    kind = "linear"
+
+    def run_sparse(self, x: torch.Tensor, residual: None, threads: int, isa: int, memory: Buffers) -> torch.Tensor:
+        out = memory.take((x.shape[0], self.packed.out_features))
+        sparse_linear(x.contiguous().numpy(), self.packed, out=out.numpy(), threads=threads)
+        return out
+
+    def run_dense(self, x: torch.Tensor, residual: None) -> torch.Tensor:
+        if self.weight is None:
+            self.weight = torch.from_numpy(self.packed.to_dense())
+        return F.linear(x, self.weight, self.bias)

@@ -44,6 +44,8 @@ def library() -> ctypes.CDLL:
     lib.spconv_maxpool.argtypes = [f32, i64, c_int, c_int, c_int, c_int, c_int, c_int, c_int, c_int, c_int, f32, c_int]
     lib.spconv_maxpool.restype = None
     lib.spconv_stream_bytes.argtypes, lib.spconv_stream_bytes.restype = [i64], i64
+    lib.splinear_run.argtypes = [f32, c_int, c_int, i32, i32, f32, c_int, f32, f32, c_int]
+    lib.splinear_run.restype = None
     return lib
 
 
@@ -192,6 +194,53 @@ def sparse_conv(x: np.ndarray, packed: PackedConv, *, residual: np.ndarray | Non
     lib.spconv_run(_ptr(buf), stride, n, _ptr(packed.row_ptr), _ptr(g.offsets),
                    _ptr(packed.values), packed.out_channels, _ptr(packed.bias), g.ho, g.wq, g.wo, _ptr(y),
                    packed.out_channels * g.ho * g.wo, _ptr(res), ACTIVATIONS[act], threads, isa)
+    return y
+
+
+@dataclass
+class PackedLinear:
+    """A linear layer's (out_features, in_features) weights as CSR over output features: nonzeros and their columns."""
+
+    out_features: int
+    in_features: int
+    row_ptr: np.ndarray            # int32 (out_features + 1)
+    columns: np.ndarray            # int32 (nnz)
+    values: np.ndarray             # float32 (nnz)
+    bias: np.ndarray | None
+
+    @classmethod
+    def from_dense(cls, weight: np.ndarray, bias: np.ndarray | None) -> "PackedLinear":
+        rows, cols = np.nonzero(weight)
+        row_ptr = np.zeros(weight.shape[0] + 1, dtype=np.int32)
+        np.cumsum(np.bincount(rows, minlength=weight.shape[0]), out=row_ptr[1:])
+        return cls(weight.shape[0], weight.shape[1], row_ptr, cols.astype(np.int32),
+                   np.ascontiguousarray(weight[rows, cols], dtype=np.float32),
+                   None if bias is None else np.ascontiguousarray(bias, dtype=np.float32))
+
+    def to_dense(self) -> np.ndarray:
+        dense = np.zeros((self.out_features, self.in_features), dtype=np.float32)
+        dense[np.repeat(np.arange(self.out_features), np.diff(self.row_ptr)), self.columns] = self.values
+        return dense
+
+    @property
+    def nnz(self) -> int:
+        return len(self.values)
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.nnz / max(self.out_features * self.in_features, 1)
+
+
+def sparse_linear(x: np.ndarray, packed: PackedLinear, *, out: np.ndarray | None = None,
+                  threads: int = 1) -> np.ndarray:
+    """x (rows, in_features) times the packed weights' transpose, plus bias: only nonzero weights are multiplied."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != packed.in_features:
+        raise ValueError(f"input of shape {x.shape}, the linear layer takes (rows, {packed.in_features})")
+    y = out if out is not None else np.empty((x.shape[0], packed.out_features), dtype=np.float32)
+    library().splinear_run(x.ctypes.data, x.shape[0], packed.in_features, packed.row_ptr.ctypes.data,
+                           packed.columns.ctypes.data, packed.values.ctypes.data, packed.out_features,
+                           _ptr(packed.bias), y.ctypes.data, threads)
     return y
 
 
