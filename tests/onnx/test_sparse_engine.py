@@ -253,10 +253,11 @@ def test_a_linear_layer_equals_torch(sparsity):
     b = rng.standard_normal(37).astype(np.float32)
     packed = PackedLinear.from_dense(w, b)
     assert packed.nnz == int((w != 0).sum()) and np.array_equal(packed.to_dense(), w)
-    for rows in (1, 16):
+    for rows in (1, 16, 19):
         x = rng.standard_normal((rows, 70)).astype(np.float32)
         want = F.linear(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b)).numpy()
-        assert relative_error(sparse_linear(x, packed, threads=2), want) < RTOL
+        for isa in ISAS:
+            assert relative_error(sparse_linear(x, packed, threads=2, isa=isa), want) < RTOL, (rows, isa)
 
 
 @pytest.mark.parametrize("attrs", [{"transB": 1}, {"transB": 0, "alpha": 0.5, "beta": 2.0}, {"transB": 1, "bias": False}],

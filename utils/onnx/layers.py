@@ -124,7 +124,7 @@ class LinearLayer:
 
     def run_sparse(self, x: torch.Tensor, residual: None, threads: int, isa: int, memory: Buffers) -> torch.Tensor:
         out = memory.take((x.shape[0], self.packed.out_features))
-        sparse_linear(x.contiguous().numpy(), self.packed, out=out.numpy(), threads=threads)
+        sparse_linear(x.contiguous().numpy(), self.packed, out=out.numpy(), threads=threads, isa=isa)
         return out
 
     def run_dense(self, x: torch.Tensor, residual: None) -> torch.Tensor:

@@ -44,7 +44,7 @@ def library() -> ctypes.CDLL:
     lib.spconv_maxpool.argtypes = [f32, i64, c_int, c_int, c_int, c_int, c_int, c_int, c_int, c_int, c_int, f32, c_int]
     lib.spconv_maxpool.restype = None
     lib.spconv_stream_bytes.argtypes, lib.spconv_stream_bytes.restype = [i64], i64
-    lib.splinear_run.argtypes = [f32, c_int, c_int, i32, i32, f32, c_int, f32, f32, c_int]
+    lib.splinear_run.argtypes = [f32, c_int, c_int, i32, i32, f32, c_int, f32, f32, c_int, c_int]
     lib.splinear_run.restype = None
     return lib
 
@@ -231,8 +231,8 @@ class PackedLinear:
         return 1.0 - self.nnz / max(self.out_features * self.in_features, 1)
 
 
-def sparse_linear(x: np.ndarray, packed: PackedLinear, *, out: np.ndarray | None = None,
-                  threads: int = 1) -> np.ndarray:
+def sparse_linear(x: np.ndarray, packed: PackedLinear, *, out: np.ndarray | None = None, threads: int = 1,
+                  isa: int = 2) -> np.ndarray:
     """x (rows, in_features) times the packed weights' transpose, plus bias: only nonzero weights are multiplied."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2 or x.shape[1] != packed.in_features:
@@ -240,7 +240,7 @@ def sparse_linear(x: np.ndarray, packed: PackedLinear, *, out: np.ndarray | None
     y = out if out is not None else np.empty((x.shape[0], packed.out_features), dtype=np.float32)
     library().splinear_run(x.ctypes.data, x.shape[0], packed.in_features, packed.row_ptr.ctypes.data,
                            packed.columns.ctypes.data, packed.values.ctypes.data, packed.out_features,
-                           _ptr(packed.bias), y.ctypes.data, threads)
+                           _ptr(packed.bias), y.ctypes.data, threads, isa)
     return y
 
 
