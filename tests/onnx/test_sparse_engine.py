@@ -168,6 +168,36 @@ def test_the_whole_graph_runs_in_onnx_runtime_where_that_is_faster(tmp_path, mon
     assert fast.whole_graph()[(1, 3, 16, 16)]["runs"] in ("sparse", "onnxruntime")
 
 
+def test_a_batch_runs_in_chunks_of_one_image_per_thread_where_that_is_faster(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = build_model("resnet_small", num_classes=10).eval()
+    magnitude_prune_(model, 0.9)
+    path = export_onnx(model, tmp_path / "m.onnx", input_size=16)
+    x = np.random.default_rng(0).standard_normal((5, 3, 16, 16)).astype(np.float32)
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    real_graph, real_ort = SparseGraph.run, SparseEngine._run_onnxruntime
+
+    def slow_whole_batch(self, images):          # a large batch slow in one piece (as when it leaves the caches)
+        if len(images) > 2:
+            time.sleep(0.03)
+        return real_graph(self, images)
+
+    def slow_ort(self, images):
+        time.sleep(0.03)
+        return real_ort(self, images)
+
+    monkeypatch.setattr(SparseGraph, "run", slow_whole_batch)
+    monkeypatch.setattr(SparseEngine, "_run_onnxruntime", slow_ort)
+    engine = load_engine("sparse", path, threads=2)
+    got = engine.run(x)[0]
+    chosen = engine.whole_graph()[(5, 3, 16, 16)]
+    assert chosen["runs"] == "sparse_chunks" and set(chosen) >= {"sparse_ms", "sparse_chunks_ms", "onnxruntime_ms"}
+    assert got.shape == want.shape and relative_error(got, want) < RTOL
+    assert relative_error(engine.run(x)[0], want) < RTOL
+    engine.run(x[:2])                                # no larger than the threads: nothing to split
+    assert "sparse_chunks_ms" not in engine.whole_graph()[(2, 3, 16, 16)]
+
+
 @pytest.mark.parametrize("groups", [1, 4])
 def test_packed_weights_give_the_dense_weight_back(groups):
     rng = np.random.default_rng(3)

