@@ -315,3 +315,20 @@ def test_a_gemm_node_runs_as_a_sparse_linear_layer(tmp_path, attrs):
         assert [layer.kind for layer in graph_run.layers()] == ["linear"]
         assert relative_error(graph_run.run(x)[0], want) < RTOL, force
     assert graph_run.report()[0]["kind"] == "linear" and graph_run.report()[0]["sparsity"] == pytest.approx(0.8, abs=0.1)
+
+
+@pytest.mark.parametrize("act", ["silu", "relu", None])
+def test_activations_applied_in_registers_equal_torch(act):
+    """Full tiles of a 1x1 layer are stored by the vector code, activation included: every instruction set, with
+    outputs from large negative to large positive (SiLU's exp clamps)."""
+    rng = np.random.default_rng(8)
+    w = rng.standard_normal((8, 4, 1, 1)).astype(np.float32) * 30
+    x = rng.standard_normal((2, 4, 16, 16)).astype(np.float32)
+    residual = rng.standard_normal((2, 8, 16, 16)).astype(np.float32)
+    packed = PackedConv.from_dense(w, None, stride=1, pads=(0, 0, 0, 0))
+    conv = F.conv2d(torch.from_numpy(x), torch.from_numpy(w)) + torch.from_numpy(residual)
+    assert conv.min() < -100 and conv.max() > 100
+    want = {"silu": F.silu, "relu": torch.relu, None: lambda t: t}[act](conv).numpy()
+    for isa in ISAS:
+        got = sparse_conv(x, packed, residual=residual, act=act, threads=2, isa=isa)
+        np.testing.assert_allclose(got, want, rtol=RTOL, atol=1e-5 * np.abs(want).max(), err_msg=str(isa))
