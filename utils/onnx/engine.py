@@ -11,7 +11,10 @@ from utils.onnx import kernels
 from utils.onnx.graph import SparseGraph
 
 
-WHOLE_GRAPH_RUNS = 3
+WHOLE_GRAPH_RUNS = 5
+# ONNX Runtime keeps the graph unless a sparse way is this much faster (with three runs a way, MobileNet at 90% once
+# chose a sparse mix measured 1% faster here that ran 17% slower in bench/deploy.py: the check is noisy).
+MARGIN = 0.03
 
 
 @ENGINES.register("sparse")
@@ -87,7 +90,8 @@ class SparseEngine(Engine):
                 run(images)
                 times[way].append((time.perf_counter() - start) * 1e3)
         medians = {way: sorted(t)[len(t) // 2] for way, t in times.items()}
-        way = min(medians, key=medians.get)
+        handicap = {"onnxruntime": 1.0 - MARGIN}
+        way = min(medians, key=lambda w: medians[w] * handicap.get(w, 1.0))
         self.whole[tuple(images.shape)] = {"runs": way, **{f"{k}_ms": round(v, 3) for k, v in medians.items()}}
         if all(w["runs"] != "onnxruntime" for w in self.whole.values()):
             self.session = None                         # keep only the compressed weights

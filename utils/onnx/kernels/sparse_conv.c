@@ -208,6 +208,26 @@ static void store_tile(const float *acc, int64_t q0, int64_t grid, int wq, int w
     }
 }
 
+/* A tile that is not contiguous output (junk grid columns, or past the grid's end), AVX-512: the sums in `acc`
+ * plus bias (and the residual), activated, then each vector's valid lanes packed together and stored at once --
+ * the valid positions of a tile are consecutive in the output, the junk lanes lying between its rows. masks[i]:
+ * the valid lanes of vector i, dest[i]: the output index of its first valid lane. */
+__attribute__((target("avx512f")))
+static void store_packed_avx512(const float *acc, const __mmask16 *masks, const int64_t *dest, float *yc,
+                                const float *rc, float bias, int act) {
+    const __m512 b = _mm512_set1_ps(bias), zero = _mm512_setzero_ps();
+    for (int i = 0; i < TILE / 16; i++) {
+        const __mmask16 m = masks[i];
+        if (!m) continue;
+        const __mmask16 first = (__mmask16)((1u << __builtin_popcount(m)) - 1u);
+        __m512 v = _mm512_add_ps(_mm512_load_ps(acc + 16 * i), b);
+        if (rc) v = _mm512_add_ps(v, _mm512_maskz_expand_ps(m, _mm512_maskz_loadu_ps(first, rc + dest[i])));
+        if (act == ACT_RELU) v = _mm512_max_ps(v, zero);
+        else if (act == ACT_SILU) v = silu_avx512(v);
+        _mm512_mask_storeu_ps(yc + dest[i], first, _mm512_maskz_compress_ps(m, v));
+    }
+}
+
 /* Accumulate one output channel over a tile; with `dst`, also add bias (and `res`), apply the activation and store
  * there from the registers (a tile of contiguous valid outputs); without, the same into `acc` for store_tile to
  * copy the valid positions (or, with act < 0, the bare sums for store_tile to finish: a residual comes first). */
@@ -278,6 +298,21 @@ void spconv_run(const float *x, int64_t x_stride, int images, const int32_t *row
             const int c_end = (b + 1) * per_block < co ? (b + 1) * per_block : co;
             /* the whole tile is valid, contiguous output: the tile function stores it, activation included */
             const int direct = wq == wo && q0 + TILE <= grid;
+            __mmask16 masks[TILE / 16];
+            int64_t dest[TILE / 16];
+            const int packed = !direct && tile_fn == row_tile_avx512;
+            if (packed)
+                for (int i = 0; i < TILE / 16; i++) {
+                    masks[i] = 0;
+                    dest[i] = 0;
+                    for (int l = 15; l >= 0; l--) {
+                        const int64_t q = q0 + 16 * i + l, row = q / wq, col = q - row * wq;
+                        if (q < grid && col < wo) {
+                            masks[i] |= (__mmask16)(1u << l);
+                            dest[i] = row * wo + col;          /* ends at the first valid lane */
+                        }
+                    }
+                }
             for (int c = b * per_block; c < c_end; c++) {
                 float *yc = y + n * y_stride + c * plane;
                 const float *rc = res ? res + n * y_stride + c * plane : 0;
@@ -286,8 +321,10 @@ void spconv_run(const float *x, int64_t x_stride, int images, const int32_t *row
                 const int stream = big && direct && ((uintptr_t)(yc + q0) & 63) == 0;
                 /* not direct: bias and activation still in registers unless a residual is to be added first */
                 tile_fn(xt, off + row_ptr[c], val + row_ptr[c], row_ptr[c + 1] - row_ptr[c], acc,
-                        direct ? yc + q0 : 0, direct && rc ? rc + q0 : 0, bc, direct || !rc ? act : -1, stream);
-                if (!direct) {
+                        direct ? yc + q0 : 0, direct && rc ? rc + q0 : 0, bc,
+                        direct || (!rc && !packed) ? act : -1, stream);
+                if (packed) store_packed_avx512(acc, masks, dest, yc, rc, bc, act);
+                else if (!direct) {
                     if (rc) store_tile(acc, q0, grid, wq, wo, yc, rc, bc, act);
                     else store_tile(acc, q0, grid, wq, wo, yc, 0, 0.0f, ACT_NONE);
                 }
