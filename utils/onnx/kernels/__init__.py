@@ -29,7 +29,12 @@ def library() -> ctypes.CDLL:
     if not LIBRARY.is_file():
         raise KernelsMissing(f"{LIBRARY} is not built: run `make kernels` (needs a C compiler with OpenMP, e.g. "
                              "apt-get install gcc)")
-    lib = ctypes.CDLL(str(LIBRARY))
+    return declare(ctypes.CDLL(str(LIBRARY)))
+
+
+def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """Give a loaded build of sparse_conv.c its functions' argument types (also for bench/sparse_kernels.py's
+    variant builds)."""
     f32 = i32 = ctypes.c_void_p        # addresses as ints: ctypes' pointer objects cost microseconds a call
     i64 = ctypes.c_int64
     c_int = ctypes.c_int

@@ -15,6 +15,7 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -235,17 +236,30 @@ typedef void (*row_tile_fn)(const float *, const int32_t *, const float *, int, 
                             float, int, int);
 
 /* Outputs larger than this go around the caches (non-temporal stores): a layer's output that cannot stay in the
- * last-level cache anyway costs half the memory traffic so (no read for ownership); at batch 16 that made
- * ResNet-50's 56 px 1x1 layers up to 2.4x faster. A quarter of the L3, or 8 MB where the size is unknown. */
+ * last-level cache anyway costs half the memory traffic so (no read for ownership; bench/sparse_kernels.py compares).
+ * A quarter of the L3 this CPU shares (Linux's sysfs; sysconf's figure can be the whole host's in a VM), or 8 MB. */
 static int64_t stream_threshold = 0;
+
+static int64_t l3_bytes(void) {
+    FILE *f = fopen("/sys/devices/system/cpu/cpu0/cache/index3/size", "r");
+    long kb = 0;
+    char unit = 'K';
+    if (f) {
+        if (fscanf(f, "%ld%c", &kb, &unit) < 1) kb = 0;
+        fclose(f);
+    }
+    if (kb > 0) return unit == 'M' ? (int64_t)kb << 20 : (int64_t)kb << 10;
+    long l3 = -1;
+#ifdef _SC_LEVEL3_CACHE_SIZE
+    l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+#endif
+    return l3 > 0 ? l3 : 0;
+}
 
 static int64_t stream_bytes(void) {
     int64_t bytes = stream_threshold;
     if (!bytes) {
-        long l3 = -1;
-#ifdef _SC_LEVEL3_CACHE_SIZE
-        l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
-#endif
+        const int64_t l3 = l3_bytes();
         bytes = stream_threshold = l3 > 0 ? l3 / 4 : (int64_t)8 << 20;
     }
     return bytes;

@@ -1,0 +1,157 @@
+"""The sparse engine's convolution kernels alone, on ResNet-50's convolution shapes: what a nonzero costs, and the
+measurements behind the kernels' choices.
+
+    python bench/sparse_kernels.py [--sparsity 0.9] [--batch 1] [--threads 2] [--rounds 5]
+
+Builds utils/onnx/kernels/sparse_conv.c with the system C compiler into a temporary folder, as `make kernels` does
+and once per other tile size (-DTILE=16, 32, 128), then for each distinct convolution of ResNet-50 (random weights
+at --sparsity, random input, bias and ReLU fused) times every build, taking turns in each round (best of --rounds),
+and prints ms per call, GFLOP/s on the nonzero multiply-adds, and, for the default build, ns per nonzero per tile
+(the unit of work: one nonzero's 4 vector multiply-adds over 64 positions) per thread. Totals weigh each shape by
+how often ResNet-50 has it: the network's convolution time per pass. Then two comparisons on the default build:
+outputs written with stream stores or not (1x1 layers at 56 and 28 px, batch 16, where outputs leave the caches),
+and 1x1 layers at 14 and 7 px reading input planes of 196 and 49 floats as they are, or padded to 16 floats (planes
+that start on a cache line).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from utils.onnx.kernels import HERE, PackedConv, declare  # noqa: E402
+
+# (in, out, kernel, stride, input px, how many in ResNet-50): every convolution of torchvision's ResNet-50
+SHAPES = [(3, 64, 7, 2, 224, 1), (64, 64, 1, 1, 56, 1), (64, 64, 3, 1, 56, 3), (64, 256, 1, 1, 56, 4),
+          (256, 64, 1, 1, 56, 2), (256, 128, 1, 1, 56, 1), (128, 128, 3, 2, 56, 1), (256, 512, 1, 2, 56, 1),
+          (128, 512, 1, 1, 28, 4), (512, 128, 1, 1, 28, 3), (128, 128, 3, 1, 28, 3), (512, 256, 1, 1, 28, 1),
+          (256, 256, 3, 2, 28, 1), (512, 1024, 1, 2, 28, 1), (256, 1024, 1, 1, 14, 6), (1024, 256, 1, 1, 14, 5),
+          (256, 256, 3, 1, 14, 5), (1024, 512, 1, 1, 14, 1), (512, 512, 3, 2, 14, 1), (1024, 2048, 1, 2, 14, 1),
+          (512, 2048, 1, 1, 7, 3), (2048, 512, 1, 1, 7, 2), (512, 512, 3, 1, 7, 2)]
+TILES = [64, 16, 32, 128]                     # the default first
+SLACK = 4096                                  # floats past every buffer: the largest tile reads past a grid's end
+
+
+def build(tile: int, folder: Path) -> ctypes.CDLL:
+    out = folder / f"libsparse_conv_tile{tile}.so"
+    cc = os.environ.get("CC", "cc")
+    subprocess.run([cc, "-O3", "-fopenmp", "-fPIC", "-shared", f"-DTILE={tile}", "-o", str(out),
+                    str(HERE / "sparse_conv.c"), "-lm"], check=True)
+    return declare(ctypes.CDLL(str(out)))
+
+
+def buffer(floats: int, rng: np.random.Generator) -> np.ndarray:
+    """Random floats starting on a 64-byte boundary, as the engine's own buffers do (kernels.empty_with_slack)."""
+    raw = rng.standard_normal(floats + SLACK + 16).astype(np.float32)
+    start = (-raw.ctypes.data % 64) // 4
+    return raw[start:start + floats + SLACK]
+
+
+class Layer:
+    """One convolution shape with random weights: the buffers and a call that runs it in a given build."""
+
+    def __init__(self, shape: tuple, *, sparsity: float, batch: int, threads: int, plane_floats: int | None = None):
+        ci, co, k, s, px, _ = shape
+        rng = np.random.default_rng(0)
+        w = rng.standard_normal((co, ci, k, k)).astype(np.float32)
+        w[rng.random(w.shape) < sparsity] = 0.0
+        self.packed = PackedConv.from_dense(w, rng.standard_normal(co).astype(np.float32), stride=s,
+                                            pads=(k // 2,) * 4)
+        self.g = self.packed.geometry(px, px)
+        self.in_place = self.packed.reads_input_as_is
+        plane = plane_floats or px * px            # 1x1 in place: the planes' stride in the input buffer
+        self.x_stride = ci * plane
+        self.offsets = (self.packed.channel * plane).astype(np.int32) if self.in_place else self.g.offsets
+        self.x = buffer(batch * self.x_stride, rng)
+        self.prepared = buffer(batch * self.g.image_floats, rng)
+        self.y = buffer(batch * co * self.g.ho * self.g.wo, rng)
+        self.shape, self.batch, self.threads = shape, batch, threads
+        self.macs = self.packed.nnz * self.g.ho * self.g.wo * batch
+        self.visits = self.packed.nnz * -(-self.g.ho * self.g.wq // 64) * batch      # nonzero x tile of 64
+
+    def run(self, lib: ctypes.CDLL) -> None:
+        ci, co, k, s, px, _ = self.shape
+        g, p = self.g, self.packed
+        source, stride = self.x.ctypes.data, self.x_stride
+        if not self.in_place:
+            lib.spconv_prepare(self.x.ctypes.data, ci * px * px, self.batch, ci, px, px, s, p.pads[0], p.pads[1],
+                               g.hq, g.wq, g.phases, self.prepared.ctypes.data, g.image_floats, self.threads)
+            source, stride = self.prepared.ctypes.data, g.image_floats
+        lib.spconv_run(source, stride, self.batch, p.row_ptr.ctypes.data, self.offsets.ctypes.data,
+                       p.values.ctypes.data, co, p.bias.ctypes.data, g.ho, g.wq, g.wo, self.y.ctypes.data,
+                       co * g.ho * g.wo, None, 1, self.threads, 2)
+
+
+def best_ms(layer: Layer, ways: list, rounds: int) -> list[float]:
+    """Each way (a callable running the layer once) timed in turn, best mean per call over the rounds (ms)."""
+    best = [float("inf")] * len(ways)
+    for _ in range(rounds):
+        for i, way in enumerate(ways):
+            way()
+            calls, start = 0, time.perf_counter()
+            while time.perf_counter() - start < 0.02:
+                way()
+                calls += 1
+            best[i] = min(best[i], (time.perf_counter() - start) / calls * 1e3)
+    return best
+
+
+def name(shape: tuple) -> str:
+    ci, co, k, s, px, n = shape
+    return f"{ci:>4}->{co:<4} {k}x{k}/{s} @{px:<3} x{n}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sparsity", type=float, default=0.9)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--rounds", type=int, default=5)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        libs = {tile: build(tile, Path(tmp)) for tile in TILES}
+        default = libs[64]
+        print(f"ResNet-50 convolutions at {args.sparsity:.0%} sparsity, batch {args.batch}, {args.threads} threads, "
+              f"{['scalar', 'AVX2+FMA', 'AVX-512'][default.spconv_isa(2)]}; ms per call by tile size "
+              f"(64 = `make kernels`), GFLOP/s and ns per nonzero-tile per thread for 64")
+        print(f"{'shape (in->out k/stride @px xcount)':36}" + "".join(f"{f'tile {t}':>10}" for t in TILES)
+              + f"{'GFLOP/s':>9}{'ns/visit':>9}")
+        totals = dict.fromkeys(TILES, 0.0)
+        for shape in SHAPES:
+            layer = Layer(shape, sparsity=args.sparsity, batch=args.batch, threads=args.threads)
+            times = best_ms(layer, [lambda lib=lib: layer.run(lib) for lib in libs.values()], args.rounds)
+            for tile, ms in zip(TILES, times):
+                totals[tile] += ms * shape[5]
+            print(f"{name(shape):36}" + "".join(f"{ms:>10.3f}" for ms in times)
+                  + f"{2 * layer.macs / times[0] / 1e6:>9.1f}{times[0] * 1e6 * args.threads / layer.visits:>9.2f}")
+        print(f"{'ResNet-50 total (ms per pass)':36}" + "".join(f"{totals[t]:>10.2f}" for t in TILES))
+
+        print("\nstream stores (outputs > a quarter of the L3) against normal stores, batch 16, ms per call:")
+        for shape in [s for s in SHAPES if s[2] == 1 and s[3] == 1 and s[4] in (56, 28)]:
+            layer = Layer(shape, sparsity=args.sparsity, batch=16, threads=args.threads)
+            default_bytes = default.spconv_stream_bytes(0)
+            never = lambda: (default.spconv_stream_bytes(1 << 62), layer.run(default))   # noqa: E731
+            usual = lambda: (default.spconv_stream_bytes(default_bytes), layer.run(default))   # noqa: E731
+            stream_ms, plain_ms = best_ms(layer, [usual, never], args.rounds)
+            default.spconv_stream_bytes(default_bytes)
+            print(f"  {name(shape):36} stream {stream_ms:8.3f}  normal {plain_ms:8.3f}  ({plain_ms / stream_ms:.2f}x)")
+
+        print(f"\n1x1 layers reading planes as they are or padded to 16 floats, batch {args.batch}, ms per call:")
+        for shape in [s for s in SHAPES if s[2] == 1 and s[3] == 1 and s[4] in (14, 7)]:
+            plain = Layer(shape, sparsity=args.sparsity, batch=args.batch, threads=args.threads)
+            padded = Layer(shape, sparsity=args.sparsity, batch=args.batch, threads=args.threads,
+                           plane_floats=-(-shape[4] ** 2 // 16) * 16)
+            as_is, aligned = best_ms(plain, [lambda: plain.run(default), lambda: padded.run(default)], args.rounds)
+            print(f"  {name(shape):36} as is {as_is:8.3f}  padded {aligned:8.3f}  ({as_is / aligned:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
