@@ -53,6 +53,7 @@ bench: venv kernels
 	$(PY) bench/linear_probe.py
 	$(PY) bench/extract.py
 	$(PY) bench/deploy.py
+	$(PY) bench/sparse_kernels.py
 	$(PY) bench/detect.py
 
 # SparseML's command names on the venv's PATH: sparseml.image_classification.train ARGS,

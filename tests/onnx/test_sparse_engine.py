@@ -290,8 +290,8 @@ def test_a_linear_layer_equals_torch(sparsity):
             assert relative_error(sparse_linear(x, packed, threads=2, isa=isa), want) < RTOL, (rows, isa)
 
 
-@pytest.mark.parametrize("attrs", [{"transB": 1}, {"transB": 0, "alpha": 0.5, "beta": 2.0}, {"transB": 1, "bias": False}],
-                         ids=["transB", "alpha_beta", "no_bias"])
+@pytest.mark.parametrize("attrs", [{"transB": 1}, {"transB": 0, "alpha": 0.5, "beta": 2.0},
+                                   {"transB": 1, "bias": False}], ids=["transB", "alpha_beta", "no_bias"])
 def test_a_gemm_node_runs_as_a_sparse_linear_layer(tmp_path, attrs):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -314,7 +314,8 @@ def test_a_gemm_node_runs_as_a_sparse_linear_layer(tmp_path, attrs):
         graph_run = SparseGraph(path, threads=2, force=force)
         assert [layer.kind for layer in graph_run.layers()] == ["linear"]
         assert relative_error(graph_run.run(x)[0], want) < RTOL, force
-    assert graph_run.report()[0]["kind"] == "linear" and graph_run.report()[0]["sparsity"] == pytest.approx(0.8, abs=0.1)
+    row = graph_run.report()[0]
+    assert row["kind"] == "linear" and row["sparsity"] == pytest.approx(0.8, abs=0.1)
 
 
 @pytest.mark.parametrize("act", ["silu", "relu", None])

@@ -244,9 +244,9 @@ class SparseGraph:
     def _max_pool(self, a: dict[str, Any], x: torch.Tensor) -> torch.Tensor | None:
         """MaxPool in the compiled kernel (torch's CPU max-pool took 10% of ResNet-50's time at 90% sparsity)."""
         kernel, strides = a.get("kernel_shape", []), a.get("strides", [1, 1])
-        if (x.dim() != 4 or len(kernel) != 2 or strides[0] != strides[1] or any(d != 1 for d in a.get("dilations", [1, 1]))
-                or a.get("storage_order", 0) or x.dtype != torch.float32 or a.get("auto_pad", b"NOTSET") not in
-                (b"NOTSET", "NOTSET")):
+        if (x.dim() != 4 or len(kernel) != 2 or strides[0] != strides[1]
+                or any(d != 1 for d in a.get("dilations", [1, 1])) or a.get("storage_order", 0)
+                or x.dtype != torch.float32 or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")):
             return None
         pt, pl, pb, pr = a.get("pads", [0, 0, 0, 0])
         if max(pt, pb) >= kernel[0] or max(pl, pr) >= kernel[1]:
@@ -260,7 +260,8 @@ class SparseGraph:
                  threads=self.threads)
         return out
 
-    def _calibrate(self, layer: ConvLayer | LinearLayer, key: tuple, x: torch.Tensor, residual: torch.Tensor | None) -> str:
+    def _calibrate(self, layer: ConvLayer | LinearLayer, key: tuple, x: torch.Tensor,
+                   residual: torch.Tensor | None) -> str:
         """Time both ways on this input (median of a few runs) and keep the faster for this input shape."""
         runs = {"sparse": lambda: self.memory.give_back(layer.run_sparse(x, residual, self.threads, self.isa,
                                                                           self.memory)),

@@ -187,7 +187,8 @@ def sparse_conv(x: np.ndarray, packed: PackedConv, *, residual: np.ndarray | Non
         raise ValueError(f"input has {c} channels, the convolution takes {packed.in_channels}")
     g = packed.geometry(h, w)
     x = np.ascontiguousarray(x, dtype=np.float32)
-    if packed.reads_input_as_is and (has_slack(x) if slack is None else slack):      # no copy: the offsets are input planes already
+    # no copy: a 1x1 layer's offsets are the input's planes already
+    if packed.reads_input_as_is and (has_slack(x) if slack is None else slack):
         buf, stride = x, c * h * w
     else:
         buf = prepared if prepared is not None else np.empty((n, g.image_floats), dtype=np.float32)

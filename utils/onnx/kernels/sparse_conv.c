@@ -407,7 +407,8 @@ void spconv_maxpool(const float *x, int64_t planes, int h, int w, int kh, int kw
                 memcpy(row, xp + (int64_t)r_lo * w, sizeof(float) * w);
                 for (int r = r_lo + 1; r < r_hi; r++) {
                     const float *xr = xp + (int64_t)r * w;
-                    for (int j = 0; j < w; j++) row[j] = (xr[j] > row[j] || xr[j] != xr[j]) ? xr[j] : row[j];     /* NaN wins, as in torch */
+                    /* NaN wins, as in torch */
+                    for (int j = 0; j < w; j++) row[j] = (xr[j] > row[j] || xr[j] != xr[j]) ? xr[j] : row[j];
                 }
                 for (int ow = 0; ow < wo; ow++) {
                     const int c0 = ow * s - pl;
