@@ -82,12 +82,13 @@ class Layer:
         g, p = self.g, self.packed
         source, stride = self.x.ctypes.data, self.x_stride
         if not self.in_place:
-            lib.spconv_prepare(self.x.ctypes.data, ci * px * px, self.batch, ci, px, px, s, p.pads[0], p.pads[1],
-                               g.hq, g.wq, g.phases, self.prepared.ctypes.data, g.image_floats, self.threads)
+            lib.spconv_prepare(self.x.ctypes.data, ci * px * px, px * px, self.batch, ci, px, px, s, p.pads[0],
+                               p.pads[1], g.hq, g.wq, g.phases, self.prepared.ctypes.data, g.image_floats,
+                               self.threads)
             source, stride = self.prepared.ctypes.data, g.image_floats
         lib.spconv_run(source, stride, self.batch, p.row_ptr.ctypes.data, self.offsets.ctypes.data,
                        p.values.ctypes.data, co, p.bias.ctypes.data, g.ho, g.wq, g.wo, self.y.ctypes.data,
-                       co * g.ho * g.wo, None, 1, self.threads, 2)
+                       co * g.ho * g.wo, g.ho * g.wo, None, 0, 0, 1, self.threads, 2)
 
 
 def best_ms(layer: Layer, ways: list, rounds: int) -> list[float]:

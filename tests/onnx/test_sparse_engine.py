@@ -333,3 +333,31 @@ def test_activations_applied_in_registers_equal_torch(act):
     for isa in ISAS:
         got = sparse_conv(x, packed, residual=residual, act=act, threads=2, isa=isa)
         np.testing.assert_allclose(got, want, rtol=RTOL, atol=1e-5 * np.abs(want).max(), err_msg=str(isa))
+
+
+@pytest.mark.parametrize("kernel, size", [(1, 7), (1, 14), (3, 7)])
+def test_planes_padded_to_cache_lines_read_and_write_like_contiguous_ones(kernel, size):
+    """The engine's buffers pad each plane to whole cache lines: a layer reads such input (1x1: in place), adds such a
+    residual and writes such output, and equals torch on the valid positions; max-pool reads and writes them too."""
+    from utils.onnx.kernels import BoundConv, max_pool, padded_plane, plane_strides, zeros_with_padded_planes
+
+    rng = np.random.default_rng(9)
+    w = rng.standard_normal((24, 16, kernel, kernel)).astype(np.float32) * (rng.random((24, 16, kernel, kernel)) < 0.3)
+    b = rng.standard_normal(24).astype(np.float32)
+    x, residual = zeros_with_padded_planes((2, 16, size, size)), zeros_with_padded_planes((2, 24, size, size))
+    x[...] = rng.standard_normal(x.shape)
+    residual[...] = rng.standard_normal(residual.shape)
+    assert plane_strides(x)[1] == padded_plane(size * size) > size * size
+    p = kernel // 2
+    packed = PackedConv.from_dense(w, b, stride=1, pads=(p, p, p, p))
+    want = torch.relu(F.conv2d(torch.from_numpy(x.copy()), torch.from_numpy(w), torch.from_numpy(b), padding=p)
+                      + torch.from_numpy(residual.copy())).numpy()
+    call = BoundConv(packed, x.shape, x_strides=plane_strides(x), act="relu", threads=2, isa=kernels.max_isa())
+    out = zeros_with_padded_planes(call.out_shape)
+    scratch = np.empty(call.scratch_floats + kernels.slack_floats(), dtype=np.float32)
+    call(x.ctypes.data, x_has_slack=False, residual=(residual.ctypes.data, *plane_strides(residual)),
+         out=(out.ctypes.data, *plane_strides(out)), scratch_address=scratch.ctypes.data)
+    assert relative_error(out.copy(), want) < RTOL
+    pooled = zeros_with_padded_planes((2, 24, size // 2, size // 2))
+    max_pool(out, pooled, kernel=(2, 2), stride=2, pads=(0, 0), threads=2)
+    np.testing.assert_array_equal(pooled.copy(), F.max_pool2d(torch.from_numpy(out.copy()), 2).numpy())

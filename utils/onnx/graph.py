@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from utils.onnx.kernels import PackedConv, PackedLinear, max_isa, max_pool, pool_size
-from utils.onnx.layers import Buffers, ConvLayer, LinearLayer
+from utils.onnx.layers import Buffers, ConvLayer, LinearLayer, planes
 from utils.onnx.ops import OPS, SUPPORTED_IF, attributes
 
 log = logging.getLogger(__name__)
@@ -232,7 +232,7 @@ class SparseGraph:
 
     def _run_layer(self, layer: ConvLayer | LinearLayer, x: torch.Tensor,
                    residual: torch.Tensor | None = None) -> torch.Tensor:
-        x = x.contiguous()
+        x = planes(x)[0] if x.dim() == 4 else x.contiguous()
         key = tuple(x.shape)
         way = self.force or layer.choice.get(key) or self._calibrate(layer, key, x, residual)
         if self.force == "sparse":
@@ -256,7 +256,7 @@ class SparseGraph:
         ho = pool_size(h, kernel[0], strides[0], pt, pb, ceil)
         wo = pool_size(w, kernel[1], strides[0], pl, pr, ceil)
         out = self.memory.take((n, c, ho, wo))
-        max_pool(x.contiguous().numpy(), out.numpy(), kernel=(kernel[0], kernel[1]), stride=strides[0], pads=(pt, pl),
+        max_pool(planes(x)[0].numpy(), out.numpy(), kernel=(kernel[0], kernel[1]), stride=strides[0], pads=(pt, pl),
                  threads=self.threads)
         return out
 

@@ -8,13 +8,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils.onnx.kernels import BoundConv, PackedConv, PackedLinear, empty_with_slack, sparse_linear
+from utils.onnx.kernels import BoundConv, PackedConv, PackedLinear, sparse_linear, zeros_with_padded_planes
+
+
+def planes(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """`x` (N, C, H, W float32) as planes of contiguous rows, and its (image, plane) strides in floats: as it is when
+    it has that layout (the engine's buffers, whose planes are padded to cache lines), else a contiguous copy."""
+    n, c, h, w = x.shape
+    image, plane, row, col = x.stride()
+    if not ((col == 1 or w == 1) and (row == w or h == 1) and plane >= h * w and (image >= c * plane or n == 1)):
+        x = x.contiguous()
+        image, plane = c * h * w, h * w
+    return x, (image if n > 1 else c * plane, plane)
 
 
 class Buffers:
     """Output buffers reused across layers and runs (fresh large arrays cost page faults, and one buffer per layer
-    costs memory): a free list per shape, every buffer with slack, counted references (an op may return a view of
-    its input: Identity, Flatten), and one scratch buffer for prepared inputs."""
+    costs memory): a free list per shape, every buffer with slack and, for images, planes padded to whole cache lines
+    (zeroed once, so the padding holds finite numbers), counted references (an op may return a view of its input:
+    Identity, Flatten), and one scratch buffer for prepared inputs."""
 
     def __init__(self):
         self.free: dict[tuple, list[torch.Tensor]] = {}
@@ -26,7 +38,7 @@ class Buffers:
         spare = self.free.get(shape)
         if spare:
             return spare.pop()
-        tensor = torch.from_numpy(empty_with_slack(shape))
+        tensor = torch.from_numpy(zeros_with_padded_planes(shape))
         self.owner[tensor.data_ptr()] = tensor
         return tensor
 
@@ -80,16 +92,20 @@ class ConvLayer:
     def run_sparse(self, x: torch.Tensor, residual: torch.Tensor | None, threads: int, isa: int,
                    memory: "Buffers") -> torch.Tensor:
         """The sparse kernels, into a buffer of `memory` (the executor gives it back after the output's last use)."""
-        key = tuple(x.shape)
+        x, x_strides = planes(x)
+        key = (tuple(x.shape), x_strides)
         if key not in self.bound:
-            self.bound[key] = BoundConv(self.packed, key, act=self.act, threads=threads, isa=isa)
+            self.bound[key] = BoundConv(self.packed, key[0], x_strides=x_strides, act=self.act, threads=threads,
+                                        isa=isa)
         call = self.bound[key]
         out = memory.take(call.out_shape)
-        residual = None if residual is None else residual.contiguous()     # held: the kernel reads its address
+        res = None
+        if residual is not None:
+            residual, res_strides = planes(residual)         # held: the kernel reads its address
+            res = (residual.data_ptr(), *res_strides)
         address = x.data_ptr()
-        call(address, x_has_slack=memory.has_slack(address),
-             residual_address=None if residual is None else residual.data_ptr(), out_address=out.data_ptr(),
-             scratch_address=memory.scratch(call.scratch_floats))
+        call(address, x_has_slack=memory.has_slack(address), residual=res,
+             out=(out.data_ptr(), *planes(out)[1]), scratch_address=memory.scratch(call.scratch_floats))
         return out
 
     def run_dense(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:

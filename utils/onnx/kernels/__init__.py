@@ -38,15 +38,16 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     f32 = i32 = ctypes.c_void_p        # addresses as ints: ctypes' pointer objects cost microseconds a call
     i64 = ctypes.c_int64
     c_int = ctypes.c_int
-    lib.spconv_run.argtypes = [f32, i64, c_int, i32, i32, f32, c_int, f32, c_int, c_int, c_int, f32, i64, f32, c_int,
-                               c_int, c_int]
+    lib.spconv_run.argtypes = [f32, i64, c_int, i32, i32, f32, c_int, f32, c_int, c_int, c_int, f32, i64, i64, f32, i64,
+                               i64, c_int, c_int, c_int]
     lib.spconv_run.restype = None
-    lib.spconv_prepare.argtypes = [f32, i64, c_int, c_int, c_int, c_int, c_int, c_int, c_int, c_int, c_int, c_int,
-                                   f32, i64, c_int]
+    lib.spconv_prepare.argtypes = [f32, i64, i64, c_int, c_int, c_int, c_int, c_int, c_int, c_int, c_int, c_int,
+                                   c_int, f32, i64, c_int]
     lib.spconv_prepare.restype = None
     lib.spconv_isa.argtypes, lib.spconv_isa.restype = [c_int], c_int
     lib.spconv_tile.argtypes, lib.spconv_tile.restype = [], c_int
-    lib.spconv_maxpool.argtypes = [f32, i64, c_int, c_int, c_int, c_int, c_int, c_int, c_int, c_int, c_int, f32, c_int]
+    lib.spconv_maxpool.argtypes = [f32, i64, i64, c_int, c_int, c_int, c_int, c_int, c_int, c_int, c_int, c_int,
+                                   c_int, c_int, f32, i64, i64, c_int]
     lib.spconv_maxpool.restype = None
     lib.spconv_stream_bytes.argtypes, lib.spconv_stream_bytes.restype = [i64], i64
     lib.splinear_run.argtypes = [f32, c_int, c_int, i32, i32, f32, c_int, f32, f32, c_int, c_int]
@@ -193,13 +194,15 @@ def sparse_conv(x: np.ndarray, packed: PackedConv, *, residual: np.ndarray | Non
     else:
         buf = prepared if prepared is not None else np.empty((n, g.image_floats), dtype=np.float32)
         stride = g.image_floats
-        lib.spconv_prepare(_ptr(x), c * h * w, n, c, h, w, packed.stride, packed.pads[0], packed.pads[1], g.hq, g.wq,
-                           g.phases, _ptr(buf), g.image_floats, threads)
+        lib.spconv_prepare(_ptr(x), c * h * w, h * w, n, c, h, w, packed.stride, packed.pads[0], packed.pads[1], g.hq,
+                           g.wq, g.phases, _ptr(buf), g.image_floats, threads)
     y = out if out is not None else empty_with_slack((n, packed.out_channels, g.ho, g.wo))
     res = None if residual is None else np.ascontiguousarray(residual, dtype=np.float32)
+    plane = g.ho * g.wo
     lib.spconv_run(_ptr(buf), stride, n, _ptr(packed.row_ptr), _ptr(g.offsets),
                    _ptr(packed.values), packed.out_channels, _ptr(packed.bias), g.ho, g.wq, g.wo, _ptr(y),
-                   packed.out_channels * g.ho * g.wo, _ptr(res), ACTIVATIONS[act], threads, isa)
+                   packed.out_channels * plane, plane, _ptr(res), packed.out_channels * plane, plane, ACTIVATIONS[act],
+                   threads, isa)
     return y
 
 
@@ -262,44 +265,83 @@ def pool_size(size: int, kernel: int, stride: int, pad_before: int, pad_after: i
 
 def max_pool(x: np.ndarray, out: np.ndarray, *, kernel: tuple[int, int], stride: int, pads: tuple[int, int],
              threads: int) -> np.ndarray:
-    """Max-pool the contiguous float32 (N, C, H, W) `x` into `out` (N, C, Ho, Wo; pads: top, left; padding never
-    wins): the compiled kernel, vectorised, threads over planes."""
+    """Max-pool the float32 (N, C, H, W) `x` into `out` (N, C, Ho, Wo; pads: top, left; padding never wins), both
+    with contiguous rows (planes may be padded): the compiled kernel, vectorised, threads over planes."""
     n, c, h, w = x.shape
     ho, wo = out.shape[2:]
-    library().spconv_maxpool(x.ctypes.data, n * c, h, w, kernel[0], kernel[1], stride, pads[0], pads[1], ho, wo,
-                             out.ctypes.data, threads)
+    (xs, xp), (ys, yp) = plane_strides(x), plane_strides(out)
+    library().spconv_maxpool(x.ctypes.data, xs, xp, n, c, h, w, kernel[0], kernel[1], stride, pads[0], pads[1], ho,
+                             wo, out.ctypes.data, ys, yp, threads)
     return out
 
 
-class BoundConv:
-    """A packed convolution bound to one input shape: its geometry and every constant address computed once, so a
-    call costs two foreign calls (the executor's hot path). The caller owns the buffers: `scratch` (at least
-    `scratch_floats`, for the prepared input) and the output (`out_shape`, with slack when a 1x1 layer after it
-    should read it in place)."""
+def padded_plane(floats: int) -> int:
+    """A plane of `floats` rounded up to whole cache lines (16 floats): the kernels' tiles then start on cache lines
+    (bench/sparse_kernels.py: 1.27-1.33x on ResNet-50's 14 and 7 px 1x1 layers). Not to whole tiles: measured in
+    the engine, planes of whole tiles made YOLOv5s 5% slower (its torch operators then read padded tensors)."""
+    return -(-floats // 16) * 16
 
-    def __init__(self, packed: PackedConv, shape: tuple[int, int, int, int], *, act: str | None, threads: int,
-                 isa: int):
+
+def zeros_with_padded_planes(shape: tuple[int, ...]) -> np.ndarray:
+    """A zeroed float32 (N, C, H, W) array whose planes are `padded_plane` floats apart, on a 64-byte boundary, with
+    `slack_floats` after its buffer (other shapes: contiguous, the same alignment and slack)."""
+    if len(shape) != 4:
+        flat = np.zeros(int(np.prod(shape)) + slack_floats() + 16, dtype=np.float32)
+        start = (-flat.ctypes.data % 64) // 4
+        return flat[start:start + int(np.prod(shape))].reshape(shape)
+    n, c, h, w = shape
+    plane = padded_plane(h * w)
+    flat = np.zeros(n * c * plane + slack_floats() + 16, dtype=np.float32)
+    start = (-flat.ctypes.data % 64) // 4
+    return np.lib.stride_tricks.as_strided(flat[start:], shape, (4 * c * plane, 4 * plane, 4 * w, 4))
+
+
+def plane_strides(x: np.ndarray) -> tuple[int, int]:
+    """(image, plane) strides in floats of a float32 (N, C, H, W) array with contiguous rows; ValueError otherwise."""
+    n, c, h, w = x.shape
+    image, plane, row, col = (s // 4 for s in x.strides)
+    if x.dtype != np.float32 or col != 1 or (row != w and h > 1) or plane < h * w or (image < c * plane and n > 1):
+        raise ValueError(f"array of strides {x.strides} is not planes of contiguous rows")
+    return image if n > 1 else c * plane, plane
+
+
+class BoundConv:
+    """A packed convolution bound to one input shape and layout: its geometry and every constant address computed
+    once, so a call costs two foreign calls (the executor's hot path). The caller owns the buffers: `scratch` (at
+    least `scratch_floats`, for the prepared input), the input and the output (`out_shape`), given by address with
+    their (image, plane) strides in floats."""
+
+    def __init__(self, packed: PackedConv, shape: tuple[int, int, int, int], *, x_strides: tuple[int, int],
+                 act: str | None, threads: int, isa: int):
         n, c, h, w = shape
         self.packed, self.g, self.lib = packed, packed.geometry(h, w), library()
         g = self.g
         self.n = n
         self.out_shape = (n, packed.out_channels, g.ho, g.wo)
         self.scratch_floats = n * g.image_floats
-        self.prepare_args = (c * h * w, n, c, h, w, packed.stride, packed.pads[0], packed.pads[1], g.hq, g.wq, g.phases)
-        self.weights = (packed.row_ptr.ctypes.data, g.offsets.ctypes.data, packed.values.ctypes.data,
+        self.prepare_args = (*x_strides, n, c, h, w, packed.stride, packed.pads[0], packed.pads[1], g.hq, g.wq,
+                             g.phases)
+        self.in_place = packed.reads_input_as_is
+        offsets = g.offsets
+        if self.in_place and x_strides[1] != h * w:           # the input's planes padded: its own offsets
+            offsets = (packed.channel.astype(np.int64) * x_strides[1]).astype(np.int32)
+        self.offsets = offsets                                 # kept alive: the kernel reads it by address
+        self.weights = (packed.row_ptr.ctypes.data, offsets.ctypes.data, packed.values.ctypes.data,
                         packed.out_channels, _ptr(packed.bias), g.ho, g.wq, g.wo)
-        self.y_stride = packed.out_channels * g.ho * g.wo
+        self.x_strides = x_strides
+        # a tile read in place stays inside its plane when the plane holds whole tiles, else it needs slack past the end
+        self.room_in_planes = x_strides[1] >= padded_plane(h * w)
         self.act_threads_isa = (ACTIVATIONS[act], threads, isa)
         self.threads = threads
-        self.in_place_stride = c * h * w if packed.reads_input_as_is else None
 
-    def __call__(self, x_address: int, *, x_has_slack: bool, residual_address: int | None, out_address: int,
-                 scratch_address: int) -> None:
-        """Run on the contiguous float32 input at `x_address` (shape as bound) into the output at `out_address`."""
-        if self.in_place_stride is not None and x_has_slack:
-            source, stride = x_address, self.in_place_stride
+    def __call__(self, x_address: int, *, x_has_slack: bool, residual: tuple[int, int, int] | None,
+                 out: tuple[int, int, int], scratch_address: int) -> None:
+        """Run on the input at `x_address` (shape and strides as bound) into `out` (address, image stride, plane
+        stride), adding `residual` (address, image stride, plane stride) when given."""
+        if self.in_place and (x_has_slack or self.room_in_planes):
+            source, stride = x_address, self.x_strides[0]
         else:
             self.lib.spconv_prepare(x_address, *self.prepare_args, scratch_address, self.g.image_floats, self.threads)
             source, stride = scratch_address, self.g.image_floats
-        self.lib.spconv_run(source, stride, self.n, *self.weights, out_address, self.y_stride, residual_address,
+        self.lib.spconv_run(source, stride, self.n, *self.weights, *out, *(residual or (None, 0, 0)),
                             *self.act_threads_isa)

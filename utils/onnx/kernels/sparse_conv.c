@@ -286,10 +286,13 @@ int spconv_isa(int isa) {
 
 /* y[n, co, oh, ow] = act(bias[co] + sum_j val[j] * x[n, off[j] + oh * wq + ow] (+ res[n, co, oh, ow])).
  * x: prepared inputs (x_stride floats apart, each with TILE + max offset slack past the grid);
- * row_ptr: co + 1 entries into off/val; y and res: (co, ho, wo) per image, y_stride floats apart. */
+ * row_ptr: co + 1 entries into off/val; y and res: per image (y_stride / res_stride floats apart) co planes of
+ * ho x wo, y_plane / res_plane floats apart (at least ho * wo: the engine pads its planes to cache lines; a tile
+ * that fits in the padded plane is stored whole, its lanes past the plane's end into the padding). */
 void spconv_run(const float *x, int64_t x_stride, int images, const int32_t *row_ptr, const int32_t *off,
                 const float *val, int co, const float *bias, int ho, int wq, int wo, float *y, int64_t y_stride,
-                const float *res, int act, int threads, int isa) {
+                int64_t y_plane, const float *res, int64_t res_stride, int64_t res_plane, int act, int threads,
+                int isa) {
     const row_tile_fn tile_fn = pick(isa);
     const int64_t grid = (int64_t)ho * wq;
     const int tiles = (int)((grid + TILE - 1) / TILE);
@@ -297,8 +300,9 @@ void spconv_run(const float *x, int64_t x_stride, int images, const int32_t *row
     while ((int64_t)images * tiles * blocks < 4 * (int64_t)threads && blocks * 8 < co) blocks *= 2;
     const int per_block = (co + blocks - 1) / blocks;
     const int64_t items = (int64_t)images * tiles * blocks;
-    const int64_t plane = (int64_t)ho * wo;
-    const int big = (int64_t)images * co * plane * (int64_t)sizeof(float) >= stream_bytes();
+    const int big = (int64_t)images * co * y_plane * (int64_t)sizeof(float) >= stream_bytes();
+    /* the room a tile may fill in each output (and residual) plane */
+    const int64_t room = res && res_plane < y_plane ? res_plane : y_plane;
 #pragma omp parallel num_threads(threads)
     {
 #pragma omp for schedule(static)
@@ -310,8 +314,8 @@ void spconv_run(const float *x, int64_t x_stride, int images, const int32_t *row
             const int64_t q0 = (int64_t)t * TILE;
             const float *xt = x + n * x_stride + q0;
             const int c_end = (b + 1) * per_block < co ? (b + 1) * per_block : co;
-            /* the whole tile is valid, contiguous output: the tile function stores it, activation included */
-            const int direct = wq == wo && q0 + TILE <= grid;
+            /* the whole tile is contiguous output (valid, or padding): the tile function stores it, activated */
+            const int direct = wq == wo && q0 + TILE <= room;
             __mmask16 masks[TILE / 16];
             int64_t dest[TILE / 16];
             const int packed = !direct && tile_fn == row_tile_avx512;
@@ -328,8 +332,8 @@ void spconv_run(const float *x, int64_t x_stride, int images, const int32_t *row
                     }
                 }
             for (int c = b * per_block; c < c_end; c++) {
-                float *yc = y + n * y_stride + c * plane;
-                const float *rc = res ? res + n * y_stride + c * plane : 0;
+                float *yc = y + n * y_stride + c * y_plane;
+                const float *rc = res ? res + n * res_stride + c * res_plane : 0;
                 const float bc = bias ? bias[c] : 0.0f;
                 /* a stream store needs an address aligned to its width (64 bytes covers both) */
                 const int stream = big && direct && ((uintptr_t)(yc + q0) & 63) == 0;
@@ -351,15 +355,15 @@ void spconv_run(const float *x, int64_t x_stride, int images, const int32_t *row
 /* out[n, (a * s + b) * c + ci, i, j] = xpad[n, ci, a + s * i, b + s * j] for the input zero-padded by (pt, pl)
  * at the top and left (and as needed at the bottom and right), for the first `phases` phases a * s + b only (the
  * ones some weight reads: a 1x1 stride-2 layer reads phase 0 alone); each image's block is out_stride floats, its
- * tail (slack) zeroed. x: (c, h, w) per image, x_stride floats apart. */
-void spconv_prepare(const float *x, int64_t x_stride, int images, int c, int h, int w, int s, int pt, int pl,
-                    int hq, int wq, int phases, float *out, int64_t out_stride, int threads) {
+ * tail (slack) zeroed. x: c planes of h x w per image, x_plane floats apart, images x_stride floats apart. */
+void spconv_prepare(const float *x, int64_t x_stride, int64_t x_plane, int images, int c, int h, int w, int s,
+                    int pt, int pl, int hq, int wq, int phases, float *out, int64_t out_stride, int threads) {
     const int64_t plane = (int64_t)hq * wq;
     const int64_t used = (int64_t)phases * c * plane;
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t job = 0; job < (int64_t)images * c; job++) {
         const int n = (int)(job / c), ci = (int)(job % c);
-        const float *src = x + n * x_stride + (int64_t)ci * h * w;
+        const float *src = x + n * x_stride + (int64_t)ci * x_plane;
         for (int a = 0; a < s; a++)
             for (int b = 0; b < s; b++) {
                 if (a * s + b >= phases) continue;
@@ -387,20 +391,22 @@ void spconv_prepare(const float *x, int64_t x_stride, int images, int c, int h, 
     for (int n = 0; n < images; n++) memset(out + n * out_stride + used, 0, sizeof(float) * (out_stride - used));
 }
 
-/* ONNX/torch MaxPool over planes (images x channels of h x w): y[p, oh, ow] = max of x[p] over the window at
- * (oh * s - pt, ow * s - pl) of kh x kw, positions outside the input skipped (padding is -inf); every window holds
- * one input position at least (the caller's ho, wo guarantee it). Per output row: the rows' elementwise maximum
- * first (contiguous, vectorised), then the windows along it. */
+/* ONNX/torch MaxPool: y[n, c, oh, ow] = max of x[n, c] over the window at (oh * s - pt, ow * s - pl) of kh x kw,
+ * positions outside the input skipped (padding is -inf); every window holds one input position at least (the
+ * caller's ho, wo guarantee it). Planes x_plane / y_plane floats apart, images x_stride / y_stride. Per output row:
+ * the rows' elementwise maximum first (contiguous, vectorised), then the windows along it. */
 __attribute__((target_clones("avx512f", "avx2", "default")))
-void spconv_maxpool(const float *x, int64_t planes, int h, int w, int kh, int kw, int s, int pt, int pl, int ho,
-                    int wo, float *y, int threads) {
+void spconv_maxpool(const float *x, int64_t x_stride, int64_t x_plane, int images, int channels, int h, int w,
+                    int kh, int kw, int s, int pt, int pl, int ho, int wo, float *y, int64_t y_stride,
+                    int64_t y_plane, int threads) {
+    const int64_t planes = (int64_t)images * channels;
 #pragma omp parallel num_threads(threads)
     {
         float *row = malloc(sizeof(float) * (w > 0 ? w : 1));
 #pragma omp for schedule(static)
         for (int64_t p = 0; p < planes; p++) {
-            const float *xp = x + p * h * w;
-            float *yp = y + p * ho * wo;
+            const float *xp = x + (p / channels) * x_stride + (p % channels) * x_plane;
+            float *yp = y + (p / channels) * y_stride + (p % channels) * y_plane;
             for (int oh = 0; oh < ho; oh++) {
                 const int r0 = oh * s - pt;
                 const int r_lo = r0 < 0 ? 0 : r0, r_hi = r0 + kh < h ? r0 + kh : h;
