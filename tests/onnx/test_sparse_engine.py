@@ -1,6 +1,7 @@
 """The sparse engine: kernels equal torch's convolution for every layer kind, whole models equal ONNX Runtime, the
 per-layer choice keeps a layer dense where sparse is slower, and a missing kernel library is one line."""
 import time
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -21,6 +22,14 @@ from utils.sparsity import magnitude_prune_
 
 RTOL = 1e-4
 ISAS = [0, 1, 2]      # scalar, AVX2+FMA, AVX-512 (capped at what this CPU runs)
+
+
+def pruned_resnet_small(tmp_path: Path) -> Path:
+    """A 90%-sparse resnet_small exported at 16 px."""
+    torch.manual_seed(0)
+    model = build_model("resnet_small", num_classes=10).eval()
+    magnitude_prune_(model, 0.9)
+    return export_onnx(model, tmp_path / "m.onnx", input_size=16)
 
 
 def relative_error(got: np.ndarray, want: np.ndarray) -> float:
@@ -110,10 +119,7 @@ def test_whole_models_equal_onnx_runtime(tmp_path, arch, size, classes, sparsity
 
 
 def test_the_per_layer_choice_keeps_a_layer_dense_where_sparse_is_slower(tmp_path, monkeypatch):
-    torch.manual_seed(0)
-    model = build_model("resnet_small", num_classes=10).eval()
-    magnitude_prune_(model, 0.9)
-    path = export_onnx(model, tmp_path / "m.onnx", input_size=16)
+    path = pruned_resnet_small(tmp_path)
     x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
     fast = load_engine("sparse", path, threads=2)
     fast.run(x)
@@ -169,10 +175,7 @@ def test_the_whole_graph_runs_in_onnx_runtime_where_that_is_faster(tmp_path, mon
 
 
 def test_a_batch_runs_in_chunks_of_one_image_per_thread_where_that_is_faster(tmp_path, monkeypatch):
-    torch.manual_seed(0)
-    model = build_model("resnet_small", num_classes=10).eval()
-    magnitude_prune_(model, 0.9)
-    path = export_onnx(model, tmp_path / "m.onnx", input_size=16)
+    path = pruned_resnet_small(tmp_path)
     x = np.random.default_rng(0).standard_normal((5, 3, 16, 16)).astype(np.float32)
     want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     real_graph, real_ort = SparseGraph.run, SparseEngine._run_onnxruntime
@@ -206,10 +209,7 @@ def test_packed_weights_give_the_dense_weight_back(groups):
 
 
 def test_layers_that_run_sparse_keep_only_their_nonzeros(tmp_path):
-    torch.manual_seed(0)
-    model = build_model("resnet_small", num_classes=10).eval()
-    magnitude_prune_(model, 0.9)
-    path = export_onnx(model, tmp_path / "m.onnx", input_size=16)
+    path = pruned_resnet_small(tmp_path)
     x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
     engine = load_engine("sparse", path, threads=2)
     engine.run(x)

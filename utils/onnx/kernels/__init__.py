@@ -65,6 +65,13 @@ def _ptr(a: np.ndarray | None) -> int | None:
     return None if a is None else a.ctypes.data
 
 
+def _row_ptr(rows: np.ndarray, count: int) -> np.ndarray:
+    """CSR row starts (int32, count + 1) for the sorted row index of each nonzero."""
+    row_ptr = np.zeros(count + 1, dtype=np.int32)
+    np.cumsum(np.bincount(rows, minlength=count), out=row_ptr[1:])
+    return row_ptr
+
+
 @dataclass(frozen=True)
 class Geometry:
     """Where a convolution of one input size reads and writes: output size, prepared-grid size, offsets."""
@@ -104,9 +111,7 @@ class PackedConv:
         ci, r = np.divmod(cols, kh * kw)
         per_group = co // groups
         channel = (rows // per_group) * cig + ci
-        row_ptr = np.zeros(co + 1, dtype=np.int32)
-        np.cumsum(np.bincount(rows, minlength=co), out=row_ptr[1:])
-        return cls(co, cig * groups, (kh, kw), stride, tuple(pads), groups, row_ptr,
+        return cls(co, cig * groups, (kh, kw), stride, tuple(pads), groups, _row_ptr(rows, co),
                    np.ascontiguousarray(weight.reshape(co, -1)[rows, cols], dtype=np.float32),
                    channel.astype(np.int32), (r // kw).astype(np.int32), (r % kw).astype(np.int32),
                    None if bias is None else np.ascontiguousarray(bias, dtype=np.float32))
@@ -220,9 +225,7 @@ class PackedLinear:
     @classmethod
     def from_dense(cls, weight: np.ndarray, bias: np.ndarray | None) -> "PackedLinear":
         rows, cols = np.nonzero(weight)
-        row_ptr = np.zeros(weight.shape[0] + 1, dtype=np.int32)
-        np.cumsum(np.bincount(rows, minlength=weight.shape[0]), out=row_ptr[1:])
-        return cls(weight.shape[0], weight.shape[1], row_ptr, cols.astype(np.int32),
+        return cls(weight.shape[0], weight.shape[1], _row_ptr(rows, weight.shape[0]), cols.astype(np.int32),
                    np.ascontiguousarray(weight[rows, cols], dtype=np.float32),
                    None if bias is None else np.ascontiguousarray(bias, dtype=np.float32))
 
