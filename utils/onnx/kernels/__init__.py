@@ -85,8 +85,27 @@ class Geometry:
     phases: int                  # stride phases prepared: the first ones up to the last a weight reads
 
 
+class _Nonzeros:
+    """What both packings share: CSR rows (`row_ptr`), the nonzero `values`, and the dense `weight_count`."""
+
+    row_ptr: np.ndarray
+    values: np.ndarray
+
+    def rows(self) -> np.ndarray:
+        """The row (output channel or feature) of each nonzero."""
+        return np.repeat(np.arange(len(self.row_ptr) - 1), np.diff(self.row_ptr))
+
+    @property
+    def nnz(self) -> int:
+        return len(self.values)
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.nnz / max(self.weight_count, 1)
+
+
 @dataclass
-class PackedConv:
+class PackedConv(_Nonzeros):
     """A Conv2d's weights as CSR over output channels: the nonzeros and where each sits (input channel, kh, kw)."""
 
     out_channels: int
@@ -120,19 +139,14 @@ class PackedConv:
         """The (out, in / groups, kh, kw) weight back from the nonzeros (for a layer that runs dense after all)."""
         co, (kh, kw) = self.out_channels, self.kernel
         cig = self.in_channels // self.groups
-        rows = np.repeat(np.arange(co), np.diff(self.row_ptr))
+        rows = self.rows()
         dense = np.zeros((co, cig, kh, kw), dtype=np.float32)
         dense[rows, self.channel - (rows // (co // self.groups)) * cig, self.kh, self.kw] = self.values
         return dense
 
     @property
-    def nnz(self) -> int:
-        return len(self.values)
-
-    @property
-    def sparsity(self) -> float:
-        total = self.out_channels * (self.in_channels // self.groups) * self.kernel[0] * self.kernel[1]
-        return 1.0 - self.nnz / max(total, 1)
+    def weight_count(self) -> int:
+        return self.out_channels * (self.in_channels // self.groups) * self.kernel[0] * self.kernel[1]
 
     @property
     def reads_input_as_is(self) -> bool:
@@ -212,7 +226,7 @@ def sparse_conv(x: np.ndarray, packed: PackedConv, *, residual: np.ndarray | Non
 
 
 @dataclass
-class PackedLinear:
+class PackedLinear(_Nonzeros):
     """A linear layer's (out_features, in_features) weights as CSR over output features: nonzeros and their columns."""
 
     out_features: int
@@ -231,16 +245,12 @@ class PackedLinear:
 
     def to_dense(self) -> np.ndarray:
         dense = np.zeros((self.out_features, self.in_features), dtype=np.float32)
-        dense[np.repeat(np.arange(self.out_features), np.diff(self.row_ptr)), self.columns] = self.values
+        dense[self.rows(), self.columns] = self.values
         return dense
 
     @property
-    def nnz(self) -> int:
-        return len(self.values)
-
-    @property
-    def sparsity(self) -> float:
-        return 1.0 - self.nnz / max(self.out_features * self.in_features, 1)
+    def weight_count(self) -> int:
+        return self.out_features * self.in_features
 
 
 def sparse_linear(x: np.ndarray, packed: PackedLinear, *, out: np.ndarray | None = None, threads: int = 1,
