@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--from_checkpoint_path", required=True, help="upstream checkpoint whose backbone is frozen")
     g.add_argument("--dataset", required=True, help="dataset name (see configs/datasets/)")
     g.add_argument("--dataset_path", help="dataset root on disk (layout auto-detected)")
+    g.add_argument("--dataset_name", help="the dataset's name in run names and results.csv (default: an ImageFolder "
+                                          "tree's folder name, else --dataset)")
     g.add_argument("--training_config_path", dest="trainer_config_path", help="trainer config of the sgd solver "
                    "(default: configs/trainers/study_linear_sgd.yaml, the study's protocol)")
     g.add_argument("--epochs", type=int, help="sgd: override the trainer config's epochs")

@@ -20,6 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dset", dest="dataset", required=True,
                    help="dataset name (see configs/datasets/) or 'imagefolder'")
     g.add_argument("--dset_path", dest="dataset_path", help="dataset root on disk (layout auto-detected)")
+    g.add_argument("--dset_name", dest="dataset_name",
+                   help="the dataset's name in run names and results.csv (default: an ImageFolder tree's or YOLO "
+                        "data's folder name, else --dset)")
     g.add_argument("--config_path", dest="trainer_config_path", required=True,
                    help="trainer config: configs/trainers/*.yaml")
     g.add_argument("--transfer_config_path", help="transfer config: configs/transfer/*.yaml")

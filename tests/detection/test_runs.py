@@ -101,7 +101,13 @@ def test_a_classifier_on_yolo_data_is_one_line(tmp_path, yolo_tree, capsys):
 
 
 def test_a_data_yaml_given_as_the_dataset_names_the_run_by_its_folder():
-    from utils.runs.full import default_exp_name
+    from utils.runs.options import FullOptions
+    from utils.runs.plan import run_dir_of
 
-    assert default_exp_name("/data/voc/data.yaml", "yolov5s_pruned.pt", 3) == "voc_yolov5s_pruned_seed3"
-    assert default_exp_name("yolo", None, 0) == "yolo_model_seed0"
+    def run_name(**options) -> str:
+        return run_dir_of(FullOptions(trainer_config_path="t.yaml", seed=3, **options)).name
+
+    assert run_name(dataset="/data/voc/data.yaml", from_checkpoint_path="yolov5s_pruned.pt") == \
+        "voc_yolov5s_pruned_seed3"
+    assert run_name(dataset="yolo", dataset_path="/data/voc/data.yaml") == "voc_model_seed3"   # was yolo_...
+    assert run_name(dataset="yolo") == "yolo_model_seed3"

@@ -142,6 +142,6 @@ def test_an_image_replaced_in_place_is_extracted_again(tmp_path, ckpt):
     write_image(tmp_path / "data" / "test" / "emu" / "emu_t.png", size=(14, 9), seed=99, mode="L")
     third = run(tmp_path, ckpt, *args, "--seed", "3")
     assert third["features_reused"] == {"train": True, "test": False}
-    configs = [(tmp_path / "exp" / f"imagefolder_up_linear-sgd_seed{s}" / "config.yaml").read_text()
+    configs = [(tmp_path / "exp" / f"data_up_linear-sgd_seed{s}" / "config.yaml").read_text()   # the folder's name
                for s in (1, 3)]
     assert first["features_reused"] == {"train": False, "test": False} and configs[0] != configs[1]

@@ -257,6 +257,15 @@ def collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tenso
     return images, targets.reshape(-1, 6)
 
 
+def yolo_dataset_name(data_yaml: str | Path) -> str:
+    """YOLO data's name in run names and results: its data.yaml's stem, or its folder's name for a plain
+    data.yaml / dataset.yaml (a YOLO folder given without its data.yaml: the folder's name)."""
+    path = Path(data_yaml).expanduser()
+    if path.suffix not in (".yaml", ".yml"):
+        return path.resolve().name
+    return path.resolve().parent.name if path.stem in ("data", "dataset") else path.stem
+
+
 def is_detection_dataset(name: str) -> bool:
     """`--dset yolo` (with `--dset_path data.yaml`), or `--dset` given the data.yaml itself."""
     return name == "yolo" or name.endswith((".yaml", ".yml"))
@@ -272,8 +281,7 @@ def load_detection_datasets(data_yaml: str | Path, *, imgsz: int, max_train_samp
         chosen = sorted(pick[:max_train_samples].tolist())
         data = YoloData(data.source, data.names, {**data.splits, "train": [data.splits["train"][i] for i in chosen]})
     train, val = yolo_datasets(data, imgsz=imgsz, verify=verify, mosaic=mosaic)
-    name = data.source.parent.name if data.source.stem in ("data", "dataset") else data.source.stem
-    spec = DatasetSpec(name=name, label=f"YOLO data {data.source.name}", num_classes=data.num_classes,
+    spec = DatasetSpec(name=yolo_dataset_name(data.source), label=f"YOLO data {data.source.name}", num_classes=data.num_classes,
                        mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), layouts=("yolo",), hflip=True)
     meta = {"dataset": spec.name, "layout": "yolo", "root": str(data.source), "num_train": len(train),
             "num_test": len(val), "num_classes": data.num_classes, "image_size": imgsz,

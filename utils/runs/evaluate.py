@@ -38,7 +38,7 @@ def evaluate_only(upstream: Upstream, data: DatasetSplits, *, opts: FullOptions,
     _, test_loader = make_loaders(data, batch_size=opts.batch_size or 64, test_batch_size=opts.batch_size or 64,
                                   workers=opts.workers, device=device)
     metrics = (task or ClassificationTask()).evaluate(model, test_loader, device)
-    record = {"dset": data.spec.name if data.layout == "yolo" else opts.dataset,
+    record = {"dset": opts.dataset_label(),
               "checkpoint": opts.from_checkpoint_path, "val_acc": metrics.get("test_acc", ""),
               "test_loss": metrics["test_loss"], "measured_sparsity": measured_sparsity(model),
               **{k: metrics[k] for k in ("map", "map50", "map75") if k in metrics}}

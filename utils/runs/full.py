@@ -195,7 +195,7 @@ def fine_tune(opts: FullOptions) -> RunResult:
     return finish(opts, plan, upstream=upstream, masks=final_masks, metrics=metrics, inputs=inputs, label=label,
                   extra={"classes": data.classes, **({"removed_layers": removed} if removed else {})},
                   loaded_sparsity=loaded_sparsity, epochs=epochs, git_commit=resolved["git_commit"],
-                  dataset_name=data.spec.name if data.layout == "yolo" else opts.dataset, precision=precision)
+                  dataset_name=opts.dataset_label(), precision=precision)
 
 
 def training_schedule(opts: FullOptions, plan: Plan, *, model: nn.Module, masks: dict[str, torch.Tensor],

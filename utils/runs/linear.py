@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 def default_exp_name(opts: LinearOptions) -> str:
     variant = opts.solver + ("-aug" if opts.augment else "") + (
         f"-{opts.feature_backend}" if opts.feature_backend != "torch" else "")
-    return f"{opts.dataset}_{Path(opts.from_checkpoint_path).stem}_linear-{variant}_seed{opts.seed}"
+    return f"{opts.dataset_label()}_{Path(opts.from_checkpoint_path).stem}_linear-{variant}_seed{opts.seed}"
 
 
 def check_options(opts: LinearOptions) -> None:
@@ -226,7 +226,7 @@ def result_record(opts: LinearOptions, up: FrozenUpstream, classifier: LinearCla
     if not opts.model_label:
         check_dense_label(up.loaded.method, sparsity, opts.from_checkpoint_path)
     return {
-        "dset": opts.dataset, "model": opts.model_label or up.loaded.method,
+        "dset": opts.dataset_label(), "model": opts.model_label or up.loaded.method,
         "sparsity": opts.sparsity_label if opts.sparsity_label is not None else round(sparsity, 2),
         "seed": opts.seed, "val_acc": final["acc"], "test_loss": final["loss"],
         "finetuning": "linear", "arch": up.loaded.arch, "checkpoint": opts.from_checkpoint_path,

@@ -6,9 +6,11 @@ Inside the code a dataset is `dataset`/`dataset_path`, a seed is `seed` and a tr
 """
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from utils.config import MIN_IMAGE_SIZE, StrictModel
 from utils.paths import PROBE_DIR, TRAINER_DIR
@@ -27,6 +29,7 @@ class RunOptions(StrictModel):
 
     dataset: str
     dataset_path: str | None = None
+    dataset_name: str | None = None            # the name in run names and results.csv's 'dset' (see dataset_label)
     from_checkpoint_path: str | None = None
     checkpoint_flavour: str | None = None
     trainer_config_path: str | None = None
@@ -45,6 +48,30 @@ class RunOptions(StrictModel):
     cpu: bool = False
     resume: bool = False
     progress: bool = True
+
+
+    @field_validator("dataset_name")
+    @classmethod
+    def _a_name_for_folders_and_rows(cls, name: str | None) -> str | None:
+        if name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name):
+            raise ValueError(f"the dataset's name (--dset_name / --dataset_name) names run folders and result rows: "
+                             f"letters, digits and . _ + - only, starting with a letter or digit; got {name!r}")
+        return name
+
+    def dataset_label(self) -> str:
+        """The dataset's name in run names and results: `dataset_name` when given; a user's ImageFolder tree by its
+        folder's name and YOLO data by its data.yaml (as yolo_dataset_name), so that two of a user's datasets never
+        share a run or a result row; else the registry name (cifar10, ...)."""
+        from utils.data.yolo import is_detection_dataset, yolo_dataset_name
+
+        if self.dataset_name:
+            return self.dataset_name
+        if is_detection_dataset(self.dataset):
+            data_yaml = self.dataset if self.dataset != "yolo" else self.dataset_path
+            return yolo_dataset_name(data_yaml) if data_yaml else self.dataset
+        if self.dataset == "imagefolder" and self.dataset_path:
+            return Path(self.dataset_path).expanduser().resolve().name or self.dataset
+        return self.dataset
 
 
 class FullOptions(RunOptions):

@@ -35,12 +35,10 @@ class Plan:
     status: str                    # "new" | "resume" | "finished"
 
 
-def default_exp_name(dataset: str, source: str | None, seed: int) -> str:
-    """DATASET_CHECKPOINT-STEM_seedSEED (the architecture's name when training from scratch); a data.yaml given
-    as --dset is named by its folder."""
-    if is_detection_dataset(dataset) and dataset != "yolo":
-        dataset = Path(dataset).parent.name or Path(dataset).stem
-    return f"{dataset}_{Path(source).stem if source else 'model'}_seed{seed}"
+def default_exp_name(dataset_label: str, source: str | None, seed: int) -> str:
+    """DATASET_CHECKPOINT-STEM_seedSEED (the architecture's name when training from scratch); the dataset as
+    RunOptions.dataset_label names it."""
+    return f"{dataset_label}_{Path(source).stem if source else 'model'}_seed{seed}"
 
 
 def plan_run(opts: FullOptions) -> Plan:
@@ -65,5 +63,5 @@ def plan_run(opts: FullOptions) -> Plan:
 
 
 def run_dir_of(opts: FullOptions) -> Path:
-    name = opts.exp_name or default_exp_name(opts.dataset, opts.from_checkpoint_path or opts.arch, opts.seed)
+    name = opts.exp_name or default_exp_name(opts.dataset_label(), opts.from_checkpoint_path or opts.arch, opts.seed)
     return run_dir_for(opts.experiment_root_path, name)

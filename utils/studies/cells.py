@@ -80,7 +80,8 @@ def cell_options(study: Study, *, upstream: UpstreamSpec, dataset: DatasetEntry,
     training = study.train_options if mode == "full" else {}
     values = {"workers": 0, **study.options, **training, **dataset.overrides, **spec.options,
               **dataset.mode_overrides(mode),
-              **spec.run_fields(), "dataset": dataset.name, "dataset_path": dataset.path,
+              **spec.run_fields(), "dataset": dataset.kind, "dataset_path": dataset.path,
+              "dataset_name": dataset.name if dataset.dataset else None,
               "from_checkpoint_path": str(checkpoint), "checkpoint_flavour": upstream.flavour, "seed": seed,
               "model_label": upstream.model, "sparsity_label": upstream.sparsity}
     return {k: v for k, v in values.items() if v is not None}

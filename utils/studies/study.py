@@ -6,6 +6,7 @@ Keys that end up as run options use the options' own names (`dataset`, `seed`, `
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,11 +56,28 @@ class UpstreamSpec(StrictModel):
 
 
 class DatasetEntry(StrictModel):
+    """A dataset of the study. `name` is a registry dataset (digits, cifar10, imagefolder, yolo, ...) or, with
+    `dataset:` naming that, the user's own name for it (two ImageFolder trees: `name: flowers, dataset: imagefolder`),
+    which then names its cells and results.csv's rows."""
+
     name: str
+    dataset: str | None = None
     path: str | None = None
     overrides: dict[str, Any] = Field(default_factory=dict)   # per-dataset options, e.g. {lr: 0.01}
     full_overrides: dict[str, Any] = Field(default_factory=dict)
     linear_overrides: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _own_name(self) -> "DatasetEntry":
+        if self.dataset and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", self.name):
+            raise ValueError(f"dataset name {self.name!r} names run folders and result rows: letters, digits and "
+                             ". _ + - only, starting with a letter or digit")
+        return self
+
+    @property
+    def kind(self) -> str:
+        """The dataset to load (the registry's name): `dataset` when given, else `name`."""
+        return self.dataset or self.name
 
     def mode_overrides(self, mode: str) -> dict[str, Any]:
         """This dataset's options for the cells of one mode (on top of `overrides`)."""
@@ -125,6 +143,11 @@ class Study(StrictModel):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"upstream names must be unique; repeated: {dup}")
+        datasets = [d.name for d in self.datasets]
+        dup = sorted({n for n in datasets if datasets.count(n) > 1})
+        if dup:                # one column in the report, one group in the analysis: give each its own name
+            raise ValueError(f"dataset names must be unique; repeated: {dup} (two datasets of one kind: name each, "
+                             f"e.g. {{name: flowers, dataset: {dup[0]}, path: ...}})")
         for u in self.upstreams:
             src = u.produce.from_upstream if u.produce else None
             if src is not None and src not in names:
