@@ -67,14 +67,32 @@ def test_a_directory_of_links_to_shared_storage_is_scanned(tmp_path):
     assert out.returncode == 2 and "broken link" in out.stderr and "gone.pth" in out.stderr
 
 
+def test_a_directory_of_run_directories_is_scanned_without_their_training_state(tmp_path):
+    """Issue 27 item 4: `make demo`'s upstreams are RUN/model.pt; only the top level was scanned."""
+    root = tmp_path / "upstream"
+    for run in ("gmp_90_47ad", "acdc_90_d8e7"):
+        (root / run).mkdir(parents=True)
+        (root / run / "model.pt").write_bytes(b"x")
+        (root / run / "checkpoint.pt").write_bytes(b"x")          # training state: not an upstream
+    (root / "magnitude_90.pt").write_bytes(b"x")
+    out = list_checkpoints({"CKPT_DIR": str(root)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [str(root / "acdc_90_d8e7" / "model.pt"), str(root / "gmp_90_47ad" / "model.pt"),
+                                       str(root / "magnitude_90.pt")]
+    assert "skipped 2 training-state file(s)" in out.stderr
+
+
 def test_a_checkpoints_file_takes_one_entry_per_line_with_spaces_and_flavours(tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_text("# our upstreams\n/data/my models/gmp 90.pth\n\n  /data/rigl.pth:rigl_resnet50  \r\n")
     out = list_checkpoints({"CHECKPOINTS_FILE": str(listing), "CHECKPOINTS": "ignored.pth"})
     assert out.stdout.splitlines() == ["/data/my models/gmp 90.pth", "/data/rigl.pth:rigl_resnet50"]
-    listing.write_text("/a/model.pth\n/b/model.pth\n")
+    listing.write_text("/a/model.pth\n/b/model.pth\n")         # run directories' model files: named by folder
     out = list_checkpoints({"CHECKPOINTS_FILE": str(listing)})
-    assert out.returncode == 2 and "two checkpoints are named model.pth" in out.stderr
+    assert out.returncode == 0 and out.stdout.splitlines() == ["/a/model.pth", "/b/model.pth"]
+    listing.write_text("/x/gmp.pth\n/y/gmp.pt\n")
+    out = list_checkpoints({"CHECKPOINTS_FILE": str(listing)})
+    assert out.returncode == 2 and "two checkpoints would name their runs gmp" in out.stderr
     out = list_checkpoints({"CHECKPOINTS_FILE": str(tmp_path / "nope.txt")})
     assert out.returncode == 2 and "nope.txt not found" in out.stderr
 

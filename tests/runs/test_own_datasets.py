@@ -62,3 +62,16 @@ def test_a_study_names_two_image_folders_apart_and_refuses_one_name_twice(tmp_pa
     twice = {**study, "datasets": [{"name": "imagefolder", "path": "/data/a"}, {"name": "imagefolder", "path": "/b"}]}
     with pytest.raises(ValidationError, match="dataset names must be unique.*name: flowers, dataset: imagefolder"):
         Study.model_validate(twice)
+
+
+def test_a_run_directory_model_file_names_runs_by_its_folder(tmp_path, make_sparse_checkpoint):
+    from utils.runs.plan import checkpoint_label
+
+    assert checkpoint_label("/exp/upstream/gmp_90_47ad/model.pt") == "gmp_90_47ad"
+    assert checkpoint_label("/ckpts/gmp_90.pth") == "gmp_90" and checkpoint_label("/a/b/x.pth.tar") == "x.pth"
+    for run in ("gmp_80_aa", "gmp_90_bb"):
+        make_sparse_checkpoint(tmp_path / "up" / run / "model.pt", sparsity=0.8, num_classes=4)
+        train(tmp_path, "--dset", "synthetic", "--from_checkpoint_path", str(tmp_path / "up" / run / "model.pt"),
+              "--epochs", "1")
+    assert sorted(p.name for p in (tmp_path / "exp").iterdir() if p.is_dir()) == [
+        "synthetic_gmp_80_aa_seed1", "synthetic_gmp_90_bb_seed1"]

@@ -4,9 +4,11 @@
 # Prints the checkpoint entries, one per line ("path" or "path:flavour"), from the first of:
 #   CHECKPOINTS_FILE  a file with one entry per line (paths may hold spaces; blank and # lines ignored)
 #   CHECKPOINTS       space-separated entries
-#   CKPT_DIR          every *.pth / *.pt / *.tar file in it, symlinks followed (default: checkpoints)
-# Exits 2 with a one-line error when there are none, a listed file is missing, or two entries share a
-# file name (their run directories, named after it, would collide).
+#   CKPT_DIR          every *.pth / *.pt / *.tar file in it and its subfolders, symlinks followed (default:
+#                     checkpoints); a run directory's checkpoint.pt (training state) beside its model.pt is
+#                     skipped, with a note saying how many
+# Exits 2 with a one-line error when there are none, a listed file is missing, or two entries would name the same
+# runs (checkpoint_label: the file's stem, or its folder's name for model.pt and the like).
 list_checkpoints() {
   local entries
   if [[ -n ${CHECKPOINTS_FILE:-} ]]; then
@@ -18,15 +20,32 @@ list_checkpoints() {
   else
     local dir=${CKPT_DIR:-checkpoints} broken
     [[ -d $dir ]] || { echo "error: checkpoint directory $dir not found; set CKPT_DIR=/dir/with/checkpoints, CHECKPOINTS=\"a.pth b.pth:flavour\" or CHECKPOINTS_FILE=list.txt" >&2; exit 2; }
-    broken=$(find "$dir" -maxdepth 1 -xtype l \( -name '*.pth' -o -name '*.pt' -o -name '*.tar' \) | sort)
+    broken=$(find "$dir" -xtype l \( -name '*.pth' -o -name '*.pt' -o -name '*.tar' \) | sort)
     [[ -z $broken ]] || { echo "error: broken link(s) in $dir: $(tr '\n' ' ' <<< "$broken")-- fix or remove them" >&2; exit 2; }
-    entries=$(find -L "$dir" -maxdepth 1 -type f \( -name '*.pth' -o -name '*.pt' -o -name '*.tar' \) | sort)
-    [[ -n $entries ]] || { echo "error: no *.pth/*.pt/*.tar checkpoints in $dir" >&2; exit 2; }
+    local found state
+    found=$(find -L "$dir" -type f \( -name '*.pth' -o -name '*.pt' -o -name '*.tar' \) | sort)
+    state=$(grep '/checkpoint\.pt$' <<< "$found" | while IFS= read -r f; do [[ -f ${f%/*}/model.pt ]] && echo "$f"; done)
+    entries=$(grep -v -x -F -f <(printf '%s\n' "$state") <<< "$found" || true)
+    [[ -z $state ]] || echo "note: skipped $(wc -l <<< "$state") training-state file(s) (checkpoint.pt beside a model.pt) in $dir" >&2
+    [[ -n $entries ]] || { echo "error: no *.pth/*.pt/*.tar checkpoints in $dir or its subfolders" >&2; exit 2; }
   fi
   local clash
-  clash=$(while IFS= read -r entry; do basename "$(checkpoint_path "$entry")"; done <<< "$entries" | sort | uniq -d | head -1)
-  [[ -z $clash ]] || { echo "error: two checkpoints are named $clash; runs are named after the file, so rename or link one of them" >&2; exit 2; }
+  clash=$(while IFS= read -r entry; do checkpoint_label "$(checkpoint_path "$entry")"; done <<< "$entries" | sort | uniq -d | head -1)
+  [[ -z $clash ]] || { echo "error: two checkpoints would name their runs $clash (a file's stem, or its folder for model.pt and the like); rename or link one of them" >&2; exit 2; }
   echo "$entries"
+}
+
+# A checkpoint's name in run names, as main.py gives it (utils/runs/plan.py checkpoint_label): the file's stem, or
+# its folder's name for a generic file name such as a run directory's model.pt.
+checkpoint_label() {
+  local path=$1 file stem
+  [[ $path == /* ]] || path="$PWD/$path"
+  file=$(basename "$path")
+  stem=${file%.*}
+  case $stem in
+    model|checkpoint|last|best|model_best|weights|pytorch_model|final) basename "$(dirname "$path")" ;;
+    *) echo "$stem" ;;
+  esac
 }
 
 # "path:flavour" -> path; an entry whose last ':' part holds a '/' is a path with a colon in it.

@@ -30,6 +30,7 @@ from utils.runs.dirs import (check_results_table, check_same_settings, environme
                              prepare_run_dir, record_result, run_dir_for, run_lock, write_run_config)
 from utils.runs.kinds import InputSettings, RunResult
 from utils.runs.options import LinearOptions
+from utils.runs.plan import checkpoint_label
 from utils.runs.setup import loader_workers, pick_device
 from utils.seed import epoch_seed, seed_everything
 from utils.sparsity import layer_sparsity, masks_from_zeros, measured_sparsity, sparse_layers
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 def default_exp_name(opts: LinearOptions) -> str:
     variant = opts.solver + ("-aug" if opts.augment else "") + (
         f"-{opts.feature_backend}" if opts.feature_backend != "torch" else "")
-    return f"{opts.dataset_label()}_{Path(opts.from_checkpoint_path).stem}_linear-{variant}_seed{opts.seed}"
+    return f"{opts.dataset_label()}_{checkpoint_label(opts.from_checkpoint_path)}_linear-{variant}_seed{opts.seed}"
 
 
 def check_options(opts: LinearOptions) -> None:

@@ -35,10 +35,24 @@ class Plan:
     status: str                    # "new" | "resume" | "finished"
 
 
+# File names that say nothing of the checkpoint (a run directory's model.pt): such a file is named by its folder.
+GENERIC_CHECKPOINT_STEMS = ("model", "checkpoint", "last", "best", "model_best", "weights", "pytorch_model", "final")
+
+
+def checkpoint_label(path: str) -> str:
+    """A checkpoint's name in run names: its file's stem, or its folder's name for a generic file name
+    (experiments/demo/upstream/gmp_90_47ad/model.pt -> gmp_90_47ad). The launchers (utils/launch/common.sh)
+    apply the same rule to refuse two checkpoints that would share runs."""
+    p = Path(path)
+    if p.stem in GENERIC_CHECKPOINT_STEMS and p.absolute().parent.name:
+        return p.absolute().parent.name
+    return p.stem
+
+
 def default_exp_name(dataset_label: str, source: str | None, seed: int) -> str:
-    """DATASET_CHECKPOINT-STEM_seedSEED (the architecture's name when training from scratch); the dataset as
-    RunOptions.dataset_label names it."""
-    return f"{dataset_label}_{Path(source).stem if source else 'model'}_seed{seed}"
+    """DATASET_CHECKPOINT_seedSEED (checkpoint_label; the architecture's name when training from scratch); the
+    dataset as RunOptions.dataset_label names it."""
+    return f"{dataset_label}_{checkpoint_label(source) if source else 'model'}_seed{seed}"
 
 
 def plan_run(opts: FullOptions) -> Plan:
