@@ -211,6 +211,14 @@ class RecipeSchedule(Policy):
         assert self.table is not None, "on_fit_start first"
         return float(self.table[min(step, len(self.table) - 1), group, KEYS.index(key)])
 
+    def used(self) -> dict[str, float]:
+        """What the run trained with, for its records: param group 0's LR at the first step and at its peak, and
+        the largest weight decay any group had (YOLO's first groups are BN weights and biases, undecayed)."""
+        assert self.table is not None, "on_fit_start first"
+        lr = self.table[:, 0, KEYS.index("lr")]
+        return {"lr_initial": float(lr[0]), "lr_peak": float(lr.max()),
+                "weight_decay": float(self.table[:, :, KEYS.index("weight_decay")].max())}
+
     def on_batch_start(self, state: TrainState) -> None:
         row = self.table[min(state.step, len(self.table) - 1)]
         for index, group in enumerate(state.optimizer.param_groups):

@@ -19,7 +19,7 @@ from policies.ema import EmaPolicy
 from policies.loggers import CheckpointSaver, MetricsLogger, ProgressBar, WandbLogger
 from policies.manager import Manager
 from policies.masking import FixedMaskPolicy, MaskPolicy
-from policies.modifiers import recipe_method
+from policies.modifiers import RecipeSchedule, recipe_method
 from policies.modifiers.distillation import DistillationModifier
 from policies.modifiers.layers import LayerPruningModifier
 from policies.tasks import ClassificationTask, Task, fastest_precision
@@ -195,7 +195,16 @@ def fine_tune(opts: FullOptions) -> RunResult:
     return finish(opts, plan, upstream=upstream, masks=final_masks, metrics=metrics, inputs=inputs, label=label,
                   extra={"classes": data.classes, **({"removed_layers": removed} if removed else {})},
                   loaded_sparsity=loaded_sparsity, epochs=epochs, git_commit=resolved["git_commit"],
-                  dataset_name=opts.dataset_label(), precision=precision)
+                  dataset_name=opts.dataset_label(), precision=precision, hyper=hyper_parameters_used(plan, schedule))
+
+
+def hyper_parameters_used(plan: Plan, policies: list[Policy]) -> dict[str, float]:
+    """The LR (first and peak) and weight decay that drove training: a recipe's replayed schedule where it has
+    one (its LR modifiers override the trainer config's), else the trainer config's (its schedule peaks at lr)."""
+    recipe = next((p for p in policies if isinstance(p, RecipeSchedule)), None)
+    if recipe is not None:
+        return recipe.used()
+    return {"lr_initial": plan.lr, "lr_peak": plan.lr, "weight_decay": plan.weight_decay}
 
 
 def training_schedule(opts: FullOptions, plan: Plan, *, model: nn.Module, masks: dict[str, torch.Tensor],

@@ -32,7 +32,9 @@ def resolved_config(opts: FullOptions, plan: Plan, *, upstream: Upstream, data: 
                     "train_size": len(data.train), "test_size": len(data.test), "image_size": inputs.image_size,
                     "content": data_content(data)},
         "derived": {"epochs": state.num_epochs, "batch_size": plan.batch_size, "accumulate_steps": plan.accumulate,
-                    "weight_decay": plan.weight_decay, "lr": plan.lr,
+                    # a recipe's LR and weight-decay modifiers decide them: what they gave is in result.json
+                    "weight_decay": "recipe" if opts.recipe else plan.weight_decay,
+                    "lr": "recipe" if opts.recipe else plan.lr,
                     "device": str(plan.device), "steps_per_epoch": state.steps_per_epoch,
                     "loaded_sparsity": loaded_sparsity},
         **environment_info(),
@@ -67,8 +69,10 @@ def task_columns(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def finish(opts: FullOptions, plan: Plan, *, upstream: Upstream, masks: dict[str, torch.Tensor],
            metrics: dict[str, Any], inputs: InputSettings, label: str, extra: dict[str, Any],
-           loaded_sparsity: float, epochs: int, git_commit: str, dataset_name: str, precision: str) -> RunResult:
-    """The main process saves model.pt and records the result; the others only report theirs."""
+           loaded_sparsity: float, epochs: int, git_commit: str, dataset_name: str, precision: str,
+           hyper: dict[str, float]) -> RunResult:
+    """The main process saves model.pt and records the result (`hyper`: the LR, first and peak, and weight decay
+    that drove training; results.csv's lr is the peak); the others only report theirs."""
     model, final_sparsity = upstream.model, measured_sparsity(upstream.model)
     if not plan.dist.is_main:
         barrier(plan.dist)
@@ -90,7 +94,8 @@ def finish(opts: FullOptions, plan: Plan, *, upstream: Upstream, masks: dict[str
         "precision": precision,
         **task_columns(metrics),
         "finetuning": "full", "arch": upstream.arch, "checkpoint": opts.from_checkpoint_path or "",
-        "flavour": upstream.flavour or "", "recipe": opts.recipe or "", "solver": "", "lr": plan.lr,
+        "flavour": upstream.flavour or "", "recipe": opts.recipe or "", "solver": "", "lr": hyper["lr_peak"],
+        "lr_initial": hyper["lr_initial"], "weight_decay": hyper["weight_decay"],
         "epochs": epochs, "batch_size": plan.batch_size, "measured_sparsity": final_sparsity,
         "run_dir": str(plan.run_dir), "git_commit": git_commit, "finished_at": now_iso(),
         "per_layer_sparsity": layer_sparsity(masks), "loaded_sparsity": loaded_sparsity,
