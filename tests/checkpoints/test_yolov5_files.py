@@ -99,3 +99,28 @@ def test_each_size_is_told_apart_by_auto_detection(size):
     assert detect_flavour({"model": None, "ema": {k: torch.empty(v.shape) for k, v in state.items()}}).name \
         == f"yolov5{size}"
     assert FLAVOURS.get(f"yolov5{size}").arch == f"yolov5{size}"
+
+
+def test_an_unstripped_last_pt_with_numpy_values_loads(tmp_path):
+    """Issue 27 item 5: a run interrupted before its end keeps best_fitness as a numpy array; numpy arrays and
+    scalars are data. An object array still goes through the restricted unpickler: a payload in it is refused."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    model = build_model("yolov5n", num_classes=4)
+    last = tmp_path / "last.pt"
+    torch.save({"epoch": 3, "best_fitness": np.array([0.42]), "model": model.state_dict(), "ema": None,
+                "updates": np.int64(10), "optimizer": None, "opt": {"imgsz": 64}, "git": None, "date": "x"}, last)
+    loaded = load_checkpoint(last, keep_classifier=True)
+    assert loaded.flavour.name == "yolov5n" and loaded.num_classes == 4
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[key], value), key
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": model.state_dict(), "best_fitness": np.array([Payload()], dtype=object)}, evil)
+    with pytest.raises(UserError, match="runs code"):
+        load_checkpoint(evil)

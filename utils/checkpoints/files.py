@@ -16,6 +16,14 @@ from utils.io import atomic_torch_save
 
 _SHOW = 5  # offending names listed in an error message
 
+# numpy arrays and scalars are data (an unstripped YOLOv5 last.pt keeps best_fitness as one): the names pickle uses
+# to rebuild them, allowed for every file. An array's elements still pass the same restricted unpickler.
+NUMPY_DATA_GLOBALS = [f"{core}.multiarray.{name}" for core in ("numpy.core", "numpy._core")
+                      for name in ("_reconstruct", "scalar")] + \
+    ["numpy.ndarray", "numpy.dtype"] + [f"numpy.dtypes.{kind}DType" for kind in (
+        "Float64", "Float32", "Float16", "Int64", "Int32", "Int16", "Int8", "UInt64", "UInt32", "UInt16", "UInt8",
+        "Bool")]
+
 
 def file_sha256(path: str | Path, *, chunk_bytes: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's content, read in chunks."""
@@ -78,6 +86,7 @@ def read_checkpoint_file(path: str | Path, *, trusted_globals: list[str] = (), m
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint file not found")
+    trusted_globals = [*NUMPY_DATA_GLOBALS, *trusted_globals]
     allowed = [_resolve_global(g) for g in trusted_globals] + [_module_stand_in(g) for g in module_globals]
     trusted_globals = [*trusted_globals, *module_globals]
     try:
