@@ -1,5 +1,6 @@
 """The demo's detection data: Fashion-MNIST items pasted on canvases, boxes tight around the visible pixels."""
 import numpy as np
+import pytest
 from PIL import Image
 
 from utils.data.paste_yolo import make_paste_dataset
@@ -38,3 +39,18 @@ def test_other_settings_replace_the_data_whole_and_change_the_study_keys(tmp_pat
     assert len(list((tmp_path / "d" / "labels" / "val").iterdir())) == 2
     assert all(Image.open(p).size == (48, 48) for p in (tmp_path / "d" / "images" / "train").iterdir())
     assert dataset_file_hash(str(tmp_path / "d")) == {} and dataset_file_hash(None) == {}
+
+
+def test_a_yolo_folder_is_read_through_its_data_yaml(tmp_path):
+    """Issue 27 item 12: the folder given instead of its data.yaml."""
+    from utils.data.yolo import load_yolo_data
+    from utils.errors import UserError
+
+    data_yaml = make_paste_dataset(tmp_path / "d", classes=[7, 9], train=6, val=3, canvas=64, seed=0, noise=0)
+    assert load_yolo_data(data_yaml.parent).source == data_yaml
+    (data_yaml.parent / "other.yaml").write_text("nc: 1\n")
+    data_yaml.rename(data_yaml.parent / "mine.yaml")
+    with pytest.raises(UserError, match="several YAML files .*mine.yaml, other.yaml"):
+        load_yolo_data(data_yaml.parent)
+    with pytest.raises(UserError, match="without a data.yaml; give DIR/data.yaml"):
+        load_yolo_data(tmp_path)

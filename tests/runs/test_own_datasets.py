@@ -75,3 +75,16 @@ def test_a_run_directory_model_file_names_runs_by_its_folder(tmp_path, make_spar
               "--epochs", "1")
     assert sorted(p.name for p in (tmp_path / "exp").iterdir() if p.is_dir()) == [
         "synthetic_gmp_80_aa_seed1", "synthetic_gmp_90_bb_seed1"]
+
+
+def test_the_worker_cap_is_said_once_per_process(caplog, monkeypatch):
+    """Issue 27 item 12: the cap was logged for every loader of every run."""
+    import logging
+
+    from utils.runs import setup
+
+    monkeypatch.setattr(setup, "usable_cores", lambda: 2)
+    monkeypatch.setattr(setup, "_CAPPED_SAID", set())
+    with caplog.at_level(logging.INFO, logger="utils.runs.setup"):
+        assert [setup.loader_workers(4) for _ in range(3)] == [2, 2, 2] and setup.loader_workers(1) == 1
+    assert sum("workers asked for" in r.getMessage() for r in caplog.records) == 1

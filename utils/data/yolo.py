@@ -107,9 +107,26 @@ def _split_images(entry: Any, root: Path, *, source: Path, split: str) -> list[P
     return images
 
 
+def data_yaml_of(path: Path) -> Path:
+    """The data.yaml of a YOLO dataset given as its folder (the file itself as it is): DIR/data.yaml, else the
+    folder's only *.yaml; a folder with several and no data.yaml is refused naming them."""
+    if not path.is_dir():
+        return path
+    if (path / "data.yaml").is_file():
+        return path / "data.yaml"
+    found = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise UserError(f"{path}: a folder with several YAML files ({', '.join(p.name for p in found[:5])}) and no "
+                        f"data.yaml; give the dataset's one, e.g. {found[0]}")
+    raise UserError(f"{path}: a folder without a data.yaml; give DIR/data.yaml (path, train, val, nc, names)")
+
+
 def load_yolo_data(data_yaml: str | Path, *, splits: tuple[str, ...] = ("train", "val")) -> YoloData:
-    """Parse and check a data.yaml; every label file is read and checked now, not during training."""
-    source = Path(data_yaml)
+    """Parse and check a data.yaml (a YOLO folder: its data.yaml, or its only *.yaml); every label file is read
+    and checked now, not during training."""
+    source = data_yaml_of(Path(data_yaml))
     if not source.is_file():
         raise UserError(f"{source}: data.yaml not found; a YOLO dataset is given by its data.yaml "
                         "(path, train, val, nc, names)")

@@ -103,11 +103,15 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+_CAPPED_SAID: set[tuple[int, int]] = set()
+
+
 def loader_workers(requested: int) -> int:
     """Data-loader worker processes: at most one per core this process may use (more only compete for them; the
-    results do not depend on the count, see utils.data.seeded)."""
+    results do not depend on the count, see utils.data.seeded). Said once per process, not for every loader."""
     usable = usable_cores()
-    if requested > usable:
+    if requested > usable and (requested, usable) not in _CAPPED_SAID:
+        _CAPPED_SAID.add((requested, usable))
         log.info("%d data-loader workers asked for, %d cores here: using %d", requested, usable, usable)
     return min(requested, usable)
 
