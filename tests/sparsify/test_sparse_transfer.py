@@ -188,7 +188,8 @@ def test_bad_data_trees_give_clear_errors(tmp_path, capsys):
     good = write_tree(tmp_path / "good", split="test")
     assert "lists no models; add one entry" in cli_error(capsys, *base, str(good))   # valid data, empty zoo
     assert "not supported yet" in cli_error(capsys, "--use-case", "segmentation", "--data", str(good))
-    assert "data.yaml not found" in cli_error(capsys, "--use-case", "cv_detection", "--data", str(good))
+    assert "a folder without a data.yaml; give DIR/data.yaml" in cli_error(capsys, "--use-case", "cv_detection",
+                                                                           "--data", str(good))
 
 
 # ---------------------------------------------------------------- end to end

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from utils.config import MIN_IMAGE_SIZE, StrictModel
+from utils.data.yolo import is_detection_dataset, yolo_dataset_name
 from utils.paths import PROBE_DIR, TRAINER_DIR
 
 
@@ -62,8 +63,6 @@ class RunOptions(StrictModel):
         """The dataset's name in run names and results: `dataset_name` when given; a user's ImageFolder tree by its
         folder's name and YOLO data by its data.yaml (as yolo_dataset_name), so that two of a user's datasets never
         share a run or a result row; else the registry name (cifar10, ...)."""
-        from utils.data.yolo import is_detection_dataset, yolo_dataset_name
-
         if self.dataset_name:
             return self.dataset_name
         if is_detection_dataset(self.dataset):
