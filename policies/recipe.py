@@ -146,11 +146,35 @@ def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any]) -> Recipe:
                             + unknown_name_message("recipe variable", name, sorted(known),
                                                  none="the recipe defines no variables to override"))
 
+    overrides = {**scaled_phases(recipe.variables, overrides, source=recipe.source), **overrides}
+
     def override(variables: Mapping[str, Any]) -> dict[str, Any]:
         return {k: overrides.get(k, v) for k, v in variables.items()}
 
     return Recipe(variables=override(recipe.variables), groups=recipe.groups, source=recipe.source,
                   stages={name: override(v) for name, v in recipe.stages.items()})
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def scaled_phases(variables: Mapping[str, Any], overrides: Mapping[str, Any], *, source: str) -> dict[str, float]:
+    """A recipe shortened (or lengthened) through num_epochs keeps its phases in proportion: the other global
+    variables named *_epoch / *_epochs that are plain numbers within the old length (the seed-001 recipe's
+    warmup_epochs 2 and quantization_start_epoch 50 of 52), and that the overrides do not set, are scaled by
+    new / old num_epochs, and logged -- as SparseML users expect from `--epochs`. Variables written as eval(...)
+    of num_epochs follow it by themselves."""
+    old, new = variables.get("num_epochs"), overrides.get("num_epochs")
+    if not (_number(old) and _number(new)) or old <= 0 or old == new:
+        return {}
+    scaled = {name: round(value * new / old, 6) for name, value in variables.items()
+              if name != "num_epochs" and name not in overrides and name.endswith(("_epoch", "_epochs"))
+              and _number(value) and 0 < value <= old}
+    if scaled:
+        log.warning("%s: num_epochs %s -> %s; scaled with it: %s (set them in --recipe_args to choose otherwise)",
+                    source, old, new, ", ".join(f"{k} {variables[k]} -> {v:g}" for k, v in scaled.items()))
+    return scaled
 
 
 def resolve_variables(variables: Mapping[str, Any], *, source: str) -> dict[str, Any]:

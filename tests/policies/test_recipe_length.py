@@ -1,0 +1,29 @@
+"""Issue 27 item 3: a recipe shortened through num_epochs keeps its phases in proportion (the seed-001 YOLOv5 recipe
+ran 50 epochs and never started QAT when asked for 3)."""
+import logging
+
+from models import build_model
+from policies.modifiers import build_recipe_policies
+from policies.recipe import load_recipe
+from utils.paths import RECIPE_DIR
+
+YOLO = RECIPE_DIR / "yolov5_sparse_transfer.yaml"
+
+
+def test_num_epochs_scales_the_phases_set_as_plain_numbers(caplog):
+    with caplog.at_level(logging.WARNING, logger="policies.recipe"):
+        recipe = load_recipe(YOLO, '{"num_epochs": 3}')
+    v = recipe.variables
+    assert v["num_epochs"] == 3 and abs(v["warmup_epochs"] - 2 * 3 / 52) < 1e-6
+    assert abs(v["quantization_start_epoch"] - 50 * 3 / 52) < 1e-6 < 3 - v["quantization_start_epoch"]
+    assert "num_epochs 52 -> 3; scaled with it: warmup_epochs 2 -> 0.115385, quantization_start_epoch 50" in caplog.text
+    _, epochs = build_recipe_policies(recipe, model=build_model("yolov5n", num_classes=2), steps_per_epoch=4)
+    assert epochs == 3
+
+
+def test_phases_the_user_sets_or_that_follow_num_epochs_are_left_alone():
+    given = load_recipe(YOLO, '{"num_epochs": 6, "warmup_epochs": 1, "quantization_start_epoch": 5}').variables
+    assert (given["warmup_epochs"], given["quantization_start_epoch"]) == (1, 5)
+    demo = load_recipe(RECIPE_DIR / "demo_sparse_transfer.yaml", {"num_epochs": 4}).variables
+    assert demo["quantization_start_epoch"] == 2          # eval(num_epochs - 2): it follows by itself
+    assert load_recipe(YOLO).variables["quantization_start_epoch"] == 50
