@@ -160,20 +160,25 @@ def _number(value: Any) -> bool:
 
 
 def scaled_phases(variables: Mapping[str, Any], overrides: Mapping[str, Any], *, source: str) -> dict[str, float]:
-    """A recipe shortened (or lengthened) through num_epochs keeps its phases in proportion: the other global
-    variables named *_epoch / *_epochs that are plain numbers within the old length (the seed-001 recipe's
-    warmup_epochs 2 and quantization_start_epoch 50 of 52), and that the overrides do not set, are scaled by
-    new / old num_epochs, and logged -- as SparseML users expect from `--epochs`. Variables written as eval(...)
-    of num_epochs follow it by themselves."""
+    """A recipe shortened through num_epochs past one of its phases keeps them in proportion: when one of the other
+    global variables named *_epoch / *_epochs, written as a plain number and not set by the overrides, would fall at
+    or past the new end (the seed-001 recipe's quantization_start_epoch 50 with num_epochs 3: QAT never starts, and
+    its modifiers would make the run 50 epochs long), all such variables within the old length are scaled by
+    new / old num_epochs, and logged. Otherwise the recipe runs as written, as SparseML runs it (the AC/DC recipe's
+    fixed warm-up and QAT lengths, its phases written as eval(...) of num_epochs)."""
     old, new = variables.get("num_epochs"), overrides.get("num_epochs")
     if not (_number(old) and _number(new)) or old <= 0 or old == new:
         return {}
-    scaled = {name: round(value * new / old, 6) for name, value in variables.items()
+    phases = {name: value for name, value in variables.items()
               if name != "num_epochs" and name not in overrides and name.endswith(("_epoch", "_epochs"))
               and _number(value) and 0 < value <= old}
-    if scaled:
-        log.warning("%s: num_epochs %s -> %s; scaled with it: %s (set them in --recipe_args to choose otherwise)",
-                    source, old, new, ", ".join(f"{k} {variables[k]} -> {v:g}" for k, v in scaled.items()))
+    if not any(value >= new for value in phases.values()):
+        return {}
+    scaled = {name: round(value * new / old, 6) for name, value in phases.items()}
+    log.warning("%s: num_epochs %s -> %s puts %s at or past the end; scaled with it: %s (set them in --recipe_args "
+                "to choose otherwise)", source, old, new,
+                ", ".join(k for k, v in phases.items() if v >= new),
+                ", ".join(f"{k} {variables[k]} -> {v:g}" for k, v in scaled.items()))
     return scaled
 
 

@@ -16,9 +16,18 @@ def test_num_epochs_scales_the_phases_set_as_plain_numbers(caplog):
     v = recipe.variables
     assert v["num_epochs"] == 3 and abs(v["warmup_epochs"] - 2 * 3 / 52) < 1e-6
     assert abs(v["quantization_start_epoch"] - 50 * 3 / 52) < 1e-6 < 3 - v["quantization_start_epoch"]
-    assert "num_epochs 52 -> 3; scaled with it: warmup_epochs 2 -> 0.115385, quantization_start_epoch 50" in caplog.text
+    assert "num_epochs 52 -> 3 puts quantization_start_epoch at or past the end; scaled with it: warmup_epochs 2 -> " \
+        "0.115385, quantization_start_epoch 50 -> 2.88462" in caplog.text
     _, epochs = build_recipe_policies(recipe, model=build_model("yolov5n", num_classes=2), steps_per_epoch=4)
     assert epochs == 3
+
+
+def test_a_recipe_whose_phases_fit_the_new_length_runs_as_written():
+    """SparseML's AC/DC recipe documents --recipe_args '{"num_epochs":150}': its warm-up and QAT lengths stay."""
+    acdc = load_recipe(RECIPE_DIR / "acdc_resnet50_imagenet_pruned85_quant.md", '{"num_epochs": 150}').variables
+    assert (acdc["lr_warmup_epochs"], acdc["quantization_epochs"], acdc["quantization_start_epoch"]) == (5, 6, 144)
+    longer = load_recipe(YOLO, '{"num_epochs": 100}').variables
+    assert (longer["warmup_epochs"], longer["quantization_start_epoch"]) == (2, 50)
 
 
 def test_phases_the_user_sets_or_that_follow_num_epochs_are_left_alone():
