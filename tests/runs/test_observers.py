@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -117,4 +118,7 @@ def test_a_resumed_run_continues_the_same_wandb_run(tmp_path, offline_wandb, mon
 def test_wandb_may_be_switched_on_when_resuming(tmp_path, offline_wandb, monkeypatch):
     killed_after_the_first_epoch(tmp_path, monkeypatch)
     result = run(tmp_path, "--use_wandb", "--no_progress", "--resume")
+    deadline = time.monotonic() + 20        # wandb's service process may still be writing the file under load
+    while not offline_runs(Path(result["run_dir"]))[0]["history"] and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert [h["epoch"] for h in offline_runs(Path(result["run_dir"]))[0]["history"]] == [1]
