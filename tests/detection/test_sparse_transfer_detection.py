@@ -28,3 +28,5 @@ def test_detection_sparse_transfer_from_the_zoo(tmp_path, yolo_tree, make_sparse
     assert summary["latency"]["model_ms"] > 0 and summary["onnx_checks"]["int8"]["num_samples"] > 0
     text = (tmp_path / "run" / "summary.md").read_text()
     assert "mAP@0.5:0.95 / mAP@0.5 (val split)" in text
+    checks = summary["onnx_checks"]["fp32"]                  # a detector's agreement is over boxes, named so
+    assert "box_agreement" in checks and "top1_agreement" not in checks and "box agreement" in text

@@ -227,6 +227,10 @@ def test_end_to_end_sparse_transfer_keeps_sparsity_and_writes_summary(tmp_path, 
         assert torch.equal(final[name] == 0, ~mask), name
     report = (out / "summary.md").read_text()
     assert "speed-up vs dense" in report and report in capsys.readouterr().out
+    # issue 27 item 11: the dataset by name, the ONNX check in the report, the results.csv the row went to
+    assert report.startswith(f"# Sparse transfer: small80 -> {data.name}\n") and saved["dataset"] == data.name
+    assert "| ONNX int8 vs torch (" in report and "top-1 agreement" in report
+    assert f"its row in `{out.parent / 'results.csv'}`" in report
     (out / "result.json").unlink()              # as if killed before the end: this command's flags in the line
     with pytest.raises(SystemExit):
         sparse_transfer.main(["--use-case", "ic", "--data", str(data), "--zoo", str(zoo), "--out", str(out)])
@@ -255,3 +259,10 @@ def test_a_zoo_without_a_model_of_the_use_cases_task_says_which_to_add(tmp_path,
     err = cli_error(capsys, "--use-case", "detection", "--zoo", str(zoo), "--data", str(make_yolo_tree(tmp_path / "d")))
     assert "has no detection model for --use-case detection (it lists 1 classification model(s))" in err
     assert "arch: yolov5s" in err and "resnet50" not in err
+
+
+def test_a_chance_level_accuracy_is_flagged():
+    from utils.sparsify.run import chance_note
+
+    assert "near chance (0.1000 for 10 classes)" in chance_note(0.12, 10)
+    assert chance_note(0.9, 10) is None and chance_note(0.6, 2) is not None and chance_note(0.8, 2) is None

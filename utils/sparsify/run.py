@@ -222,12 +222,29 @@ def run_sparse_transfer(opts: SparseTransferOptions) -> dict[str, Any]:
         "upstream_sparsity": result.record["loaded_sparsity"], "int8": "int8" in export,
         "sizes": deployment_sizes(export, dense_onnx),
         "latency": time_deployment(export, dense_onnx, samples, opts=opts, reference_label=label),
-        "onnx_checks": {k: {m: export[k][m] for m in ("max_abs_diff", "top1_agreement", "num_samples")}
-                        for k in ("fp32", "int8") if k in export},
-        "run_dir": str(run_dir),
+        "onnx_checks": {k: onnx_check(export[k]) for k in ("fp32", "int8") if k in export},
+        "dataset": result.record["dset"], "run_dir": str(run_dir),
+        "results_csv": str(run_dir.parent / "results.csv"),
     }
+    if "accuracy" in summary and (note := chance_note(summary["accuracy"], data.num_classes)):
+        summary["notes"].append(note)
     write_summary(run_dir, summary)
     return summary
+
+
+def chance_note(accuracy: float, num_classes: int) -> str | None:
+    """A note when a classifier's accuracy is within 1.5x of guessing: a summary must not read as a success then."""
+    chance = 1.0 / max(num_classes, 1)
+    if accuracy > 1.5 * chance:
+        return None
+    return (f"accuracy {accuracy:.4f} is near chance ({chance:.4f} for {num_classes} classes): the transfer did not "
+            "learn; check the data and labels, or train longer (--recipe_args num_epochs)")
+
+
+def onnx_check(report: dict[str, Any]) -> dict[str, Any]:
+    """An exported file's agreement with torch: top-1 for a classifier, box agreement for a detector (named so)."""
+    kind = "box_agreement" if "box_agreement" in report else "top1_agreement"
+    return {"max_abs_diff": report["max_abs_diff"], kind: report[kind], "num_samples": report["num_samples"]}
 
 
 def score(result: RunResult) -> dict[str, Any]:
@@ -269,7 +286,8 @@ def summary_markdown(s: dict[str, Any]) -> str:
     """The summary as a short Markdown report."""
     mb = lambda n: "-" if n is None else f"{n / 1e6:.2f} MB"  # noqa: E731
     lat, sizes = s["latency"], s["sizes"]
-    lines = [f"# Sparse transfer: {s['model']['name']} -> {Path(s['data']).name}", "",
+    checks = s.get("onnx_checks", {})
+    lines = [f"# Sparse transfer: {s['model']['name']} -> {s.get('dataset', Path(s['data']).name)}", "",
              f"- use case: {s['use_case']}; optim-level {s['optim_level']:g}: {s['target']}",
              f"- upstream: `{s['model']['path']}` ({s['model']['arch']}, sparsity {s['upstream_sparsity']:.4f})",
              f"- recipe: `{s['recipe']}`" + (f" with `{s['recipe_args']}`" if s["recipe_args"] else ""),
@@ -280,6 +298,9 @@ def summary_markdown(s: dict[str, Any]) -> str:
              f"| sparsity (conv/linear weights, classifier excluded) | {s['sparsity']:.4f} |",
              f"| INT8 | {'yes' if s['int8'] else 'no'} |",
              f"| ONNX fp32 / INT8 | {mb(sizes['onnx_fp32_bytes'])} / {mb(sizes['onnx_int8_bytes'])} |",
+             *[f"| ONNX {k} vs torch ({c['num_samples']} inputs) | max abs diff {c['max_abs_diff']:.3g}, "
+               + (f"box agreement {c['box_agreement']:.2%}" if "box_agreement" in c else
+                  f"top-1 agreement {c['top1_agreement']:.2%}") + " |" for k, c in checks.items()],
              f"| checkpoint dense / bitmask+nonzeros | {mb(sizes['checkpoint_dense_bytes'])} / "
              f"{mb(sizes['checkpoint_compressed_bytes'])} |",
              f"| latency in {lat.get('engine', 'onnxruntime')} ({lat.get('precision', 'fp32')}), batch "
@@ -291,7 +312,8 @@ def summary_markdown(s: dict[str, Any]) -> str:
              *[f"| ... in {e} ({t['precision']}) | {t['model_ms']:.3f} ms vs {t['dense_ms']:.3f} ms dense |"
                for e, t in lat.get("by_engine", {}).items() if e != lat.get("engine")], "",
              f"Engine: {lat.get('engine', 'onnxruntime')} ({lat.get('engine_why', '')}).", "",
-             f"Run directory: `{s['run_dir']}`; ONNX: `{lat['model_onnx']}`."]
+             f"Run directory: `{s['run_dir']}`; ONNX: `{lat['model_onnx']}`"
+             + (f"; its row in `{s['results_csv']}`." if "results_csv" in s else ".")]
     return "\n".join(lines) + "\n"
 
 
