@@ -266,3 +266,23 @@ def test_a_chance_level_accuracy_is_flagged():
 
     assert "near chance (0.1000 for 10 classes)" in chance_note(0.12, 10)
     assert chance_note(0.9, 10) is None and chance_note(0.6, 2) is not None and chance_note(0.8, 2) is None
+
+
+def test_with_model_the_log_names_it_not_the_zoos_choice(tmp_path, caplog, make_sparse_checkpoint):
+    """Issue 27 item 11: with --model the run logged the optim level's zoo choice ("the largest pruned model")."""
+    import logging
+
+    from tests.runs.test_bad_inputs import image_folder
+    from utils.sparsify import SparseTransferOptions, run_sparse_transfer
+
+    data = image_folder(tmp_path / "flowers", ["a", "b"])
+    model = tmp_path / "mine.pt"
+    make_sparse_checkpoint(model, sparsity=0.8, num_classes=2)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "result.json").write_text("{}")           # stop right after the choice is logged
+    opts = SparseTransferOptions(use_case="ic", data=str(data), model=str(model), out=str(out), optim_level=0.5)
+    with caplog.at_level(logging.INFO, logger="utils.sparsify.run"), pytest.raises(UserError, match="already holds"):
+        run_sparse_transfer(opts)
+    assert f"--model {model}" in caplog.text and "optim-level 0.5: INT8 (QAT)" in caplog.text
+    assert "largest" not in caplog.text

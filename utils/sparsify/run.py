@@ -201,7 +201,11 @@ def run_sparse_transfer(opts: SparseTransferOptions) -> dict[str, Any]:
     notes = [n for n in (selection.note, recipe_note) if n]
     for note in notes:
         log.warning(note)
-    log.info("optim-level %g: %s -> %s (%s)", opts.optim_level, target.describe(), chosen.name, chosen.path)
+    if opts.model:       # the user's checkpoint: the level only decides the recipe (fp32 or INT8), not the model
+        log.info("--model %s (%s); optim-level %g: %s", chosen.path, chosen.arch, opts.optim_level,
+                 "INT8 (QAT)" if target.int8 else "fp32")
+    else:
+        log.info("optim-level %g: %s -> %s (%s)", opts.optim_level, target.describe(), chosen.name, chosen.path)
     run_dir = Path(opts.out) if opts.out else default_run_dir(opts.data, chosen, opts.optim_level, opts.seed)
     if (run_dir / "result.json").exists() and not opts.resume:
         raise UserError(f"{run_dir} already holds a finished run; pass --resume to re-export and re-summarise it, "
