@@ -3,15 +3,17 @@ measurements behind the kernels' choices.
 
     python bench/sparse_kernels.py [--sparsity 0.9] [--batch 1] [--threads 2] [--rounds 5]
 
-Builds utils/onnx/kernels/sparse_conv.c with the system C compiler into a temporary folder, as `make kernels` does
-and once per other tile size (-DTILE=16, 32, 128), then for each distinct convolution of ResNet-50 (random weights
-at --sparsity, random input, bias and ReLU fused) times every build, taking turns in each round (best of --rounds),
-and prints ms per call, GFLOP/s on the nonzero multiply-adds, and, for the default build, ns per nonzero per tile
-(the unit of work: one nonzero's 4 vector multiply-adds over 64 positions) per thread. Totals weigh each shape by
-how often ResNet-50 has it: the network's convolution time per pass. Then two comparisons on the default build:
+Builds utils/onnx/kernels/sparse_conv.c with the system C compiler into a temporary folder, as `make kernels` does,
+once per other tile size (-DTILE=16, 32, 128) and once with the tile loops left rolled (-DUNROLL=), then for each
+distinct convolution of ResNet-50 (random weights at --sparsity, random input, bias and ReLU fused) times every
+build, taking turns in each round (best of --rounds), and prints ms per call, GFLOP/s on the nonzero multiply-adds,
+and, for the default build, ns per nonzero per tile (the unit of work: one nonzero's 4 vector multiply-adds over 64
+positions) per thread. Totals weigh each shape by how often ResNet-50 has it: the network's convolution time per
+pass. Then three comparisons on the default build:
 outputs written with stream stores or not (1x1 layers at 56 and 28 px, batch 16, where outputs leave the caches),
-and 1x1 layers at 14 and 7 px reading input planes of 196 and 49 floats as they are, or padded to 16 floats (planes
-that start on a cache line).
+1x1 layers at 14 and 7 px reading input planes of 196 and 49 floats as they are, or padded to 16 floats (planes
+that start on a cache line), and the input of k x k and strided layers prepared by threads splitting it by rows (the
+rows their tiles read next) or by channels.
 """
 from __future__ import annotations
 
@@ -37,13 +39,15 @@ SHAPES = [(3, 64, 7, 2, 224, 1), (64, 64, 1, 1, 56, 1), (64, 64, 3, 1, 56, 3), (
           (256, 256, 3, 1, 14, 5), (1024, 512, 1, 1, 14, 1), (512, 512, 3, 2, 14, 1), (1024, 2048, 1, 2, 14, 1),
           (512, 2048, 1, 1, 7, 3), (2048, 512, 1, 1, 7, 2), (512, 512, 3, 1, 7, 2)]
 TILES = [64, 16, 32, 128]                     # the default first
+# variant builds: label -> compiler flags; the default (`make kernels`) first
+BUILDS = {**{f"tile {t}": [f"-DTILE={t}"] for t in TILES}, "64 rolled": ["-DUNROLL="]}
 SLACK = 4096                                  # floats past every buffer: the largest tile reads past a grid's end
 
 
-def build(tile: int, folder: Path) -> ctypes.CDLL:
-    out = folder / f"libsparse_conv_tile{tile}.so"
+def build(label: str, flags: list[str], folder: Path) -> ctypes.CDLL:
+    out = folder / f"libsparse_conv_{label.replace(' ', '_')}.so"
     cc = os.environ.get("CC", "cc")
-    subprocess.run([cc, "-O3", "-fopenmp", "-fPIC", "-shared", f"-DTILE={tile}", "-o", str(out),
+    subprocess.run([cc, "-O3", "-fopenmp", "-fPIC", "-shared", *flags, "-o", str(out),
                     str(HERE / "sparse_conv.c"), "-lm"], check=True)
     return declare(ctypes.CDLL(str(out)))
 
@@ -118,22 +122,23 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        libs = {tile: build(tile, Path(tmp)) for tile in TILES}
-        default = libs[64]
+        libs = {label: build(label, flags, Path(tmp)) for label, flags in BUILDS.items()}
+        default = libs["tile 64"]
         print(f"ResNet-50 convolutions at {args.sparsity:.0%} sparsity, batch {args.batch}, {args.threads} threads, "
               f"{['scalar', 'AVX2+FMA', 'AVX-512'][default.spconv_isa(2)]}; ms per call by tile size "
-              f"(64 = `make kernels`), GFLOP/s and ns per nonzero-tile per thread for 64")
-        print(f"{'shape (in->out k/stride @px xcount)':36}" + "".join(f"{f'tile {t}':>10}" for t in TILES)
+              f"(64 = `make kernels`; '64 rolled': its tile loops left rolled, accumulators on the stack), GFLOP/s "
+              f"and ns per nonzero-tile per thread for 64")
+        print(f"{'shape (in->out k/stride @px xcount)':36}" + "".join(f"{label:>10}" for label in BUILDS)
               + f"{'GFLOP/s':>9}{'ns/visit':>9}")
-        totals = dict.fromkeys(TILES, 0.0)
+        totals = dict.fromkeys(BUILDS, 0.0)
         for shape in SHAPES:
             layer = Layer(shape, sparsity=args.sparsity, batch=args.batch, threads=args.threads)
             times = best_ms(layer, [lambda lib=lib: layer.run(lib) for lib in libs.values()], args.rounds)
-            for tile, ms in zip(TILES, times):
-                totals[tile] += ms * shape[5]
+            for label, ms in zip(BUILDS, times):
+                totals[label] += ms * shape[5]
             print(f"{name(shape):36}" + "".join(f"{ms:>10.3f}" for ms in times)
                   + f"{2 * layer.macs / times[0] / 1e6:>9.1f}{times[0] * 1e6 * args.threads / layer.visits:>9.2f}")
-        print(f"{'ResNet-50 total (ms per pass)':36}" + "".join(f"{totals[t]:>10.2f}" for t in TILES))
+        print(f"{'ResNet-50 total (ms per pass)':36}" + "".join(f"{totals[b]:>10.2f}" for b in BUILDS))
 
         print("\nstream stores (outputs > a quarter of the L3) against normal stores, batch 16, ms per call:")
         for shape in [s for s in SHAPES if s[2] == 1 and s[3] == 1 and s[4] in (56, 28)]:
@@ -153,6 +158,20 @@ def main() -> None:
             as_is, aligned = best_ms(plain, [lambda: plain.run(default), lambda: padded.run(default)], args.rounds)
             print(f"  {name(shape):36} as is {as_is:8.3f}  padded {aligned:8.3f}  ({as_is / aligned:.2f}x)")
 
+        print(f"\nk x k and strided layers with their input prepared split between threads by rows (as the tiles "
+              f"that read it) or by channels, batch {args.batch}, ms per call, prepare included:")
+        totals = [0.0, 0.0]
+        for shape in [s for s in SHAPES if s[2] > 1 or s[3] > 1]:
+            layer = Layer(shape, sparsity=args.sparsity, batch=args.batch, threads=args.threads)
+            rows = lambda: (default.spconv_prepare_by_rows(1), layer.run(default))   # noqa: E731
+            channels = lambda: (default.spconv_prepare_by_rows(0), layer.run(default))   # noqa: E731
+            rows_ms, channels_ms = best_ms(layer, [rows, channels], args.rounds)
+            default.spconv_prepare_by_rows(1)
+            totals[0] += rows_ms * shape[5]
+            totals[1] += channels_ms * shape[5]
+            print(f"  {name(shape):36} rows {rows_ms:8.3f}  channels {channels_ms:8.3f}  ({channels_ms / rows_ms:.2f}x)")
+        print(f"  {'ResNet-50, these layers (ms per pass)':36} rows {totals[0]:8.2f}  channels {totals[1]:8.2f}  "
+              f"({totals[1] / totals[0]:.2f}x)")
 
 if __name__ == "__main__":
     main()

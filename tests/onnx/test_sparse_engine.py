@@ -361,3 +361,28 @@ def test_planes_padded_to_cache_lines_read_and_write_like_contiguous_ones(kernel
     pooled = zeros_with_padded_planes((2, 24, size // 2, size // 2))
     max_pool(out, pooled, kernel=(2, 2), stride=2, pads=(0, 0), threads=2)
     np.testing.assert_array_equal(pooled.copy(), F.max_pool2d(torch.from_numpy(out.copy()), 2).numpy())
+
+
+@pytest.mark.parametrize("shape", [(16, 8, 3, 1, 1, 20, 1), (16, 8, 3, 2, 1, 33, 1), (8, 3, 7, 2, 3, 32, 1)],
+                         ids=["3x3", "3x3_stride2", "7x7_stem"])
+def test_inputs_prepared_split_by_rows_or_by_channels_give_the_same_output(shape):
+    """The prepared input is split between threads by rows where rows are a cache line or more (wq >= 16: these
+    shapes), by channels otherwise; both splits give torch's convolution, batch 1 and 3."""
+    co, ci, k, s, p, hw, groups = shape
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((co, ci, k, k)).astype(np.float32)
+    w[rng.random(w.shape) < 0.8] = 0.0
+    packed = PackedConv.from_dense(w, None, stride=s, pads=(p,) * 4)
+    assert packed.geometry(hw, hw).wq >= 16
+    lib = kernels.library()
+    for batch in (1, 3):
+        x = rng.standard_normal((batch, ci, hw, hw)).astype(np.float32)
+        want = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), stride=s, padding=p).numpy()
+        before = lib.spconv_prepare_by_rows(0)
+        try:
+            by_channels = sparse_conv(x, packed, threads=2)
+        finally:
+            lib.spconv_prepare_by_rows(before)
+        by_rows = sparse_conv(x, packed, threads=2)
+        assert relative_error(by_rows, want) < RTOL and relative_error(by_channels, want) < RTOL
+        np.testing.assert_array_equal(by_rows, by_channels)

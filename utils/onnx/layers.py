@@ -8,7 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils.onnx.kernels import BoundConv, PackedConv, PackedLinear, sparse_linear, zeros_with_padded_planes
+from utils.onnx.kernels import (BoundConv, PackedConv, PackedLinear, aligned_empty, sparse_linear,
+                                 zeros_with_padded_planes)
 
 
 def planes(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -67,7 +68,7 @@ class Buffers:
 
     def scratch(self, floats: int) -> int:
         if self._scratch.size < floats:
-            self._scratch = np.empty(floats, dtype=np.float32)
+            self._scratch = aligned_empty(floats)      # aligned: prepared planes start on cache lines
         return self._scratch.ctypes.data
 
 

@@ -50,6 +50,7 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
                                    c_int, c_int, f32, i64, i64, c_int]
     lib.spconv_maxpool.restype = None
     lib.spconv_stream_bytes.argtypes, lib.spconv_stream_bytes.restype = [i64], i64
+    lib.spconv_prepare_by_rows.argtypes, lib.spconv_prepare_by_rows.restype = [c_int], c_int
     lib.splinear_run.argtypes = [f32, c_int, c_int, i32, i32, f32, c_int, f32, f32, c_int, c_int]
     lib.splinear_run.restype = None
     return lib
@@ -164,7 +165,7 @@ class PackedConv(_Nonzeros):
             phases = int(phase.max()) + 1 if phase.size else 1
             offsets = ((phase * self.in_channels + self.channel) * plane + (self.kh // s) * wq + self.kw // s)
             tile = library().spconv_tile()
-            image_floats = phases * self.in_channels * plane + 2 * tile + wq * (kh // s + 1) + 64
+            image_floats = padded_plane(phases * self.in_channels * plane + 2 * tile + wq * (kh // s + 1) + 64)
             self._geometry[(h, w)] = Geometry(ho, wo, hq, wq, offsets.astype(np.int32), image_floats, phases)
         return self._geometry[(h, w)]
 
@@ -182,6 +183,13 @@ def has_slack(x: np.ndarray) -> bool:
         return False
     start, end = base.ctypes.data, base.ctypes.data + base.nbytes
     return start <= x.ctypes.data and x.ctypes.data + x.nbytes + 4 * slack_floats() <= end
+
+
+def aligned_empty(floats: int) -> np.ndarray:
+    """An uninitialised 1-D float32 array of `floats` starting on a 64-byte boundary (a cache line)."""
+    raw = np.empty(floats + 16, dtype=np.float32)
+    start = (-raw.ctypes.data % 64) // 4
+    return raw[start:start + floats]
 
 
 def empty_with_slack(shape: tuple[int, ...]) -> np.ndarray:
@@ -211,7 +219,7 @@ def sparse_conv(x: np.ndarray, packed: PackedConv, *, residual: np.ndarray | Non
     if packed.reads_input_as_is and (has_slack(x) if slack is None else slack):
         buf, stride = x, c * h * w
     else:
-        buf = prepared if prepared is not None else np.empty((n, g.image_floats), dtype=np.float32)
+        buf = prepared if prepared is not None else aligned_empty(n * g.image_floats).reshape(n, g.image_floats)
         stride = g.image_floats
         lib.spconv_prepare(_ptr(x), c * h * w, h * w, n, c, h, w, packed.stride, packed.pads[0], packed.pads[1], g.hq,
                            g.wq, g.phases, _ptr(buf), g.image_floats, threads)

@@ -28,6 +28,13 @@
 #define TILE 64          /* grid positions per tile: 4 AVX-512 or 8 AVX2 accumulators */
 #endif
 
+/* Loops over a tile's vectors fully unrolled: the accumulators then live in registers. Left to itself gcc kept the
+ * arrays on the stack (a store and reload of every accumulator per output row). bench/sparse_kernels.py builds
+ * -DUNROLL= (rolled) as a variant to measure it. */
+#ifndef UNROLL
+#define UNROLL _Pragma("GCC unroll 16")
+#endif
+
 enum { ACT_NONE = 0, ACT_RELU = 1, ACT_SILU = 2 };
 
 int spconv_tile(void) { return TILE; }
@@ -100,12 +107,12 @@ static void row_tile_avx512(const float *x, const int32_t *off, const float *val
                             float *dst, const float *res, float bias, int act, int stream) {
     enum { V = TILE / 16 };
     __m512 a[V], b2[V];
-    for (int i = 0; i < V; i++) a[i] = b2[i] = _mm512_setzero_ps();
+    UNROLL for (int i = 0; i < V; i++) a[i] = b2[i] = _mm512_setzero_ps();
     int j = 0;
     for (; j + 2 <= n; j += 2) {
         const __m512 w0 = _mm512_set1_ps(val[j]), w1 = _mm512_set1_ps(val[j + 1]);
         const float *p0 = x + off[j], *p1 = x + off[j + 1];
-        for (int i = 0; i < V; i++) {
+        UNROLL for (int i = 0; i < V; i++) {
             a[i] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(p0 + 16 * i), a[i]);
             b2[i] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(p1 + 16 * i), b2[i]);
         }
@@ -113,11 +120,11 @@ static void row_tile_avx512(const float *x, const int32_t *off, const float *val
     if (j < n) {
         const __m512 w = _mm512_set1_ps(val[j]);
         const float *p = x + off[j];
-        for (int i = 0; i < V; i++) a[i] = _mm512_fmadd_ps(w, _mm512_loadu_ps(p + 16 * i), a[i]);
+        UNROLL for (int i = 0; i < V; i++) a[i] = _mm512_fmadd_ps(w, _mm512_loadu_ps(p + 16 * i), a[i]);
     }
-    for (int i = 0; i < V; i++) a[i] = _mm512_add_ps(a[i], b2[i]);
+    UNROLL for (int i = 0; i < V; i++) a[i] = _mm512_add_ps(a[i], b2[i]);
     if (!dst && act < 0) {
-        for (int i = 0; i < V; i++) _mm512_storeu_ps(acc + 16 * i, a[i]);
+        UNROLL for (int i = 0; i < V; i++) _mm512_storeu_ps(acc + 16 * i, a[i]);
         return;
     }
     const __m512 b = _mm512_set1_ps(bias), zero = _mm512_setzero_ps();
@@ -125,7 +132,7 @@ static void row_tile_avx512(const float *x, const int32_t *off, const float *val
         dst = acc;
         stream = 0;
     }
-    for (int i = 0; i < V; i++) {
+    UNROLL for (int i = 0; i < V; i++) {
         __m512 v = _mm512_add_ps(a[i], b);
         if (res) v = _mm512_add_ps(v, _mm512_loadu_ps(res + 16 * i));
         if (act == ACT_RELU) v = _mm512_max_ps(v, zero);
@@ -139,14 +146,14 @@ __attribute__((target("avx2,fma")))
 static void row_tile_avx2(const float *x, const int32_t *off, const float *val, int n, float *acc,
                           float *dst, const float *res, float bias, int act, int stream) {
     __m256 a[TILE / 8];
-    for (int i = 0; i < TILE / 8; i++) a[i] = _mm256_setzero_ps();
+    UNROLL for (int i = 0; i < TILE / 8; i++) a[i] = _mm256_setzero_ps();
     for (int j = 0; j < n; j++) {
         const __m256 w = _mm256_set1_ps(val[j]);
         const float *p = x + off[j];
-        for (int i = 0; i < TILE / 8; i++) a[i] = _mm256_fmadd_ps(w, _mm256_loadu_ps(p + 8 * i), a[i]);
+        UNROLL for (int i = 0; i < TILE / 8; i++) a[i] = _mm256_fmadd_ps(w, _mm256_loadu_ps(p + 8 * i), a[i]);
     }
     if (!dst && act < 0) {
-        for (int i = 0; i < TILE / 8; i++) _mm256_storeu_ps(acc + 8 * i, a[i]);
+        UNROLL for (int i = 0; i < TILE / 8; i++) _mm256_storeu_ps(acc + 8 * i, a[i]);
         return;
     }
     const __m256 b = _mm256_set1_ps(bias), zero = _mm256_setzero_ps();
@@ -154,7 +161,7 @@ static void row_tile_avx2(const float *x, const int32_t *off, const float *val, 
         dst = acc;
         stream = 0;
     }
-    for (int i = 0; i < TILE / 8; i++) {
+    UNROLL for (int i = 0; i < TILE / 8; i++) {
         __m256 v = _mm256_add_ps(a[i], b);
         if (res) v = _mm256_add_ps(v, _mm256_loadu_ps(res + 8 * i));
         if (act == ACT_RELU) v = _mm256_max_ps(v, zero);
@@ -356,36 +363,56 @@ void spconv_run(const float *x, int64_t x_stride, int images, const int32_t *row
  * at the top and left (and as needed at the bottom and right), for the first `phases` phases a * s + b only (the
  * ones some weight reads: a 1x1 stride-2 layer reads phase 0 alone); each image's block is out_stride floats, its
  * tail (slack) zeroed. x: c planes of h x w per image, x_plane floats apart, images x_stride floats apart. */
+static void prepare_row(const float *src, float *drow, int r, int h, int w, int s, int b, int pl, int wq) {
+    if (r < 0 || r >= h) { memset(drow, 0, sizeof(float) * wq); return; }
+    const float *srow = src + (int64_t)r * w;
+    if (s == 1) {
+        int j = 0;
+        for (; j < wq && j - pl < 0; j++) drow[j] = 0.0f;
+        const int last = (w + pl < wq ? w + pl : wq);
+        if (last > j) { memcpy(drow + j, srow + (j - pl), sizeof(float) * (last - j)); j = last; }
+        for (; j < wq; j++) drow[j] = 0.0f;
+    } else {
+        for (int j = 0; j < wq; j++) {
+            const int col = b + s * j - pl;
+            drow[j] = (col >= 0 && col < w) ? srow[col] : 0.0f;
+        }
+    }
+}
+
+static int prepare_by_rows = 1;
+
+/* Whether spconv_prepare may split by rows (1, the default) or always by channels (0; for the bench); returns the
+ * setting before. */
+int spconv_prepare_by_rows(int on) {
+    const int before = prepare_by_rows;
+    prepare_by_rows = on;
+    return before;
+}
+
 void spconv_prepare(const float *x, int64_t x_stride, int64_t x_plane, int images, int c, int h, int w, int s,
                     int pt, int pl, int hq, int wq, int phases, float *out, int64_t out_stride, int threads) {
     const int64_t plane = (int64_t)hq * wq;
     const int64_t used = (int64_t)phases * c * plane;
+    /* Rows of a cache line or more: split by rows (every channel of a row range to one thread), as spconv_run splits
+     * its grid by tiles, so the rows a thread prepares are mostly the ones its tiles read next, from its own core's
+     * cache (bench/sparse_kernels.py measures it against the split by channels). Narrower rows: by channels (threads
+     * splitting rows narrower than a cache line would write the same lines). */
+    const int by_rows = wq >= 16 && prepare_by_rows;
+    const int64_t jobs = (int64_t)images * (by_rows ? hq : c);
 #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t job = 0; job < (int64_t)images * c; job++) {
-        const int n = (int)(job / c), ci = (int)(job % c);
-        const float *src = x + n * x_stride + (int64_t)ci * x_plane;
+    for (int64_t job = 0; job < jobs; job++) {
+        const int n = (int)(by_rows ? job / hq : job / c);
+        const int i0 = by_rows ? (int)(job % hq) : 0, i1 = by_rows ? i0 + 1 : hq;
+        const int c0 = by_rows ? 0 : (int)(job % c), c1 = by_rows ? c : c0 + 1;
         for (int a = 0; a < s; a++)
             for (int b = 0; b < s; b++) {
                 if (a * s + b >= phases) continue;
-                float *dst = out + n * out_stride + ((int64_t)(a * s + b) * c + ci) * plane;
-                for (int i = 0; i < hq; i++) {
-                    const int r = a + s * i - pt;
-                    float *drow = dst + (int64_t)i * wq;
-                    if (r < 0 || r >= h) { memset(drow, 0, sizeof(float) * wq); continue; }
-                    const float *srow = src + (int64_t)r * w;
-                    if (s == 1) {
-                        int j = 0;
-                        for (; j < wq && j - pl < 0; j++) drow[j] = 0.0f;
-                        const int last = (w + pl < wq ? w + pl : wq);
-                        if (last > j) { memcpy(drow + j, srow + (j - pl), sizeof(float) * (last - j)); j = last; }
-                        for (; j < wq; j++) drow[j] = 0.0f;
-                    } else {
-                        for (int j = 0; j < wq; j++) {
-                            const int col = b + s * j - pl;
-                            drow[j] = (col >= 0 && col < w) ? srow[col] : 0.0f;
-                        }
-                    }
-                }
+                float *dst = out + n * out_stride + (int64_t)(a * s + b) * c * plane;
+                for (int ci = c0; ci < c1; ci++)
+                    for (int i = i0; i < i1; i++)
+                        prepare_row(x + n * x_stride + (int64_t)ci * x_plane, dst + ci * plane + (int64_t)i * wq,
+                                    a + s * i - pt, h, w, s, b, pl, wq);
             }
     }
     for (int n = 0; n < images; n++) memset(out + n * out_stride + used, 0, sizeof(float) * (out_stride - used));
