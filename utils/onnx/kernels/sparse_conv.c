@@ -421,34 +421,44 @@ void spconv_prepare(const float *x, int64_t x_stride, int64_t x_plane, int image
 /* ONNX/torch MaxPool: y[n, c, oh, ow] = max of x[n, c] over the window at (oh * s - pt, ow * s - pl) of kh x kw,
  * positions outside the input skipped (padding is -inf); every window holds one input position at least (the
  * caller's ho, wo guarantee it). Planes x_plane / y_plane floats apart, images x_stride / y_stride. Per output row:
- * the rows' elementwise maximum first (contiguous, vectorised), then the windows along it. */
+ * the rows' elementwise maximum first, into a row buffer with -inf on both sides (the padding), then each window
+ * offset k in turn over all the outputs of the row: fixed-stride loops the compiler vectorises (written per window
+ * position, with a branch per edge, it ran at 3 GB/s). NaN wins, as in torch. */
+static inline float max_nan(float m, float v) { return (v > m || v != v) ? v : m; }
+
 __attribute__((target_clones("avx512f", "avx2", "default")))
 void spconv_maxpool(const float *x, int64_t x_stride, int64_t x_plane, int images, int channels, int h, int w,
                     int kh, int kw, int s, int pt, int pl, int ho, int wo, float *y, int64_t y_stride,
                     int64_t y_plane, int threads) {
     const int64_t planes = (int64_t)images * channels;
+    /* the padded row: pl values of -inf, the row, then -inf up to the last window's end */
+    const int span = (wo - 1) * s + kw > pl + w ? (wo - 1) * s + kw : pl + w;
 #pragma omp parallel num_threads(threads)
     {
-        float *row = malloc(sizeof(float) * (w > 0 ? w : 1));
+        float *row = malloc(sizeof(float) * (span > 0 ? span : 1));
+        for (int j = 0; j < span; j++) row[j] = -INFINITY;
 #pragma omp for schedule(static)
         for (int64_t p = 0; p < planes; p++) {
             const float *xp = x + (p / channels) * x_stride + (p % channels) * x_plane;
             float *yp = y + (p / channels) * y_stride + (p % channels) * y_plane;
+            float *body = row + pl;
             for (int oh = 0; oh < ho; oh++) {
                 const int r0 = oh * s - pt;
                 const int r_lo = r0 < 0 ? 0 : r0, r_hi = r0 + kh < h ? r0 + kh : h;
-                memcpy(row, xp + (int64_t)r_lo * w, sizeof(float) * w);
+                memcpy(body, xp + (int64_t)r_lo * w, sizeof(float) * w);
                 for (int r = r_lo + 1; r < r_hi; r++) {
                     const float *xr = xp + (int64_t)r * w;
-                    /* NaN wins, as in torch */
-                    for (int j = 0; j < w; j++) row[j] = (xr[j] > row[j] || xr[j] != xr[j]) ? xr[j] : row[j];
+                    for (int j = 0; j < w; j++) body[j] = max_nan(body[j], xr[j]);
                 }
-                for (int ow = 0; ow < wo; ow++) {
-                    const int c0 = ow * s - pl;
-                    const int c_lo = c0 < 0 ? 0 : c0, c_hi = c0 + kw < w ? c0 + kw : w;
-                    float m = row[c_lo];
-                    for (int j = c_lo + 1; j < c_hi; j++) m = (row[j] > m || row[j] != row[j]) ? row[j] : m;
-                    yp[(int64_t)oh * wo + ow] = m;
+                float *yr = yp + (int64_t)oh * wo;
+                if (s == 2) {           /* the common stride, as a constant: contiguous pairs the compiler shuffles */
+                    for (int ow = 0; ow < wo; ow++) yr[ow] = row[2 * ow];
+                    for (int k = 1; k < kw; k++)
+                        for (int ow = 0; ow < wo; ow++) yr[ow] = max_nan(yr[ow], row[2 * ow + k]);
+                } else {
+                    for (int ow = 0; ow < wo; ow++) yr[ow] = row[ow * s];
+                    for (int k = 1; k < kw; k++)
+                        for (int ow = 0; ow < wo; ow++) yr[ow] = max_nan(yr[ow], row[ow * s + k]);
                 }
             }
         }
