@@ -14,13 +14,15 @@ matplotlib.use("Agg")
 
 
 def write_sparse_checkpoint(path: Path, *, sparsity: float = 0.8, seed: int = 0, num_classes: int = 7,
-                            **arch_kwargs) -> dict[str, torch.Tensor] | None:
-    """A seeded `resnet_small`, magnitude-pruned to `sparsity` (0: dense), saved natively at `path`; its masks."""
+                            method: str | None = None, **arch_kwargs) -> dict[str, torch.Tensor] | None:
+    """A seeded `resnet_small`, magnitude-pruned to `sparsity` (0: dense), saved natively at `path` (labelled with
+    its pruning `method` when given, as a pruning run labels its model.pt); its masks."""
     torch.manual_seed(seed)
     model = build_model("resnet_small", num_classes=num_classes, **arch_kwargs)
     masks = magnitude_prune_(model, sparsity) if sparsity else None
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_native_checkpoint(path, model, arch="resnet_small", arch_kwargs=arch_kwargs, masks=masks)
+    save_native_checkpoint(path, model, arch="resnet_small", arch_kwargs=arch_kwargs, masks=masks,
+                           extra={"method": method} if method else None)
     return masks
 
 

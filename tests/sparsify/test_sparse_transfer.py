@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -197,7 +198,7 @@ def test_bad_data_trees_give_clear_errors(tmp_path, capsys):
 
 def test_end_to_end_sparse_transfer_keeps_sparsity_and_writes_summary(tmp_path, capsys, make_sparse_checkpoint):
     data = write_tree(tmp_path / "flowers")
-    masks = make_sparse_checkpoint(tmp_path / "ck" / "sparse.pt", sparsity=0.8, num_classes=5)
+    masks = make_sparse_checkpoint(tmp_path / "ck" / "sparse.pt", sparsity=0.8, num_classes=5, method="GMP")
     make_sparse_checkpoint(tmp_path / "ck" / "dense.pt", sparsity=0.0, seed=1, num_classes=5)
     zoo = tmp_path / "zoo.yaml"
     zoo.write_text("models:\n"
@@ -231,6 +232,10 @@ def test_end_to_end_sparse_transfer_keeps_sparsity_and_writes_summary(tmp_path, 
     assert report.startswith(f"# Sparse transfer: small80 -> {data.name}\n") and saved["dataset"] == data.name
     assert "| ONNX int8 vs torch (" in report and "top-1 agreement" in report
     assert f"its row in `{out.parent / 'results.csv'}`" in report
+    # ... and the row's method is the upstream's (how its zeros were made), the transfer recipe in its own column
+    row = pd.read_csv(out.parent / "results.csv").iloc[0]
+    assert row["model"] == "GMP" and row["recipe"] == "configs/recipes/demo_sparse_transfer.yaml"
+    assert "- method: GMP (" in report and saved["method"] == "GMP"
     (out / "result.json").unlink()              # as if killed before the end: this command's flags in the line
     with pytest.raises(SystemExit):
         sparse_transfer.main(["--use-case", "ic", "--data", str(data), "--zoo", str(zoo), "--out", str(out)])

@@ -57,7 +57,7 @@ def load_data(upstream: Upstream, *, dataset: str, dataset_path: str | None, ima
         raise UserError(f"{model}, a {'detector' if detector else 'classifier'}, and the data {data!r} is a "
                         f"{'classification' if detector else 'detection'} dataset; detectors (yolov5*) train on YOLO "
                         "data (a data.yaml), classifiers on image datasets: give a checkpoint of the data's task")
-    inputs = InputSettings(image_size=image_size or upstream.model.default_input_size,
+    inputs = InputSettings(image_size=upstream.image_size(image_size),
                            interpolation=interpolation or upstream.interpolation,
                            normalization=upstream.normalization)
     if detector:

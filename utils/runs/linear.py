@@ -31,7 +31,7 @@ from utils.runs.dirs import (check_results_table, check_same_settings, environme
 from utils.runs.kinds import InputSettings, RunResult
 from utils.runs.options import LinearOptions
 from utils.runs.plan import checkpoint_label
-from utils.runs.setup import loader_workers, pick_device
+from utils.runs.setup import chosen_image_size, loader_workers, pick_device
 from utils.seed import epoch_seed, seed_everything
 from utils.sparsity import layer_sparsity, masks_from_zeros, measured_sparsity, sparse_layers
 
@@ -99,7 +99,9 @@ def load_frozen(path: str, *, flavour: str | None, normalization: str, image_siz
                   "arch": loaded.arch, "arch_kwargs": dict(loaded.arch_kwargs or {})}
     stats = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)} if normalization == "imagenet" \
         else loaded.normalization
-    inputs = InputSettings(image_size=image_size or loaded.model.default_input_size,
+    size, source = chosen_image_size(image_size, recorded=loaded.input_size, default=loaded.model.default_input_size)
+    log.info("image size %d px (%s)", size, source)
+    inputs = InputSettings(image_size=size,
                            interpolation=interpolation or loaded.interpolation, normalization=stats)
     return FrozenUpstream(loaded=loaded, checkpoint=checkpoint, inputs=inputs)
 

@@ -55,10 +55,27 @@ class Upstream:
     normalization: Any = "dataset"
     classes: list[str] | None = None         # the class names its head was trained on (native files)
     recipe: str | None = None                # the recipe text the file carries (SparseML files): --recipe checkpoint
+    input_size: int | None = None            # the checkpoint's image size (recorded by a run, else its flavour's)
+
+    def image_size(self, given: int | None) -> int:
+        """The size a run feeds this model: `given`, else the size the checkpoint records, else the architecture's
+        default; logged with where it came from (one rule for every command)."""
+        size, source = chosen_image_size(given, recorded=self.input_size, default=self.model.default_input_size)
+        log.info("image size %d px (%s)", size, source)
+        return size
 
     def describe(self) -> dict[str, Any]:
         """The upstream as config.yaml records it."""
         return {k: v for k, v in asdict(self).items() if k not in ("model", "classes", "recipe")}
+
+
+def chosen_image_size(given: int | None, *, recorded: int | None, default: int) -> tuple[int, str]:
+    """(size, where it came from): the user's, else the checkpoint's, else the architecture's."""
+    if given:
+        return given, "given"
+    if recorded:
+        return int(recorded), "the checkpoint's: the size it was trained at, or its flavour's; --image_size sets another"
+    return default, "the architecture's default"
 
 
 def load_upstream(*, checkpoint_path: str | None, flavour: str | None, arch: str | None,
@@ -70,7 +87,8 @@ def load_upstream(*, checkpoint_path: str | None, flavour: str | None, arch: str
                         flavour=loaded.flavour.name,
                         method=loaded.method,
                         interpolation=loaded.interpolation, normalization=loaded.normalization,
-                        classes=loaded.extra.get("classes"), recipe=loaded.recipe)
+                        classes=loaded.extra.get("classes"), recipe=loaded.recipe,
+                        input_size=loaded.input_size)
     if arch:
         return Upstream(model=build_model(arch, num_classes=1), arch=arch)
     raise UserError("give --from_checkpoint_path (fine-tune a checkpoint) or --arch (train from scratch)")

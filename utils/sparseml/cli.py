@@ -91,7 +91,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                    action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--loader-no-pin-memory", "--loader_no_pin_memory", dest="loader_pin_memory",
                    action="store_false")
-    _flag(p, "image_size", type=int, default=224)
+    _flag(p, "image_size", type=int, default=None,
+          help="input side (default: the size the checkpoint was trained at, as every command here; SparseML: 224)")
     _flag(p, "use_mixed_precision", action="store_true")
     _flag(p, "logs_dir", default=None)
     _flag(p, "save_best_after", type=int, default=None)

@@ -50,7 +50,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--recipe-args", "--recipe_args", dest="recipe_args", default=None)
     p.add_argument("--epochs", type=int, default=None, help="with a recipe: its num_epochs")
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=16)
-    p.add_argument("--imgsz", "--img", "--img-size", dest="imgsz", type=int, default=640)
+    p.add_argument("--imgsz", "--img", "--img-size", dest="imgsz", type=int, default=None,
+                   help="input side (default: the size the checkpoint was trained at, as every command here; "
+                        "YOLOv5: 640)")
     p.add_argument("--device", default="")
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--project", default="runs/train")

@@ -227,7 +227,7 @@ def run_sparse_transfer(opts: SparseTransferOptions) -> dict[str, Any]:
         "sizes": deployment_sizes(export, dense_onnx),
         "latency": time_deployment(export, dense_onnx, samples, opts=opts, reference_label=label),
         "onnx_checks": {k: onnx_check(export[k]) for k in ("fp32", "int8") if k in export},
-        "dataset": result.record["dset"], "run_dir": str(run_dir),
+        "dataset": result.record["dset"], "method": result.record["model"], "run_dir": str(run_dir),
         "results_csv": str(run_dir.parent / "results.csv"),
     }
     if "accuracy" in summary and (note := chance_note(summary["accuracy"], data.num_classes)):
@@ -271,7 +271,7 @@ def transfer(opts: SparseTransferOptions, *, case: UseCase, chosen: ZooEntry, re
         recipe_args=opts.recipe_args, experiment_root_path=str(run_dir.parent), exp_name=run_dir.name,
         batch_size=opts.batch_size, accumulate_steps=opts.accumulate_steps, image_size=opts.image_size,
         workers=opts.workers, seed=opts.seed, cpu=opts.cpu,
-        resume=opts.resume, progress=opts.progress, model_label=f"sparse transfer (optim {opts.optim_level:g})"))
+        resume=opts.resume, progress=opts.progress))    # results' method: the upstream's (or the recipe's pruning)
     if result.input is None or "loaded_sparsity" not in result.record:
         raise UserError(f"{run_dir} was recorded by an older version of this code, which did not keep the run's "
                         "input settings; choose another --out to run the transfer again")
@@ -294,6 +294,8 @@ def summary_markdown(s: dict[str, Any]) -> str:
     lines = [f"# Sparse transfer: {s['model']['name']} -> {s.get('dataset', Path(s['data']).name)}", "",
              f"- use case: {s['use_case']}; optim-level {s['optim_level']:g}: {s['target']}",
              f"- upstream: `{s['model']['path']}` ({s['model']['arch']}, sparsity {s['upstream_sparsity']:.4f})",
+             *([f"- method: {s['method']} (results.csv's `model`: the upstream's, or the pruning its recipe applied)"]
+               if "method" in s else []),
              f"- recipe: `{s['recipe']}`" + (f" with `{s['recipe_args']}`" if s["recipe_args"] else ""),
              *[f"- note: {n}" for n in s["notes"]], "",
              "| metric | value |", "|---|---|",
