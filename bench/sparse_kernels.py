@@ -169,7 +169,8 @@ def main() -> None:
             default.spconv_prepare_by_rows(1)
             totals[0] += rows_ms * shape[5]
             totals[1] += channels_ms * shape[5]
-            print(f"  {name(shape):36} rows {rows_ms:8.3f}  channels {channels_ms:8.3f}  ({channels_ms / rows_ms:.2f}x)")
+            print(f"  {name(shape):36} rows {rows_ms:8.3f}  channels {channels_ms:8.3f}  "
+                  f"({channels_ms / rows_ms:.2f}x)")
         print(f"  {'ResNet-50, these layers (ms per pass)':36} rows {totals[0]:8.2f}  channels {totals[1]:8.2f}  "
               f"({totals[1] / totals[0]:.2f}x)")
 

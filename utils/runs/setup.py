@@ -74,7 +74,7 @@ def chosen_image_size(given: int | None, *, recorded: int | None, default: int) 
     if given:
         return given, "given"
     if recorded:
-        return int(recorded), "the checkpoint's: the size it was trained at, or its flavour's; --image_size sets another"
+        return int(recorded), "the checkpoint's: the size it trained at, or its flavour's; --image_size sets another"
     return default, "the architecture's default"
 
 
