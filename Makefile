@@ -8,10 +8,13 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt
+# requirements.txt, then this checkout itself (pyproject.toml), editable: its packages import from anywhere and
+# SparseML's command names (sparseml.image_classification.train, ...) land in $(VENV)/bin.
+$(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install -qq --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
 # The sparse engine's compiled kernels (utils/onnx/kernels): plain C with OpenMP, AVX-512 / AVX2 chosen at run time.
@@ -56,15 +59,10 @@ bench: venv kernels
 	$(PY) bench/sparse_kernels.py
 	$(PY) bench/detect.py
 
-# SparseML's command names on the venv's PATH: sparseml.image_classification.train ARGS,
-# sparseml.pytorch_vision train ARGS and sparseml.yolov5.train ARGS (= python -m utils.sparseml ...).
+# SparseML's command names are console scripts of the package (pyproject.toml), installed by `make venv`;
+# this lists them (it used to write them).
 sparseml-commands: venv
-	@for cmd in image_classification.train image_classification.export_onnx pytorch_vision yolov5.train \
-	    yolov5.export_onnx; do \
-	  f=$(VENV)/bin/sparseml.$$cmd; words=$$(echo $$cmd | sed 's/^yolov5\./yolov5 /'); \
-	  { echo '#!/bin/sh'; \
-	    echo 'PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" exec "$(abspath $(PY))" -m utils.sparseml '"$$words"' "$$@"'; \
-	  } > $$f; chmod +x $$f; echo "$$f"; done
+	@ls $(VENV)/bin/sparseml.*
 
 clean-demo:
 	rm -rf experiments/demo experiments/demo_* experiments/demo_detection

@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--normalization", choices=["imagenet", "checkpoint"], default="imagenet",
                    help="input statistics: ImageNet's (the study) or the checkpoint's")
     o.add_argument("--interpolation", choices=["bilinear", "bicubic"], help="override the flavour's resize")
-    o.add_argument("--image_size", type=int, help="input size (default: the model's)")
+    o.add_argument("--image_size", type=int,
+                   help="input size (default: the size the checkpoint was trained at, else the model's)")
     o.add_argument("--max_train_samples", type=int, help="use a seeded subset of the train split")
     o.add_argument("--extract_batch_size", type=int, default=64, help="images per extraction batch")
     o.add_argument("--workers", type=int, default=4, help="data loader worker processes")

@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--accumulate_steps", type=int,
                    help="gradient accumulation: one optimizer step per N batches (their mean gradient; the batch "
                         "the optimizer sees is N x --batch_size). Default: the trainer config's")
-    o.add_argument("--image_size", type=int, help="input size (default: the model's)")
+    o.add_argument("--image_size", type=int,
+                   help="input size (default: the size the checkpoint was trained at, else the model's)")
     o.add_argument("--max_train_samples", type=int, help="use a seeded subset of the train split")
     o.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"], default="fp32",
                    help="autocast precision of forward/backward (bf16: CPUs with AVX-512 BF16/AMX and recent GPUs; fp16: "

@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, help="override the trainer config's batch size")
     p.add_argument("--accumulate_steps", type=int, help="one optimizer step per N batches (their mean gradient; "
                                                          "default: the trainer config's)")
-    p.add_argument("--image_size", type=int, help="input size (default: the model's)")
+    p.add_argument("--image_size", type=int,
+                   help="input size (default: the size the checkpoint was trained at, else the model's)")
     p.add_argument("--workers", type=int, default=4, help="data loader worker processes")
     p.add_argument("--seed", type=int, default=0, help="seed for everything random")
     p.add_argument("--cpu", action="store_true", help="train on CPU even when CUDA is present")

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from tqdm.auto import tqdm
+from tqdm import tqdm     # not tqdm.auto: in a notebook without ipywidgets it warns at import
 
 from policies.base import Policy, TrainState
 from utils.cli import bars_on
@@ -66,7 +66,8 @@ class ProgressBar(Policy):
 
     def on_epoch_end(self, state: TrainState) -> None:
         self._batches.close()
-        shown = {k: round(v, 4) for k, v in state.metrics.items() if k in ("train_loss", "train_acc", "test_acc")}
+        shown = {k: round(v, 4) for k, v in state.metrics.items()
+                 if k in ("train_loss", "train_acc", "test_acc", "map", "map50")}     # a detector's score: mAP
         self._epochs.set_postfix(shown)
         self._epochs.update(1)
         if self.enabled and not self.bars:

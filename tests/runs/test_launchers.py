@@ -110,3 +110,23 @@ def test_a_checkpoint_path_with_spaces_runs_end_to_end(tmp_path, make_sparse_che
     rows = list(csv.DictReader(open(tmp_path / "exp" / "results.csv")))
     assert len(rows) == 1 and rows[0]["checkpoint"] == str(ckpt) and rows[0]["flavour"] == "native"
     assert (tmp_path / "exp" / "synthetic_gmp 50_seed1" / "result.json").exists()
+
+
+def test_the_onnxruntime_linear_launcher_takes_a_gpu_argument_like_the_others(tmp_path, make_sparse_checkpoint):
+    """Issue 27 item 8: `... GPU DATASET DATA_PATH` as every launcher (the head trains there, the backbone runs in
+    ONNX Runtime), and the old `DATASET DATA_PATH` still works; its environment variables are honoured."""
+    up = tmp_path / "up.pt"
+    make_sparse_checkpoint(up, sparsity=0.5, num_classes=3)
+    trainer = tmp_path / "sgd.yaml"
+    trainer.write_text("epochs: 1\nbatch_size: 16\noptimizer: {name: sgd, lr: 0.01}\nschedule: {name: constant}\n")
+    env = {**os.environ, "CHECKPOINTS": str(up), "SEEDS": "3", "EXPERIMENT_ROOT": str(tmp_path / "exp"),
+           "FEATURES_CACHE": str(tmp_path / "cache"), "TRAINING_CONFIG": str(trainer), "PYTHON": sys.executable}
+    script = str(REPO / "run_dataset_generalize_linear_finetuning_onnxruntime.sh")
+    flags = ["--image_size", "16", "--workers", "0", "--no_progress", "--max_train_samples", "32"]
+    for head in (["cpu", "synthetic", "-"], ["synthetic", "-"]):
+        out = subprocess.run([script, *head, *flags], env=env, capture_output=True, text=True, cwd=tmp_path)
+        assert out.returncode == 0, out.stdout + out.stderr
+    (row,) = csv.DictReader(open(tmp_path / "exp" / "results.csv"))     # the second call found the run finished
+    assert row["solver"] == "sgd" and row["seed"] == "3" and row["dset"] == "synthetic"
+    usage = subprocess.run([script, "cpu"], capture_output=True, text=True)
+    assert usage.returncode == 2 and "[GPU] DATASET DATA_PATH" in usage.stderr

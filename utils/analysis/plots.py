@@ -7,6 +7,7 @@ itself once `%matplotlib inline` is active.
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +23,41 @@ from utils.errors import UserError
 from utils.io import atomic_write
 
 ACC_LABEL = "Top-1 accuracy (%)"
+MAP_LABEL = "mAP@0.5:0.95 (%)"
 SPARSITY_LABEL = "Sparsity (%)"
 _PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
             "#17becf", "#bcbd22", "#7f7f7f"]
+# one marker per method besides its colour, and each method's points shifted a little along the sparsity axis:
+# two methods at one sparsity with close scores (your runs beside the paper's) both stay visible
+_MARKERS = ["o", "s", "D", "^", "v", "P", "X", "<", ">", "h"]
+DODGE_PCT = 0.35
+
+
+def score_title(arch: str) -> str:
+    """What the score column holds for an architecture: a detector's (YOLO) rows carry COCO mAP, the others top-1
+    accuracy."""
+    return MAP_LABEL if arch.lower().startswith("yolo") else ACC_LABEL
+
+
+def score_label(data: pd.DataFrame) -> str:
+    """The label of the rows' score: mAP for detection rows (results.csv's task column; without one, detector
+    architectures), else top-1 accuracy."""
+    tasks = set(data["task"].dropna()) - {""} if "task" in data.columns else set()
+    if tasks:
+        return MAP_LABEL if tasks == {"detection"} else ACC_LABEL
+    archs = set(data["arch"])
+    return MAP_LABEL if archs and all(score_title(a) == MAP_LABEL for a in archs) else ACC_LABEL
+
+
+def _score_word(data: pd.DataFrame) -> str:
+    return "mAP" if score_label(data) == MAP_LABEL else "accuracy"
+
+
+def _wrapped(text: str, *, width_in: float, fontsize: float) -> str:
+    """`text` broken into lines that fit `width_in` inches at `fontsize` points (an average glyph is about 0.6 of
+    the font size wide): a long title on a narrow figure wraps instead of leaving the canvas."""
+    chars = max(12, int(width_in * 72 / (0.6 * fontsize)))
+    return "\n".join(textwrap.wrap(text, chars)) or text
 
 
 def method_colors(data: pd.DataFrame, *, dense: str = DENSE) -> dict[str, str]:
@@ -38,11 +71,15 @@ def _title(finetuning: str) -> str:
     return FINETUNING_TITLES.get(finetuning, f"{finetuning} fine-tuning")
 
 
-def _legend(fig: Figure, methods: list[str], colors: dict[str, str], *, dense: str, dense_label: str) -> None:
+def _legend(fig: Figure, methods: list[str], colors: dict[str, str], markers: dict[str, str], *, dense: str,
+            dense_label: str) -> None:
     handles = [Line2D([], [], color=colors[m], ls="--" if m == dense else "-",
-                      marker=None if m == dense else "o", label=dense_label if m == dense else m)
+                      marker=None if m == dense else markers[m], label=dense_label if m == dense else m)
                for m in methods]
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 8), frameon=False)
+    # as many columns as the figure's width holds (a legend wider than the canvas is cut off)
+    longest = max((len(h.get_label()) for h in handles), default=1)
+    fits = max(1, int(fig.get_figwidth() * 72 / (0.6 * 10 * (longest + 5))))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 8, fits), frameon=False)
 
 
 def _sparsity_ticks(ax, sparsities_pct: list[float]) -> None:
@@ -64,19 +101,27 @@ def _dense_line(ax, rows: pd.DataFrame, color: str) -> None:
         ax.axhspan(mean - std, mean + std, color=color, alpha=0.10, lw=0, zorder=0)
 
 
-def _method_lines(ax, part: pd.DataFrame, colors: dict[str, str], *, dense: str) -> None:
-    for method in method_order(part, dense=dense):
-        if method == dense:
-            continue
+def method_markers(data: pd.DataFrame, *, dense: str = DENSE) -> dict[str, str]:
+    """A fixed marker per method (the colours' order), so every figure of one data set agrees."""
+    others = [m for m in method_order(summarize(data), dense=dense) if m != dense]
+    return {m: _MARKERS[i % len(_MARKERS)] for i, m in enumerate(others)}
+
+
+def _method_lines(ax, part: pd.DataFrame, colors: dict[str, str], markers: dict[str, str], *, dense: str) -> None:
+    methods = [m for m in method_order(part, dense=dense) if m != dense]
+    for i, method in enumerate(methods):
         rows = part[part["method"] == method].sort_values("sparsity")
-        ax.errorbar(100 * rows["sparsity"], 100 * rows["val_acc_mean"], yerr=100 * rows["val_acc_std"].fillna(0),
-                    color=colors[method], marker="o", ms=4, lw=1.5, capsize=3, label=method)
+        dodge = DODGE_PCT * (i - (len(methods) - 1) / 2)
+        ax.errorbar(100 * rows["sparsity"] + dodge, 100 * rows["val_acc_mean"],
+                    yerr=100 * rows["val_acc_std"].fillna(0), color=colors[method], marker=markers[method], ms=4.5,
+                    mec="white", mew=0.6, lw=1.5, capsize=3, label=method, zorder=2 + i)
 
 
 def plot_accuracy_vs_sparsity(data: pd.DataFrame, *, finetuning: str, arch: str, dense: str = DENSE) -> Figure:
     """One panel per dataset (4 columns): accuracy vs sparsity per method, Dense dashed, std error bars."""
     part = select(data, finetuning=finetuning, arch=arch)
     colors, datasets = method_colors(data, dense=dense), dataset_order(part)
+    markers, label = method_markers(data, dense=dense), score_label(part)
     ncols = min(4, len(datasets))
     nrows = math.ceil(len(datasets) / ncols)
     fig = Figure(figsize=(4.2 * ncols, 3.1 * nrows + 1.2), layout="constrained")
@@ -85,20 +130,21 @@ def plot_accuracy_vs_sparsity(data: pd.DataFrame, *, finetuning: str, arch: str,
     for i, (ax, name) in enumerate(zip(axes, datasets)):
         rows = part[part["dataset"] == name]
         _dense_line(ax, rows[rows["method"] == dense], colors[dense])
-        _method_lines(ax, rows, colors, dense=dense)
-        ax.set_title(name, fontsize=11)
+        _method_lines(ax, rows, colors, markers, dense=dense)
+        ax.set_title(_wrapped(name, width_in=4.0, fontsize=11), fontsize=11)
         _sparsity_ticks(ax, sparse_pct)
         ax.grid(alpha=0.3)
         if i + ncols >= len(datasets):  # the lowest panel of its column
             ax.set_xlabel(SPARSITY_LABEL)
         if i % ncols == 0:
-            ax.set_ylabel(ACC_LABEL)
+            ax.set_ylabel(label)
     for ax in axes[len(datasets):]:
         ax.set_visible(False)
     low, high = part["n_seeds"].min(), part["n_seeds"].max()
     seeds = f"{low} seed" if low == high == 1 else f"mean ± std over {low if low == high else f'{low}–{high}'} seeds"
-    fig.suptitle(f"{_title(finetuning)}, {arch}: accuracy vs sparsity ({seeds})", fontsize=13)
-    _legend(fig, method_order(part, dense=dense), colors, dense=dense,
+    fig.suptitle(_wrapped(f"{_title(finetuning)}, {arch}: {_score_word(part)} vs sparsity ({seeds})",
+                          width_in=fig.get_figwidth(), fontsize=13), fontsize=13)
+    _legend(fig, method_order(part, dense=dense), colors, markers, dense=dense,
             dense_label=f"{dense} (band: ± std)" if high > 1 else dense)
     return fig
 
@@ -110,20 +156,25 @@ def plot_average_vs_sparsity(data: pd.DataFrame, *, arch: str, dense: str = DENS
     if avg.empty:
         raise UserError(f"no method of arch {arch!r} has results on every dataset; cannot average")
     modes = [m for m in dict.fromkeys([*FINETUNING_MODES, *avg["finetuning"]]) if m in set(avg["finetuning"])]
-    colors = method_colors(data, dense=dense)
+    colors, markers = method_colors(data, dense=dense), method_markers(data, dense=dense)
+    of_arch = summarize(data)
+    of_arch = of_arch[of_arch["arch"] == arch]
+    label = score_label(of_arch)
     fig = Figure(figsize=(6.2 * len(modes), 4.8), layout="constrained")
     axes = fig.subplots(1, len(modes), squeeze=False)[0]
     for ax, mode in zip(axes, modes):
         part = avg[avg["finetuning"] == mode].assign(val_acc_std=np.nan)
         _dense_line(ax, part[part["method"] == dense], colors[dense])
-        _method_lines(ax, part, colors, dense=dense)
-        ax.set_title(f"{_title(mode)} (mean of {int(part['n_datasets'].max())} datasets)")
+        _method_lines(ax, part, colors, markers, dense=dense)
+        count = int(part["n_datasets"].max())
+        ax.set_title(f"{_title(mode)} (mean of {count} dataset{'s' if count != 1 else ''})")
         ax.set_xlabel(SPARSITY_LABEL)
-        ax.set_ylabel(f"Mean {ACC_LABEL[0].lower()}{ACC_LABEL[1:]}")
+        ax.set_ylabel(f"Mean {label[0].lower()}{label[1:]}" if label == ACC_LABEL else f"Mean {label}")
         _sparsity_ticks(ax, [100 * s for s in part.loc[part["method"] != dense, "sparsity"]])
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{arch}: accuracy averaged over datasets vs sparsity", fontsize=13)
-    _legend(fig, method_order(avg, dense=dense), colors, dense=dense, dense_label=dense)
+    fig.suptitle(_wrapped(f"{arch}: {_score_word(of_arch)} averaged over datasets vs sparsity",
+                          width_in=fig.get_figwidth(), fontsize=13), fontsize=13)
+    _legend(fig, method_order(avg, dense=dense), colors, markers, dense=dense, dense_label=dense)
     return fig
 
 
@@ -150,11 +201,17 @@ def plot_delta_heatmap(data: pd.DataFrame, *, finetuning: str, arch: str, dense:
     if AVERAGE in delta.columns:
         ax.axvline(list(delta.columns).index(AVERAGE) - 0.5, color="black", lw=1.5)
     ticks = [t for t in (-100, -30, -10, -3, -1, 0, 1, 3, 10, 30, 100) if abs(t) <= limit]
-    bar = fig.colorbar(image, ax=ax, shrink=0.9, label="Accuracy minus Dense (points, symmetric log scale)")
+    word = "mAP" if score_label(select(data, finetuning=finetuning, arch=arch)) == MAP_LABEL else "Accuracy"
+    bar = fig.colorbar(image, ax=ax, shrink=0.9)
+    # along the bar: as many lines as its height needs
+    bar.set_label(_wrapped(f"{word} minus Dense (points, symmetric log scale)",
+                           width_in=0.9 * max(fig.get_figheight() - 1.6, 0.8), fontsize=10))
     bar.set_ticks(ticks, labels=[f"{t:+g}" if t else "0" for t in ticks])
     ax.set_xlabel("Dataset")
     ax.set_ylabel("Method @ sparsity")
-    ax.set_title(f"{_title(finetuning)}, {arch}: difference to Dense (points)")
+    # over the figure, not the axes: long row labels push the axes right, and a title centred on them left the canvas
+    fig.suptitle(_wrapped(f"{_title(finetuning)}, {arch}: difference to Dense (points)",
+                          width_in=fig.get_figwidth() - 0.3, fontsize=12), fontsize=12)
     return fig
 
 

@@ -7,8 +7,11 @@ from typing import Callable
 
 import pandas as pd
 
-from utils.analysis.plots import plot_accuracy_vs_sparsity, plot_average_vs_sparsity, plot_delta_heatmap, save_figure
-from utils.analysis.results import DENSE, find_duplicates, read_result_file, resolve_duplicates, result_files
+from utils.analysis.plots import (plot_accuracy_vs_sparsity, plot_average_vs_sparsity, plot_delta_heatmap, save_figure,
+                                  score_title)
+from utils.analysis.findings import findings_section
+from utils.analysis.results import (DENSE, find_duplicates, load_results, read_result_file, resolve_duplicates,
+                                    result_files)
 from utils.analysis.tables import (FINETUNING_TITLES, combos, delta_table, mean_rank, paper_table, rank_table, select,
                                    slug, summarize, to_latex, to_markdown)
 from utils.errors import UserError
@@ -36,8 +39,11 @@ def analyze_files(paths, out_dir: str | Path, *, duplicates: str = "first", figu
 
 
 def write_report(df: pd.DataFrame, out_dir: str | Path, *, figures: bool = True,
-                 extra_files: dict[str, str] | None = None, notes: list[str] | None = None) -> list[Path]:
-    """Write summary CSVs, per-(finetuning, arch) tables (Markdown, CSV, LaTeX) and figures; return the paths."""
+                 extra_files: dict[str, str] | None = None, notes: list[str] | None = None,
+                 findings: bool = True) -> list[Path]:
+    """Write summary CSVs, per-(finetuning, arch) tables (Markdown, CSV, LaTeX) and figures; return the paths.
+    `findings`: a 'What this shows' section first (the paper's two main findings checked on these results, the
+    paper's figures beside)."""
     out, written = Path(out_dir), []
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder; give --out a folder (new or existing)")
@@ -51,6 +57,8 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, *, figures: bool = True,
     for name, text in (extra_files or {}).items():
         write(name, text)
     md = ["# Transfer results", "", *(f"- {n}" for n in notes or []), ""]
+    if findings:
+        md += findings_section(df, paper=_paper_results())
     ranks = []
     for finetuning, arch in combos(summary):
         md += _combo_section(summary, write, finetuning=finetuning, arch=arch, ranks=ranks)
@@ -66,9 +74,13 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, *, figures: bool = True,
     return written
 
 
-def score_title(arch: str) -> str:
-    """What the score column holds: a detector's (YOLO) rows carry COCO mAP, the others top-1 accuracy."""
-    return "mAP@0.5:0.95 (%)" if arch.lower().startswith("yolo") else "Top-1 accuracy (%)"
+def _paper_results() -> pd.DataFrame | None:
+    """The paper's raw results (raw_results/), or None where they cannot be read (the findings then go without)."""
+    try:
+        return load_results()
+    except UserError as err:
+        log.warning("the paper's results are unavailable (%s): findings without the paper's figures", err)
+        return None
 
 
 def _combo_section(summary: pd.DataFrame, write: Callable[[str, str], None], *, finetuning: str, arch: str,

@@ -42,9 +42,11 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     if "val_acc_mean" in df.columns:
         return df
     check_tidy(df)
+    # a detector's score is mAP: the task (results.csv's column, absent from the paper's files) goes along
+    task = {"task": ("task", "first")} if "task" in df.columns else {}
     out = (df.groupby(GROUP_COLUMNS, sort=False)
            .agg(val_acc_mean=("val_acc", "mean"), val_acc_std=("val_acc", "std"),
-                n_seeds=("val_acc", "count"), seeds=("seed", lambda s: " ".join(map(str, sorted(s)))))
+                n_seeds=("val_acc", "count"), seeds=("seed", lambda s: " ".join(map(str, sorted(s)))), **task)
            .reset_index())
     ranks = {"finetuning": _positions([*FINETUNING_MODES, *dict.fromkeys(df["finetuning"])]),
              "arch": _positions([*ARCH_ORDER, *dict.fromkeys(df["arch"])]), "dataset": _positions(dataset_order(df)),

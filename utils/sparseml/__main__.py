@@ -5,8 +5,9 @@ python -m utils.sparseml yolov5 export ARGS                  (sparseml.yolov5.ex
 python -m utils.sparseml image_classification.export_onnx ARGS   (and pytorch_vision export ARGS)
 
 SparseML's training command lines, run as this project's full fine-tuning (main.py); the equivalent main.py
-command is logged first. `make sparseml-commands` puts `sparseml.image_classification.train` and
-`sparseml.pytorch_vision` on the virtual environment's PATH.
+command is logged first. `make` (pip install -e .) puts SparseML's command names on the virtual environment's PATH
+as console scripts: `sparseml.image_classification.train`, `sparseml.image_classification.export_onnx`,
+`sparseml.pytorch_vision`, `sparseml.yolov5.train` and `sparseml.yolov5.export_onnx`.
 """
 from __future__ import annotations
 
@@ -48,6 +49,32 @@ def main(argv: list[str] | None = None) -> dict:
     result = RUNS.get("full").run(opts)
     print(json.dumps(result.summary()))
     return result.record
+
+
+# the console scripts (pyproject.toml): each is `python -m utils.sparseml <its words> ARGS`; None, so the
+# wrapper's sys.exit() exits 0 (a user's mistake exits 2 with its line, from main)
+def image_classification_train() -> None:
+    main(["image_classification.train", *sys.argv[1:]])
+
+
+def image_classification_export_onnx() -> None:
+    main(["image_classification.export_onnx", *sys.argv[1:]])
+
+
+def pytorch_vision() -> None:
+    if sys.argv[1:] in ([], ["-h"], ["--help"]):
+        print("usage: sparseml.pytorch_vision {train,export} ARGS   (SparseML's scripts/pytorch_vision.py; "
+              "`sparseml.pytorch_vision train --help` lists the flags)")
+        return
+    main(["pytorch_vision", *sys.argv[1:]])
+
+
+def yolov5_train() -> None:
+    main(["yolov5", "train", *sys.argv[1:]])
+
+
+def yolov5_export_onnx() -> None:
+    main(["yolov5", "export_onnx", *sys.argv[1:]])
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from utils.cli import setup_logging
 from utils.deploy import describe_deployment
 from utils.errors import exit_on_user_error
 from utils.studies import load_study, run_studies
-from utils.studies.demo import (DEMO_STUDIES, DETECTION_STUDY, deploy_sparsest, format_table,
+from utils.studies.demo import (DEMO_STUDIES, DETECTION_STUDY, add_demo_sections, deploy_sparsest, format_table,
                                 prepare_detection_data, side_by_side)
 
 
@@ -47,12 +47,16 @@ def main(argv: list[str] | None = None) -> None:
         deployed[study] = deploy_sparsest(Path(load_study(study).experiment_root) / "results.csv", num_samples=16)
     for study in studies:
         root = Path(load_study(study).experiment_root)
+        table = side_by_side(root / "results.csv")
         print(f"\n{study}: transfer from the upstream models, side by side:")
-        print(format_table(side_by_side(root / "results.csv")))
+        print(format_table(table))
         print(f"results: {root / 'results.csv'}\nreport:  {root / 'report' / 'report.md'}")
-        if deployed.get(study):
+        lines = describe_deployment(deployed[study]) if deployed.get(study) else None
+        if lines:
             print(f"\nthe sparsest transferred detector, exported ({deployed[study]['checkpoint']}):")
-            print("\n".join(describe_deployment(deployed[study])))
+            print("\n".join(lines))
+        if (root / "report" / "report.md").is_file():
+            add_demo_sections(root / "report" / "report.md", table, lines)
     print(f"\ntook {time.perf_counter() - start:.0f} s")
 
 

@@ -19,7 +19,7 @@ import pandas as pd
 
 from utils.data.paste_yolo import make_paste_dataset
 from utils.deploy import add_latency_, deploy_checkpoint
-from utils.io import atomic_write_json, read_json
+from utils.io import atomic_write_json, atomic_write_text, read_json
 from utils.paths import STUDY_DIR
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,34 @@ def format_table(table: pd.DataFrame) -> str:
     lines.append("(test top-1 % -- for detection datasets COCO mAP@0.5:0.95 % --, mean over seeds; 'measured "
                  "sparsity' is the fine-tuned models' zeros, classifier excluded)")
     return "\n".join(lines)
+
+
+DEMO_SECTIONS = "<!-- make demo: the sections below are rewritten by each run of the demo -->"
+
+
+def side_by_side_markdown(table: pd.DataFrame) -> str:
+    """The side-by-side table as Markdown: rows method@sparsity, the measured sparsity with four decimals."""
+    rows = ["| model | " + " | ".join(table.columns) + " |", "|---|" + "---:|" * len(table.columns)]
+    for (model, sparsity), row in table.iterrows():
+        cells = ["–" if pd.isna(row[c]) else f"{row[c]:.4f}" if c == "measured sparsity" else f"{row[c]:.1f}"
+                 for c in table.columns]
+        rows.append(f"| {model}@{sparsity:.0%} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def add_demo_sections(report: Path, table: pd.DataFrame, deployment_lines: list[str] | None) -> None:
+    """Append to a demo study's report.md (replacing what an earlier demo appended) the side-by-side table with
+    the measured sparsity after fine-tuning and, for the detection leg, the exported detector's size, agreement
+    and latency: what the demo prints, kept in the report too."""
+    text = report.read_text(encoding="utf-8").split(DEMO_SECTIONS)[0].rstrip()
+    parts = [text, "", DEMO_SECTIONS, "", "## Full and linear transfer side by side, with the measured sparsity", "",
+             side_by_side_markdown(table), "",
+             "Test top-1 % (detection: COCO mAP@0.5:0.95 %), mean over seeds; 'measured sparsity': the fine-tuned "
+             "models' zeros, classifier excluded.", ""]
+    if deployment_lines:
+        parts += ["## The sparsest transferred detector, exported", "", *(f"- {line}" for line in deployment_lines),
+                  ""]
+    atomic_write_text(report, "\n".join(parts))
 
 
 def deploy_sparsest(results_csv: Path, *, latency: bool = True, **options: Any) -> dict[str, Any] | None:
