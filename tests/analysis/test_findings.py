@@ -32,7 +32,8 @@ def test_both_findings_hold_when_the_numbers_say_so(tmp_path):
     assert "**Full fine-tuning above linear probing** -- holds here" in text
     assert "on 2 of 2 dataset(s) (mean 95.1% vs 90.1%)" in text
     assert "the paper: full above linear on" in text                    # computed from raw_results/
-    assert "within about 1 point of Dense under full fine-tuning** -- holds here: AC/DC -0.5, GMP -0.2" in text
+    assert "within about 1 point of Dense under full fine-tuning** -- holds here: AC/DC -0.5 ± 0.2, GMP -0.2 ± 0.2" \
+        in text
     assert "; the paper: AC/DC" in text
     assert "Full fine-tuning: within noise of Dense on every dataset -- 80%: AC/DC, GMP; 90%: none." in text
     assert "Methods by mean rank here: GMP > AC/DC" in text
@@ -44,7 +45,19 @@ def test_the_verdicts_follow_the_numbers(tmp_path):
                                               gmp80_full=0.82), paper=None))
     assert "**Full fine-tuning above linear probing** -- does not hold here" in text
     assert "on 0 of 2 dataset(s)" in text and "; the paper:" not in text
-    assert "-- does not hold here: AC/DC -7.0, GMP -5.0 points" in text
+    assert "-- does not hold here: AC/DC -7.0 ± 0.2, GMP -5.0 ± 0.2 points" in text
+
+
+def test_a_difference_just_past_one_point_within_two_standard_errors_holds_within_noise(tmp_path):
+    """Seeds 2 points apart: 1.3 points down is not distinguishable from 1 point down."""
+    lines = ["dset,model,sparsity,seed,val_acc,finetuning,arch"]
+    for dset in ("digits", "shapes"):
+        for seed, shift in ((1, 0.0), (2, 0.02)):
+            lines += [f"{dset},Dense,0.0,{seed},{0.95 + shift:.4f},full,m",
+                      f"{dset},GMP,0.8,{seed},{0.937 + shift:.4f},full,m"]
+    (tmp_path / "r.csv").write_text("\n".join(lines) + "\n")
+    text = "\n".join(findings_section(load_results([tmp_path / "r.csv"])))
+    assert "-- holds within noise (a difference of 1 point is inside two standard errors) here: GMP -1.3 ± 2.0" in text
 
 
 def test_noise_needs_two_seeds_or_a_small_difference():

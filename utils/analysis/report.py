@@ -10,8 +10,8 @@ import pandas as pd
 from utils.analysis.plots import (plot_accuracy_vs_sparsity, plot_average_vs_sparsity, plot_delta_heatmap, save_figure,
                                   score_title)
 from utils.analysis.findings import findings_section
-from utils.analysis.results import (DENSE, find_duplicates, load_results, read_result_file, resolve_duplicates,
-                                    result_files)
+from utils.analysis.results import (DENSE, PAPER_RESULTS_DIR, find_duplicates, load_results, read_result_file,
+                                    resolve_duplicates, result_files)
 from utils.analysis.tables import (FINETUNING_TITLES, combos, delta_table, mean_rank, paper_table, rank_table, select,
                                    slug, summarize, to_latex, to_markdown)
 from utils.errors import UserError
@@ -75,9 +75,10 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, *, figures: bool = True,
 
 
 def _paper_results() -> pd.DataFrame | None:
-    """The paper's raw results (raw_results/), or None where they cannot be read (the findings then go without)."""
+    """The paper's ResNet-50 results (raw_results/; the findings compare with those), or None where they cannot be
+    read (the findings then go without)."""
     try:
-        return load_results()
+        return load_results([PAPER_RESULTS_DIR / f"{mode}_transfer_results.txt" for mode in ("full", "linear")])
     except UserError as err:
         log.warning("the paper's results are unavailable (%s): findings without the paper's figures", err)
         return None
