@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
-from typing import TypeVar
+from typing import Iterator, TypeVar
 
 from pydantic import BaseModel
 
@@ -22,6 +23,21 @@ def setup_logging(verbose: bool = False, *, quiet: bool = False) -> None:
     else:
         level = logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@contextlib.contextmanager
+def quietly(*names: str, level: int = logging.WARNING) -> Iterator[None]:
+    """These loggers say only messages of `level` and above inside the block: a command that reads the same data,
+    checkpoint or recipe a second time (to check it before training, or to sample it after) says so once."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.getEffectiveLevel(), level))
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def bars_on(progress: bool) -> bool:

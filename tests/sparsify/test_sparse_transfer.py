@@ -291,3 +291,26 @@ def test_with_model_the_log_names_it_not_the_zoos_choice(tmp_path, caplog, make_
         run_sparse_transfer(opts)
     assert f"--model {model}" in caplog.text and "optim-level 0.5: INT8 (QAT)" in caplog.text
     assert "largest" not in caplog.text
+
+
+def test_a_transfer_logs_its_data_checkpoint_and_recipe_once(tmp_path, caplog, make_sparse_checkpoint):
+    """Issue 27 item 12: the data was loaded and logged three times (checked, trained on, sampled for the export
+    check), the checkpoint's flavour detected three times, the recipe's shortening warned twice; a run directory's
+    model.pt is named by its folder in the run's name and the summary's title."""
+    import logging
+
+    data = write_tree(tmp_path / "flowers")
+    model = tmp_path / "gmp_80_abc" / "model.pt"
+    make_sparse_checkpoint(model, sparsity=0.8, num_classes=3, method="GMP")
+    with caplog.at_level(logging.INFO):
+        summary = sparse_transfer.main([
+            "--use-case", "ic", "--data", str(data), "--model", str(model), "--out", str(tmp_path / "run"),
+            "--recipe_args", '{"num_epochs": 2, "quantization_start_epoch": 1}', "--image_size", "16",
+            "--workers", "0", "--no_progress", "--latency_runs", "2", "--engine", "onnxruntime"])
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("dataset imagefolder" in m for m in messages) == 1, messages
+    assert sum("detected checkpoint flavour" in m for m in messages) <= 1, messages
+    shortened = [m for m in messages if "num_epochs 50 -> 2" in m]
+    assert len(shortened) == 1, messages
+    assert summary["model"]["name"] == "gmp_80_abc"
+    assert (tmp_path / "run" / "summary.md").read_text().startswith(f"# Sparse transfer: gmp_80_abc -> {data.name}")

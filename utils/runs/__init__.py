@@ -12,10 +12,11 @@ from utils.runs.full import run_full_finetuning
 from utils.runs.kinds import RUNS, InputSettings, RunKind, RunResult
 from utils.runs.linear import run_linear_finetuning
 from utils.runs.options import FullOptions, LinearOptions, RunOptions, TransferConfig
+from utils.runs.plan import checkpoint_label
 
 RUNS.add("full", RunKind("full", FullOptions, run_full_finetuning))
 RUNS.add("linear", RunKind("linear", LinearOptions, run_linear_finetuning,
                            cell_defaults=lambda root: {"features_cache": str(Path(root) / "features_cache")}))
 
 __all__ = ["RESULT_COLUMNS", "RUNS", "FullOptions", "InputSettings", "LinearOptions", "RunKind", "RunOptions",
-           "RunResult", "TransferConfig", "run_full_finetuning", "run_linear_finetuning"]
+           "RunResult", "TransferConfig", "checkpoint_label", "run_full_finetuning", "run_linear_finetuning"]

@@ -14,6 +14,7 @@ from pydantic import Field
 from models import build_model, model_task
 from policies.recipe import load_recipe
 from utils.checkpoints import load_checkpoint
+from utils.cli import quietly
 from utils.config import MIN_IMAGE_SIZE, StrictModel
 from utils.data import DatasetSplits, load_datasets, load_detection_datasets
 from utils.deploy import export_checkpoint, export_onnx
@@ -21,12 +22,15 @@ from utils.engines import available_engines, engines_latency_ms, missing
 from utils.errors import UserError
 from utils.io import atomic_write_json, atomic_write_text
 from utils.paths import RECIPE_DIR, TRAINER_DIR
-from utils.runs import RUNS, InputSettings, RunResult
+from utils.runs import RUNS, InputSettings, RunResult, checkpoint_label
 from utils.sparsify.optim import OptimTarget, Selection, optim_target, select_model
 from utils.sparsify.use_cases import UseCase, resolve_use_case
 from utils.sparsify.zoo import ZooEntry, backbone_params, default_zoo_path, load_zoo
 
 log = logging.getLogger(__name__)
+# what says "loaded ..." when data or a checkpoint is read: quiet when this command reads them a second time
+DATA_LOGGERS = ("utils.data", "utils.detection")
+CHECKPOINT_LOGGERS = ("utils.checkpoints",)
 
 
 DEFAULT_TRAINER = TRAINER_DIR / "study_full_lr001.yaml"   # with a recipe it only names the optimizer
@@ -78,7 +82,7 @@ def entry_from_checkpoint(path: str, flavour: str | None) -> ZooEntry:
         raise UserError(f"--model {path}: checkpoint not found")
     loaded = load_checkpoint(path, flavour=flavour)
     quantized = bool(loaded.extra.get("quantization"))
-    return ZooEntry(name=Path(path).stem, path=str(path), flavour=flavour, arch=loaded.arch,
+    return ZooEntry(name=checkpoint_label(path), path=str(path), flavour=flavour, arch=loaded.arch,
                     arch_kwargs=dict(loaded.arch_kwargs), sparsity=min(loaded.report.global_sparsity, 0.999999),
                     quantized=quantized, params=backbone_params(loaded.arch, dict(loaded.arch_kwargs)))
 
@@ -89,7 +93,9 @@ def choose_recipe(recipe: str | None, recipe_args: str | None, *, int8: bool,
     defaults = (RECIPE_DIR / case.recipes[0], RECIPE_DIR / case.recipes[1]) if case and case.recipes \
         else (RECIPE_INT8, RECIPE_FP32)
     path = recipe or str(defaults[0] if int8 else defaults[1])
-    has_qat = any(spec.type == "QuantizationModifier" for _, _, spec in load_recipe(path, recipe_args).modifiers)
+    # parsed now to fail early; the run parses it again and says what it set (its warnings too)
+    with quietly("policies.recipe", level=logging.ERROR):
+        has_qat = any(spec.type == "QuantizationModifier" for _, _, spec in load_recipe(path, recipe_args).modifiers)
     if has_qat == int8:
         return path, None
     what = "asks for INT8 but the recipe has no QuantizationModifier" if int8 else \
@@ -124,8 +130,9 @@ def export_dense_reference(ref: ZooEntry | None, chosen: ZooEntry, *, num_classe
 def sample_inputs(case: UseCase, data: str, inputs: InputSettings, *, count: int = 64) -> torch.Tensor:
     """The first `count` test images, transformed as the run evaluated them."""
     mean, std = inputs.mean_std()
-    splits = check_data(case, data, image_size=inputs.image_size, interpolation=inputs.interpolation, mean=mean,
-                        std=std, augment=False)     # a detector's val split is never augmented
+    with quietly(*DATA_LOGGERS):          # the run logged this data already
+        splits = check_data(case, data, image_size=inputs.image_size, interpolation=inputs.interpolation, mean=mean,
+                            std=std, augment=False)     # a detector's val split is never augmented
     return torch.stack([splits.test[i][0] for i in range(min(count, len(splits.test)))])
 
 
@@ -152,7 +159,8 @@ def pick_model(opts: SparseTransferOptions, target: OptimTarget,
                         "or pass --model CKPT")
     if opts.model is None:
         return select_model(entries, opts.optim_level, zoo_path=opts.zoo), entries
-    given = entry_from_checkpoint(opts.model, opts.flavour)
+    with quietly(*CHECKPOINT_LOGGERS):    # read for its architecture and sparsity; the run reads it and says so
+        given = entry_from_checkpoint(opts.model, opts.flavour)
     if model_task(given.arch) != case.task:
         raise UserError(f"--model {opts.model} is a {model_task(given.arch)} model ({given.arch}); the use case "
                         f"{case.name} needs a {case.task} model")
@@ -190,7 +198,8 @@ def run_sparse_transfer(opts: SparseTransferOptions) -> dict[str, Any]:
     """Select (or take) a model, fine-tune it with the recipe, export ONNX, time it; returns the summary."""
     case = resolve_use_case(opts.use_case)
     target = optim_target(opts.optim_level)
-    data = check_data(case, opts.data)
+    with quietly(*DATA_LOGGERS):          # checked before training; the run loads it and says what it found
+        data = check_data(case, opts.data)
     selection, entries = pick_model(opts, target, case)
     chosen, reference = selection.entry, dense_reference_entry(entries)
     for entry in filter(None, (chosen, reference)):   # fail now, not after training
@@ -212,8 +221,9 @@ def run_sparse_transfer(opts: SparseTransferOptions) -> dict[str, Any]:
                         "or choose another --out")
     result = transfer(opts, case=case, chosen=chosen, recipe=recipe, run_dir=run_dir)
     samples = sample_inputs(case, opts.data, result.input)
-    export = export_checkpoint(run_dir / "model.pt", run_dir / "export", image_size=result.input.image_size,
-                               inputs=samples)
+    with quietly(*CHECKPOINT_LOGGERS):    # the run's own model.pt, no news
+        export = export_checkpoint(run_dir / "model.pt", run_dir / "export", image_size=result.input.image_size,
+                                   inputs=samples)
     dense_onnx = run_dir / "export" / "dense_reference_fp32.onnx"
     label = export_dense_reference(reference, chosen, num_classes=data.num_classes, path=dense_onnx,
                                    image_size=result.input.image_size)
