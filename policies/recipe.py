@@ -159,12 +159,22 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _scaled_phase(value: float, old: float, new: float) -> float:
+    """`value` (a phase's epoch, of `old` epochs) scaled to `new` epochs, keeping a phase that runs from it to the end
+    at least one epoch long (or as long as it was, if shorter): in proportion alone, the seed-001 recipe's last 2 QAT
+    epochs of 52 became 0.08 of an epoch in a 2-epoch run, less than one optimizer step, and no INT8 came out."""
+    proportional = value * new / old
+    if value >= old:
+        return proportional
+    return max(0.0, min(proportional, new - min(old - value, 1.0)))
+
+
 def scaled_phases(variables: Mapping[str, Any], overrides: Mapping[str, Any], *, source: str) -> dict[str, float]:
     """A recipe shortened through num_epochs past one of its phases keeps them in proportion: when one of the other
     global variables named *_epoch / *_epochs, written as a plain number and not set by the overrides, would fall at
     or past the new end (the seed-001 recipe's quantization_start_epoch 50 with num_epochs 3: QAT never starts, and
     its modifiers would make the run 50 epochs long), all such variables within the old length are scaled by
-    new / old num_epochs, and logged. Otherwise the recipe runs as written, as SparseML runs it (the AC/DC recipe's
+    new / old num_epochs, a phase that ran to the end kept at least one epoch long (`_scaled_phase`), and logged. Otherwise the recipe runs as written, as SparseML runs it (the AC/DC recipe's
     fixed warm-up and QAT lengths, its phases written as eval(...) of num_epochs)."""
     old, new = variables.get("num_epochs"), overrides.get("num_epochs")
     if not (_number(old) and _number(new)) or old <= 0 or old == new:
@@ -174,7 +184,7 @@ def scaled_phases(variables: Mapping[str, Any], overrides: Mapping[str, Any], *,
               and _number(value) and 0 < value <= old}
     if not any(value >= new for value in phases.values()):
         return {}
-    scaled = {name: round(value * new / old, 6) for name, value in phases.items()}
+    scaled = {name: round(_scaled_phase(value, old, new), 6) for name, value in phases.items()}
     log.warning("%s: num_epochs %s -> %s puts %s at or past the end; scaled with it: %s (set them in --recipe_args "
                 "to choose otherwise)", source, old, new,
                 ", ".join(k for k, v in phases.items() if v >= new),

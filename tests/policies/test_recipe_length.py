@@ -15,11 +15,24 @@ def test_num_epochs_scales_the_phases_set_as_plain_numbers(caplog):
         recipe = load_recipe(YOLO, '{"num_epochs": 3}')
     v = recipe.variables
     assert v["num_epochs"] == 3 and abs(v["warmup_epochs"] - 2 * 3 / 52) < 1e-6
-    assert abs(v["quantization_start_epoch"] - 50 * 3 / 52) < 1e-6 < 3 - v["quantization_start_epoch"]
+    # QAT ran the last 2 of 52 epochs: in proportion 0.12 of an epoch, kept one whole epoch
+    assert v["quantization_start_epoch"] == 2
     assert "num_epochs 52 -> 3 puts quantization_start_epoch at or past the end; scaled with it: warmup_epochs 2 -> " \
-        "0.115385, quantization_start_epoch 50 -> 2.88462" in caplog.text
+        "0.115385, quantization_start_epoch 50 -> 2" in caplog.text
     _, epochs = build_recipe_policies(recipe, model=build_model("yolov5n", num_classes=2), steps_per_epoch=4)
     assert epochs == 3
+
+
+def test_a_short_run_still_gets_its_qat_phase_and_an_int8_model():
+    """`--recipe_args '{"num_epochs": 2}'` on the seed-001 recipe: in proportion QAT would start at epoch 1.92 of 2,
+    which a run of 5 optimizer steps an epoch rounds to its end (no QAT, no INT8); it starts at epoch 1 instead."""
+    recipe = load_recipe(YOLO, '{"num_epochs": 2}')
+    assert recipe.variables["quantization_start_epoch"] == 1
+    policies, epochs = build_recipe_policies(recipe, model=build_model("yolov5n", num_classes=2), steps_per_epoch=5)
+    qat = [p for p in policies if type(p).__name__ == "QuantizationModifier"]
+    assert epochs == 2 and len(qat) == 1 and qat[0].start_step == 5
+    one = load_recipe(YOLO, '{"num_epochs": 1}').variables
+    assert one["quantization_start_epoch"] == 0                # one epoch asked for: it is all QAT
 
 
 def test_a_recipe_whose_phases_fit_the_new_length_runs_as_written():
