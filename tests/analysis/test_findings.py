@@ -77,3 +77,9 @@ def test_the_report_starts_with_what_it_shows(tmp_path):
     write_report(results(tmp_path), tmp_path / "report", figures=False)
     report = (tmp_path / "report" / "report.md").read_text()
     assert report.index("## What this shows") < report.index("## Full fine-tuning, resnet_small")
+
+
+def test_results_without_dense_say_what_is_missing(tmp_path):
+    data = results(tmp_path)
+    text = "\n".join(findings_section(data[data["method"] != "Dense"]))
+    assert "## What this shows" in text and "have no `Dense` rows" in text and "--model_label Dense" in text

@@ -111,7 +111,10 @@ def findings_section(data: pd.DataFrame, *, paper: pd.DataFrame | None = None) -
     summary = summarize(data)
     archs = [a for a in dict.fromkeys(summary["arch"]) if _modes(summary, a)]
     if not archs:
-        return []
+        return ["## What this shows", "",
+                f"Nothing to weigh yet: the study's findings compare sparse against dense upstreams, and these results "
+                f"have no `{DENSE}` rows. Run the dense upstream on the same datasets and modes (its rows are labelled "
+                f"`{DENSE}`, or name them so with `--model_label {DENSE}`).", ""]
     lines = ["## What this shows", "",
              f"The paper's two main findings, checked on these results (the paper: {PAPER_ARCH} on its 12 datasets, "
              "3-5 seeds). 'Within noise' of Dense: the mean differs by at most "
