@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--out", help="output directory (default: next to the checkpoint, '<stem>_export')")
     p.add_argument("--flavour", "--checkpoint_flavour", dest="flavour",
                    help="checkpoint flavour (auto-detected when omitted)")
-    p.add_argument("--image_size", type=int, help="input side length (default: the model's)")
+    p.add_argument("--image_size", type=int, help="input side length (default: the size the checkpoint was trained at)")
     p.add_argument("--num_samples", type=int, default=64, help="random sample inputs for the comparison")
     p.add_argument("--latency", action="store_true", help="also time the ONNX files in ONNX Runtime (batch 1, "
                                                          "median of 20 alternating calls)")
