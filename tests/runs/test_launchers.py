@@ -13,10 +13,11 @@ def test_full_training_launcher_loops_isolates_failures_and_skips_done(tmp_path,
     env = {**os.environ, "CHECKPOINTS": f"{good} {tmp_path / 'missing.pth'}", "SEEDS": "1 2",
            "EXPERIMENT_ROOT": str(tmp_path / "exp"), "PYTHON": sys.executable}
     cmd = [str(REPO / "run_dataset_generalize_full_training_lr001.sh"), "cpu", "synthetic", "-",
-           "--epochs", "1", "--image_size", "16", "--workers", "0", "--no_progress"]
+           "--epochs", "1", "--image_size", "16", "--workers", "0", "--no_progress", "--max_train_samples", "32"]
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path)
     assert first.returncode != 0
     assert "2 run(s) failed" in first.stdout, first.stdout + first.stderr
+    assert f"error: checkpoint not found: {tmp_path / 'missing.pth'}" in first.stderr
     rows = list(csv.DictReader(open(tmp_path / "exp" / "results.csv")))
     assert sorted(r["seed"] for r in rows) == ["1", "2"]
     assert {r["sparsity"] for r in rows} == {"0.5"}

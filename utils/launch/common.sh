@@ -74,6 +74,10 @@ run_grid() {
     flavour=$(checkpoint_flavour "$entry")
     for seed in $seeds; do
       echo "== $ckpt | seed $seed"
+      if [[ ! -f "$ckpt" ]]; then   # said at once, without starting Python (seconds a run) to say it
+        echo "error: checkpoint not found: $ckpt (check CHECKPOINTS / CHECKPOINTS_FILE / CKPT_DIR)" >&2
+        echo "!! failed: $ckpt seed $seed (continuing)" >&2; failed=$((failed + 1)); continue
+      fi
       "$run_one" "$ckpt" "$flavour" "$seed" \
         || { echo "!! failed: $ckpt seed $seed (continuing)" >&2; failed=$((failed + 1)); }
     done
