@@ -48,7 +48,9 @@ demo: venv data kernels
 demo-detection: venv data kernels
 	$(PY) -m utils.studies --study configs/studies/demo_detection.yaml
 
+# style by check, not habit: ruff (line length, import order, pyflakes; pyproject.toml) before the suite
 test: venv data kernels
+	$(PY) -m ruff check --quiet .
 	$(PY) -m pytest
 
 bench: venv kernels

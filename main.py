@@ -56,9 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input size (default: the size the checkpoint was trained at, else the model's)")
     o.add_argument("--max_train_samples", type=int, help="use a seeded subset of the train split")
     o.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"], default="fp32",
-                   help="autocast precision of forward/backward (bf16: CPUs with AVX-512 BF16/AMX and recent GPUs; fp16: "
-                        "CUDA, with gradient scaling; auto: bf16 where a quick probe finds it faster, else fp32); "
-                        "weights stay fp32, masks exact")
+                   help="autocast precision of forward/backward (bf16: CPUs with AVX-512 BF16/AMX and recent GPUs; "
+                        "fp16: CUDA, with gradient scaling; auto: bf16 where a quick probe finds it faster, else "
+                        "fp32); weights stay fp32, masks exact")
     o.add_argument("--channels_last", action="store_true", help="NHWC memory order (faster convolutions on CPU)")
     o.add_argument("--compile", action="store_true", help="torch.compile the model (its first steps compile for "
                                                          "tens of seconds; pays off on long runs)")

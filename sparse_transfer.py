@@ -54,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue (or re-export) the run in --out")
     p.add_argument("--latency_batch_size", type=int, default=1, help="batch size of the latency comparison")
     p.add_argument("--latency_runs", type=int, default=20, help="timed calls per model and engine")
-    p.add_argument("--engine", help="inference engine of the summary: onnxruntime, openvino, sparse, deepsparse (default: "
-                                    "every installed one is timed and the fastest is used)")
+    p.add_argument("--engine", help="inference engine of the summary: onnxruntime, openvino, sparse, deepsparse "
+                                    "(default: every installed one is timed and the fastest is used)")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p

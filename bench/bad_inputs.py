@@ -26,7 +26,6 @@ from pathlib import Path
 from bad_inputs_cases import ROOT, Case, cases
 from bad_inputs_recent import recent_cases
 
-
 # -------------------------------------------------------------------------------- judging
 
 def judge(case: Case, out: subprocess.CompletedProcess, folder: Path) -> tuple[str, str]:

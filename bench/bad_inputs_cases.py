@@ -246,7 +246,8 @@ def cases() -> list[Case]:
     # --- checkpoints
     add(Case("checkpoint: random bytes", lambda d: main_py(d, src=(
         "--from_checkpoint_path", str(write(d / "r.pt", np.random.default_rng(0).bytes(4096))))), "r.pt"))
-    add(Case("checkpoint: zero bytes", lambda d: main_py(d, src=("--from_checkpoint_path", str(write(d / "z.pt", b"")))),
+    add(Case("checkpoint: zero bytes",
+             lambda d: main_py(d, src=("--from_checkpoint_path", str(write(d / "z.pt", b"")))),
              "z.pt"))
     add(Case("checkpoint: a text file", lambda d: main_py(d, src=(
         "--from_checkpoint_path", str(write(d / "t.pth", "hello")))), "t.pth"))

@@ -10,9 +10,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from bad_inputs_cases import (PY, ROOT, Case, _RunsCode, checkpoint, folders, image, linear_py, main_py,
-                              ran_once, recipe_file, results_rows, write)
+from bad_inputs_cases import (
+    PY,
+    ROOT,
+    Case,
+    _RunsCode,
+    checkpoint,
+    folders,
+    image,
+    linear_py,
+    main_py,
+    ran_once,
+    recipe_file,
+    results_rows,
+    write,
+)
 
 LR_ONLY = ("modifiers:\n  - !EpochRangeModifier\n    end_epoch: 1\n  - !SetLearningRateModifier\n"
            "    start_epoch: 0\n    learning_rate: 0.05\n")
@@ -35,7 +47,8 @@ def yolo_tree(root: Path, *, labels: bool = True, yaml_text: str | None = None) 
             image(root / "images" / split / f"{i}.png", size=32, seed=i)
             if labels:
                 write(root / "labels" / split / f"{i}.txt", f"{i % 2} 0.5 0.5 0.4 0.4\n")
-    text = yaml_text if yaml_text is not None else "path: .\ntrain: images/train\nval: images/val\nnc: 2\nnames: [a, b]\n"
+    default = "path: .\ntrain: images/train\nval: images/val\nnc: 2\nnames: [a, b]\n"
+    text = yaml_text if yaml_text is not None else default
     return str(write(root / "data.yaml", text))
 
 

@@ -26,15 +26,21 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import matmul_gflops  # noqa: E402
+
 from models import build_model, model_task  # noqa: E402
-from policies.quantization import (freeze_bn_stats_, load_qat_state_, prepare_qat_, quantizable_modules,  # noqa: E402
-                                   set_observers_)
+from policies.quantization import (  # noqa: E402
+    freeze_bn_stats_,
+    load_qat_state_,
+    prepare_qat_,
+    quantizable_modules,
+    set_observers_,
+)
 from utils.checkpoints import load_checkpoint  # noqa: E402
 from utils.deploy import compressed_size_report, export_onnx  # noqa: E402
 from utils.engines import ENGINES, load_engine, median_latency_ms, missing  # noqa: E402
 from utils.sparsity import prunable_parameters  # noqa: E402
 from utils.sparsity.structured import make_masks, parse_mask_type  # noqa: E402
-from common import matmul_gflops  # noqa: E402
 
 # (label, sparsity, mask type): the masks the project can make.
 VARIANTS = [("dense", 0.0, "unstructured"), ("80%", 0.8, "unstructured"), ("90%", 0.9, "unstructured"),

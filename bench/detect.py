@@ -22,6 +22,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import emit, hold_sparse_masks, policy_step  # noqa: E402
+
 from models import build_model  # noqa: E402
 from policies.base import TrainState  # noqa: E402
 from policies.events import Event  # noqa: E402
@@ -29,7 +31,6 @@ from policies.quantization import prepare_qat_, quantizable_modules, set_observe
 from policies.trainer import yolov5_param_groups  # noqa: E402
 from utils.deploy import export_onnx, onnx_session  # noqa: E402
 from utils.detection import YoloLoss  # noqa: E402
-from common import emit, hold_sparse_masks, policy_step  # noqa: E402
 
 
 class Trainer:
@@ -118,7 +119,8 @@ def main() -> None:
         for size in (320, 640):
             fp32, int8 = onnx_pair(args.arch, size, Path(tmp))
             lat = latencies({"fp32": fp32, "int8": int8}, size, args.runs)
-            print(f"ONNX Runtime {args.arch} at {size} px, batch 1: fp32 {lat['fp32']:.1f} ms, INT8 {lat['int8']:.1f} ms"
+            print(f"ONNX Runtime {args.arch} at {size} px, batch 1: fp32 {lat['fp32']:.1f} ms, "
+                  f"INT8 {lat['int8']:.1f} ms"
                   f"  speed-up {lat['fp32'] / lat['int8']:.2f}x  (files {fp32.stat().st_size / 1e6:.1f} MB / "
                   f"{int8.stat().st_size / 1e6:.1f} MB)")
 

@@ -25,8 +25,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from policies.trainer import TrainerConfig  # noqa: E402
-from utils.config import load_config  # noqa: E402
 from utils.cli import setup_logging  # noqa: E402
+from utils.config import load_config  # noqa: E402
 from utils.linear import SOLVERS, LinearProbeConfig, SolverSettings, read_entry, score  # noqa: E402
 
 

@@ -20,6 +20,8 @@ from typing import Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import HOLD as CONSTANT  # noqa: E402
+
 from models import build_model  # noqa: E402
 from policies.base import Policy, TrainState  # noqa: E402
 from policies.events import Event  # noqa: E402
@@ -27,8 +29,6 @@ from policies.masking import FixedMaskPolicy  # noqa: E402
 from policies.modifiers import build_recipe_policies  # noqa: E402
 from policies.recipe import load_recipe_text  # noqa: E402
 from utils.sparsity import magnitude_mask, prunable_parameters  # noqa: E402
-
-from common import HOLD as CONSTANT  # noqa: E402
 
 
 class Variant:

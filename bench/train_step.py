@@ -30,6 +30,8 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import emit, hold_sparse_masks, matmul_gflops, policy_step, sync  # noqa: E402
+
 from models import build_model, model_task  # noqa: E402
 from policies.base import TrainState  # noqa: E402
 from policies.events import Event  # noqa: E402
@@ -37,7 +39,6 @@ from policies.tasks import autocast_for  # noqa: E402
 from policies.trainer import yolov5_param_groups  # noqa: E402
 from utils.data import build_transforms  # noqa: E402
 from utils.detection import YoloLoss  # noqa: E402
-from common import emit, hold_sparse_masks, matmul_gflops, policy_step, sync  # noqa: E402
 
 
 class Step:

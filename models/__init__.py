@@ -1,6 +1,13 @@
 """Architecture registry: `build_model(arch, num_classes, **arch_kwargs)`; models register beside their definition."""
-from models.base import (MODELS, ClassifierMixin, architectures, build_model, classes_from_head, head_key_patterns,
-                         model_task)
+from models.base import (
+                         MODELS,
+                         ClassifierMixin,
+                         architectures,
+                         build_model,
+                         classes_from_head,
+                         head_key_patterns,
+                         model_task,
+)
 
 # Importing the definitions registers them.
 from models import mobilenet, resnet, small_resnet, yolov5  # noqa: E402,F401  isort: skip

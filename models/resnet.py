@@ -28,7 +28,8 @@ class ResNet(ClassifierMixin, _TorchvisionResNet):
         if stem_pool_pad is not None:
             pad = tuple(int(p) for p in stem_pool_pad)
             if len(pad) != 4 or min(pad) < 0:
-                raise ValueError(f"stem_pool_pad must be 4 non-negative ints (left, right, top, bottom), got {stem_pool_pad}")
+                raise ValueError("stem_pool_pad must be 4 non-negative ints (left, right, top, bottom), "
+                                 f"got {stem_pool_pad}")
             self.maxpool = nn.Sequential(nn.ZeroPad2d(pad), nn.MaxPool2d(kernel_size=3, stride=2, padding=0))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,8 @@ class SmallResNet(ClassifierMixin, nn.Module):
             for j in range(count):
                 downsample = None
                 if j == 0 and (stride != 1 or inplanes != planes):
-                    downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+                    downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False),
+                                               nn.BatchNorm2d(planes))
                 layers.append(BasicBlock(inplanes, planes, stride if j == 0 else 1, downsample))
                 inplanes = planes
             setattr(self, f"layer{i + 1}", nn.Sequential(*layers))

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+
 @dataclass(frozen=True)
 class QuantScheme:
     """How a model is fake-quantized; the defaults are SparseML's QuantizationModifier's."""

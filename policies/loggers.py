@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from tqdm import tqdm     # not tqdm.auto: in a notebook without ipywidgets it warns at import
+from tqdm import tqdm  # not tqdm.auto: in a notebook without ipywidgets it warns at import
 
 from policies.base import Policy, TrainState
 from utils.cli import bars_on

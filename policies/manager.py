@@ -130,7 +130,7 @@ class Manager:
             "optimizer": s.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "policies": {p.name: p.state_dict() for p in self.policies},
-            "metrics": dict(s.metrics),         # the last epoch's: a run killed after its last checkpoint ends with them
+            "metrics": dict(s.metrics),   # the last epoch's: a run killed after its last checkpoint ends with them
             # Each epoch reseeds from (seed, epoch); the state is kept for inspection and restored anyway.
             "rng": {"torch": torch.get_rng_state()},
         }

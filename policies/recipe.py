@@ -174,8 +174,9 @@ def scaled_phases(variables: Mapping[str, Any], overrides: Mapping[str, Any], *,
     global variables named *_epoch / *_epochs, written as a plain number and not set by the overrides, would fall at
     or past the new end (the seed-001 recipe's quantization_start_epoch 50 with num_epochs 3: QAT never starts, and
     its modifiers would make the run 50 epochs long), all such variables within the old length are scaled by
-    new / old num_epochs, a phase that ran to the end kept at least one epoch long (`_scaled_phase`), and logged. Otherwise the recipe runs as written, as SparseML runs it (the AC/DC recipe's
-    fixed warm-up and QAT lengths, its phases written as eval(...) of num_epochs)."""
+    new / old num_epochs, a phase that ran to the end kept at least one epoch long (`_scaled_phase`), and logged.
+    Otherwise the recipe runs as written, as SparseML runs it (the AC/DC recipe's fixed warm-up and QAT lengths, its
+    phases written as eval(...) of num_epochs)."""
     old, new = variables.get("num_epochs"), overrides.get("num_epochs")
     if not (_number(old) and _number(new)) or old <= 0 or old == new:
         return {}

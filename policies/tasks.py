@@ -12,7 +12,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 

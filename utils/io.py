@@ -16,7 +16,6 @@ from typing import Any, Callable, Iterable, Iterator
 from utils.errors import UserError
 
 
-
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call write(tmp_path) then rename tmp over `path` (same directory, so the rename is atomic)."""
     path = Path(path)

@@ -8,16 +8,24 @@ from torch import nn
 
 from policies.base import Policy
 from policies.masking import FixedMaskPolicy, MaskPolicy
+
+# Importing the families registers them.
+from policies.modifiers import (  # noqa: E402,F401
+    acdc,
+    distillation,
+    layers,
+    pruning,
+    quantization,
+    schedulers,  # isort: skip
+    second_order,
+    training,
+)
 from policies.modifiers.base import MODIFIERS, Modifier, parse_args
+from policies.modifiers.training import RecipeSchedule, ScheduleWriter  # noqa: E402
 from policies.recipe import Recipe
 from utils.errors import UserError
 from utils.registry import unknown_name_message
 from utils.sparsity import masks_from_zeros, prunable_parameters
-
-# Importing the families registers them.
-from policies.modifiers import (acdc, distillation, layers, pruning, quantization,  # noqa: E402,F401
-                                schedulers, second_order, training)  # isort: skip
-from policies.modifiers.training import RecipeSchedule, ScheduleWriter  # noqa: E402
 
 __all__ = ["MODIFIERS", "Modifier", "build_modifiers", "build_recipe_policies", "recipe_max_epochs", "recipe_method",
            "recipe_num_epochs"]

@@ -13,8 +13,8 @@ from typing import Iterable
 from torch import nn
 
 from utils.errors import UserError
-from utils.sparsity import prunable_parameters
 from utils.registry import unknown_name_message
+from utils.sparsity import prunable_parameters
 
 log = logging.getLogger(__name__)
 

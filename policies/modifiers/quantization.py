@@ -16,8 +16,15 @@ from torch import nn
 from policies.base import TrainState
 from policies.modifiers.base import MODIFIERS, Modifier, ModifierArgs
 from policies.modifiers.params import resolve_submodules
-from policies.quantization import (QuantScheme, freeze_bn_stats_, load_qat_state_, prepare_qat_, qat_state,
-                                   quantizable_modules, set_observers_)
+from policies.quantization import (
+    QuantScheme,
+    freeze_bn_stats_,
+    load_qat_state_,
+    prepare_qat_,
+    qat_state,
+    quantizable_modules,
+    set_observers_,
+)
 from utils.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 
-from utils.analysis import (load_results, plot_accuracy_vs_sparsity, plot_average_vs_sparsity, plot_delta_heatmap,
-                            summarize)
+from utils.analysis import (
+    load_results,
+    plot_accuracy_vs_sparsity,
+    plot_average_vs_sparsity,
+    plot_delta_heatmap,
+    summarize,
+)
 from utils.analysis.plots import MAP_LABEL
 from utils.paths import REPO_ROOT
 

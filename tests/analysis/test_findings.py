@@ -3,7 +3,6 @@ the numbers, with the paper's figures beside -- and the verdicts change when the
 from __future__ import annotations
 
 import pandas as pd
-import pytest
 
 from utils.analysis import load_results, write_report
 from utils.analysis.findings import findings_section, full_vs_linear, within_noise

@@ -7,6 +7,7 @@ from pathlib import Path
 import nbformat
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from nbclient import NotebookClient
+
 from utils.paths import REPO_ROOT
 
 NOTEBOOK = REPO_ROOT / "notebooks" / "analysis.ipynb"

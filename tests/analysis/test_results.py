@@ -8,9 +8,17 @@ import logging
 import pandas as pd
 import pytest
 
+from utils.analysis import (
+    PAPER_RESULTS_DIR,
+    TIDY_COLUMNS,
+    arch_label,
+    dataset_label,
+    find_duplicates,
+    load_results,
+    read_result_file,
+    result_files,
+)
 from utils.errors import UserError
-from utils.analysis import (PAPER_RESULTS_DIR, TIDY_COLUMNS, arch_label, dataset_label, find_duplicates,
-                           load_results, read_result_file, result_files)
 
 PAPER_FILES = {  # name: (data rows, sha256 of the file as published)
     "full_transfer_results.txt": (723, "f832254c5c347ec0379b6716cb3572c86db4283945811f0fe0678a0bb03392c1"),

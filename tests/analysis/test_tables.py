@@ -12,13 +12,28 @@ import pytest
 from matplotlib.figure import Figure
 
 import analyze
-from utils.analysis import (AVERAGE, PAPER_RESULTS_DIR, accuracy_table, delta_table, load_results, mean_rank,
-                            paper_table, plot_accuracy_vs_sparsity, plot_average_vs_sparsity, plot_delta_heatmap,
-                            rank_table, save_figure, summarize, to_latex, to_markdown, wide_table)
+from utils.analysis import (
+    AVERAGE,
+    PAPER_RESULTS_DIR,
+    accuracy_table,
+    delta_table,
+    load_results,
+    mean_rank,
+    paper_table,
+    plot_accuracy_vs_sparsity,
+    plot_average_vs_sparsity,
+    plot_delta_heatmap,
+    rank_table,
+    save_figure,
+    summarize,
+    to_latex,
+    to_markdown,
+    wide_table,
+)
 from utils.analysis import tables as analysis
 from utils.errors import UserError
-
 from utils.paths import REPO_ROOT as REPO  # noqa: E402
+
 LABELS = {"aircraft": "Aircraft", "birds": "Birdsnap", "caltech101": "Caltech-101", "caltech256": "Caltech-256",
           "cars": "Cars", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "dtd": "DTD", "food101": "Food-101",
           "pets": "Pets", "SUN": "SUN397", "flowers": "Flowers"}

@@ -21,14 +21,19 @@ import utils.checkpoints.detect as detect_mod
 import utils.checkpoints.flavours as flavours_mod
 from models import build_model, model_task
 from policies.modifiers.params import sparseml_alias, sparseml_mobilenet_alias
-from utils.checkpoints import (FLAVOURS, check_dense_label, detect_flavour, file_sha256, load_checkpoint, load_flavour,
-                               save_native_checkpoint)
+from utils.checkpoints import (
+    FLAVOURS,
+    check_dense_label,
+    detect_flavour,
+    file_sha256,
+    load_checkpoint,
+    load_flavour,
+    save_native_checkpoint,
+)
 from utils.errors import UserError
-from utils.sparsity import prunable_parameters
-from utils.registry import Registry
-
 from utils.paths import REPO_ROOT as REPO  # noqa: E402
-
+from utils.registry import Registry
+from utils.sparsity import prunable_parameters
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -510,5 +515,5 @@ def test_a_pruned_file_in_a_dense_flavour_is_named_once(tmp_path, caplog):
             check_dense_label(loaded.method, loaded.report.global_sparsity, path)
     warned = [r.getMessage() for r in caplog.records]
     assert len(warned) == 1 and "pruned_r18.pth is 80.0% sparse" in warned[0] and "--model_label" in warned[0]
-    from utils.checkpoints.__main__ import format_report     # `python -m utils.checkpoints FILE` says so too
+    from utils.checkpoints.__main__ import format_report  # `python -m utils.checkpoints FILE` says so too
     assert "note: the flavour labels it 'Dense'" in format_report(loaded) and "note:" not in format_report(plain)

@@ -15,7 +15,12 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from utils.data import (
-    DATASETS, LAYOUTS, build_transforms, get_dataset_spec, load_dataset_specs, load_datasets,
+    DATASETS,
+    LAYOUTS,
+    build_transforms,
+    get_dataset_spec,
+    load_dataset_specs,
+    load_datasets,
     stratified_subset,
 )
 from utils.errors import UserError

@@ -191,6 +191,7 @@ def test_a_runs_training_state_points_to_its_model(tmp_path, capsys, sparse_chec
 
 def test_a_sparse_model_exports_and_runs_end_to_end_in_the_sparse_engine(tmp_path, capsys, make_sparse_checkpoint):
     import json
+
     from utils.deploy.__main__ import main as deploy_main
     make_sparse_checkpoint(tmp_path / "up.pt", sparsity=0.9)
     deploy_main([str(tmp_path / "up.pt"), "--engine", "sparse", "--latency", "--image_size", "32", "--out",

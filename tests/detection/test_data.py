@@ -6,8 +6,7 @@ import torch
 import yaml
 
 from tests.detection.conftest import COLOURS, make_yolo_tree
-from utils.data.yolo import (collate, label_path, letterbox, load_yolo_data, read_labels, yolo_datasets,
-                             YoloDataset)
+from utils.data.yolo import YoloDataset, collate, label_path, letterbox, load_yolo_data, read_labels, yolo_datasets
 from utils.errors import UserError
 
 

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from tests.detection.conftest import COLOURS
-from utils.data.yolo_augment import PAD_VALUE, box_candidates, scale_translate, tile4
 from utils.data.yolo import YoloDataset, load_yolo_data
+from utils.data.yolo_augment import PAD_VALUE, box_candidates, scale_translate, tile4
 
 S = 32
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import main
-from tests.detection.conftest import write_sparse_yolov5n
 from policies.loggers import CheckpointSaver
+from tests.detection.conftest import write_sparse_yolov5n
 from utils.checkpoints import load_checkpoint
 from utils.data.yolo import load_detection_datasets
 from utils.deploy import export_checkpoint

@@ -14,9 +14,16 @@ import torch
 from torch.utils.data import Dataset
 
 from models import build_model
-from utils.linear import (BACKENDS, build_backend, cache_key, cached_features, describe_split, entry_dir,
-                            extract_features, read_entry)
-
+from utils.linear import (
+    BACKENDS,
+    build_backend,
+    cache_key,
+    cached_features,
+    describe_split,
+    entry_dir,
+    extract_features,
+    read_entry,
+)
 from utils.paths import REPO_ROOT as REPO  # noqa: E402
 
 

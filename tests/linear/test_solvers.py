@@ -6,8 +6,16 @@ import torch.nn.functional as F
 
 from policies.trainer import TrainerConfig
 from utils.errors import UserError
-from utils.linear.solvers import (SOLVERS, LinearProbeConfig, SolverSettings, fit_lbfgs, fit_sklearn, score, search_l2,
-                                  stratified_split)
+from utils.linear.solvers import (
+    SOLVERS,
+    LinearProbeConfig,
+    SolverSettings,
+    fit_lbfgs,
+    fit_sklearn,
+    score,
+    search_l2,
+    stratified_split,
+)
 
 SGD_PROTOCOL = TrainerConfig.model_validate({
     "epochs": 12, "batch_size": 16,

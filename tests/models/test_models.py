@@ -8,7 +8,6 @@ from torch import nn
 from models import architectures, build_model
 from utils.errors import UserError
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

@@ -16,8 +16,8 @@ from utils.engines import available_engines, load_engine, missing
 from utils.errors import UserError
 from utils.onnx import SparseEngine
 from utils.onnx.graph import SparseGraph
-from utils.onnx.layers import ConvLayer
 from utils.onnx.kernels import PackedConv, PackedLinear, sparse_conv, sparse_linear
+from utils.onnx.layers import ConvLayer
 from utils.sparsity import magnitude_prune_
 
 RTOL = 1e-4

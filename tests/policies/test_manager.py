@@ -12,7 +12,6 @@ from policies.tasks import ClassificationTask
 from policies.trainer import OptimizerConfig, TrainerConfig, accumulation, build_optimizer
 from utils.errors import UserError
 
-
 OPTIMIZERS = {
     "sgd_momentum_wd": OptimizerConfig(name="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True),
     "adamw": OptimizerConfig(name="adamw", lr=0.05, weight_decay=0.05),

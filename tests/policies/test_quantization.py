@@ -8,8 +8,18 @@ import torch
 import policies.quantization as q
 from models import build_model
 from policies.loggers import CheckpointSaver
-from policies.quantization import (FakeQuantize, FoldedBatchNorm2d, QATConv2d, QATLinear, freeze_bn_stats_,
-                                   load_qat_state_, prepare_qat_, qat_state, quantizable_modules, set_observers_)
+from policies.quantization import (
+    FakeQuantize,
+    FoldedBatchNorm2d,
+    QATConv2d,
+    QATLinear,
+    freeze_bn_stats_,
+    load_qat_state_,
+    prepare_qat_,
+    qat_state,
+    quantizable_modules,
+    set_observers_,
+)
 
 QAT = """
 training_modifiers:

@@ -70,7 +70,8 @@ modifiers:
     params: ['fc1.weight', 'fc2.weight']
 {extra}"""
 
-SECOND_ORDER = "    num_grads: 256\n    damp: 0.0001\n    fisher_block_size: 32\n    grad_sampler_kwargs: {batch_size: 4}\n"
+SECOND_ORDER = ("    num_grads: 256\n    damp: 0.0001\n    fisher_block_size: 32\n"
+                "    grad_sampler_kwargs: {batch_size: 4}\n")
 
 
 def pruned_loss(model, loader, name, extra):

@@ -12,8 +12,8 @@ import sys
 
 import torch
 
-
 from utils.paths import REPO_ROOT as REPO  # noqa: E402
+
 TRAINER = """
 epochs: 3
 batch_size: 16

@@ -102,7 +102,8 @@ def test_resume_with_other_config_is_refused(tmp_path, sparse_checkpoint, traine
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--dset", "synthetic", "--config_path", "nope.yaml", "--arch", "resnet_small"], "nope.yaml: config file not found"),
+    (["--dset", "synthetic", "--config_path", "nope.yaml", "--arch", "resnet_small"],
+     "nope.yaml: config file not found"),
     (["--dset", "no_such_set", "--config_path", "configs/trainers/demo_finetune.yaml", "--arch", "resnet_small"],
      "unknown dataset"),
     (["--dset", "synthetic", "--config_path", "configs/trainers/demo_finetune.yaml",

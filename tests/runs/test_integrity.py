@@ -1,11 +1,11 @@
 """Nothing lost, nothing doubled: every crash window of a run's end, other spellings and moves of the experiment
 root, locks, a results.csv that could not take the row, duplicate metrics, deterministic checkpoint files."""
 import csv
-import time
 import hashlib
 import json
 import os
 import shutil
+import time
 
 import pandas as pd
 import pytest

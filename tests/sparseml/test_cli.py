@@ -137,7 +137,8 @@ def test_seed_003_train_then_eval_run_as_pasted(tmp_path, zoo, one_torch_thread)
     record = main(command(SEED_003_TRAIN, **{"/PATH/TO/IMAGENET": imagenet})
                   + ["--recipe_args", json.dumps(SHORT_ACDC)])
     run_dir = tmp_path / "work" / "pytorch_vision" / "resnet50-imagenet-pruned85_quant-none-vnni"
-    assert Path(record["run_dir"]).resolve() == run_dir.resolve() and record["epochs"] == 4 and record["model"] == "AC/DC"
+    assert Path(record["run_dir"]).resolve() == run_dir.resolve()
+    assert record["epochs"] == 4 and record["model"] == "AC/DC"
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["trainer"]["optimizer"] | {"lr": 0} == {**config["trainer"]["optimizer"], "name": "sgd",
                                                           "momentum": 0.9, "nesterov": True, "weight_decay": 0.0001,

@@ -35,7 +35,8 @@ def test_notebook_executes_keeps_the_zeros_and_exports_int8():
     assert accuracy > 0.3          # 10 classes: well above chance after a few epochs
     assert re.search(r"90% sparse INT8: [\d.]+ ms \(batch 1\)", text)
     # issue 27 item 13: what INT8 buys is computed from this run's numbers, not written ahead of them
-    assert re.search(r"here, batch 64: INT8 runs at [\d.]+x the speed of fp32 in ONNX Runtime \((faster|slower)\)", text)
+    assert re.search(r"here, batch 64: INT8 runs at [\d.]+x the speed of fp32 in ONNX Runtime \((faster|slower)\)",
+                     text)
     assert any("image/png" in o.get("data", {}) for o in outputs)
     # issue 27 item 12: no noise in a notebook (tqdm.auto warned "IProgress not found" at import)
     assert "TqdmWarning" not in text and "IProgress" not in text

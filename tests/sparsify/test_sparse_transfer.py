@@ -12,10 +12,17 @@ import sparse_transfer
 from models import build_model
 from utils.checkpoints import save_native_checkpoint
 from utils.errors import UserError
+from utils.sparsify import (
+    DEFAULT_ZOO,
+    ZooEntry,
+    backbone_params,
+    entry_from_checkpoint,
+    load_zoo,
+    optim_target,
+    resolve_use_case,
+    select_model,
+)
 from utils.sparsity import magnitude_prune_
-from utils.sparsify import (DEFAULT_ZOO, ZooEntry, backbone_params, load_zoo, optim_target, resolve_use_case,
-                            select_model)
-from utils.sparsify import entry_from_checkpoint
 
 # ---------------------------------------------------------------- use cases
 

@@ -1,8 +1,17 @@
 import torch
 from torch import nn
 
-from utils.sparsity import (apply_masks_, check_masks_match_zeros, global_magnitude_masks, global_sparsity,
-                         layer_sparsity, magnitude_mask, mask_grads_, masks_from_zeros, prunable_parameters)
+from utils.sparsity import (
+    apply_masks_,
+    check_masks_match_zeros,
+    global_magnitude_masks,
+    global_sparsity,
+    layer_sparsity,
+    magnitude_mask,
+    mask_grads_,
+    masks_from_zeros,
+    prunable_parameters,
+)
 
 
 def test_magnitude_mask_prunes_exact_count_with_ties():

@@ -80,7 +80,8 @@ def test_skip_done_failure_isolation_and_retry(tmp_path, two_upstreams, capsys, 
     assert "ran 0 cells" in capsys.readouterr().out
     assert len(list(csv.DictReader(open(tmp_path / "exp" / "results.csv")))) == 4
 
-    make_sparse_checkpoint(broken, sparsity=0.9, **TINY)  # the user fixes the file: its content, so its cells' keys, change
+    # the user fixes the file: its content, so its cells' keys, change
+    make_sparse_checkpoint(broken, sparsity=0.9, **TINY)
     counts = sweep.main([str(path), "--no-report", "--retry-failed", "--jobs", "1"])
     assert counts["done"] == 6 and counts["todo"] == 0
 

@@ -14,8 +14,8 @@ import pandas as pd
 
 from utils.analysis.plots import MAP_LABEL, score_label
 from utils.analysis.results import DENSE
-from utils.errors import UserError
 from utils.analysis.tables import AVERAGE, FINETUNING_TITLES, delta_table, mean_rank, sparsity_label, summarize
+from utils.errors import UserError
 
 PAPER_ARCH = "ResNet-50"
 PROGRESSIVE = ("AC/DC", "GMP")           # the paper's gradual methods, the ones finding 2 is about

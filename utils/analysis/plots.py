@@ -17,8 +17,16 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from utils.analysis.results import DENSE, FINETUNING_MODES
-from utils.analysis.tables import (AVERAGE, FINETUNING_TITLES, average_over_datasets, dataset_order, delta_table,
-                                   method_order, select, summarize)
+from utils.analysis.tables import (
+    AVERAGE,
+    FINETUNING_TITLES,
+    average_over_datasets,
+    dataset_order,
+    delta_table,
+    method_order,
+    select,
+    summarize,
+)
 from utils.errors import UserError
 from utils.io import atomic_write
 

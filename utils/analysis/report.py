@@ -7,13 +7,36 @@ from typing import Callable
 
 import pandas as pd
 
-from utils.analysis.plots import (plot_accuracy_vs_sparsity, plot_average_vs_sparsity, plot_delta_heatmap, save_figure,
-                                  score_title)
 from utils.analysis.findings import findings_section
-from utils.analysis.results import (DENSE, PAPER_RESULTS_DIR, find_duplicates, load_results, read_result_file,
-                                    resolve_duplicates, result_files)
-from utils.analysis.tables import (FINETUNING_TITLES, combos, delta_table, mean_rank, paper_table, rank_table, select,
-                                   slug, summarize, to_latex, to_markdown)
+from utils.analysis.plots import (
+    plot_accuracy_vs_sparsity,
+    plot_average_vs_sparsity,
+    plot_delta_heatmap,
+    save_figure,
+    score_title,
+)
+from utils.analysis.results import (
+    DENSE,
+    PAPER_RESULTS_DIR,
+    find_duplicates,
+    load_results,
+    read_result_file,
+    resolve_duplicates,
+    result_files,
+)
+from utils.analysis.tables import (
+    FINETUNING_TITLES,
+    combos,
+    delta_table,
+    mean_rank,
+    paper_table,
+    rank_table,
+    select,
+    slug,
+    summarize,
+    to_latex,
+    to_markdown,
+)
 from utils.errors import UserError
 from utils.io import atomic_write_text
 

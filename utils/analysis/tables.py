@@ -13,9 +13,16 @@ import re
 
 import pandas as pd
 
+from utils.analysis.results import (
+    ARCH_ORDER,
+    DATASET_ORDER,
+    DENSE,
+    FINETUNING_MODES,
+    METHOD_ORDER,
+    check_tidy,
+    sparsity_label,
+)
 from utils.errors import UserError
-from utils.analysis.results import (ARCH_ORDER, DATASET_ORDER, DENSE, FINETUNING_MODES, METHOD_ORDER, check_tidy,
-                           sparsity_label)
 
 GROUP_COLUMNS = ["finetuning", "arch", "dataset", "method", "sparsity"]
 AVERAGE = "Average"

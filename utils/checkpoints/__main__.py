@@ -33,8 +33,10 @@ def format_report(loaded: LoadedCheckpoint) -> str:
     params = dict(loaded.model.named_parameters())
     for name, layer in r.per_layer.items():
         shape = "x".join(map(str, params[name].shape))
-        lines.append(f"{name:<40} {shape:<20} {layer.numel:>10} {layer.sparsity:>9.4f} {layer.zeros - layer.pruned:>19}")
-    lines += ["", f"global sparsity: {r.global_sparsity:.4f} ({r.num_pruned} of {r.num_params} conv/linear weights pruned)",
+        lines.append(f"{name:<40} {shape:<20} {layer.numel:>10} {layer.sparsity:>9.4f} "
+                     f"{layer.zeros - layer.pruned:>19}")
+    lines += ["", f"global sparsity: {r.global_sparsity:.4f} "
+                  f"({r.num_pruned} of {r.num_params} conv/linear weights pruned)",
               f"zeros outside the mask: {r.zeros_outside_mask}"]
     if loaded.method == DENSE_LABEL and r.global_sparsity > SPARSE_DENSE_FILE:
         lines.append(f"note: the flavour labels it {DENSE_LABEL!r} in results; name its method with --model_label "

@@ -75,8 +75,8 @@ def detect_flavour(raw: Mapping, *, source: str = "") -> Flavour:
     where = f"{source}: " if source else ""
     if len(hits) == 1:
         derived = [n for n in names if RAW_FLAVOURS.get(n, {}).get("extends") == hits[0]]
-        log.info("detected checkpoint flavour %r%s", hits[0],
-                 f" (same layout as {', '.join(derived)}: pass --checkpoint_flavour to label the method)" if derived else "")
+        same = f" (same layout as {', '.join(derived)}: pass --checkpoint_flavour to label the method)"
+        log.info("detected checkpoint flavour %r%s", hits[0], same if derived else "")
         return FLAVOURS.get(hits[0])
     if hits:
         raise UserError(f"{where}the checkpoint matches several flavours ({', '.join(hits)}); "

@@ -149,7 +149,8 @@ def convert_checkpoint(src: str | Path, dst: str | Path) -> list[str]:
         with torch.serialization.safe_globals(stand_ins):
             raw = torch.load(src, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001
-        raise UserError(f"{src}: not a readable PyTorch checkpoint ({str(err).strip().splitlines()[0][:200]})") from None
+        first = str(err).strip().splitlines()[0][:200]
+        raise UserError(f"{src}: not a readable PyTorch checkpoint ({first})") from None
     atomic_torch_save(dst, plain_copy(raw))
     return names
 

@@ -176,7 +176,8 @@ def _resolve_extends(data: dict, *, source: str, lookup: Mapping[str, dict], see
     if base_name in seen or base_name == data.get("name"):
         raise UserError(f"{source}: 'extends' cycle through {base_name!r}")
     if base_name not in lookup:
-        raise UserError(f"{source}: key 'extends': " + unknown_name_message("checkpoint flavour", base_name, sorted(lookup)))
+        raise UserError(f"{source}: key 'extends': "
+                        + unknown_name_message("checkpoint flavour", base_name, sorted(lookup)))
     base = _resolve_extends(lookup[base_name], source=source, lookup=lookup, seen=seen + (base_name,))
     inherited = {k: v for k, v in base.items() if k not in ("name", "description", "method", "detect")}
     return {**inherited, **{k: v for k, v in data.items() if k != "extends"}}

@@ -73,6 +73,6 @@ def _named_globals(path: Path) -> list[str]:
 
 def untrusted_globals(path: str | Path, trusted: list[str] = ()) -> list[str]:
     """The globals the file's pickles name that neither torch's weights-only loader nor `trusted` allows."""
-    from torch._weights_only_unpickler import _get_allowed_globals   # the loader's own allow-list
+    from torch._weights_only_unpickler import _get_allowed_globals  # the loader's own allow-list
     allowed = set(_get_allowed_globals()) | set(trusted)
     return [n for n in _named_globals(Path(path)) if n not in allowed]

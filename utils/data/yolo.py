@@ -27,9 +27,9 @@ from torch.utils.data import Dataset
 
 from utils.config import read_yaml
 from utils.data.loading import DatasetSplits
-from utils.data.yolo_augment import PAD_VALUE, hsv_jitter, mosaic
 from utils.data.spec import DatasetSpec
 from utils.data.verify import verify_images
+from utils.data.yolo_augment import PAD_VALUE, hsv_jitter, mosaic
 from utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -298,7 +298,8 @@ def load_detection_datasets(data_yaml: str | Path, *, imgsz: int, max_train_samp
         chosen = sorted(pick[:max_train_samples].tolist())
         data = YoloData(data.source, data.names, {**data.splits, "train": [data.splits["train"][i] for i in chosen]})
     train, val = yolo_datasets(data, imgsz=imgsz, verify=verify, mosaic=mosaic)
-    spec = DatasetSpec(name=yolo_dataset_name(data.source), label=f"YOLO data {data.source.name}", num_classes=data.num_classes,
+    spec = DatasetSpec(name=yolo_dataset_name(data.source), label=f"YOLO data {data.source.name}",
+                       num_classes=data.num_classes,
                        mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), layouts=("yolo",), hflip=True)
     meta = {"dataset": spec.name, "layout": "yolo", "root": str(data.source), "num_train": len(train),
             "num_test": len(val), "num_classes": data.num_classes, "image_size": imgsz,
@@ -325,7 +326,8 @@ def check_some_boxes(dataset: YoloDataset, *, split: str, source: Path) -> None:
     if any(len(boxes) for boxes in dataset.labels):
         return
     image, label = dataset.items[0]
-    found = "no label file exists" if not any(lab.is_file() for _, lab in dataset.items) else "every label file is empty"
+    found = ("no label file exists" if not any(lab.is_file() for _, lab in dataset.items)
+             else "every label file is empty")
     raise UserError(f"{source}: no image of split '{split}' has a box ({found}; for {image} the label is read from "
                     f"{label}: the last 'images' folder becomes 'labels', the suffix .txt); "
                     + ("a detector cannot learn from background alone" if split == "train"

@@ -11,7 +11,8 @@ from torchvision.ops import box_iou
 
 from utils.detection import non_max_suppression
 
-MATCH_IOU = 0.5          # a box "agrees" when the other side has one of the same class at this IoU or more (COCO's match)
+# a box "agrees" when the other side has one of the same class at this IoU or more (COCO's match)
+MATCH_IOU = 0.5
 TOP_BOXES = 20           # per image, the torch model's most confident boxes after NMS are looked for
 
 

@@ -92,7 +92,7 @@ class YoloLoss(nn.Module):
                 gxy = t[:, 2:4]
                 gxi = gain[[2, 3]] - gxy
                 j, k = ((gxy % 1 < CELL_OFFSET) & (gxy > 1)).T
-                l, m = ((gxi % 1 < CELL_OFFSET) & (gxi > 1)).T
+                l, m = ((gxi % 1 < CELL_OFFSET) & (gxi > 1)).T  # noqa: E741 (the reference's j, k, l, m)
                 select = torch.stack((torch.ones_like(j), j, k, l, m))
                 t = t.repeat((5, 1, 1))[select]
                 off = (torch.zeros_like(gxy)[None] + offsets[:, None])[select]

@@ -22,12 +22,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm     # not tqdm.auto: in a notebook without ipywidgets it warns at import
+from tqdm import tqdm  # not tqdm.auto: in a notebook without ipywidgets it warns at import
 
 from utils.cli import LOG_EVERY_S, bars_on
 from utils.io import honour_umask
 from utils.linear.backends import BatchFn
-
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,6 @@ from utils.engines import ENGINES, Engine, _is_quantized
 from utils.onnx import kernels
 from utils.onnx.graph import SparseGraph
 
-
 WHOLE_GRAPH_RUNS = 5
 # ONNX Runtime keeps the graph unless a sparse way is this much faster: the check drifts with the machine (MobileNet
 # at 90%, batch 1: its kernels measured 9.4 vs 11.6 ms here, then 10.3 vs 9.9 taking turns in the same process).

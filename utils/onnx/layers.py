@@ -8,8 +8,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils.onnx.kernels import (BoundConv, PackedConv, PackedLinear, aligned_empty, sparse_linear,
-                                 zeros_with_padded_planes)
+from utils.onnx.kernels import (
+    BoundConv,
+    PackedConv,
+    PackedLinear,
+    aligned_empty,
+    sparse_linear,
+    zeros_with_padded_planes,
+)
 
 
 def planes(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:

@@ -16,12 +16,18 @@ from pydantic import BaseModel
 
 from policies.trainer import TrainerConfig
 from utils.config import dump_yaml, read_yaml
-from utils.errors import UserError
 from utils.distributed import is_main_process
-from utils.io import (append_csv_row, atomic_write_json, atomic_write_text, edit_csv_rows, exclusive_lock,
-                      set_aside_ragged_rows)
-from utils.paths import REPO_ROOT
+from utils.errors import UserError
+from utils.io import (
+    append_csv_row,
+    atomic_write_json,
+    atomic_write_text,
+    edit_csv_rows,
+    exclusive_lock,
+    set_aside_ragged_rows,
+)
 from utils.linear import LinearProbeConfig
+from utils.paths import REPO_ROOT
 from utils.runs.kinds import RunResult
 from utils.runs.options import FullOptions, LinearOptions, TransferConfig
 

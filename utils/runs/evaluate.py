@@ -32,7 +32,8 @@ def evaluate_only(upstream: Upstream, data: DatasetSplits, *, opts: FullOptions,
     elif list(upstream.classes) != list(data.classes):
         moved = [i for i, (a, b) in enumerate(zip(upstream.classes, data.classes)) if a != b]
         raise UserError(f"{opts.from_checkpoint_path}: its head was trained with other classes or another class "
-                        f"order ({len(moved)} of {data.num_classes} differ, e.g. output {moved[0]} is {upstream.classes[moved[0]]!r} "
+                        f"order ({len(moved)} of {data.num_classes} differ, e.g. output {moved[0]} is "
+                        f"{upstream.classes[moved[0]]!r} "
                         f"there, {data.classes[moved[0]]!r} here); evaluate it on the layout it was trained on")
     model.to(device)
     _, test_loader = make_loaders(data, batch_size=opts.batch_size or 64, test_batch_size=opts.batch_size or 64,

@@ -25,7 +25,7 @@ from policies.modifiers.layers import LayerPruningModifier
 from policies.tasks import ClassificationTask, Task, fastest_precision
 from policies.trainer import LRSchedulePolicy, build_optimizer
 from utils.checkpoints import check_dense_label
-from utils.data import DatasetSplits, is_detection_dataset, load_detection_datasets, load_datasets
+from utils.data import DatasetSplits, is_detection_dataset, load_datasets, load_detection_datasets
 from utils.data.verify import image_sizes
 from utils.detection import DetectionTask
 from utils.detection.anchors import check_anchors_

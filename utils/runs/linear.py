@@ -24,10 +24,32 @@ from utils.data.seeded import SampleSeeded
 from utils.engines import missing
 from utils.errors import UserError
 from utils.io import append_jsonl, atomic_torch_save
-from utils.linear import (BACKENDS, SOLVERS, FeatureSet, LinearClassifier, LinearProbeConfig, SolverSettings,
-                          build_backend, cached_features, describe_split, extract_features, fit_sgd_epochs, score)
-from utils.runs.dirs import (check_results_table, check_same_settings, environment_info, finished_result, now_iso,
-                             prepare_run_dir, record_result, run_dir_for, run_lock, write_run_config)
+from utils.linear import (
+    BACKENDS,
+    SOLVERS,
+    FeatureSet,
+    LinearClassifier,
+    LinearProbeConfig,
+    SolverSettings,
+    build_backend,
+    cached_features,
+    describe_split,
+    extract_features,
+    fit_sgd_epochs,
+    score,
+)
+from utils.runs.dirs import (
+    check_results_table,
+    check_same_settings,
+    environment_info,
+    finished_result,
+    now_iso,
+    prepare_run_dir,
+    record_result,
+    run_dir_for,
+    run_lock,
+    write_run_config,
+)
 from utils.runs.kinds import InputSettings, RunResult
 from utils.runs.options import LinearOptions
 from utils.runs.plan import checkpoint_label

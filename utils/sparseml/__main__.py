@@ -16,9 +16,9 @@ import logging
 import sys
 
 from utils.cli import setup_logging
+from utils.deploy import deploy_checkpoint, describe_deployment
 from utils.errors import UserError, exit_on_user_error
 from utils.runs import RUNS
-from utils.deploy import deploy_checkpoint, describe_deployment
 from utils.sparseml import COMMANDS, EXPORTS, main_py_command
 
 log = logging.getLogger("utils.sparseml")

@@ -155,7 +155,8 @@ def trainer_yaml(args: argparse.Namespace) -> str:
     given = dict(SGD_DEFAULT_ARGS if args.optim_args is None and name == "sgd" else args.optim_args or {})
     unknown = sorted(set(given) - allowed)
     if unknown:
-        raise UserError(f"--optim-args {unknown}: not supported for {args.optim}; supported: {', '.join(sorted(allowed))}")
+        raise UserError(f"--optim-args {unknown}: not supported for {args.optim}; "
+                        f"supported: {', '.join(sorted(allowed))}")
     if given.pop("dampening", 0) or given.pop("amsgrad", False):
         raise UserError("--optim-args: dampening and amsgrad are not supported; remove them")
     optimizer: dict[str, Any] = {"name": name, "lr": args.init_lr}
@@ -278,7 +279,10 @@ def main_py_command(opts: FullOptions) -> str:
         value = getattr(opts, field)
         if value is None or value is False:
             continue
-        parts += [flag] if value is True else [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
+        if value is True:
+            parts += [flag]
+        else:
+            parts += [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
     return shlex.join(parts)
 
 

@@ -31,7 +31,8 @@ TRAINER = TRAINER_DIR / "yolov5_finetune.yaml"
 TRAINER_COS = TRAINER_DIR / "yolov5_finetune_cos.yaml"     # --cos-lr
 # flags this project cannot honour, with the reason (their defaults pass)
 REFUSED = {"rect": "rectangular batches are not supported (images are letterboxed to squares)",
-           "evolve": "hyperparameter evolution is not supported", "multi_scale": "multi-scale training is not supported",
+           "evolve": "hyperparameter evolution is not supported",
+           "multi_scale": "multi-scale training is not supported",
            "image_weights": "weighted image selection is not supported", "quad": "the quad loader is not supported",
            "single_cls": "single-class training is not supported; edit the data.yaml instead",
            "sync_bn": "SyncBatchNorm is not supported", "hyp": "hyperparameters come from the trainer config "

@@ -8,8 +8,16 @@ configs/zoo.yaml), optim-level selection (`optim_target`, `select_model`, pure f
 result against a dense model in ONNX Runtime, write summary.json + summary.md in the run directory.
 """
 from utils.sparsify.optim import OptimTarget, Selection, optim_target, rank_by_size, select_model
-from utils.sparsify.run import (DEFAULT_TRAINER, RECIPE_FP32, RECIPE_INT8, SparseTransferOptions, choose_recipe,
-                                entry_from_checkpoint, run_sparse_transfer, summary_markdown)
+from utils.sparsify.run import (
+                                DEFAULT_TRAINER,
+                                RECIPE_FP32,
+                                RECIPE_INT8,
+                                SparseTransferOptions,
+                                choose_recipe,
+                                entry_from_checkpoint,
+                                run_sparse_transfer,
+                                summary_markdown,
+)
 from utils.sparsify.use_cases import USE_CASES, UseCase, resolve_use_case
 from utils.sparsify.zoo import DEFAULT_ZOO, Zoo, ZooEntry, backbone_params, load_zoo
 

@@ -11,7 +11,6 @@ from typing import Literal, Sequence
 from utils.errors import UserError
 from utils.sparsify.zoo import ZooEntry, empty_zoo_message
 
-
 Size = Literal["largest", "medium", "smallest"]
 
 

@@ -141,7 +141,8 @@ def default_run_dir(data: str, entry: ZooEntry, level: float, seed: int) -> Path
     return Path("experiments") / "sparse_transfer" / f"{name}_{entry.name}_optim{level:g}_seed{seed}"
 
 
-TASK_EXAMPLES = {"detection": "{name: yolov5s_pruned75, path: ckpts/yolov5s_pruned75.pt, arch: yolov5s, sparsity: 0.75}",
+TASK_EXAMPLES = {"detection": "{name: yolov5s_pruned75, path: ckpts/yolov5s_pruned75.pt, arch: yolov5s, "
+                              "sparsity: 0.75}",
                  "classification": "{name: acdc_resnet50_90, path: ckpts/acdc_resnet50_90.pth, arch: resnet50, "
                                    "sparsity: 0.9}"}
 

@@ -9,8 +9,13 @@ import torch
 from torch import nn
 
 from utils.errors import UserError
-from utils.sparsity.masks import (apply_masks_, global_magnitude_masks, global_sparsity, magnitude_mask,
-                                   prunable_parameters)
+from utils.sparsity.masks import (
+    apply_masks_,
+    global_magnitude_masks,
+    global_sparsity,
+    magnitude_mask,
+    prunable_parameters,
+)
 
 
 def backbone_weights(model: nn.Module) -> dict[str, nn.Parameter]:

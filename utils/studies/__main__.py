@@ -14,8 +14,15 @@ from utils.cli import setup_logging
 from utils.deploy import describe_deployment
 from utils.errors import exit_on_user_error
 from utils.studies import load_study, run_studies
-from utils.studies.demo import (DEMO_STUDIES, DETECTION_STUDY, add_demo_sections, deploy_sparsest, format_table,
-                                prepare_detection_data, side_by_side)
+from utils.studies.demo import (
+    DEMO_STUDIES,
+    DETECTION_STUDY,
+    add_demo_sections,
+    deploy_sparsest,
+    format_table,
+    prepare_detection_data,
+    side_by_side,
+)
 
 
 @exit_on_user_error

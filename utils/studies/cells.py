@@ -62,7 +62,9 @@ def file_text_hash(path: str | None) -> str | None:
 def dataset_file_hash(path: str | None) -> dict[str, str]:
     """{"dataset_file": hash of its text} for a dataset given as a file (a YOLO data.yaml: regenerated data writes a
     new one), else {} -- so keys of datasets given as folders stay what they were."""
-    return {"dataset_file": hashlib.sha256(Path(path).read_bytes()).hexdigest()} if path and Path(path).is_file() else {}
+    if not (path and Path(path).is_file()):
+        return {}
+    return {"dataset_file": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
 
 
 def cell_key(*, checkpoint_sha256: str, dataset: DatasetEntry, mode: str, seed: int, options: dict[str, Any]) -> str:

@@ -221,7 +221,8 @@ def _submitit(cells: list[Cell], *, cluster: str | None, slurm: SlurmSpec, log_f
 
 
 @EXECUTORS.register("slurm")
-def run_slurm(cells: list[Cell], *, slurm: SlurmSpec, log_folder: Path, wait: bool = True, **_: Any) -> Iterator[Outcome]:
+def run_slurm(cells: list[Cell], *, slurm: SlurmSpec, log_folder: Path, wait: bool = True,
+              **_: Any) -> Iterator[Outcome]:
     """A Slurm job array through submitit (partition, time limit, GPUs/CPUs per job from the study file)."""
     return _submitit(cells, cluster="slurm", slurm=slurm, log_folder=log_folder, wait=wait)
 

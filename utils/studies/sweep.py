@@ -18,8 +18,8 @@ from utils.config import validate
 from utils.io import exclusive_lock
 from utils.runs import RUNS
 from utils.studies.cells import Cell, cell_status, expand, read_error
-from utils.studies.stale import set_aside, stale_cells
 from utils.studies.executors import FairPool, Lane, default_jobs, get_executor, worker_pool
+from utils.studies.stale import set_aside, stale_cells
 from utils.studies.study import Study, load_study
 from utils.studies.upstreams import resolve_upstreams
 

@@ -6,8 +6,8 @@ import hashlib
 import json
 import logging
 import time
-from pathlib import Path
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from pathlib import Path
 from typing import Any, Callable
 
 from utils.checkpoints import file_sha256, prune_checkpoint

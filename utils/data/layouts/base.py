@@ -18,7 +18,6 @@ from utils.data.spec import DatasetSpec
 from utils.errors import UserError
 from utils.registry import Registry
 
-
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 

@@ -5,10 +5,18 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.data.layouts.base import (FileSamples, Layout, RawSplits, class_dirs, image_files, label_array, load_mat,
-                                     read_lines, register_layout)
+from utils.data.layouts.base import (
+    FileSamples,
+    Layout,
+    RawSplits,
+    class_dirs,
+    image_files,
+    label_array,
+    load_mat,
+    read_lines,
+    register_layout,
+)
 from utils.errors import UserError
-
 
 # ---------------------------------------------------------------- image-file layouts
 

@@ -17,7 +17,6 @@ from utils.data.layouts.base import Layout, RawSplits, TensorSamples, register_l
 from utils.errors import UserError
 
 
-
 def load_pickle(path: Path, layout: Layout) -> dict[str, Any]:
     """A CIFAR batch (Python 2 pickle); keys normalised to str."""
     if not path.is_file():

@@ -9,8 +9,18 @@ import torch
 import torch.nn.functional as F
 
 from utils.errors import UserError
-from utils.linear.solvers.base import (SOLVERS, Array, LinearClassifier, LinearProbeConfig, SolverSettings, as_tensor,
-                                       check_labels, search_l2, standardizer, stratified_split)
+from utils.linear.solvers.base import (
+    SOLVERS,
+    Array,
+    LinearClassifier,
+    LinearProbeConfig,
+    SolverSettings,
+    as_tensor,
+    check_labels,
+    search_l2,
+    standardizer,
+    stratified_split,
+)
 
 
 def fit_multinomial(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, l2: float, max_iter: int,
@@ -95,7 +105,7 @@ def fit_lbfgs(x: Array, y: Array, *, num_classes: int, seed: int, device: torch.
                     "loss": float(F.cross_entropy(logits, y_val))}
 
     best_l2, best_state, scores = search_l2(cfg.l2_grid, fit=fit, evaluate=evaluate, patience=cfg.patience)
-    del x_fit, x_val
+    x_fit = x_val = None        # the search is over: free its split (the closures above are done with it)
     w, b, n = fit_multinomial(xs, yt, num_classes=num_classes, l2=best_l2, max_iter=cfg.max_iter, cfg=cfg,
                               precondition=precondition(best_l2), init=best_state)
     if rotation is not None:

@@ -8,8 +8,16 @@ import numpy as np
 import torch
 
 from utils.errors import UserError
-from utils.linear.solvers.base import (SOLVERS, Array, LinearClassifier, SolverSettings, check_labels, search_l2,
-                                       standardizer, stratified_split)
+from utils.linear.solvers.base import (
+    SOLVERS,
+    Array,
+    LinearClassifier,
+    SolverSettings,
+    check_labels,
+    search_l2,
+    standardizer,
+    stratified_split,
+)
 
 
 @SOLVERS.register("sklearn")
