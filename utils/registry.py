@@ -10,11 +10,24 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """A name -> object map that refuses duplicates and explains unknown names."""
+    """A name -> object map that refuses duplicates and explains unknown names. `loader` (registries of YAML files:
+    datasets, checkpoint flavours) fills it on first use, not at import: a broken file then fails the command that
+    reads it, with its name and key, instead of every import of the package."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, *, loader: Callable[[], None] | None = None):
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._loader = loader
+
+    def _load(self) -> None:
+        if self._loader is not None:
+            loader, self._loader = self._loader, None       # the loader itself adds: no second call
+            try:
+                loader()
+            except BaseException:
+                self._items.clear()
+                self._loader = loader                       # a fixed file loads on the next use
+                raise
 
     def register(self, name: str | None = None) -> Callable[[T], T]:
         """Decorator registering an object under `name` (default: its __name__)."""
@@ -27,26 +40,32 @@ class Registry(Generic[T]):
 
     def add(self, name: str, obj: T) -> None:
         """Register `obj` under `name`; a duplicate name raises."""
+        if self._loader is not None:
+            self._load()
         if name in self._items:
             raise ValueError(f"duplicate {self.kind} name {name!r}")
         self._items[name] = obj
 
     def get(self, name: str) -> T:
         """Look up `name`; an unknown name raises a UserError listing valid names."""
+        self._load()
         if name not in self._items:
             raise UserError(unknown_name_message(self.kind, name, self.names()))
         return self._items[name]
 
     def names(self) -> list[str]:
+        self._load()
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
+        self._load()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __len__(self) -> int:
+        self._load()
         return len(self._items)
 
 

@@ -7,15 +7,11 @@ Inspect a file from the shell: `python -m utils.checkpoints PATH`.
 """
 from utils.checkpoints.detect import detect_flavour, flavour_matches
 from utils.checkpoints.files import file_sha256, read_checkpoint_file
-from utils.checkpoints.flavours import FLAVOURS, Flavour, Normalization, load_flavour, register_flavour_directory
+from utils.checkpoints.flavours import FLAVOURS, Flavour, Normalization, load_flavour
 from utils.checkpoints.load import LoadedCheckpoint, check_dense_label, load_checkpoint
 from utils.checkpoints.native import NATIVE_FORMAT, save_native_checkpoint
 from utils.checkpoints.prune import prune_checkpoint
 from utils.checkpoints.report import LayerSparsity, SparsityReport
-from utils.paths import FLAVOUR_DIR
-
-# The shipped flavours; a flavour YAML elsewhere is read with load_flavour(path).
-register_flavour_directory(FLAVOUR_DIR)
 
 __all__ = ["FLAVOURS", "NATIVE_FORMAT", "Flavour", "LayerSparsity", "LoadedCheckpoint", "Normalization",
            "SparsityReport", "check_dense_label", "detect_flavour", "file_sha256", "flavour_matches",

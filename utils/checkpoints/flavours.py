@@ -21,6 +21,7 @@ from pydantic import Field, field_validator, model_validator
 from models import MODELS
 from utils.config import StrictModel, read_yaml, validate
 from utils.errors import UserError
+from utils.paths import FLAVOUR_DIR
 from utils.registry import Registry, unknown_name_message
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,9 @@ def check_regex(pattern: str) -> str:
 
 # ---------------------------------------------------------------- loading flavour files
 
-FLAVOURS: Registry[Flavour] = Registry("checkpoint flavour")
+# the shipped flavours, read on first use (not at import: a broken flavour file fails what reads flavours, with its
+# name and key); a flavour YAML elsewhere is read with load_flavour(path)
+FLAVOURS: Registry[Flavour] = Registry("checkpoint flavour", loader=lambda: register_flavour_directory(FLAVOUR_DIR))
 RAW_FLAVOURS: dict[str, dict] = {}  # name -> raw YAML mapping, for `extends`
 
 

@@ -26,9 +26,10 @@ from utils.registry import Registry, unknown_name_message
 logger = logging.getLogger(__name__)
 
 
-def load_dataset_specs(config_dir: str | Path = DATASET_DIR) -> Registry[DatasetSpec]:
+def load_dataset_specs(config_dir: str | Path = DATASET_DIR,
+                       registry: Registry[DatasetSpec] | None = None) -> Registry[DatasetSpec]:
     """Validate every <name>.yaml under config_dir into a registry (file stem must equal name)."""
-    registry: Registry[DatasetSpec] = Registry("dataset")
+    registry = Registry("dataset") if registry is None else registry
     for path in sorted(Path(config_dir).glob("*.yaml")):
         spec = load_config(path, DatasetSpec)
         unknown = [n for n in spec.layouts if n not in LAYOUTS]
@@ -41,7 +42,8 @@ def load_dataset_specs(config_dir: str | Path = DATASET_DIR) -> Registry[Dataset
     return registry
 
 
-DATASETS: Registry[DatasetSpec] = load_dataset_specs()
+# read on first use (utils.registry.Registry's loader): a broken dataset file fails what reads it, not every import
+DATASETS: Registry[DatasetSpec] = Registry("dataset", loader=lambda: load_dataset_specs(DATASET_DIR, DATASETS))
 
 
 def get_dataset_spec(name: str) -> DatasetSpec:
