@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import IntEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch import nn
@@ -46,10 +47,31 @@ class TrainState:
         return self.steps_per_epoch * self.num_epochs
 
 
+class Phase(IntEnum):
+    """Where a policy acts within each event, whatever order it was listed in (the Manager sorts by phase, stably):
+    schedules set the LR and weight decay first; then what changes the weights or the loss (masks, pruning, QAT,
+    distillation: MASK, the default), so the weights are masked when the average reads them; then the weights'
+    average (EMA); then observers (metrics, progress, wandb), which see the step done; and the checkpoint last, so a
+    metrics line never outruns the checkpoint that resumes past it."""
+
+    SCHEDULE = 0
+    MASK = 1
+    AVERAGE = 2
+    OBSERVE = 3
+    SAVE = 4
+
+
+def in_phase_order(policies: Iterable["Policy"]) -> list["Policy"]:
+    """`policies` sorted by phase; within a phase in the order given (a recipe's modifiers keep their order). An
+    object that only has the protocol (`on_event`, `state_dict`) and no phase acts in MASK, the default."""
+    return sorted(policies, key=lambda p: getattr(p, "phase", Phase.MASK))
+
+
 class Policy:
-    """Reacts to events. Subclasses override `on_<event>` methods they care about."""
+    """Reacts to events. Subclasses override `on_<event>` methods they care about, and say their `phase`."""
 
     name: str = "policy"
+    phase: Phase = Phase.MASK
 
     def on_event(self, event: Event, state: TrainState) -> None:
         handler = getattr(self, f"on_{event.value}", None)

@@ -19,7 +19,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from policies.base import Policy, TrainState
+from policies.base import Phase, Policy, TrainState
 from policies.masking import MaskPolicy
 from utils.config import StrictModel
 
@@ -44,6 +44,7 @@ def _structure(model: nn.Module) -> tuple[int, ...]:
 
 class EmaPolicy(Policy):
     """Averages the weights after each optimizer step; `state.eval_model` is the average while it is on."""
+    phase = Phase.AVERAGE
 
     name = "ema"
 

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from tqdm import tqdm  # not tqdm.auto: in a notebook without ipywidgets it warns at import
 
-from policies.base import Policy, TrainState
+from policies.base import Phase, Policy, TrainState
 from utils.cli import bars_on
 from utils.errors import UserError
 from utils.io import append_jsonl, atomic_torch_save, atomic_write_text
@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 class MetricsLogger(Policy):
     """Appends one JSON line of metrics per epoch to `metrics.jsonl`."""
+    phase = Phase.OBSERVE
 
     name = "metrics_logger"
 
@@ -42,6 +43,7 @@ class MetricsLogger(Policy):
 
 class ProgressBar(Policy):
     """tqdm bars for epochs and batches on a terminal; elsewhere (a log file) one line per epoch."""
+    phase = Phase.OBSERVE
 
     name = "progress"
 
@@ -80,6 +82,7 @@ class ProgressBar(Policy):
 
 class CheckpointSaver(Policy):
     """Writes the full training state atomically at the end of every epoch."""
+    phase = Phase.SAVE
 
     name = "checkpoint_saver"
 
@@ -93,6 +96,7 @@ class CheckpointSaver(Policy):
 
 class WandbLogger(Policy):
     """Logs epoch metrics to Weights & Biases; offline mode when no account is configured."""
+    phase = Phase.OBSERVE
 
     name = "wandb"
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from policies.base import Batch, Policy, TrainState
+from policies.base import Batch, Policy, TrainState, in_phase_order
 from policies.events import Event
 from policies.tasks import ClassificationTask, Task, autocast_for, evaluate_classifier
 from utils.errors import UserError
@@ -27,7 +27,7 @@ class Manager:
                  grad_clip_norm: float | None = None, precision: str = "fp32", accumulate_steps: int = 1,
                  frozen_modules: Iterable[nn.Module] = (), task: Task | None = None):
         self.state = state
-        self.policies = list(policies)
+        self.policies = in_phase_order(policies)
         self.train_loader = train_loader
         state.train_loader = train_loader
         self.test_loader = test_loader
@@ -40,6 +40,10 @@ class Manager:
         # fp16 needs gradient scaling (its range is small); bf16 has fp32's range and needs none
         self.scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16" and state.device.type == "cuda")
         self.frozen_modules = list(frozen_modules)
+
+    def add(self, policy: Policy) -> None:
+        """One more policy, in its phase's place (after those of its phase already there)."""
+        self.policies = in_phase_order([*self.policies, policy])
 
     def emit(self, event: Event) -> None:
         for policy in self.policies:

@@ -42,7 +42,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from policies.base import Batch, Policy, TrainState
+from policies.base import Batch, Policy, TrainState, in_phase_order
 from policies.events import Event
 from policies.masking import MaskPolicy
 from policies.modifiers import build_recipe_policies, recipe_max_epochs
@@ -109,7 +109,7 @@ class RecipeManager:
         self.state = TrainState(model=model, forward_model=model, optimizer=optimizer, device=device,
                                 steps_per_epoch=steps_per_epoch, num_epochs=epochs, seed=seed or 0,
                                 train_loader=loader)
-        self.policies, self.loader, self._seeded = policies, loader, seed is not None
+        self.policies, self.loader, self._seeded = in_phase_order(policies), loader, seed is not None
         if self._saved is not None:
             self._restore(self._saved)
         elif start_epoch:

@@ -10,7 +10,7 @@ from typing import Literal
 import torch
 from pydantic import Field, PositiveInt, model_validator
 
-from policies.base import Policy, TrainState
+from policies.base import Phase, Policy, TrainState
 from policies.ema import EmaConfig
 from utils.config import StrictModel
 from utils.registry import Registry
@@ -202,6 +202,7 @@ def momentum_at(step: int, *, steps_per_epoch: int, momentum: float, cfg: Schedu
 class LRSchedulePolicy(Policy):
     """Sets every param group's lr from `lr_at(state.step)` before each batch (a detector's bias group from
     `warmup_bias_lr` during the warm-up), and SGD's momentum from `momentum_at` when the config warms it up."""
+    phase = Phase.SCHEDULE
 
     name = "lr_schedule"
 

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Iterable, Literal
 import numpy as np
 from pydantic import Field
 
-from policies.base import Policy, TrainState
+from policies.base import Phase, Policy, TrainState
 from policies.modifiers import clock
 from policies.modifiers.base import MODIFIERS, Modifier, ModifierArgs
 from utils.errors import UserError
@@ -27,6 +27,7 @@ Groups = list[dict[str, float]]   # per param group: {"lr": ..., "weight_decay":
 @MODIFIERS.register("EpochRangeModifier")
 class EpochRangeModifier(Modifier):
     """Only shapes how long the recipe trains (its start and end count like any modifier's)."""
+    phase = Phase.SCHEDULE
 
     acts = False
 
@@ -37,6 +38,7 @@ class EpochRangeModifier(Modifier):
 
 class ScheduleWriter(Modifier):
     """A modifier that writes optimizer hyper-parameters into some param groups when it updates."""
+    phase = Phase.SCHEDULE
 
     key: ClassVar[str] = "lr"
 
@@ -188,6 +190,7 @@ def replay(writers: list[ScheduleWriter], *, initial: Groups, total_steps: int) 
 
 class RecipeSchedule(Policy):
     """Sets every param group's LR and weight decay from the recipe's writers before each batch."""
+    phase = Phase.SCHEDULE
 
     name = "recipe.schedule"
 

@@ -116,7 +116,7 @@ def fit(state: TrainState, policies: list[Policy], *, plan: Plan, loaders: tuple
                       eval_every_epochs=trainer.eval_every_epochs, grad_clip_norm=trainer.grad_clip_norm,
                       precision=precision, accumulate_steps=plan.accumulate, frozen_modules=frozen, task=task)
     if plan.dist.is_main:
-        manager.policies.append(CheckpointSaver(plan.run_dir / "checkpoint.pt", manager.training_state))
+        manager.add(CheckpointSaver(plan.run_dir / "checkpoint.pt", manager.training_state))
     if plan.status == "resume":
         manager.restore(torch.load(plan.run_dir / "checkpoint.pt", map_location=state.device, weights_only=True))
         log.info("resuming %s at epoch %d (step %d)", plan.run_dir, state.epoch, state.step)
