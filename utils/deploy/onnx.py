@@ -2,7 +2,6 @@
 check that an exported file computes what the torch model computes."""
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +11,7 @@ from torch import nn
 from utils.deploy.detect import DecodedOnly, compare_detections, is_detector
 from utils.engines import load_engine, median_latency_ms
 from utils.errors import UserError
-
-OPSET = 17
+from utils.onnx.export import OPSET, export_module
 
 
 def _onnx():
@@ -28,19 +26,14 @@ def _onnx():
 def export_onnx(model: nn.Module, path: str | Path, *, input_size: int, channels: int = 3, opset: int = OPSET) -> Path:
     """Export `model` (eval mode, batch dimension dynamic) to ONNX and validate it with onnx.checker."""
     onnx, _ = _onnx()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     example = torch.randn(1, channels, input_size, input_size, device=device)
     exported, output = (DecodedOnly(model), "predictions") if is_detector(model) else (model, "logits")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        # The TorchScript exporter maps torch.fake_quantize_* to QuantizeLinear/DequantizeLinear pairs.
-        torch.onnx.export(exported, (example,), str(path), dynamo=False, opset_version=opset, input_names=["input"],
-                          output_names=[output], dynamic_axes={"input": {0: "batch"}, output: {0: "batch"}})
-    model.train(was_training)
+    was_training = model.training
+    try:
+        path = export_module(exported, path, example=example, input_name="input", output_name=output, opset=opset)
+    finally:
+        model.train(was_training)
     proto = onnx.load(str(path))
     if fold_quantized_weights_(proto):
         onnx.save(proto, str(path))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -21,7 +20,7 @@ from torch import nn
 
 import utils.onnx  # noqa: F401 -- registers engine 'sparse'
 from utils.engines import load_engine
-from utils.io import atomic_write
+from utils.onnx.export import export_module
 from utils.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -56,29 +55,14 @@ def state_sha256(model: nn.Module) -> str:
 
 
 def export_backbone(model: nn.Module, path: str | Path, *, input_size: int) -> Path:
-    """Export the eval-mode backbone to ONNX with a dynamic batch axis (atomic write)."""
+    """Export the eval-mode backbone to ONNX with a dynamic batch axis (atomic write): utils.onnx.export's exporter,
+    the one the deployment export uses."""
     was_training = model.training
-    backbone = Backbone(model.cpu()).eval()  # the exporter restores its module's mode: make that eval
-    example = torch.zeros(2, 3, input_size, input_size)
-
-    def write(tmp: Path) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
-            try:
-                torch.onnx.export(backbone, (example,), str(tmp), dynamo=False, input_names=[INPUT_NAME],
-                                  output_names=[OUTPUT_NAME], opset_version=17,
-                                  dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
-            except (TypeError, RuntimeError, ImportError) as err:  # legacy exporter gone: torch.export-based
-                log.info("TorchScript ONNX export unavailable (%s); using the torch.export-based exporter", err)
-                torch.onnx.export(backbone, (example,), str(tmp), dynamo=True, verbose=False,
-                                  input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
-
     try:
-        atomic_write(path, write)
+        return export_module(Backbone(model.cpu()), path, example=torch.zeros(2, 3, input_size, input_size),
+                             input_name=INPUT_NAME, output_name=OUTPUT_NAME)
     finally:
         model.train(was_training)
-    return Path(path)
 
 
 def onnx_backend(model: nn.Module, *, workdir: Path, input_size: int, engine: str = "onnxruntime") -> BatchFn:
