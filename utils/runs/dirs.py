@@ -33,7 +33,10 @@ from utils.runs.options import FullOptions, LinearOptions, TransferConfig
 
 log = logging.getLogger(__name__)
 
-# The raw_results schema first (dset,model,sparsity,seed,val_acc), then descriptive columns.
+# The raw_results schema first (dset,model,sparsity,seed,val_acc), then descriptive columns. `val_acc` is the
+# paper's column name and holds what the paper put there: the top-1 accuracy on the dataset's TEST split after the
+# last epoch (no model selection on it; empty for a detector, whose score is `map`). `model` is the upstream's
+# pruning method (or the recipe's when it prunes), `sparsity` its nominal sparsity.
 RESULT_COLUMNS = [
     "dset", "model", "sparsity", "seed", "val_acc",
     "finetuning", "arch", "checkpoint", "flavour", "recipe", "solver", "lr", "epochs", "batch_size",
