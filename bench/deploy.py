@@ -38,7 +38,7 @@ from policies.quantization import (  # noqa: E402
 )
 from utils.checkpoints import load_checkpoint  # noqa: E402
 from utils.deploy import compressed_size_report, export_onnx  # noqa: E402
-from utils.engines import ENGINES, load_engine, median_latency_ms, missing  # noqa: E402
+from utils.onnx.engines import ENGINES, load_engine, median_latency_ms, missing  # noqa: E402
 from utils.sparsity import prunable_parameters  # noqa: E402
 from utils.sparsity.structured import make_masks, parse_mask_type  # noqa: E402
 

@@ -21,8 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from models import build_model  # noqa: E402
-from utils.engines import available_engines  # noqa: E402
 from utils.linear import build_backend  # noqa: E402
+from utils.onnx.engines import available_engines  # noqa: E402
 from utils.sparsity import magnitude_prune_  # noqa: E402
 
 

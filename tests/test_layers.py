@@ -16,7 +16,7 @@ from utils.paths import REPO_ROOT
 
 PROJECT = ("utils", "policies", "models")
 GROUND = {"utils", "utils.errors", "utils.registry", "utils.config", "utils.io", "utils.cli", "utils.distributed",
-          "utils.paths", "utils.seed", "utils.engines"}     # engines: ONNX runtimes behind one interface
+          "utils.paths", "utils.seed"}
 # package -> the project packages it may import besides itself and the ground floor (which imports only itself).
 LAYERS = {
     "utils.sparsity": set(),
@@ -24,13 +24,14 @@ LAYERS = {
     "utils.data": set(),
     "policies": {"utils.sparsity"},
     "utils.checkpoints": {"utils.sparsity", "models"},
-    "utils.onnx": set(),            # the sparse engine: its kernels and ONNX executor (registers into utils.engines)
+    "utils.onnx": set(),            # the CPU engines for ONNX files (one registry), the exporter, the sparse engine
     "utils.linear": {"policies", "utils.onnx"},   # the trainer's optimizer and LR functions (the sgd solver)
     "utils.detection": {"policies"},
     "utils.runs": {"utils.sparsity", "models", "policies", "utils.data", "utils.checkpoints", "utils.linear",
-                   "utils.detection"},
+                   "utils.detection", "utils.onnx"},   # the linear kind checks the --feature_backend engine
     "utils.deploy": {"utils.checkpoints", "policies", "utils.detection", "utils.onnx"},
-    "utils.sparsify": {"utils.runs", "utils.deploy", "utils.checkpoints", "utils.data", "models", "policies"},
+    "utils.sparsify": {"utils.runs", "utils.deploy", "utils.checkpoints", "utils.data", "models", "policies",
+                       "utils.onnx"},      # the summary's engines
     "utils.sparseml": {"utils.runs", "utils.sparsify", "utils.deploy", "models", "policies"},
     "utils.studies": {"utils.runs", "utils.checkpoints", "utils.analysis",
                       "utils.data", "utils.deploy"},   # the demo makes its detection data and exports its detector

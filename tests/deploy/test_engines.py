@@ -7,8 +7,8 @@ import torch
 from models import build_model
 from policies.quantization import freeze_bn_stats_, prepare_qat_, quantizable_modules, set_observers_
 from utils.deploy import ENGINES, compare_with_torch, engines_latency_ms, export_onnx, load_engine, missing
-from utils.engines import DeepSparseEngine
 from utils.errors import UserError
+from utils.onnx.engines import DeepSparseEngine
 from utils.sparsity import magnitude_prune_
 
 
@@ -81,7 +81,7 @@ def test_openvino_leaves_the_calling_threads_signal_stack_alone(exported):
     (a DataLoader's SIGCHLD) crashed the test process with SIGSEGV. The engine puts the thread's own back."""
     import ctypes
 
-    from utils.engines import _StackT
+    from utils.onnx.engines import _StackT
 
     if missing("openvino"):
         assert "openvino" in missing("openvino")

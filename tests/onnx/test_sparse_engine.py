@@ -12,9 +12,9 @@ import torch.nn.functional as F
 import utils.onnx.kernels as kernels
 from models import build_model
 from utils.deploy import export_onnx
-from utils.engines import available_engines, load_engine, missing
 from utils.errors import UserError
 from utils.onnx import SparseEngine
+from utils.onnx.engines import available_engines, load_engine, missing
 from utils.onnx.graph import SparseGraph
 from utils.onnx.kernels import PackedConv, PackedLinear, sparse_conv, sparse_linear
 from utils.onnx.layers import ConvLayer

@@ -11,8 +11,8 @@ from policies.quantization import load_qat_state_, qat_modules
 from utils.checkpoints import load_checkpoint
 from utils.deploy.compress import compressed_size_report
 from utils.deploy.onnx import compare_with_torch, export_onnx
-from utils.engines import available_engines, engines_latency_ms
 from utils.io import atomic_write_json
+from utils.onnx.engines import available_engines, engines_latency_ms
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, flavour: str | None = None,

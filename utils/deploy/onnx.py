@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from utils.deploy.detect import DecodedOnly, compare_detections, is_detector
-from utils.engines import load_engine, median_latency_ms
 from utils.errors import UserError
+from utils.onnx.engines import load_engine, median_latency_ms
 from utils.onnx.export import OPSET, export_module
 
 

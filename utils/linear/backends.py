@@ -2,7 +2,7 @@
 
     torch        the backbone in torch on the run's device
     onnxruntime  the backbone exported once per model content to `<workdir>/<state hash>-<size>px.onnx`
-    openvino     (atomically) and run on the CPU by that engine (utils.engines; the study used the
+    openvino     (atomically) and run on the CPU by that engine (utils.onnx.engines; the study used the
     deepsparse   end-of-life DeepSparse, which is used when it happens to be installed; the others buy a
     sparse       CPU-optimised path; `sparse` (utils.onnx) multiplies only the nonzero weights, layer by layer
                  where that is measured faster -- the study's linear protocol on sparse backbones)
@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 import utils.onnx  # noqa: F401 -- registers engine 'sparse'
-from utils.engines import load_engine
+from utils.onnx.engines import load_engine
 from utils.onnx.export import export_module
 from utils.registry import Registry
 
@@ -66,7 +66,7 @@ def export_backbone(model: nn.Module, path: str | Path, *, input_size: int) -> P
 
 
 def onnx_backend(model: nn.Module, *, workdir: Path, input_size: int, engine: str = "onnxruntime") -> BatchFn:
-    """Export (or reuse the export of) this exact model, then return its runner in `engine` (utils.engines)."""
+    """Export (or reuse the export of) this exact model, then return its runner in `engine` (utils.onnx.engines)."""
     path = Path(workdir) / f"{state_sha256(model)[:16]}-{input_size}px.onnx"
     if path.exists():
         log.info("reusing ONNX backbone %s", path)

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from utils.engines import ENGINES, Engine, _is_quantized
 from utils.onnx import kernels
+from utils.onnx.engines import ENGINES, Engine, _is_quantized
 from utils.onnx.graph import SparseGraph
 
 WHOLE_GRAPH_RUNS = 5

@@ -21,7 +21,6 @@ from utils.checkpoints import LoadedCheckpoint, check_dense_label, file_sha256, 
 from utils.config import load_config
 from utils.data import IMAGENET_MEAN, IMAGENET_STD, DatasetSplits, content_fingerprint, load_datasets
 from utils.data.seeded import SampleSeeded
-from utils.engines import missing
 from utils.errors import UserError
 from utils.io import append_jsonl, atomic_torch_save
 from utils.linear import (
@@ -38,6 +37,7 @@ from utils.linear import (
     fit_sgd_epochs,
     score,
 )
+from utils.onnx.engines import missing
 from utils.runs.dirs import (
     check_results_table,
     check_same_settings,

@@ -18,9 +18,9 @@ from utils.cli import quietly
 from utils.config import MIN_IMAGE_SIZE, StrictModel
 from utils.data import DatasetSplits, load_datasets, load_detection_datasets
 from utils.deploy import export_checkpoint, export_onnx
-from utils.engines import available_engines, engines_latency_ms, missing
 from utils.errors import UserError
 from utils.io import atomic_write_json, atomic_write_text
+from utils.onnx.engines import available_engines, engines_latency_ms, missing
 from utils.paths import RECIPE_DIR, TRAINER_DIR
 from utils.runs import RUNS, InputSettings, RunResult, checkpoint_label
 from utils.sparsify.optim import OptimTarget, Selection, optim_target, select_model

@@ -1,5 +1,6 @@
-"""CPU inference engines for an exported ONNX file, side by side: one registry, one interface (a ground-floor
-module: export checks, feature backends, summaries and benches all use it).
+"""CPU inference engines for an exported ONNX file, side by side: one registry, one interface (in utils.onnx,
+which the export checks, the feature backends, the summaries and the benches all import; engine 'sparse' registers
+from utils/onnx/engine.py).
 
     onnxruntime  always installed (requirements.txt); fp32, and INT8 QDQ graphs fused into int8 kernels
     openvino     installed (requirements.txt); reads ONNX; on CPUs with AVX-512 BF16 / AMX it runs in bf16 unless
