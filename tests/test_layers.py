@@ -27,14 +27,15 @@ LAYERS = {
     "utils.onnx": set(),            # the CPU engines for ONNX files (one registry), the exporter, the sparse engine
     "utils.linear": {"policies", "utils.onnx"},   # the trainer's optimizer and LR functions (the sgd solver)
     "utils.detection": {"policies"},
+    "utils.tasks": {"models", "utils.data"},     # which task an arch / dataset / model / record belongs to
     "utils.runs": {"utils.sparsity", "models", "policies", "utils.data", "utils.checkpoints", "utils.linear",
-                   "utils.detection", "utils.onnx"},   # the linear kind checks the --feature_backend engine
-    "utils.deploy": {"utils.checkpoints", "policies", "utils.detection", "utils.onnx"},
+                   "utils.detection", "utils.onnx", "utils.tasks"},   # onnx: the linear kind's --feature_backend
+    "utils.deploy": {"utils.checkpoints", "policies", "utils.detection", "utils.onnx", "utils.tasks"},
     "utils.sparsify": {"utils.runs", "utils.deploy", "utils.checkpoints", "utils.data", "models", "policies",
-                       "utils.onnx"},      # the summary's engines
+                       "utils.onnx", "utils.tasks"},      # onnx: the summary's engines
     "utils.sparseml": {"utils.runs", "utils.sparsify", "utils.deploy", "models", "policies"},
-    "utils.studies": {"utils.runs", "utils.checkpoints", "utils.analysis",
-                      "utils.data", "utils.deploy"},   # the demo makes its detection data and exports its detector
+    # the demo makes its detection data and exports its detector
+    "utils.studies": {"utils.runs", "utils.checkpoints", "utils.analysis", "utils.data", "utils.deploy", "utils.tasks"},
     "utils.analysis": set(),
 }
 PRINT_ALLOWED = {"utils.errors"}   # exit_on_user_error: the one-line `error: ...` every entry point ends with

@@ -10,6 +10,7 @@ from torch import nn
 from torchvision.ops import box_iou
 
 from utils.detection import non_max_suppression
+from utils.tasks import is_detection
 
 # a box "agrees" when the other side has one of the same class at this IoU or more (COCO's match)
 MATCH_IOU = 0.5
@@ -60,4 +61,4 @@ def compare_detections(model: nn.Module, run: Callable[[np.ndarray], np.ndarray]
 
 
 def is_detector(model: nn.Module) -> bool:
-    return getattr(model, "task", None) == "detection"
+    return is_detection(model=model)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models import build_model, model_task
+from models import build_model
 from policies.base import Policy, TrainState
 from policies.ema import EmaPolicy
 from policies.loggers import CheckpointSaver, MetricsLogger, ProgressBar, WandbLogger
@@ -25,7 +25,7 @@ from policies.modifiers.layers import LayerPruningModifier
 from policies.tasks import ClassificationTask, Task, fastest_precision
 from policies.trainer import LRSchedulePolicy, build_optimizer
 from utils.checkpoints import check_dense_label
-from utils.data import DatasetSplits, is_detection_dataset, load_datasets, load_detection_datasets
+from utils.data import DatasetSplits, load_datasets, load_detection_datasets
 from utils.data.verify import image_sizes
 from utils.detection import DetectionTask
 from utils.detection.anchors import check_anchors_
@@ -40,6 +40,7 @@ from utils.runs.record import check_sparsity, finish, resolved_config
 from utils.runs.setup import Upstream, freeze_, load_upstream, make_loaders, reinitialize_unloaded_
 from utils.seed import seed_everything
 from utils.sparsity import masks_from_zeros, measured_sparsity, sparse_layers
+from utils.tasks import is_detection
 
 __all__ = ["default_exp_name", "load_data", "run_full_finetuning"]
 
@@ -50,8 +51,8 @@ def load_data(upstream: Upstream, *, dataset: str, dataset_path: str | None, ima
               interpolation: str | None, max_train_samples: int | None, seed: int,
               mosaic: float = 0.0, checkpoint: str | None = None) -> tuple[DatasetSplits, InputSettings]:
     """The downstream splits, prepared as the upstream expects (its resize and normalisation unless overridden)."""
-    detector = model_task(upstream.arch) == "detection"
-    if detector != is_detection_dataset(dataset):
+    detector = is_detection(arch=upstream.arch)
+    if detector != is_detection(dataset=dataset):
         data = dataset_path if dataset == "yolo" and dataset_path else dataset
         model = f"the checkpoint {checkpoint} holds {upstream.arch}" if checkpoint else upstream.arch
         raise UserError(f"{model}, a {'detector' if detector else 'classifier'}, and the data {data!r} is a "
@@ -76,7 +77,7 @@ def load_data(upstream: Upstream, *, dataset: str, dataset_path: str | None, ima
 
 def task_for(model: nn.Module, *, image_size: int, label_smoothing: float) -> Task:
     """What the run learns: a detector's loss and mAP, or a classifier's cross-entropy and accuracy."""
-    if getattr(model, "task", "classification") == "detection":
+    if is_detection(model=model):
         return DetectionTask(model, imgsz=image_size)
     return ClassificationTask(label_smoothing=label_smoothing)
 
@@ -147,7 +148,7 @@ def fine_tune(opts: FullOptions) -> RunResult:
                              image_size=opts.image_size, interpolation=opts.interpolation,
                              max_train_samples=opts.max_train_samples, seed=opts.seed,
                              mosaic=0.0 if opts.eval_only else plan.trainer.mosaic)
-    if plan.trainer.mosaic and not opts.eval_only and model_task(upstream.arch) != "detection":
+    if plan.trainer.mosaic and not opts.eval_only and not is_detection(arch=upstream.arch):
         raise UserError(f"{opts.trainer_config_path}: 'mosaic: {plan.trainer.mosaic}' is detection augmentation and "
                         f"{upstream.arch} is a classifier; remove the key (or set it to 0)")
     if opts.eval_only:
@@ -155,7 +156,8 @@ def fine_tune(opts: FullOptions) -> RunResult:
                              task=task_for(upstream.model, image_size=inputs.image_size, label_smoothing=0.0))
     seed_everything(opts.seed)
     masks, frozen = prepare_model_(upstream, num_classes=data.num_classes, transfer=plan.transfer, device=plan.device)
-    if data.layout == "yolo" and not opts.noautoanchor and plan.status != "resume":   # a resumed run has its anchors
+    # a resumed run has its anchors
+    if is_detection(arch=upstream.arch) and not opts.noautoanchor and plan.status != "resume":
         known = image_sizes([Path(image) for image, _ in data.train.items], root=data.root)   # the check's cache
         log.info("%s", check_anchors_(upstream.model.get_classifier(), data.train.items, data.train.labels,
                                       imgsz=inputs.image_size, seed=opts.seed, image_wh=known))

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from utils.registry import Registry
 from utils.runs.options import RunOptions
+from utils.tasks import is_detection
 
 
 @dataclass(frozen=True)
@@ -47,14 +48,14 @@ class RunResult:
     @property
     def score(self) -> tuple[str, float]:
         """(name, value) of the run's result: a classifier's accuracy, a detector's mAP@0.5:0.95."""
-        if self.record.get("task") == "detection":
+        if is_detection(record=self.record):
             return "mAP", float(self.record["map"])
         return "acc", self.val_acc
 
     def summary(self) -> dict[str, Any]:
         """The line a command prints at the end: what was run and its result (a detector's mAPs, a classifier's
         accuracy), the sparsity measured and where the run lives."""
-        keys = ("dset", "model", "sparsity", "seed", "map", "map50") if self.record.get("task") == "detection" \
+        keys = ("dset", "model", "sparsity", "seed", "map", "map50") if is_detection(record=self.record) \
             else ("dset", "model", "sparsity", "seed", "val_acc")
         return {k: self.record[k] for k in (*keys, "measured_sparsity", "run_dir") if k in self.record}
 

@@ -13,8 +13,9 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from utils.config import MIN_IMAGE_SIZE, StrictModel
-from utils.data.yolo import is_detection_dataset, yolo_dataset_name
+from utils.data.yolo import yolo_dataset_name
 from utils.paths import PROBE_DIR, TRAINER_DIR
+from utils.tasks import is_detection
 
 
 class TransferConfig(StrictModel):
@@ -65,7 +66,7 @@ class RunOptions(StrictModel):
         share a run or a result row; else the registry name (cifar10, ...)."""
         if self.dataset_name:
             return self.dataset_name
-        if is_detection_dataset(self.dataset):
+        if is_detection(dataset=self.dataset):
             data_yaml = self.dataset if self.dataset != "yolo" else self.dataset_path
             return yolo_dataset_name(data_yaml) if data_yaml else self.dataset
         if self.dataset == "imagefolder" and self.dataset_path:

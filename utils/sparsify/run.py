@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import torch
 from pydantic import Field
 
-from models import build_model, model_task
+from models import build_model
 from policies.recipe import load_recipe
 from utils.checkpoints import load_checkpoint
 from utils.cli import quietly
@@ -26,6 +26,7 @@ from utils.runs import RUNS, InputSettings, RunResult, checkpoint_label
 from utils.sparsify.optim import OptimTarget, Selection, optim_target, select_model
 from utils.sparsify.use_cases import UseCase, resolve_use_case
 from utils.sparsify.zoo import ZooEntry, backbone_params, default_zoo_path, load_zoo
+from utils.tasks import DETECTION, is_detection, task_of
 
 log = logging.getLogger(__name__)
 # what says "loaded ..." when data or a checkpoint is read: quiet when this command reads them a second time
@@ -69,7 +70,7 @@ class SparseTransferOptions(StrictModel):
 def check_data(case: UseCase, path: str | Path, **kwargs: Any) -> DatasetSplits:
     """The use case's datasets read from `path` (the tree is validated); errors name --data."""
     try:
-        if case.task == "detection":
+        if case.task == DETECTION:
             return load_detection_datasets(path, imgsz=kwargs.get("image_size") or 640)
         return load_datasets(case.dataset, path, **kwargs)
     except UserError as err:
@@ -152,9 +153,9 @@ def pick_model(opts: SparseTransferOptions, target: OptimTarget,
     """The zoo's choice for the level among the use case's models (or --model as given, with a note if it
     disagrees) and those zoo entries."""
     listed = load_zoo(opts.zoo) if opts.model is None or Path(opts.zoo).is_file() else []
-    entries = [e for e in listed if model_task(e.arch) == case.task]
+    entries = [e for e in listed if task_of(arch=e.arch) == case.task]
     if opts.model is None and listed and not entries:
-        others = sorted({model_task(e.arch) for e in listed})
+        others = sorted({task_of(arch=e.arch) for e in listed})
         raise UserError(f"{opts.zoo} has no {case.task} model for --use-case {opts.use_case} (it lists {len(listed)} "
                         f"{'/'.join(others)} model(s)); add one under 'models:', e.g. '- {TASK_EXAMPLES[case.task]}', "
                         "or pass --model CKPT")
@@ -162,8 +163,8 @@ def pick_model(opts: SparseTransferOptions, target: OptimTarget,
         return select_model(entries, opts.optim_level, zoo_path=opts.zoo), entries
     with quietly(*CHECKPOINT_LOGGERS):    # read for its architecture and sparsity; the run reads it and says so
         given = entry_from_checkpoint(opts.model, opts.flavour)
-    if model_task(given.arch) != case.task:
-        raise UserError(f"--model {opts.model} is a {model_task(given.arch)} model ({given.arch}); the use case "
+    if task_of(arch=given.arch) != case.task:
+        raise UserError(f"--model {opts.model} is a {task_of(arch=given.arch)} model ({given.arch}); the use case "
                         f"{case.name} needs a {case.task} model")
     note = None
     if given.pruned != target.pruned:
@@ -264,7 +265,7 @@ def onnx_check(report: dict[str, Any]) -> dict[str, Any]:
 
 def score(result: RunResult) -> dict[str, Any]:
     """The summary's quality figures: a classifier's accuracy, a detector's mAP@0.5:0.95 and mAP@0.5."""
-    if result.record.get("task") == "detection":
+    if is_detection(record=result.record):
         return {"map": float(result.record["map"]), "map50": float(result.record["map50"])}
     return {"accuracy": result.val_acc}
 

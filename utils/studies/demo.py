@@ -21,6 +21,7 @@ from utils.data.paste_yolo import make_paste_dataset
 from utils.deploy import add_latency_, deploy_checkpoint
 from utils.io import atomic_write_json, atomic_write_text, read_json
 from utils.paths import STUDY_DIR
+from utils.tasks import DETECTION
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def side_by_side(results_csv: Path) -> pd.DataFrame:
     """Rows model@sparsity; columns dataset x mode (mean test accuracy over seeds, %), plus measured sparsity."""
     df = latest_rows(results_csv)
     if "task" in df.columns:          # a detector's score is its mAP@0.5:0.95
-        df["val_acc"] = df["val_acc"].where(df["task"] != "detection", df["map"])
+        df["val_acc"] = df["val_acc"].where(df["task"] != DETECTION, df["map"])
     acc = df.pivot_table(index=["model", "sparsity"], columns=["dset", "finetuning"], values="val_acc",
                          aggfunc="mean") * 100
     acc.columns = [f"{d} {m}" for d, m in acc.columns]

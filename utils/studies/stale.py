@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from utils.config import read_yaml
-from utils.data import content_fingerprint, is_detection_dataset, load_datasets, load_detection_datasets
+from utils.data import content_fingerprint, load_datasets, load_detection_datasets
 from utils.errors import UserError
 from utils.io import drop_csv_rows, read_json
 from utils.runs.dirs import same_run
 from utils.studies.cells import Cell
+from utils.tasks import is_detection
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def data_key(cell: Cell) -> DataKey:
 def current_content(key: DataKey) -> dict[str, str | None]:
     """The split fingerprints of the data as it is now (its files listed and stat'ed, no image decoded)."""
     name, path, max_train_samples, seed = key
-    if is_detection_dataset(name):
+    if is_detection(dataset=name):
         splits = load_detection_datasets(path if name == "yolo" else name, imgsz=32, verify=False,
                                          max_train_samples=max_train_samples, seed=seed)
     else:
