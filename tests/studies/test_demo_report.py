@@ -24,3 +24,16 @@ def test_the_demo_sections_are_appended_once_and_replaced(tmp_path):
     assert second.count(DEMO_SECTIONS) == 1 and second.count("## Full and linear transfer side by side") == 1
     assert "latency: 0.5 ms" not in second
     assert isinstance(table, pd.DataFrame)
+
+
+def test_the_demo_prints_what_its_report_shows(tmp_path):
+    from utils.studies.demo import what_it_shows
+
+    report = tmp_path / "report.md"
+    report.write_text("# Transfer results\n\n## What this shows\n\nIntro.\n\n### resnet_small\n\n1. **Full fine-tuning "
+                      "above linear probing** -- holds here.\n\n## Full fine-tuning, resnet_small\n\n| table |\n")
+    shown = what_it_shows(report)
+    assert shown.startswith("what this shows:\nIntro.") and "1. Full fine-tuning above linear probing -- holds" in shown
+    assert "| table |" not in shown and "**" not in shown
+    report.write_text("# Transfer results\n")
+    assert what_it_shows(report) == ""

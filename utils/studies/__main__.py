@@ -22,6 +22,7 @@ from utils.studies.demo import (
     format_table,
     prepare_detection_data,
     side_by_side,
+    what_it_shows,
 )
 
 
@@ -64,6 +65,9 @@ def main(argv: list[str] | None = None) -> None:
             print("\n".join(lines))
         if (root / "report" / "report.md").is_file():
             add_demo_sections(root / "report" / "report.md", table, lines)
+            shows = what_it_shows(root / "report" / "report.md")
+            if shows:
+                print(f"\n{shows}")
     print(f"\ntook {time.perf_counter() - start:.0f} s")
 
 

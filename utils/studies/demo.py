@@ -101,6 +101,16 @@ def add_demo_sections(report: Path, table: pd.DataFrame, deployment_lines: list[
     atomic_write_text(report, "\n".join(parts))
 
 
+def what_it_shows(report: Path) -> str:
+    """The report's 'What this shows' section as terminal text (the demo prints it after its tables)."""
+    text = report.read_text(encoding="utf-8")
+    if "## What this shows" not in text:
+        return ""
+    section = text.split("## What this shows", 1)[1].split("\n## ", 1)[0]
+    body = section.replace("**", "").replace("### ", "").strip()
+    return "what this shows:\n" + body
+
+
 def deploy_sparsest(results_csv: Path, *, latency: bool = True, **options: Any) -> dict[str, Any] | None:
     """Export the sparsest transferred model of a study (ONNX fp32 and, after QAT, INT8), checked in every installed
     engine, and (`latency`) time both files in each; reuses an export newer than its model. None when the study
