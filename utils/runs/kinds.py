@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from utils.registry import Registry
 from utils.runs.options import RunOptions
-from utils.tasks import is_detection
+from utils.tasks import TASKS, is_detection, task_of
 
 
 @dataclass(frozen=True)
@@ -48,9 +48,8 @@ class RunResult:
     @property
     def score(self) -> tuple[str, float]:
         """(name, value) of the run's result: a classifier's accuracy, a detector's mAP@0.5:0.95."""
-        if is_detection(record=self.record):
-            return "mAP", float(self.record["map"])
-        return "acc", self.val_acc
+        spec = TASKS.get(task_of(record=self.record))
+        return spec.short, float(self.record[spec.score])
 
     def summary(self) -> dict[str, Any]:
         """The line a command prints at the end: what was run and its result (a detector's mAPs, a classifier's

@@ -23,16 +23,17 @@ CLASSIFICATION, DETECTION = "classification", "detection"
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """What a task's results are scored by: the results.csv column the analysis ranks by, and its label."""
+    """What a task's results are scored by: the result record's column (results.csv's) and its short name (a
+    command's closing line). The analysis labels the same columns itself: it reads results without torch."""
 
     name: str
     score: str
-    score_label: str
+    short: str
 
 
 TASKS: Registry[TaskSpec] = Registry("task")
-TASKS.add(CLASSIFICATION, TaskSpec(CLASSIFICATION, "val_acc", "Top-1 accuracy (%)"))
-TASKS.add(DETECTION, TaskSpec(DETECTION, "map", "mAP@0.5:0.95 (%)"))
+TASKS.add(CLASSIFICATION, TaskSpec(CLASSIFICATION, "val_acc", "acc"))
+TASKS.add(DETECTION, TaskSpec(DETECTION, "map", "mAP"))
 
 
 def task_of(*, arch: str | None = None, dataset: str | None = None, model: nn.Module | None = None,
