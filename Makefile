@@ -23,11 +23,12 @@ KERNELS := utils/onnx/kernels/build/libsparse_conv.so
 CC ?= cc
 kernels: $(KERNELS)
 
-$(KERNELS): utils/onnx/kernels/sparse_conv.c
+KERNEL_SOURCES := utils/onnx/kernels/sparse_conv.c utils/onnx/kernels/sparse_qconv.c
+$(KERNELS): $(KERNEL_SOURCES) utils/onnx/kernels/sparse_conv.h
 	@mkdir -p $(dir $@)
 	@if ! command -v $(CC) >/dev/null 2>&1; then \
 	  echo "no C compiler ($(CC)): the sparse engine is off (apt-get install gcc, then make kernels)"; \
-	elif $(CC) -O3 -fopenmp -fPIC -shared -o $@.tmp $< -lm; then mv $@.tmp $@; \
+	elif $(CC) -O3 -fopenmp -fPIC -shared -o $@.tmp $(KERNEL_SOURCES) -lm; then mv $@.tmp $@; \
 	else rm -f $@.tmp; echo "the sparse kernels did not build with $(CC) (above): the sparse engine is off"; fi
 
 # Debian's dataset-fashion-mnist package: installed when apt is available and the files are missing.

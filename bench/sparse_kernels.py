@@ -41,6 +41,7 @@ SHAPES = [(3, 64, 7, 2, 224, 1), (64, 64, 1, 1, 56, 1), (64, 64, 3, 1, 56, 3), (
 TILES = [64, 16, 32, 128]                     # the default first
 # variant builds: label -> compiler flags; the default (`make kernels`) first
 BUILDS = {**{f"tile {t}": [f"-DTILE={t}"] for t in TILES}, "64 rolled": ["-DUNROLL="]}
+SOURCES = ("sparse_conv.c", "sparse_qconv.c")    # as the Makefile's KERNEL_SOURCES
 SLACK = 4096                                  # floats past every buffer: the largest tile reads past a grid's end
 
 
@@ -48,7 +49,7 @@ def build(label: str, flags: list[str], folder: Path) -> ctypes.CDLL:
     out = folder / f"libsparse_conv_{label.replace(' ', '_')}.so"
     cc = os.environ.get("CC", "cc")
     subprocess.run([cc, "-O3", "-fopenmp", "-fPIC", "-shared", *flags, "-o", str(out),
-                    str(HERE / "sparse_conv.c"), "-lm"], check=True)
+                    *(str(HERE / f) for f in SOURCES), "-lm"], check=True)
     return declare(ctypes.CDLL(str(out)))
 
 

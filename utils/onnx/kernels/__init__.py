@@ -1,4 +1,5 @@
-"""The compiled sparse convolution kernels (kernels/sparse_conv.c) and their Python face.
+"""The compiled sparse convolution kernels (kernels/sparse_conv.c; int8: sparse_qconv.c, Python face in
+kernels.quantized) and their Python face.
 
 `make kernels` builds `build/libsparse_conv.so` with the system C compiler (gcc or cc, OpenMP); where it is missing
 `KernelsMissing` says so in one line and the other engines still run. See sparse_conv.c for the layout.
@@ -53,6 +54,14 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.spconv_prepare_by_rows.argtypes, lib.spconv_prepare_by_rows.restype = [c_int], c_int
     lib.splinear_run.argtypes = [f32, c_int, c_int, i32, i32, f32, c_int, f32, f32, c_int, c_int]
     lib.splinear_run.restype = None
+    lib.spq_isa.argtypes, lib.spq_isa.restype = [c_int], c_int
+    f = ctypes.c_float
+    lib.spq_prepare.argtypes = [f32, i64, i64, c_int, c_int, c_int, c_int, c_int, c_int, c_int, c_int, c_int, c_int,
+                                f, c_int, i32, i64, c_int, c_int]
+    lib.spq_prepare.restype = None
+    lib.spq_run.argtypes = [i32, i64, c_int, i32, i32, i32, c_int, f32, i32, f32, f, f, c_int, c_int, c_int, f32, i64,
+                            i64, f32, i64, i64, c_int, c_int, c_int]
+    lib.spq_run.restype = None
     return lib
 
 

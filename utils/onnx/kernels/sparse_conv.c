@@ -13,92 +13,9 @@
  *
  * Parallel over (image, tile of q, block of output channels). AVX-512 or AVX2+FMA chosen at run time.
  */
-#include <math.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <unistd.h>
-#include <immintrin.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
-#ifndef TILE
-#define TILE 64          /* grid positions per tile: 4 AVX-512 or 8 AVX2 accumulators */
-#endif
-
-/* Loops over a tile's vectors fully unrolled: the accumulators then live in registers. Left to itself gcc kept the
- * arrays on the stack (a store and reload of every accumulator per output row). bench/sparse_kernels.py builds
- * -DUNROLL= (rolled) as a variant to measure it. */
-#ifndef UNROLL
-#define UNROLL _Pragma("GCC unroll 16")
-#endif
-
-enum { ACT_NONE = 0, ACT_RELU = 1, ACT_SILU = 2 };
+#include "sparse_conv.h"
 
 int spconv_tile(void) { return TILE; }
-
-/* exp(x) in plain branch-free C that the compiler vectorises (a scalar expf per output cost as much as the
- * multiply-adds of a sparse 1x1 layer): 2^n * p(r) with n = round(x / ln 2), r = x - n ln 2 in two parts, and a
- * degree-6 polynomial for e^r on |r| <= ln2/2; relative error about 2e-7 (tests compare with torch's SiLU). */
-static inline float exp_vectorisable(float x) {
-    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-    const float n = floorf(x * 1.44269504089f + 0.5f);
-    const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
-    float p = 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    const int32_t bits = ((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
-}
-
-/* SiLU on vectors, the same polynomial as exp_vectorisable: x / (1 + e^-x), 2^n applied by vscalefps (AVX-512)
- * or by building the exponent bits (AVX2; n stays in [-126, 127] after the clamp). */
-__attribute__((target("avx512f")))
-static inline __m512 silu_avx512(__m512 x) {
-    const __m512 t = _mm512_min_ps(_mm512_max_ps(_mm512_sub_ps(_mm512_setzero_ps(), x), _mm512_set1_ps(-87.0f)),
-                                   _mm512_set1_ps(88.0f));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(t, _mm512_set1_ps(1.44269504089f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), t);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
-    __m512 p = _mm512_set1_ps(1.0f / 720.0f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    const __m512 e = _mm512_scalef_ps(p, n);
-    return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
-}
-
-__attribute__((target("avx2,fma")))
-static inline __m256 silu_avx2(__m256 x) {
-    const __m256 t = _mm256_min_ps(_mm256_max_ps(_mm256_sub_ps(_mm256_setzero_ps(), x), _mm256_set1_ps(-87.0f)),
-                                   _mm256_set1_ps(88.0f));
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(t, _mm256_set1_ps(1.44269504089f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), t);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187e-06f), r);
-    __m256 p = _mm256_set1_ps(1.0f / 720.0f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    const __m256 e = _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
-    return _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
-}
 
 /* Two nonzeros a step, each into its own accumulators (summed at the end): the next multiply-adds need not wait
  * for the last ones' sums (measured 3% faster than one chain on ResNet-50's layers). */
@@ -196,7 +113,7 @@ static void silu_run(float *d, int len) {
 /* Write a tile's valid grid positions (columns < wo) to the output, with bias, residual and activation; each
  * row's run is a contiguous loop the compiler vectorises (one clone per instruction set, chosen at load). */
 __attribute__((target_clones("avx512f", "avx2", "default")))
-static void store_tile(const float *acc, int64_t q0, int64_t grid, int wq, int wo, float *yc, const float *rc,
+void spconv_store_tile(const float *acc, int64_t q0, int64_t grid, int wq, int wo, float *yc, const float *rc,
                        float bc, int act) {
     const int64_t end = q0 + TILE < grid ? q0 + TILE : grid;
     int64_t q = q0;
@@ -221,7 +138,7 @@ static void store_tile(const float *acc, int64_t q0, int64_t grid, int wq, int w
  * the valid positions of a tile are consecutive in the output, the junk lanes lying between its rows. masks[i]:
  * the valid lanes of vector i, dest[i]: the output index of its first valid lane. */
 __attribute__((target("avx512f")))
-static void store_packed_avx512(const float *acc, const __mmask16 *masks, const int64_t *dest, float *yc,
+void spconv_store_packed_avx512(const float *acc, const __mmask16 *masks, const int64_t *dest, float *yc,
                                 const float *rc, float bias, int act) {
     const __m512 b = _mm512_set1_ps(bias), zero = _mm512_setzero_ps();
     for (int i = 0; i < TILE / 16; i++) {
@@ -233,6 +150,22 @@ static void store_packed_avx512(const float *acc, const __mmask16 *masks, const 
         if (act == ACT_RELU) v = _mm512_max_ps(v, zero);
         else if (act == ACT_SILU) v = silu_avx512(v);
         _mm512_mask_storeu_ps(yc + dest[i], first, _mm512_maskz_compress_ps(m, v));
+    }
+}
+
+/* For a tile of grid positions from q0: masks[i], the valid lanes (column < wo, inside the grid) of its vector i, and
+ * dest[i], the output index of that vector's first valid lane (for spconv_store_packed_avx512). */
+void spconv_tile_masks(int64_t q0, int64_t grid, int wq, int wo, __mmask16 *masks, int64_t *dest) {
+    for (int i = 0; i < TILE / 16; i++) {
+        masks[i] = 0;
+        dest[i] = 0;
+        for (int l = 15; l >= 0; l--) {
+            const int64_t q = q0 + 16 * i + l, row = q / wq, col = q - row * wq;
+            if (q < grid && col < wo) {
+                masks[i] |= (__mmask16)(1u << l);
+                dest[i] = row * wo + col;          /* ends at the first valid lane */
+            }
+        }
     }
 }
 
@@ -272,6 +205,8 @@ static int64_t stream_bytes(void) {
     return bytes;
 }
 
+int64_t spconv_stream_bytes_now(void) { return stream_bytes(); }
+
 /* Set the output size from which stores stream (bytes; 0: back to the default); the previous one is returned. */
 int64_t spconv_stream_bytes(int64_t bytes) {
     const int64_t before = stream_bytes();
@@ -290,6 +225,8 @@ int spconv_isa(int isa) {
     row_tile_fn f = pick(isa);
     return f == row_tile_avx512 ? 2 : f == row_tile_avx2 ? 1 : 0;
 }
+
+int spconv_has_avx512(int isa) { return pick(isa) == row_tile_avx512; }
 
 /* y[n, co, oh, ow] = act(bias[co] + sum_j val[j] * x[n, off[j] + oh * wq + ow] (+ res[n, co, oh, ow])).
  * x: prepared inputs (x_stride floats apart, each with TILE + max offset slack past the grid);
@@ -326,18 +263,7 @@ void spconv_run(const float *x, int64_t x_stride, int images, const int32_t *row
             __mmask16 masks[TILE / 16];
             int64_t dest[TILE / 16];
             const int packed = !direct && tile_fn == row_tile_avx512;
-            if (packed)
-                for (int i = 0; i < TILE / 16; i++) {
-                    masks[i] = 0;
-                    dest[i] = 0;
-                    for (int l = 15; l >= 0; l--) {
-                        const int64_t q = q0 + 16 * i + l, row = q / wq, col = q - row * wq;
-                        if (q < grid && col < wo) {
-                            masks[i] |= (__mmask16)(1u << l);
-                            dest[i] = row * wo + col;          /* ends at the first valid lane */
-                        }
-                    }
-                }
+            if (packed) spconv_tile_masks(q0, grid, wq, wo, masks, dest);
             for (int c = b * per_block; c < c_end; c++) {
                 float *yc = y + n * y_stride + c * y_plane;
                 const float *rc = res ? res + n * res_stride + c * res_plane : 0;
@@ -348,10 +274,10 @@ void spconv_run(const float *x, int64_t x_stride, int images, const int32_t *row
                 tile_fn(xt, off + row_ptr[c], val + row_ptr[c], row_ptr[c + 1] - row_ptr[c], acc,
                         direct ? yc + q0 : 0, direct && rc ? rc + q0 : 0, bc,
                         direct || (!rc && !packed) ? act : -1, stream);
-                if (packed) store_packed_avx512(acc, masks, dest, yc, rc, bc, act);
+                if (packed) spconv_store_packed_avx512(acc, masks, dest, yc, rc, bc, act);
                 else if (!direct) {
-                    if (rc) store_tile(acc, q0, grid, wq, wo, yc, rc, bc, act);
-                    else store_tile(acc, q0, grid, wq, wo, yc, 0, 0.0f, ACT_NONE);
+                    if (rc) spconv_store_tile(acc, q0, grid, wq, wo, yc, rc, bc, act);
+                    else spconv_store_tile(acc, q0, grid, wq, wo, yc, 0, 0.0f, ACT_NONE);
                 }
             }
         }
@@ -363,7 +289,7 @@ void spconv_run(const float *x, int64_t x_stride, int images, const int32_t *row
  * at the top and left (and as needed at the bottom and right), for the first `phases` phases a * s + b only (the
  * ones some weight reads: a 1x1 stride-2 layer reads phase 0 alone); each image's block is out_stride floats, its
  * tail (slack) zeroed. x: c planes of h x w per image, x_plane floats apart, images x_stride floats apart. */
-static void prepare_row(const float *src, float *drow, int r, int h, int w, int s, int b, int pl, int wq) {
+void spconv_prepare_row(const float *src, float *drow, int r, int h, int w, int s, int b, int pl, int wq) {
     if (r < 0 || r >= h) { memset(drow, 0, sizeof(float) * wq); return; }
     const float *srow = src + (int64_t)r * w;
     if (s == 1) {
@@ -411,7 +337,7 @@ void spconv_prepare(const float *x, int64_t x_stride, int64_t x_plane, int image
                 float *dst = out + n * out_stride + (int64_t)(a * s + b) * c * plane;
                 for (int ci = c0; ci < c1; ci++)
                     for (int i = i0; i < i1; i++)
-                        prepare_row(x + n * x_stride + (int64_t)ci * x_plane, dst + ci * plane + (int64_t)i * wq,
+                        spconv_prepare_row(x + n * x_stride + (int64_t)ci * x_plane, dst + ci * plane + (int64_t)i * wq,
                                     a + s * i - pt, h, w, s, b, pl, wq);
             }
     }
