@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from utils.onnx import kernels
+from utils.onnx.kernels import quantized
 from utils.onnx.engines import ENGINES, Engine, _is_quantized
 from utils.onnx.graph import SparseGraph
 
@@ -18,12 +19,13 @@ MARGIN = 0.03
 
 @ENGINES.register("sparse")
 class SparseEngine(Engine):
-    """Convolutions that skip zero weights, layer by layer where faster (the rest: torch, an ONNX Runtime tail).
-    INT8 (QDQ) files run in ONNX Runtime inside this engine: there are no sparse int8 kernels yet."""
+    """Convolutions that skip zero weights, layer by layer where faster (the rest: torch, an ONNX Runtime tail);
+    in INT8 (QDQ) files also int8 kernels on blocks of 4 input channels (utils.onnx.qlayers)."""
 
     name = "sparse"
     install = "make kernels (builds utils/onnx/kernels with a C compiler: apt-get install gcc)"
-    force: str | None = None          # 'sparse' | 'dense': every layer one way (tests)
+    force: str | None = None          # 'int8' | 'sparse' | 'dense': every layer one way (tests; 'int8': 'sparse'
+                                      # for layers without int8 weights)
 
     @classmethod
     def module(cls) -> Any:
@@ -32,14 +34,13 @@ class SparseEngine(Engine):
     def _load(self) -> None:
         self.session: Any = None
         self.whole: dict[tuple, dict[str, Any]] = {}       # input shape -> which way the whole graph runs, times
-        if _is_quantized(self.path):
-            self.session = self._onnxruntime()
-            self.graph = None
-            self.precision = "int8+fp32"       # run by ONNX Runtime inside this engine: no sparse int8 kernels yet
-            return
         self.graph = SparseGraph(self.path, threads=self.threads, force=self.force)
-        self.precision = "fp32"
         self.instructions = kernels.ISA_NAMES[self.graph.isa]      # what the kernels vectorise with here
+        if _is_quantized(self.path):     # QDQ: int8 kernels where faster, activations fp32 between the layers
+            self.precision = "int8+fp32"
+            self.instructions += f", int8: {quantized.ISA_NAMES[quantized.qisa(self.graph.isa)]}"
+        else:
+            self.precision = "fp32"
 
     def _onnxruntime(self) -> Any:
         import onnxruntime as ort
@@ -55,8 +56,6 @@ class SparseEngine(Engine):
                                        np.ascontiguousarray(images, dtype=np.float32)})
 
     def run(self, images: np.ndarray) -> list[np.ndarray]:
-        if self.graph is None:
-            return self._run_onnxruntime(images)
         key = tuple(images.shape)
         way = "sparse" if self.force else (self.whole[key]["runs"] if key in self.whole else self._choose(images))
         return self._ways()[way](images)
@@ -98,7 +97,7 @@ class SparseEngine(Engine):
 
     def report(self) -> list[dict[str, Any]]:
         """Which layers run sparse, with both ways' calibrated times (see SparseGraph.report)."""
-        return [] if self.graph is None else self.graph.report()
+        return self.graph.report()
 
     def whole_graph(self) -> dict[tuple, dict[str, Any]]:
         """Per input shape: whether the graph runs as the sparse/dense mix or in ONNX Runtime, and both times."""

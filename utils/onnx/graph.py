@@ -18,10 +18,14 @@ import numpy as np
 import torch
 
 from utils.onnx.kernels import PackedConv, PackedLinear, max_isa, max_pool, pool_size
+from utils.onnx.kernels.quantized import PackedQConv, Quantizer
 from utils.onnx.layers import Buffers, ConvLayer, LinearLayer, planes
 from utils.onnx.ops import OPS, SUPPORTED_IF, attributes
+from utils.onnx.qlayers import QConvLayer
 
 log = logging.getLogger(__name__)
+
+Layer = ConvLayer | LinearLayer | QConvLayer
 
 CALIBRATION_RUNS = 3
 
@@ -43,6 +47,8 @@ class SparseGraph:
                 self.consts[node.output[0]] = torch.from_numpy(numpy_helper.to_array(attributes(node)["value"]).copy())
             elif node.op_type == "Identity" and node.input[0] in self.consts:
                 self.consts[node.output[0]] = self.consts[node.input[0]]
+        self.int8_weights: dict[str, tuple[np.ndarray, np.ndarray]] = {}    # folded name -> (int8 values, scales)
+        self._fold_dequantized_constants(graph.node)
         self.input = graph.input[0].name
         self.outputs = [o.name for o in graph.output]
         nodes = [n for n in graph.node if not all(o in self.consts for o in n.output)]
@@ -57,6 +63,24 @@ class SparseGraph:
             self.consts.pop(layer.weight_name, None)
 
     # ------------------------------------------------------------------ building
+
+    def _fold_dequantized_constants(self, nodes) -> None:
+        """A DequantizeLinear of constants (a QDQ graph's weights) becomes a constant; int8 ones with zero point 0
+        and one scale per tensor or per output channel are kept as int8 too (for the int8 kernels)."""
+        for node in nodes:
+            if node.op_type != "DequantizeLinear" or not all(i in self.consts for i in node.input if i):
+                continue
+            a = attributes(node)
+            if not SUPPORTED_IF["DequantizeLinear"](a):
+                continue
+            inputs = [self.consts[i] if i else None for i in node.input]
+            self.consts[node.output[0]] = OPS["DequantizeLinear"](a, *inputs)
+            q, scale = inputs[0], inputs[1]
+            zero = inputs[2] if len(inputs) > 2 else None
+            per_channel = scale.numel() == 1 or (scale.numel() == q.shape[0] and a.get("axis", 1) in (0, -q.dim()))
+            if q.dtype == torch.int8 and q.dim() == 4 and per_channel and (zero is None or not zero.any()):
+                self.int8_weights[node.output[0]] = (q.numpy(), np.broadcast_to(scale.float().numpy().reshape(-1),
+                                                                                (q.shape[0],)).copy())
 
     def _split(self, nodes: list) -> tuple[list, list]:
         """(nodes run here, nodes run by ONNX Runtime): an unknown operator and all that depends on it go there."""
@@ -83,7 +107,7 @@ class SparseGraph:
             users = consumers.get(name, [])
             return users[0] if len(users) == 1 and name not in graph_outputs else None
 
-        emit_at: dict[int, ConvLayer | LinearLayer] = {}   # a fused conv runs where its last node stood
+        emit_at: dict[int, Layer] = {}   # a fused conv runs where its last node stood
         skip: set[int] = set()
         taken: set[int] = set()                 # a node is fused into one conv only (an Add has two conv inputs)
 
@@ -91,9 +115,15 @@ class SparseGraph:
             user = only_use(name)
             return None if user is None or id(user) in taken else user
 
+        producer = {o: n for n in nodes for o in n.output}
         for node in nodes:
             if node.op_type == "Conv":
-                layer, absorbed = self._conv(node, free_use, consumers)
+                quantized = self._qconv(node, free_use, consumers, producer)
+                layer, absorbed = quantized or self._conv(node, free_use, consumers)
+                if quantized:                     # its input's QuantizeLinear -> DequantizeLinear, before it
+                    before = [producer[node.input[0]], producer[producer[node.input[0]].input[0]]]
+                    skip.update(id(n) for n in before)
+                    taken.update(id(n) for n in before)
                 taken.update(id(n) for n in absorbed)
                 chain = [node, *absorbed]
                 emit_at[id(chain[-1])] = layer
@@ -120,12 +150,20 @@ class SparseGraph:
         pads = a.get("pads", [0, 0, 0, 0])
         packed = PackedConv.from_dense(weight.numpy(), None if bias is None else bias.numpy(), stride=strides[0],
                                        pads=(pads[0], pads[1], pads[2], pads[3]), groups=a.get("group", 1))
-        out, absorbed, inputs, act = node.output[0], [], [node.input[0]], None
+        out, absorbed, residual, act = self._fused_after(node.output[0], only_use, consumers)
+        inputs = [node.input[0], *residual]
+        return ConvLayer(node.name or node.output[0], inputs, out, packed, weight, bias, act,
+                         weight_name=node.input[1]), absorbed
+
+    def _fused_after(self, out: str, only_use: Callable, consumers: dict) -> tuple[str, list, list[str], str | None]:
+        """What a convolution whose output is `out` absorbs after it: a residual Add, then Relu or SiLU (Sigmoid +
+        Mul). Returns (the last output, the nodes absorbed, the residual input if any, the activation)."""
+        absorbed, residual, act = [], [], None
         nxt = only_use(out)
         if nxt is not None and nxt.op_type == "Add" and out in nxt.input:
             other = nxt.input[1] if nxt.input[0] == out else nxt.input[0]
             if other not in self.consts:
-                inputs.append(other)
+                residual.append(other)
                 absorbed.append(nxt)
                 out = nxt.output[0]
                 nxt = only_use(out)
@@ -139,8 +177,54 @@ class SparseGraph:
                     and set(mul.input) == {out, sigmoid.output[0]}:
                 act, out = "silu", mul.output[0]
                 absorbed += [sigmoid, mul]
-        return ConvLayer(node.name or node.output[0], inputs, out, packed, weight, bias, act,
-                         weight_name=node.input[1]), absorbed
+        return out, absorbed, residual, act
+
+    def _quantizer(self, node) -> Quantizer | None:
+        """The uint8 view of a QuantizeLinear/DequantizeLinear node with one constant scale and a uint8 or int8 zero
+        point (None otherwise)."""
+        a = attributes(node)
+        scale = self.consts.get(node.input[1])
+        zero = self.consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if scale is None or scale.numel() != 1 or not SUPPORTED_IF[node.op_type](a) \
+                or (len(node.input) > 2 and node.input[2] and zero is None):
+            return None
+        if zero is None or zero.dtype == torch.uint8:
+            return Quantizer(float(scale.reshape(())), 0 if zero is None else int(zero.reshape(())))
+        if zero.dtype == torch.int8:
+            return Quantizer(float(scale.reshape(())), int(zero.reshape(())) + 128)
+        return None
+
+    def _qconv(self, node, only_use: Callable, consumers: dict, producer: dict) -> tuple[QConvLayer, list] | None:
+        """A Conv of a QDQ graph as one int8 layer: its input from QuantizeLinear -> DequantizeLinear (each used
+        only there), int8 weights, groups 1; the output's Cast -> QuantizeLinear -> DequantizeLinear absorbed when
+        present, then a residual Add and the activation. None where the pattern does not hold (the Conv then runs
+        as an fp32 layer on the dequantized weights, the quantizers as operators)."""
+        a = attributes(node)
+        dq = producer.get(node.input[0])
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if (q is None or q.op_type != "QuantizeLinear" or node.input[1] not in self.int8_weights
+                or a.get("group", 1) != 1 or only_use(dq.output[0]) is not node or only_use(q.output[0]) is not dq):
+            return None
+        input_q = self._quantizer(q)
+        if input_q is None or input_q != self._quantizer(dq):
+            return None
+        fp32, _ = self._conv(node, lambda name: None, {})          # the dequantized weights, nothing fused
+        out, absorbed, output_q = node.output[0], [], None
+        cast, nxt = None, only_use(out)
+        if nxt is not None and nxt.op_type == "Cast" and SUPPORTED_IF["Cast"](attributes(nxt)):
+            cast, nxt = nxt, only_use(nxt.output[0])
+        after = only_use(nxt.output[0]) if nxt is not None and nxt.op_type == "QuantizeLinear" else None
+        if after is not None and after.op_type == "DequantizeLinear" and self._quantizer(nxt) is not None \
+                and self._quantizer(nxt) == self._quantizer(after):
+            output_q, out = self._quantizer(nxt), after.output[0]
+            absorbed = [n for n in (cast, nxt, after) if n is not None]
+        out, more, residual, act = self._fused_after(out, only_use, consumers)
+        weight, scales = self.int8_weights[node.input[1]]
+        p = fp32.packed
+        packed = PackedQConv.from_int8(weight, scales, p.bias, stride=p.stride, pads=p.pads, input_q=input_q,
+                                       output_q=output_q)
+        layer = QConvLayer(fp32.name, [q.input[0], *residual], out, packed, fp32, act, weight_name=node.input[1])
+        return layer, [*absorbed, *more]
 
     def _linear(self, node) -> LinearLayer | None:
         """A Gemm with constant 2-D weights and a constant per-output bias (or none) as a layer; None otherwise."""
@@ -230,16 +314,20 @@ class SparseGraph:
                 self.last_use.setdefault(index, []).append(name)
         self.kept_names = [o for o in kept if any(o in _step_outputs(s) for s in self.steps)]
 
-    def _run_layer(self, layer: ConvLayer | LinearLayer, x: torch.Tensor,
+    def _run_layer(self, layer: Layer, x: torch.Tensor,
                    residual: torch.Tensor | None = None) -> torch.Tensor:
         x = planes(x)[0] if x.dim() == 4 else x.contiguous()
         key = tuple(x.shape)
-        way = self.force or layer.choice.get(key) or self._calibrate(layer, key, x, residual)
-        if self.force == "sparse":
+        way = self._forced(layer) or layer.choice.get(key) or self._calibrate(layer, key, x, residual)
+        if way != "dense" and self.force:
             layer.weight = None
-        if way == "sparse":
-            return layer.run_sparse(x, residual, self.threads, self.isa, self.memory)
-        return layer.run_dense(x, residual)
+        return layer.run(way, x, residual, self.threads, self.isa, self.memory)
+
+    def _forced(self, layer: Layer) -> str | None:
+        """The way `force` pins `layer` to: 'int8' is 'sparse' for a layer without int8 weights."""
+        if self.force == "int8" and "int8" not in layer.ways:
+            return "sparse"
+        return self.force
 
     def _max_pool(self, a: dict[str, Any], x: torch.Tensor) -> torch.Tensor | None:
         """MaxPool in the compiled kernel (torch's CPU max-pool took 10% of ResNet-50's time at 90% sparsity)."""
@@ -260,12 +348,12 @@ class SparseGraph:
                  threads=self.threads)
         return out
 
-    def _calibrate(self, layer: ConvLayer | LinearLayer, key: tuple, x: torch.Tensor,
+    def _calibrate(self, layer: Layer, key: tuple, x: torch.Tensor,
                    residual: torch.Tensor | None) -> str:
         """Time both ways on this input (median of a few runs) and keep the faster for this input shape."""
-        runs = {"sparse": lambda: self.memory.give_back(layer.run_sparse(x, residual, self.threads, self.isa,
-                                                                          self.memory)),
-                "dense": lambda: layer.run_dense(x, residual)}
+        runs = {way: (lambda way=way: self.memory.give_back(layer.run(way, x, residual, self.threads, self.isa,
+                                                                       self.memory)))
+                for way in layer.ways}
         times: dict[str, list[float]] = {k: [] for k in runs}
         for _ in range(CALIBRATION_RUNS):
             for way, run in runs.items():
@@ -274,7 +362,7 @@ class SparseGraph:
                 times[way].append((time.perf_counter() - start) * 1e3)
         layer.timings[key] = {way: sorted(t)[len(t) // 2] for way, t in times.items()}
         layer.choice[key] = min(layer.timings[key], key=layer.timings[key].get)
-        if all(way == "sparse" for way in layer.choice.values()):
+        if "dense" not in layer.choice.values():
             layer.weight = None                  # only the nonzeros stay in memory
         return layer.choice[key]
 
@@ -286,12 +374,12 @@ class SparseGraph:
                  **{f"{way}_ms": round(ms, 4) for way, ms in layer.timings[key].items()}}
                 for layer in self.layers() for key in layer.choice]
 
-    def layers(self) -> list[ConvLayer | LinearLayer]:
+    def layers(self) -> list[Layer]:
         """The layers with weights, in order: convolutions (with what is fused into them) and linear layers."""
         return [s[1] for s in self.steps if s[0] == "layer"]
 
     def conv_layers(self) -> list[ConvLayer]:
-        return [layer for layer in self.layers() if isinstance(layer, ConvLayer)]
+        return [layer for layer in self.layers() if isinstance(layer, (ConvLayer, QConvLayer))]
 
 
 def _step_outputs(step) -> list[str]:

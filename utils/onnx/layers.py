@@ -83,6 +83,7 @@ class ConvLayer:
     """One Conv node and what is fused into it; runs sparse or dense as calibrated."""
 
     kind = "convolution"
+    ways = ("sparse", "dense")
 
     name: str
     inputs: list[str]                     # x, and the residual when an Add is fused
@@ -95,6 +96,13 @@ class ConvLayer:
     timings: dict[tuple, dict[str, float]] = field(default_factory=dict)
     bound: dict[tuple, BoundConv] = field(default_factory=dict)     # input shape -> the call bound to it
     weight_name: str = ""                                          # the ONNX initializer the weight came from
+
+    def run(self, way: str, x: torch.Tensor, residual: torch.Tensor | None, threads: int, isa: int,
+            memory: Buffers) -> torch.Tensor:
+        """Run the way named ('sparse' into a buffer of `memory`, or 'dense')."""
+        if way == "sparse":
+            return self.run_sparse(x, residual, threads, isa, memory)
+        return self.run_dense(x, residual)
 
     def run_sparse(self, x: torch.Tensor, residual: torch.Tensor | None, threads: int, isa: int,
                    memory: "Buffers") -> torch.Tensor:
@@ -144,6 +152,8 @@ class LinearLayer:
     timings: dict[tuple, dict[str, float]] = field(default_factory=dict)
     weight_name: str = ""
     kind = "linear"
+    ways = ("sparse", "dense")
+    run = ConvLayer.run
 
     def run_sparse(self, x: torch.Tensor, residual: None, threads: int, isa: int, memory: Buffers) -> torch.Tensor:
         out = memory.take((x.shape[0], self.packed.out_features))

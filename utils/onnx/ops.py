@@ -1,4 +1,5 @@
-"""The operators the sparse engine runs as torch functions besides Conv, and when it may (utils.onnx.graph)."""
+"""The operators the sparse engine runs as torch functions besides Conv, and when it may (utils.onnx.graph); a QDQ
+graph's quantizers among them."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -48,6 +49,38 @@ def _resize_supported(a: dict[str, Any]) -> bool:
         and a.get("nearest_mode", b"round_prefer_floor") in (b"floor", "floor")
 
 
+def _per_axis(x: torch.Tensor, v: torch.Tensor, axis: int) -> torch.Tensor:
+    """A QuantizeLinear/DequantizeLinear scale or zero point shaped to broadcast over `x` (one value, or one per
+    index of `axis`)."""
+    if v.numel() == 1:
+        return v.reshape(())
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    return v.reshape(shape)
+
+
+def _quantize(a: dict[str, Any], x: torch.Tensor, scale: torch.Tensor, zero_point=None) -> torch.Tensor:
+    """ONNX QuantizeLinear: saturate(round_half_even(x / scale) + zero_point) in the zero point's integer type
+    (uint8 without one)."""
+    dtype = torch.uint8 if zero_point is None else zero_point.dtype
+    axis = a.get("axis", 1)
+    zp = 0 if zero_point is None else _per_axis(x, zero_point.float(), axis)
+    info = torch.iinfo(dtype)
+    return torch.clamp(torch.round(x / _per_axis(x, scale, axis)) + zp, info.min, info.max).to(dtype)
+
+
+def _dequantize(a: dict[str, Any], q: torch.Tensor, scale: torch.Tensor, zero_point=None) -> torch.Tensor:
+    """ONNX DequantizeLinear: (q - zero_point) * scale, fp32."""
+    axis = a.get("axis", 1)
+    zp = 0 if zero_point is None else _per_axis(q, zero_point.float(), axis)
+    return (q.float() - zp) * _per_axis(q, scale, axis)
+
+
+def _no_blocks(a: dict[str, Any]) -> bool:
+    """Per-tensor or per-axis quantization (not opset 21's blocked one, nor a forced output type)."""
+    return not a.get("block_size", 0) and "output_dtype" not in a
+
+
 # op type -> f(attributes, *inputs): the operators run here besides Conv (tensors are torch, fp32)
 OPS: dict[str, Callable[..., torch.Tensor]] = {
     "Identity": lambda a, x: x,
@@ -61,6 +94,14 @@ OPS: dict[str, Callable[..., torch.Tensor]] = {
     "Gemm": _gemm,
     "Concat": lambda a, *xs: torch.cat(xs, a["axis"]),
     "Resize": _resize,
+    "Cast": lambda a, x: x.float(),
+    "QuantizeLinear": _quantize,
+    "DequantizeLinear": _dequantize,
 }
 # operators run here only with these attributes (others go to the ONNX Runtime part)
-SUPPORTED_IF: dict[str, Callable[[dict[str, Any]], bool]] = {"Resize": _resize_supported}
+SUPPORTED_IF: dict[str, Callable[[dict[str, Any]], bool]] = {
+    "Resize": _resize_supported,
+    "Cast": lambda a: a.get("to") == 1,                  # to float32 (the QDQ exporters' no-op casts)
+    "QuantizeLinear": _no_blocks,
+    "DequantizeLinear": _no_blocks,
+}
