@@ -1,4 +1,4 @@
-"""Engine 'sparse': an exported fp32 ONNX file run by utils.onnx.graph (sparse kernels where measured faster)."""
+"""Engine 'sparse': an exported ONNX file (fp32, or INT8 QDQ) run by utils.onnx.graph (sparse kernels where faster)."""
 from __future__ import annotations
 
 import time
@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 
 from utils.onnx import kernels
-from utils.onnx.kernels import quantized
 from utils.onnx.engines import ENGINES, Engine, _is_quantized
 from utils.onnx.graph import SparseGraph
+from utils.onnx.kernels import quantized
 
 WHOLE_GRAPH_RUNS = 5
 # ONNX Runtime keeps the graph unless a sparse way is this much faster: the check drifts with the machine (MobileNet
