@@ -13,7 +13,9 @@ pass. Then three comparisons on the default build:
 outputs written with stream stores or not (1x1 layers at 56 and 28 px, batch 16, where outputs leave the caches),
 1x1 layers at 14 and 7 px reading input planes of 196 and 49 floats as they are, or padded to 16 floats (planes
 that start on a cache line), and the input of k x k and strided layers prepared by threads splitting it by rows (the
-rows their tiles read next) or by channels.
+rows their tiles read next) or by channels. Last, the int8 kernels of QDQ files (kernels/sparse_qconv.c) against
+the fp32 ones on the same weights, unstructured at --sparsity and block-4 at 80%, with their inputs' preparation
+(quantize and pack 4 channels a word) timed apart.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from utils.onnx.kernels import HERE, PackedConv, declare  # noqa: E402
+from utils.onnx.kernels.quantized import PackedQConv, Quantizer  # noqa: E402
 
 # (in, out, kernel, stride, input px, how many in ResNet-50): every convolution of torchvision's ResNet-50
 SHAPES = [(3, 64, 7, 2, 224, 1), (64, 64, 1, 1, 56, 1), (64, 64, 3, 1, 56, 3), (64, 256, 1, 1, 56, 4),
@@ -63,11 +66,13 @@ def buffer(floats: int, rng: np.random.Generator) -> np.ndarray:
 class Layer:
     """One convolution shape with random weights: the buffers and a call that runs it in a given build."""
 
-    def __init__(self, shape: tuple, *, sparsity: float, batch: int, threads: int, plane_floats: int | None = None):
+    def __init__(self, shape: tuple, *, sparsity: float, batch: int, threads: int, plane_floats: int | None = None,
+                 weight: np.ndarray | None = None):
         ci, co, k, s, px, _ = shape
         rng = np.random.default_rng(0)
         w = rng.standard_normal((co, ci, k, k)).astype(np.float32)
         w[rng.random(w.shape) < sparsity] = 0.0
+        w = w if weight is None else weight
         self.packed = PackedConv.from_dense(w, rng.standard_normal(co).astype(np.float32), stride=s,
                                             pads=(k // 2,) * 4)
         self.g = self.packed.geometry(px, px)
@@ -94,6 +99,68 @@ class Layer:
         lib.spconv_run(source, stride, self.batch, p.row_ptr.ctypes.data, self.offsets.ctypes.data,
                        p.values.ctypes.data, co, p.bias.ctypes.data, g.ho, g.wq, g.wo, self.y.ctypes.data,
                        co * g.ho * g.wo, g.ho * g.wo, None, 0, 0, 1, self.threads, 2)
+
+
+class QLayer:
+    """The same shape as an int8 layer of a QDQ graph (kernels/sparse_qconv.c): int8 weights with a `mask`
+    ('unstructured' or 'block4') at `sparsity`, input and output quantizers, bias and ReLU fused; and `fp32`, the
+    fp32 kernels' layer on the same weights dequantized, to compare with."""
+
+    def __init__(self, shape: tuple, *, mask: str, sparsity: float, batch: int, threads: int):
+        ci, co, k, s, px, _ = shape
+        rng = np.random.default_rng(0)
+        w = rng.integers(-127, 128, (co, ci, k, k)).astype(np.int8)
+        if mask == "block4":
+            keep = np.repeat(rng.random((co, -(-ci // 4), k, k)) >= sparsity, 4, axis=1)[:, :ci]
+        else:
+            keep = rng.random(w.shape) >= sparsity
+        w = (w * keep).astype(np.int8)
+        self.fp32 = Layer(shape, sparsity=0.0, batch=batch, threads=threads, weight=w.astype(np.float32) * 0.01)
+        self.packed = PackedQConv.from_int8(w, np.full(co, 0.01, np.float32), rng.standard_normal(co),
+                                            stride=s, pads=(k // 2,) * 4, input_q=Quantizer(0.02, 0),
+                                            output_q=Quantizer(0.05, 0))
+        self.g = self.packed.geometry(px, px)
+        self.x = buffer(batch * ci * px * px, rng)
+        self.prepared = buffer(batch * self.g.image_floats, rng)
+        self.y = buffer(batch * co * self.g.ho * self.g.wo, rng)
+        self.shape, self.batch, self.threads = shape, batch, threads
+
+    def prepare(self, lib: ctypes.CDLL) -> None:
+        ci, co, k, s, px, _ = self.shape
+        g, p = self.g, self.packed
+        lib.spq_prepare(self.x.ctypes.data, ci * px * px, px * px, self.batch, ci, px, px, s, p.pads[0], p.pads[1],
+                        g.hq, g.wq, g.phases, p.input_q.scale, p.input_q.zero_point, self.prepared.ctypes.data,
+                        g.image_floats, self.threads, 2)
+
+    def kernel(self, lib: ctypes.CDLL) -> None:
+        co, g, p = self.shape[1], self.g, self.packed
+        lib.spq_run(self.prepared.ctypes.data, g.image_floats, self.batch, p.row_ptr.ctypes.data,
+                    g.offsets.ctypes.data, p.words.ctypes.data, co, p.scale.ctypes.data, p.comp.ctypes.data,
+                    p.bias.ctypes.data, p.output_q.scale, float(p.output_q.zero_point), g.ho, g.wq, g.wo,
+                    self.y.ctypes.data, co * g.ho * g.wo, g.ho * g.wo, None, 0, 0, 1, self.threads, 2)
+
+
+def int8_against_fp32(lib: ctypes.CDLL, args: argparse.Namespace) -> None:
+    """The int8 kernels against the fp32 ones on the same weights, per ResNet-50 shape, for unstructured masks at
+    --sparsity and block-4 masks at 80%: ms per call (fp32: prepare included where the layer needs one; int8: its
+    input's preparation and the kernel apart, and ns per block and tile of 64 per thread), and totals per pass."""
+    isa = ["portable C", "", "AVX-512 VNNI"][lib.spq_isa(2)]
+    for mask, sparsity in (("unstructured", args.sparsity), ("block4", 0.8)):
+        print(f"\nint8 kernels ({isa}) against fp32 on the same weights, {mask} {sparsity:.0%}, batch {args.batch}, "
+              f"ms per call:")
+        totals = np.zeros(4)
+        for shape in SHAPES:
+            layer = QLayer(shape, mask=mask, sparsity=sparsity, batch=args.batch, threads=args.threads)
+            ways = [lambda: layer.fp32.run(lib), lambda: layer.prepare(lib), lambda: layer.kernel(lib)]
+            fp32, prepare, kernel = best_ms(layer, ways, args.rounds)
+            totals += np.array([fp32, prepare, kernel, prepare + kernel]) * shape[5]
+            int8 = prepare + kernel
+            visits = layer.packed.blocks * -(-layer.g.ho * layer.g.wq // 64) * args.batch      # block x tile of 64
+            print(f"  {name(shape):36} fp32 {fp32:7.3f}  int8 {int8:7.3f} (prepare {prepare:6.3f}, "
+                  f"kernel {kernel:6.3f}, {kernel * 1e6 * args.threads / visits:5.2f} ns/visit)  blocks "
+                  f"{layer.packed.block_density:4.0%}  ({fp32 / int8:.2f}x)")
+        print(f"  {'ResNet-50 total (ms per pass)':36} fp32 {totals[0]:7.2f}  int8 {totals[3]:7.2f} (prepare "
+              f"{totals[1]:6.2f}, kernel {totals[2]:6.2f})  ({totals[0] / totals[3]:.2f}x)")
 
 
 def best_ms(layer: Layer, ways: list, rounds: int) -> list[float]:
@@ -174,6 +241,8 @@ def main() -> None:
                   f"({channels_ms / rows_ms:.2f}x)")
         print(f"  {'ResNet-50, these layers (ms per pass)':36} rows {totals[0]:8.2f}  channels {totals[1]:8.2f}  "
               f"({totals[1] / totals[0]:.2f}x)")
+
+        int8_against_fp32(default, args)
 
 if __name__ == "__main__":
     main()

@@ -6,6 +6,11 @@ a calibration on the first input of each shape measured faster (per layer; `forc
 The other supported operators run as torch functions on the same tensors. Nodes this executor does not know, and
 everything that depends on them (a detector's box decoding), run in an ONNX Runtime session of that part of the
 graph, so every exported model runs; the report says which layers ran sparse and how long each took.
+
+INT8 (QDQ) files run here too: the DequantizeLinear of each weight is folded at load, and a Conv between its
+input's QuantizeLinear -> DequantizeLinear and its output's becomes one int8 layer (utils.onnx.qlayers: int8 kernels,
+fp32 kernels or torch, calibrated the same way); the quantizers elsewhere run as operators. Activations stay fp32
+between layers, as the QDQ graph defines them.
 """
 from __future__ import annotations
 
