@@ -9,7 +9,7 @@ import main
 from policies.quantization import qat_state
 from policies.recipe_manager import RecipeManager
 from utils.errors import UserError
-from utils.runs.full import load_data
+from utils.runs.downstream import load_data
 from utils.runs.setup import load_upstream, make_loaders
 from utils.seed import seed_everything
 

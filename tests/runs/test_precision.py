@@ -63,7 +63,7 @@ def test_a_qat_recipe_runs_under_bf16_with_fp32_fake_quantization(tmp_path, spar
 
 
 def test_auto_precision_picks_what_the_probe_finds_faster(monkeypatch):
-    import utils.runs.full as full
+    import utils.runs.training as full
     from policies.tasks import fastest_precision
 
     assert fastest_precision(torch.device("cpu")) in ("fp32", "bf16")
