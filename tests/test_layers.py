@@ -199,6 +199,22 @@ def test_the_check_catches_a_forbidden_import():
     assert "utils.runs.full" in files and package_of("utils.runs.full") == "utils.runs"
 
 
+def test_no_library_function_is_over_50_lines():
+    """STYLE.md's limit, held: a function that grows past it gets split where it has stages."""
+    over = [f"{name} ({lines})" for lines, name in function_lengths() if lines > 50]
+    assert not over, over
+
+
+def test_the_full_run_imports_its_stages_and_names_no_policy():
+    """utils/runs/full.py reads as the run's stages: at most 12 project imports, none from policies (the policies
+    a run uses are built and queried in utils/runs/training.py)."""
+    tree = ast.parse((REPO_ROOT / "utils" / "runs" / "full.py").read_text())
+    project = [node.module for node in tree.body if isinstance(node, ast.ImportFrom) and node.module
+               and node.module.split(".")[0] in PROJECT]
+    assert len(project) <= 12, project
+    assert not [m for m in project if m.split(".")[0] == "policies"], project
+
+
 def function_lengths() -> list[tuple[int, str]]:
     out = []
     for name, path in library_files().items():

@@ -239,15 +239,8 @@ def load_checkpoint(path: str | Path, *, flavour: str | None = None, num_classes
     state = normalize_state(extract_state_dict(raw, chosen, source=source)[0], chosen, source=source)
     mask_source = _mask_source(chosen, raw, state, source=source)
     file_head = _split_classifier(state, chosen)
-    weight = next((v for k, v in file_head.tensors.items() if k.endswith("weight")), None)
-    file_classes = classes_from_head(arch, int(weight.shape[0])) if weight is not None else header.get("num_classes")
-    if keep_classifier and weight is None:
-        raise UserError(f"{source}: keep_classifier needs a classifier in the file, but no key matches "
-                        f"{chosen.classifier_keys} under flavour {chosen.name!r}")
-    if keep_classifier and num_classes is not None and num_classes != file_classes:
-        raise UserError(f"{source}: the file's classifier has {file_classes} classes, not {num_classes}; "
-                        "drop keep_classifier to rebuild it")
-
+    file_classes = _file_classes(file_head, arch, header, keep_classifier=keep_classifier, num_classes=num_classes,
+                                 flavour=chosen, source=source)
     model = build_model(arch, num_classes=num_classes or file_classes or 1000, **arch_kwargs)
     head_keys = {f"{model.classifier_name}.{k}" for k in model.get_classifier().state_dict()}
     if keep_classifier:
@@ -257,17 +250,11 @@ def load_checkpoint(path: str | Path, *, flavour: str | None = None, num_classes
             mine.update(theirs)
     _check_keys(model, state.tensors, allowed_missing=set() if keep_classifier else head_keys,
                 flavour=chosen, arch=arch, source=source)
-    broken = [k for k, v in state.tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if broken:
-        raise UserError(f"{source}: holds NaN or infinite values in {len(broken)} tensor(s) ({_first(broken)}); the "
-                        "file is corrupt or was saved from a run that diverged")
+    _check_finite(state.tensors, source)
     model.load_state_dict({**model.state_dict(), **state.tensors})
     masks, report = _masks_and_report(model, state, file_head, mask_source=mask_source,
                                       keep_classifier=keep_classifier, flavour=chosen, source=source)
-    removed = header.get("extra", {}).get("removed_layers", [])   # pruned away by a LayerPruningModifier
-    for name in removed:
-        _replace_with_identity(model, name)
-    masks = {n: m for n, m in masks.items() if not n.startswith(tuple(f"{r}." for r in removed))}
+    masks = _remove_layers_(model, masks, header.get("extra", {}).get("removed_layers", []))
     return LoadedCheckpoint(
         model=model, masks=masks, flavour=chosen, arch=arch, arch_kwargs=arch_kwargs, report=report,
         source_path=path, num_classes=model.get_classifier().out_features, classifier_loaded=keep_classifier,
@@ -276,6 +263,34 @@ def load_checkpoint(path: str | Path, *, flavour: str | None = None, num_classes
         input_size=(header.get("extra", {}).get("input_size", model.default_input_size) if header
                     else chosen.input_size),
         detected=named is None, header=header, recipe=_embedded_recipe(raw, chosen))
+
+
+def _file_classes(file_head, arch: str, header: dict, *, keep_classifier: bool, num_classes: int | None,
+                  flavour, source: str) -> int | None:
+    """The class count of the file's classifier (or its header), checked against what the caller asks for."""
+    weight = next((v for k, v in file_head.tensors.items() if k.endswith("weight")), None)
+    file_classes = classes_from_head(arch, int(weight.shape[0])) if weight is not None else header.get("num_classes")
+    if keep_classifier and weight is None:
+        raise UserError(f"{source}: keep_classifier needs a classifier in the file, but no key matches "
+                        f"{flavour.classifier_keys} under flavour {flavour.name!r}")
+    if keep_classifier and num_classes is not None and num_classes != file_classes:
+        raise UserError(f"{source}: the file's classifier has {file_classes} classes, not {num_classes}; "
+                        "drop keep_classifier to rebuild it")
+    return file_classes
+
+
+def _check_finite(tensors: dict[str, torch.Tensor], source: str) -> None:
+    broken = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise UserError(f"{source}: holds NaN or infinite values in {len(broken)} tensor(s) ({_first(broken)}); the "
+                        "file is corrupt or was saved from a run that diverged")
+
+
+def _remove_layers_(model: nn.Module, masks: dict[str, torch.Tensor], removed: list[str]) -> dict[str, torch.Tensor]:
+    """The layers a LayerPruningModifier pruned away become Identity again; their masks go."""
+    for name in removed:
+        _replace_with_identity(model, name)
+    return {n: m for n, m in masks.items() if not n.startswith(tuple(f"{r}." for r in removed))}
 
 
 def check_dense_label(label: str, sparsity: float, source: str | Path) -> None:

@@ -134,6 +134,29 @@ def check_splits(raw: RawSplits, spec: DatasetSpec, layout: Layout, root: Path |
                                   f"(e.g. {empty[0]!r})")
 
 
+def _layout_of(spec, path: str | Path | None, layout: str | None):
+    """(the layout, its root) of the dataset at `path` (the spec's default path when None)."""
+    if path is None and spec.default_path is not None:
+        path = spec.default_path
+    chosen, root = resolve_layout(spec, Path(path).expanduser() if path is not None else None, layout)
+    if not chosen.needs_path and path is not None and path != spec.default_path:
+        raise UserError(f"dataset {spec.name!r} takes no data path ({chosen.expects}); drop --dset_path {path}")
+    return chosen, root
+
+
+def _train_subset(train, classes: int, max_train_samples: int, seed: int):
+    """A seeded stratified subset of `max_train_samples` training samples; warns when classes lose every image."""
+    if max_train_samples <= 0:
+        raise UserError(f"max_train_samples must be positive; got {max_train_samples}")
+    train = train.subset(stratified_subset(train.labels, max_train_samples, seed))
+    missing = classes - len(np.unique(np.asarray(train.labels)))
+    if missing:
+        logger.warning("--max_train_samples %d leaves %d of %d classes without a training image (the subset keeps "
+                       "class proportions); the model cannot learn those: give at least %d", max_train_samples,
+                       missing, classes, classes)
+    return train
+
+
 def load_datasets(
     name: str,
     path: str | Path | None,
@@ -157,23 +180,11 @@ def load_datasets(
     with the registry into a warning (tiny test trees, partial copies).
     """
     spec = get_dataset_spec(name)
-    if path is None and spec.default_path is not None:
-        path = spec.default_path
-    chosen, root = resolve_layout(spec, Path(path).expanduser() if path is not None else None, layout)
-    if not chosen.needs_path and path is not None and path != spec.default_path:
-        raise UserError(f"dataset {spec.name!r} takes no data path ({chosen.expects}); drop --dset_path {path}")
+    chosen, root = _layout_of(spec, path, layout)
     raw = chosen.read(root, spec)
     check_splits(raw, spec, chosen, root, strict=strict_classes)
-    train = raw.train
-    if max_train_samples is not None:
-        if max_train_samples <= 0:
-            raise UserError(f"max_train_samples must be positive; got {max_train_samples}")
-        train = train.subset(stratified_subset(train.labels, max_train_samples, seed))
-        missing = len(raw.classes) - len(np.unique(np.asarray(train.labels)))
-        if missing:
-            logger.warning("--max_train_samples %d leaves %d of %d classes without a training image (the subset keeps "
-                           "class proportions); the model cannot learn those: give at least %d", max_train_samples,
-                           missing, len(raw.classes), len(raw.classes))
+    train = raw.train if max_train_samples is None else _train_subset(raw.train, len(raw.classes),
+                                                                        max_train_samples, seed)
     if verify:      # image files: checked now, all at once, rather than when the loader reaches them
         verify_images([p for samples in (train, raw.test) if isinstance(samples, FileSamples) for p in samples.paths],
                       root=root)

@@ -20,6 +20,29 @@ from utils.linear.solvers.base import (
 )
 
 
+def _standardized(x: Array, standardize: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x standardized in float64, the mean and scale used: zeros and ones when `standardize` is off)."""
+    x_np = np.asarray(x.cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
+    mean, scale = (t.numpy().astype(np.float64) for t in standardizer(torch.as_tensor(x_np)))
+    if not standardize:
+        mean, scale = np.zeros_like(mean), np.ones_like(scale)
+    return (x_np - mean) / scale, mean, scale
+
+
+def _all_classes(model, num_classes: int, features: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fitted LogisticRegression as (weight, bias) over every class: a class absent from training gets bias
+    -1e4 (never predicted); a binary fit's one row becomes two opposite halves."""
+    weight = np.zeros((num_classes, features))
+    bias = np.full(num_classes, -1e4)
+    if len(model.classes_) == 2:  # binary: sklearn stores one row for the positive class
+        coef = np.concatenate([-model.coef_ / 2, model.coef_ / 2])
+        icpt = np.concatenate([-model.intercept_ / 2, model.intercept_ / 2])
+    else:
+        coef, icpt = model.coef_, model.intercept_
+    weight[model.classes_], bias[model.classes_] = coef, icpt
+    return weight, bias
+
+
 @SOLVERS.register("sklearn")
 def fit_sklearn(x: Array, y: Array, *, num_classes: int, seed: int, device: torch.device | str = "cpu",
                 settings: SolverSettings = SolverSettings()) -> LinearClassifier:
@@ -30,11 +53,7 @@ def fit_sklearn(x: Array, y: Array, *, num_classes: int, seed: int, device: torc
     del device  # scikit-learn runs on the CPU
     cfg = settings.probe
     y_np = check_labels(y, num_classes)
-    x_np = np.asarray(x.cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
-    mean, scale = (t.numpy().astype(np.float64) for t in standardizer(torch.as_tensor(x_np)))
-    if not cfg.standardize:
-        mean, scale = np.zeros_like(mean), np.ones_like(scale)
-    xs = (x_np - mean) / scale
+    xs, mean, scale = _standardized(x, cfg.standardize)
     fit_idx, val_idx = stratified_split(y_np, cfg.val_fraction, seed)
     if len(np.unique(y_np[fit_idx])) < 2:
         raise UserError("sklearn solver: the training split holds a single class")
@@ -64,14 +83,7 @@ def fit_sklearn(x: Array, y: Array, *, num_classes: int, seed: int, device: torc
     best_l2, best_state, scores = search_l2(cfg.l2_grid, fit=lambda l2, init: fit_on(fit_idx, l2, init),
                                             evaluate=evaluate, patience=cfg.patience)
     fit_on(np.arange(len(y_np)), best_l2, best_state)
-    weight = np.zeros((num_classes, xs.shape[1]))
-    bias = np.full(num_classes, -1e4)  # a class absent from training is never predicted
-    if len(model.classes_) == 2:  # binary: sklearn stores one row for the positive class
-        coef = np.concatenate([-model.coef_ / 2, model.coef_ / 2])
-        icpt = np.concatenate([-model.intercept_ / 2, model.intercept_ / 2])
-    else:
-        coef, icpt = model.coef_, model.intercept_
-    weight[model.classes_], bias[model.classes_] = coef, icpt
+    weight, bias = _all_classes(model, num_classes, xs.shape[1])
     info = {"solver": "sklearn", "l2": best_l2, "sklearn_C": 1.0 / (best_l2 * len(y_np)), "grid": scores,
             "iterations": iterations, "train_size": len(y_np), "val_size": len(val_idx)}
     f32 = torch.float32
