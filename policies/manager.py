@@ -10,24 +10,23 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from policies.base import Batch, Policy, TrainState, in_phase_order
+from policies.base import Batch, Policy, TrainState
+from policies.driver import Driver
 from policies.events import Event
 from policies.tasks import ClassificationTask, Task, autocast_for, evaluate_classifier
 from utils.errors import UserError
-from utils.seed import seed_epoch
 
 log = logging.getLogger(__name__)
 
 
-class Manager:
-    """Owns the loop; everything that changes training is a policy reacting to events."""
+class Manager(Driver):
+    """Owns the loop; everything that changes training is a policy reacting to events (emitted by Driver)."""
 
     def __init__(self, *, state: TrainState, policies: Iterable[Policy], train_loader: DataLoader,
                  test_loader: DataLoader, label_smoothing: float = 0.0, eval_every_epochs: int = 1,
                  grad_clip_norm: float | None = None, precision: str = "fp32", accumulate_steps: int = 1,
                  frozen_modules: Iterable[nn.Module] = (), task: Task | None = None):
-        self.state = state
-        self.policies = in_phase_order(policies)
+        super().__init__(state, policies)
         self.train_loader = train_loader
         state.train_loader = train_loader
         self.test_loader = test_loader
@@ -41,23 +40,12 @@ class Manager:
         self.scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16" and state.device.type == "cuda")
         self.frozen_modules = list(frozen_modules)
 
-    def add(self, policy: Policy) -> None:
-        """One more policy, in its phase's place (after those of its phase already there)."""
-        self.policies = in_phase_order([*self.policies, policy])
-
-    def emit(self, event: Event) -> None:
-        for policy in self.policies:
-            policy.on_event(event, self.state)
-
     def fit(self) -> dict[str, Any]:
         """Run the remaining epochs; returns the last metrics (the final epoch's test accuracy)."""
         s = self.state
         self.emit(Event.FIT_START)
         for epoch in range(s.epoch, s.num_epochs):
-            s.epoch = epoch
-            s.metrics = {"epoch": epoch}
-            seed_epoch(s.seed, epoch, self.train_loader)
-            self.emit(Event.EPOCH_START)
+            self.begin_epoch(epoch, loader=self.train_loader)
             start = time.perf_counter()
             s.metrics.update(self._train_epoch())
             s.metrics["train_time_s"] = time.perf_counter() - start
@@ -114,15 +102,15 @@ class Manager:
         return loss * torch.distributed.get_world_size() if distributed else loss
 
     def _optimizer_step(self) -> None:
+        self.optimizer_step(self._clipped_step)
+
+    def _clipped_step(self) -> None:
         s = self.state
-        self.emit(Event.AFTER_BACKWARD)
         if self.grad_clip_norm:
             self.scaler.unscale_(s.optimizer)
             nn.utils.clip_grad_norm_(s.model.parameters(), self.grad_clip_norm)
         self.scaler.step(s.optimizer)
         self.scaler.update()
-        s.step += 1
-        self.emit(Event.AFTER_OPTIMIZER_STEP)
 
     def training_state(self) -> dict[str, Any]:
         """Everything a resumed run needs to continue exactly where this one stands."""
@@ -133,7 +121,7 @@ class Manager:
             "model": s.model.state_dict(),
             "optimizer": s.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "policies": {p.name: p.state_dict() for p in self.policies},
+            "policies": self.policies_state(),
             "metrics": dict(s.metrics),   # the last epoch's: a run killed after its last checkpoint ends with them
             # Each epoch reseeds from (seed, epoch); the state is kept for inspection and restored anyway.
             "rng": {"torch": torch.get_rng_state()},
@@ -145,8 +133,7 @@ class Manager:
         s.model.load_state_dict(checkpoint["model"])
         s.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scaler.load_state_dict(checkpoint["scaler"])
-        for policy in self.policies:
-            policy.load_state_dict(checkpoint["policies"].get(policy.name, {}))
+        self.load_policies_state(checkpoint["policies"])
         torch.set_rng_state(checkpoint["rng"]["torch"])
         s.epoch = checkpoint["epochs_completed"]
         s.step = checkpoint["step"]

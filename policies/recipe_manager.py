@@ -25,13 +25,14 @@ SparseML                                                 here
   manager.finalize(model)                                  manager.finalize(model)
   (an EMA copy of the weights: masks not applied)          manager.apply_masks(ema.module) after each update
 
-The modifiers are this project's policies (no second implementation): the manager emits the same events
-as `policies.manager.Manager` at the same points of a step. BATCH_START (LR, QAT switches) runs in a
-forward pre-hook on the first forward in training mode of each step, AFTER_BACKWARD, the optimizer step and
-AFTER_OPTIMIZER_STEP (masks) inside `optimizer.step()`. With `seed=` the manager reseeds every epoch as
-main.py does (and the `loader`'s generator, and its dataset's per-sample seeds when it is wrapped in
-utils.data.seeded.SampleSeeded as main.py's is), so a loop over the same data repeats a `main.py --recipe` run
-bit for bit. Gradient accumulation: `steps_per_epoch` counts optimizer steps (one recipe step each).
+The modifiers are this project's policies (no second implementation), driven by the same code as
+`policies.manager.Manager` (`policies.driver.Driver`: phase order, an epoch's start, an optimizer step's
+events). BATCH_START (LR, QAT switches) runs in a forward pre-hook on the first forward in training mode of each
+step, AFTER_BACKWARD, the optimizer step and AFTER_OPTIMIZER_STEP (masks) inside `optimizer.step()`. With
+`seed=` the manager reseeds every epoch as main.py does (and the `loader`'s generator, and its dataset's
+per-sample seeds when it is wrapped in utils.data.seeded.SampleSeeded as main.py's is), so a loop over the same
+data repeats a `main.py --recipe` run bit for bit. Gradient accumulation: `steps_per_epoch` counts optimizer
+steps (one recipe step each).
 """
 from __future__ import annotations
 
@@ -42,14 +43,14 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from policies.base import Batch, Policy, TrainState, in_phase_order
+from policies.base import Batch, Policy, TrainState
+from policies.driver import Driver
 from policies.events import Event
 from policies.masking import MaskPolicy
 from policies.modifiers import build_recipe_policies, recipe_max_epochs
 from policies.modifiers.distillation import DistillationModifier
 from policies.recipe import Recipe, load_recipe, load_recipe_text
 from utils.errors import UserError
-from utils.seed import seed_epoch
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,7 @@ class RecipeManager:
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
         self.max_epochs = recipe_max_epochs(recipe)
-        self.state: TrainState | None = None
-        self.policies: list[Policy] = []
+        self.driver: Driver | None = None          # the events, once attached to a model (modify)
         self.loader: Any = None
         self._step_started = False
         self._hook: Any = None
@@ -86,6 +86,14 @@ class RecipeManager:
         return cls(load_recipe(text, overrides))
 
     @property
+    def state(self) -> TrainState | None:
+        return self.driver.state if self.driver is not None else None
+
+    @property
+    def policies(self) -> list[Policy]:
+        return self.driver.policies if self.driver is not None else []
+
+    @property
     def steps_per_epoch(self) -> int:
         return self._require_state().steps_per_epoch
 
@@ -106,10 +114,9 @@ class RecipeManager:
             if teacher is not None:
                 distill.teacher, distill.self_teacher = teacher, False
         device = next(model.parameters()).device
-        self.state = TrainState(model=model, forward_model=model, optimizer=optimizer, device=device,
-                                steps_per_epoch=steps_per_epoch, num_epochs=epochs, seed=seed or 0,
-                                train_loader=loader)
-        self.policies, self.loader, self._seeded = in_phase_order(policies), loader, seed is not None
+        state = TrainState(model=model, forward_model=model, optimizer=optimizer, device=device,
+                           steps_per_epoch=steps_per_epoch, num_epochs=epochs, seed=seed or 0, train_loader=loader)
+        self.driver, self.loader, self._seeded = Driver(state, policies), loader, seed is not None
         if self._saved is not None:
             self._restore(self._saved)
         elif start_epoch:
@@ -158,7 +165,7 @@ class RecipeManager:
     def state_dict(self) -> dict[str, Any]:
         """What a resumed loop needs (with the model's and optimizer's own state dicts)."""
         s = self._require_state()
-        return {"step": s.step, "policies": {p.name: p.state_dict() for p in self.policies}}
+        return {"step": s.step, "policies": self.driver.policies_state()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from `state_dict()`; call before `modify` (with the restored model and optimizer)."""
@@ -175,21 +182,15 @@ class RecipeManager:
 
     def _restore(self, saved: Mapping[str, Any]) -> None:
         s = self._require_state()
-        for policy in self.policies:
-            policy.load_state_dict(saved["policies"].get(policy.name, {}))
+        self.driver.load_policies_state(saved["policies"])
         s.step = int(saved["step"])
         s.epoch = s.step // s.steps_per_epoch
 
     def _emit(self, event: Event) -> None:
-        for policy in self.policies:
-            policy.on_event(event, self.state)
+        self.driver.emit(event)
 
     def _begin_epoch(self) -> None:
-        s = self._require_state()
-        s.metrics = {"epoch": s.epoch}
-        if self._seeded:
-            seed_epoch(s.seed, s.epoch, self.loader)
-        self._emit(Event.EPOCH_START)
+        self.driver.begin_epoch(self._require_state().epoch, loader=self.loader, reseed=self._seeded)
 
     def _before_forward(self, module: nn.Module, args: Any) -> None:
         del args
@@ -210,10 +211,7 @@ class RecipeManager:
         if distilling and not self._loss_updated:
             raise UserError(f"{distilling[0].source}: the recipe distils at this step; compute the loss with "
                             "loss = manager.loss_update(loss, inputs=..., outputs=..., targets=...) before backward()")
-        self._emit(Event.AFTER_BACKWARD)
-        out = step()
-        s.step += 1
-        self._emit(Event.AFTER_OPTIMIZER_STEP)
+        out = self.driver.optimizer_step(step)
         s.batch, self._step_started, self._loss_updated = None, False, False
         if s.step % s.steps_per_epoch == 0:
             self._emit(Event.EPOCH_END)

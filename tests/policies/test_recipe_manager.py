@@ -253,3 +253,49 @@ def test_a_recipe_without_pruning_keeps_a_sparse_models_zeros_in_the_users_loop(
     params = dict(model.named_parameters())
     for name, mask in masks.items():
         assert torch.equal(params[name] == 0, ~mask), name
+
+
+def test_both_managers_drive_a_policy_through_the_same_events():
+    """The same events, in the same order and at the same (epoch, step), reach a policy in main.py's Manager and in
+    a user's loop with the RecipeManager: both emit through policies.driver.Driver."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from policies.base import Policy, TrainState
+    from policies.driver import Driver
+    from policies.events import Event
+    from policies.manager import Manager
+
+    class Recorder(Policy):
+        name = "recorder"
+
+        def __init__(self):
+            self.seen = []
+
+        def on_event(self, event, state):
+            if event in (Event.BATCH_START, Event.AFTER_BACKWARD, Event.AFTER_OPTIMIZER_STEP, Event.EPOCH_END):
+                self.seen.append((event.name, state.epoch, state.step))
+
+    data = TensorDataset(torch.randn(12, 4), torch.randint(0, 3, (12,)))
+    loader = DataLoader(data, batch_size=4)
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    ours = Recorder()
+    state = TrainState(model=model, forward_model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                       device=torch.device("cpu"), steps_per_epoch=3, num_epochs=2, seed=0)
+    Manager(state=state, policies=[ours], train_loader=loader, test_loader=loader).fit()
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    theirs = Recorder()
+    manager = RecipeManager.from_yaml("num_epochs: 2\nmodifiers:\n  - !EpochRangeModifier\n    end_epoch: 2\n")
+    optimizer = manager.modify(model, torch.optim.SGD(model.parameters(), lr=0.1), steps_per_epoch=3)
+    assert isinstance(manager.driver, Driver) and isinstance(Manager, type) and issubclass(Manager, Driver)
+    manager.driver.add(theirs)
+    for _ in range(2):
+        for inputs, targets in loader:
+            optimizer.zero_grad()
+            F.cross_entropy(model(inputs), targets).backward()
+            optimizer.step()
+    manager.finalize(model)
+    assert theirs.seen == ours.seen and len(ours.seen) == 2 * (3 * 3 + 1)
