@@ -11,7 +11,7 @@ from torch import nn
 from policies.base import Policy, TrainState
 from policies.events import Event
 from policies.modifiers import build_recipe_policies
-from policies.recipe import load_recipe_text
+from policies.recipe.load import load_recipe_text
 from utils.sparsity import magnitude_mask, prunable_parameters
 
 # A recipe holding every prunable weight's zeros: the policy every pruning modifier shares.

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import matmul_gflops  # noqa: E402
 
 from models import build_model, model_task  # noqa: E402
-from policies.quantization import (  # noqa: E402
+from policies.qat.modules import (  # noqa: E402
     freeze_bn_stats_,
     load_qat_state_,
     prepare_qat_,

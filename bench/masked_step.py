@@ -27,7 +27,7 @@ from policies.base import Policy, TrainState  # noqa: E402
 from policies.events import Event  # noqa: E402
 from policies.masking import FixedMaskPolicy  # noqa: E402
 from policies.modifiers import build_recipe_policies  # noqa: E402
-from policies.recipe import load_recipe_text  # noqa: E402
+from policies.recipe.load import load_recipe_text  # noqa: E402
 from utils.sparsity import magnitude_mask, prunable_parameters  # noqa: E402
 
 

@@ -1,5 +1,5 @@
 """The events of training, in one place: the policies in phase order, the state they act on, an epoch's start and
-an optimizer step's events. `policies.manager.Manager` (our loop) and `policies.recipe_manager.RecipeManager` (a
+an optimizer step's events. `policies.manager.Manager` (our loop) and `policies.recipe.manager.RecipeManager` (a
 user's loop) both drive their policies through it, so a recipe sees the same events in either."""
 from __future__ import annotations
 

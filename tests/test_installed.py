@@ -12,7 +12,7 @@ SCRIPTS = ["sparseml.image_classification.train", "sparseml.image_classification
 
 OWN_LOOP = """
 import torch
-from policies.recipe_manager import RecipeManager
+from policies.recipe.manager import RecipeManager
 from utils.checkpoints import load_checkpoint, save_native_checkpoint
 from models import build_model
 from utils.sparsity import magnitude_prune_

@@ -22,7 +22,7 @@ from policies.modifiers import (  # noqa: E402,F401
 )
 from policies.modifiers.base import MODIFIERS, Modifier, parse_args
 from policies.modifiers.training import RecipeSchedule, ScheduleWriter  # noqa: E402
-from policies.recipe import Recipe
+from policies.recipe.load import Recipe
 from utils.errors import UserError
 from utils.registry import unknown_name_message
 from utils.sparsity import masks_from_zeros, prunable_parameters

@@ -1,4 +1,4 @@
-"""QuantizationModifier: quantization-aware training from start_epoch (see policies/quantization.py).
+"""QuantizationModifier: quantization-aware training from start_epoch (see policies/qat/modules.py).
 
 At start_epoch the chosen Conv2d/Linear modules (under `submodules`, minus `ignore`) become QAT modules
 with conv-bn folded; at disable_quantization_observer_epoch the observers freeze the quantization parameters;
@@ -16,7 +16,7 @@ from torch import nn
 from policies.base import TrainState
 from policies.modifiers.base import MODIFIERS, Modifier, ModifierArgs
 from policies.modifiers.params import resolve_submodules
-from policies.quantization import (
+from policies.qat.modules import (
     QuantScheme,
     freeze_bn_stats_,
     load_qat_state_,

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from models import build_model
-from policies.quantization import freeze_bn_stats_, prepare_qat_, quantizable_modules, set_observers_
+from policies.qat.modules import freeze_bn_stats_, prepare_qat_, quantizable_modules, set_observers_
 from utils.deploy import ENGINES, compare_with_torch, engines_latency_ms, export_onnx, load_engine, missing
 from utils.errors import UserError
 from utils.onnx.engines import DeepSparseEngine

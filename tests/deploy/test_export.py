@@ -14,7 +14,7 @@ from policies.base import TrainState
 from policies.loggers import CheckpointSaver
 from policies.manager import Manager
 from policies.modifiers import build_recipe_policies
-from policies.recipe import load_recipe_text
+from policies.recipe.load import load_recipe_text
 from policies.trainer import OptimizerConfig, build_optimizer
 from utils import deploy as export
 from utils.deploy.__main__ import main as export_main

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
 from models import build_model
-from policies.quantization import freeze_bn_stats_, prepare_qat_, quantizable_modules, set_observers_
+from policies.qat.modules import freeze_bn_stats_, prepare_qat_, quantizable_modules, set_observers_
 from utils.deploy import export_onnx
 from utils.onnx import SparseEngine
 from utils.onnx.engines import load_engine

@@ -8,7 +8,7 @@ from policies.base import Policy, TrainState
 from policies.manager import Manager
 from policies.masking import FixedMaskPolicy
 from policies.modifiers import build_recipe_policies
-from policies.recipe import load_recipe_text
+from policies.recipe.load import load_recipe_text
 from policies.trainer import LRSchedulePolicy, OptimizerConfig, ScheduleConfig, build_optimizer
 from utils.sparsity import magnitude_mask
 

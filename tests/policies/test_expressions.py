@@ -1,7 +1,7 @@
 """The recipe expression evaluator: arithmetic works; anything that is not whitelisted is refused."""
 import pytest
 
-from policies.expressions import evaluate_expression, expression_body, free_names
+from policies.recipe.expressions import evaluate_expression, expression_body, free_names
 from utils.errors import UserError
 
 VARS = {"num_epochs": 206, "quantization_epochs": 6, "fraction": 0.925, "params": ["a.weight", "b.weight"],

@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import policies.quantization as q
+import policies.qat.modules as q
 from models import build_model
 from policies.loggers import CheckpointSaver
-from policies.quantization import (
+from policies.qat.modules import (
     FakeQuantize,
     FoldedBatchNorm2d,
     QATConv2d,
@@ -240,7 +240,7 @@ def test_conv_bn_relu_fuse_inside_sequential_and_export_agrees(tmp_path):
 
 def test_submodules_and_ignore_accept_sparseml_names():
     from policies.modifiers import build_modifiers
-    from policies.recipe import load_recipe_text
+    from policies.recipe.load import load_recipe_text
 
     def names(extra):
         recipe = load_recipe_text("quantization_modifiers:\n  - !QuantizationModifier\n    start_epoch: 0\n" + extra)

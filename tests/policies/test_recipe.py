@@ -12,8 +12,8 @@ from policies.modifiers import build_modifiers, build_recipe_policies
 from policies.modifiers.acdc import ACDCPruningModifier
 from policies.modifiers.quantization import QuantizationModifier
 from policies.modifiers.training import RecipeSchedule, ScheduleWriter
-from policies.quantization import qat_modules
-from policies.recipe import load_recipe, load_recipe_text, parse_recipe_args, parse_recipe_text
+from policies.qat.modules import qat_modules
+from policies.recipe.load import load_recipe, load_recipe_text, parse_recipe_args, parse_recipe_text
 from utils.errors import UserError
 from utils.paths import RECIPE_DIR
 

@@ -4,7 +4,7 @@ import logging
 
 from models import build_model
 from policies.modifiers import build_recipe_policies
-from policies.recipe import load_recipe
+from policies.recipe.load import load_recipe
 from utils.paths import RECIPE_DIR
 
 YOLO = RECIPE_DIR / "yolov5_sparse_transfer.yaml"

@@ -1,4 +1,4 @@
-"""A recipe in the user's own loop (policies.recipe_manager) repeats `main.py --recipe` bit for bit."""
+"""A recipe in the user's own loop (policies.recipe.manager) repeats `main.py --recipe` bit for bit."""
 import json
 
 import pytest
@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 import main
-from policies.quantization import qat_state
-from policies.recipe_manager import RecipeManager
+from policies.qat.modules import qat_state
+from policies.recipe.manager import RecipeManager
 from utils.errors import UserError
 from utils.runs.downstream import load_data
 from utils.runs.setup import load_upstream, make_loaders

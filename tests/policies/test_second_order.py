@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from policies.base import TrainState
 from policies.modifiers import build_modifiers
 from policies.modifiers.second_order import BlockFisherInverse
-from policies.recipe import load_recipe_text
+from policies.recipe.load import load_recipe_text
 
 
 def test_block_fisher_inverse_is_the_exact_inverse_of_each_block():

@@ -20,7 +20,7 @@ from policies.base import TrainState
 from policies.modifiers import build_modifiers, build_recipe_policies, recipe_num_epochs
 from policies.modifiers.acdc import ACDCPruningModifier
 from policies.modifiers.training import RecipeSchedule
-from policies.recipe import load_recipe_text
+from policies.recipe.load import load_recipe_text
 from utils.errors import UserError
 
 EPS = sys.float_info.epsilon

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from policies.quantization import load_qat_state_, qat_modules
+from policies.qat.modules import load_qat_state_, qat_modules
 from utils.checkpoints import load_checkpoint
 from utils.deploy.compress import compressed_size_report
 from utils.deploy.onnx import compare_with_torch, export_onnx

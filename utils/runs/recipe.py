@@ -9,7 +9,7 @@ from torch import nn
 
 from policies.base import Policy
 from policies.modifiers import build_recipe_policies
-from policies.recipe import Recipe, load_recipe, load_recipe_text
+from policies.recipe.load import Recipe, load_recipe, load_recipe_text
 from utils.errors import UserError
 from utils.io import atomic_write_text
 

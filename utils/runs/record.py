@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from policies.base import TrainState
-from policies.quantization import qat_modules, qat_state
+from policies.qat.modules import qat_modules, qat_state
 from utils.checkpoints import save_native_checkpoint
 from utils.data import DatasetSplits, content_fingerprint
 from utils.distributed import barrier, shutdown

@@ -1,5 +1,5 @@
 """SparseML's command lines on this project's runs (classification: `utils.sparseml.cli`, YOLOv5:
-`utils.sparseml.yolov5`); the recipe manager for your own loop is `policies.recipe_manager.RecipeManager`, and
+`utils.sparseml.yolov5`); the recipe manager for your own loop is `policies.recipe.manager.RecipeManager`, and
 SparseML's model files load through the `sparseml_*` flavours."""
 from utils.sparseml import cli, yolov5
 from utils.sparseml.cli import main_py_command, translate

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from models import architectures
-from policies.recipe import load_recipe, parse_recipe_args
+from policies.recipe.load import load_recipe, parse_recipe_args
 from utils.deploy.onnx import OPSET
 from utils.errors import UserError
 from utils.paths import TRAINER_DIR

@@ -12,7 +12,7 @@ import torch
 from pydantic import Field
 
 from models import build_model
-from policies.recipe import load_recipe
+from policies.recipe.load import load_recipe
 from utils.checkpoints import load_checkpoint
 from utils.cli import quietly
 from utils.config import MIN_IMAGE_SIZE, StrictModel

@@ -1,6 +1,6 @@
 """A recipe inside your own PyTorch training loop, as SparseML's manager ran one.
 
-    from policies.recipe_manager import RecipeManager
+    from policies.recipe.manager import RecipeManager
 
     manager = RecipeManager.from_yaml("recipe.yaml", recipe_args={"num_epochs": 10})
     optimizer = manager.modify(model, optimizer, steps_per_epoch=len(loader), seed=0, loader=loader)
@@ -49,7 +49,7 @@ from policies.events import Event
 from policies.masking import MaskPolicy
 from policies.modifiers import build_recipe_policies, recipe_max_epochs
 from policies.modifiers.distillation import DistillationModifier
-from policies.recipe import Recipe, load_recipe, load_recipe_text
+from policies.recipe.load import Recipe, load_recipe, load_recipe_text
 from utils.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """SparseML-compatible recipes: YAML (or Markdown carrying YAML) with `!Modifier` tags and variables.
 
 Every top-level key whose name contains `modifiers` holds a list of modifiers; every other key is a variable.
-`eval(...)` strings in variables and modifier arguments go through `policies.expressions` (never Python's
+`eval(...)` strings in variables and modifier arguments go through `policies.recipe.expressions` (never Python's
 eval). Overrides (`--recipe_args`) replace existing variables before evaluation. The evaluated recipe is
 plain data (`Recipe.to_yaml()`), saved with every run and checkpoint, and loads back to the same recipe.
 """
@@ -15,8 +15,8 @@ from typing import Any, Mapping
 
 import yaml
 
-from policies.expressions import evaluate_expression, expression_body, free_names
-from policies.recipe_yaml import ModifierSpec, dump_recipe, extract_yaml, load_scalar, load_yaml
+from policies.recipe.expressions import evaluate_expression, expression_body, free_names
+from policies.recipe.yaml_text import ModifierSpec, dump_recipe, extract_yaml, load_scalar, load_yaml
 from utils.config import read_text
 from utils.errors import UserError
 from utils.registry import unknown_name_message

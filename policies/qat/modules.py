@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from policies.fake_quant import FakeQuantize, QuantScheme
+from policies.qat.fake_quant import FakeQuantize, QuantScheme
 
 log = logging.getLogger(__name__)
 
