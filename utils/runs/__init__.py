@@ -7,9 +7,8 @@
 """
 from pathlib import Path
 
-from utils.runs.dirs import RESULT_COLUMNS
 from utils.runs.full import run_full_finetuning
-from utils.runs.kinds import RUNS, InputSettings, RunKind, RunResult
+from utils.runs.kinds import RESULT_COLUMNS, RUNS, InputSettings, ResultRow, RunKind, RunResult
 from utils.runs.linear import run_linear_finetuning
 from utils.runs.options import FullOptions, LinearOptions, RunOptions, TransferConfig
 from utils.runs.plan import checkpoint_label
@@ -18,5 +17,6 @@ RUNS.add("full", RunKind("full", FullOptions, run_full_finetuning))
 RUNS.add("linear", RunKind("linear", LinearOptions, run_linear_finetuning,
                            cell_defaults=lambda root: {"features_cache": str(Path(root) / "features_cache")}))
 
-__all__ = ["RESULT_COLUMNS", "RUNS", "FullOptions", "InputSettings", "LinearOptions", "RunKind", "RunOptions",
-           "RunResult", "TransferConfig", "checkpoint_label", "run_full_finetuning", "run_linear_finetuning"]
+__all__ = ["RESULT_COLUMNS", "RUNS", "FullOptions", "InputSettings", "LinearOptions", "ResultRow", "RunKind",
+           "RunOptions", "RunResult", "TransferConfig", "checkpoint_label", "run_full_finetuning",
+           "run_linear_finetuning"]

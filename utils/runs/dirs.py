@@ -28,20 +28,11 @@ from utils.io import (
 )
 from utils.linear import LinearProbeConfig
 from utils.paths import REPO_ROOT
-from utils.runs.kinds import RunResult
+from utils.runs.kinds import RESULT_COLUMNS, RunResult
 from utils.runs.options import FullOptions, LinearOptions, TransferConfig
 
 log = logging.getLogger(__name__)
 
-# The raw_results schema first (dset,model,sparsity,seed,val_acc), then descriptive columns. `val_acc` is the
-# paper's column name and holds what the paper put there: the top-1 accuracy on the dataset's TEST split after the
-# last epoch (no model selection on it; empty for a detector, whose score is `map`). `model` is the upstream's
-# pruning method (or the recipe's when it prunes), `sparsity` its nominal sparsity.
-RESULT_COLUMNS = [
-    "dset", "model", "sparsity", "seed", "val_acc",
-    "finetuning", "arch", "checkpoint", "flavour", "recipe", "solver", "lr", "epochs", "batch_size",
-    "measured_sparsity", "run_dir", "git_commit", "finished_at", "task", "map", "map50", "precision",
-]
 # Added later: a table written before them takes rows without them (result.json keeps everything); a detector's
 # row needs the detection ones, so a detection run refuses such a table up front.
 DETECTION_COLUMNS = ["task", "map", "map50"]

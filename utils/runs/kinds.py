@@ -8,7 +8,7 @@ kind up by name and calls it; nothing compares kind names:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,6 +30,47 @@ class InputSettings:
         if self.normalization == "dataset":
             return None, None
         return self.normalization["mean"], self.normalization["std"]
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One run's result row, built by both run kinds: the results.csv columns in their order (RESULT_COLUMNS derives
+    from these fields) and `details`, what only result.json keeps (per-layer sparsity, the input settings, a probe's
+    L2 grid...). The paper's raw_results schema comes first (dset, model, sparsity, seed, val_acc). `val_acc` is the
+    paper's column name and holds what the paper put there: the top-1 accuracy on the dataset's TEST split after the
+    last epoch (no model selection on it; empty for a detector, whose score is `map`). `model` is the upstream's
+    pruning method (or the recipe's when it prunes), `sparsity` its nominal sparsity."""
+
+    dset: str
+    model: str
+    sparsity: float | str
+    seed: int
+    val_acc: float | str
+    finetuning: str
+    arch: str
+    checkpoint: str
+    flavour: str
+    recipe: str
+    solver: str
+    lr: float | str
+    epochs: int | str
+    batch_size: int | str
+    measured_sparsity: float
+    run_dir: str
+    git_commit: str
+    finished_at: str
+    task: str
+    map: float | str
+    map50: float | str
+    precision: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def record(self) -> dict[str, Any]:
+        """result.json's content: the columns, then the details."""
+        return {**{name: getattr(self, name) for name in RESULT_COLUMNS}, **self.details}
+
+
+RESULT_COLUMNS = [f.name for f in fields(ResultRow) if f.name != "details"]
 
 
 @dataclass(frozen=True)

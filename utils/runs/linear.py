@@ -50,7 +50,7 @@ from utils.runs.dirs import (
     run_lock,
     write_run_config,
 )
-from utils.runs.kinds import InputSettings, RunResult
+from utils.runs.kinds import InputSettings, ResultRow, RunResult
 from utils.runs.options import LinearOptions
 from utils.runs.plan import checkpoint_label
 from utils.runs.setup import chosen_image_size, loader_workers, pick_device
@@ -250,21 +250,19 @@ def result_record(opts: LinearOptions, up: FrozenUpstream, classifier: LinearCla
     sparsity = measured_sparsity(model)
     if not opts.model_label:
         check_dense_label(up.loaded.method, sparsity, opts.from_checkpoint_path)
-    return {
-        "dset": opts.dataset_label(), "model": opts.model_label or up.loaded.method,
-        "sparsity": opts.sparsity_label if opts.sparsity_label is not None else round(sparsity, 2),
-        "seed": opts.seed, "val_acc": final["acc"], "test_loss": final["loss"],
-        "finetuning": "linear", "arch": up.loaded.arch, "checkpoint": opts.from_checkpoint_path,
-        "flavour": flavour.name or "", "recipe": "", "solver": opts.solver,
-        "lr": settings.trainer.optimizer.lr if settings.trainer else "", "epochs": settings.epochs or "",
-        "batch_size": settings.batch_size or "", "measured_sparsity": sparsity, "run_dir": str(run_dir),
-        "git_commit": git_commit, "finished_at": now_iso(),
-        "l2": classifier.info.get("l2"), "l2_grid": classifier.info.get("grid"),
-        "feature_backend": opts.feature_backend, "augment": opts.augment,
-        "features_reused": {name: fs.reused for name, fs in splits.items()},
-        "per_layer_sparsity": layer_sparsity(masks_from_zeros(sparse_layers(model))),
-        "input": asdict(up.inputs),
-    }
+    return ResultRow(
+        dset=opts.dataset_label(), model=opts.model_label or up.loaded.method,
+        sparsity=opts.sparsity_label if opts.sparsity_label is not None else round(sparsity, 2),
+        seed=opts.seed, val_acc=final["acc"], finetuning="linear", arch=up.loaded.arch,
+        checkpoint=opts.from_checkpoint_path, flavour=flavour.name or "", recipe="", solver=opts.solver,
+        lr=settings.trainer.optimizer.lr if settings.trainer else "", epochs=settings.epochs or "",
+        batch_size=settings.batch_size or "", measured_sparsity=sparsity, run_dir=str(run_dir),
+        git_commit=git_commit, finished_at=now_iso(), task="classification", map="", map50="", precision="",
+        details={"test_loss": final["loss"], "l2": classifier.info.get("l2"), "l2_grid": classifier.info.get("grid"),
+                 "feature_backend": opts.feature_backend, "augment": opts.augment,
+                 "features_reused": {name: fs.reused for name, fs in splits.items()},
+                 "per_layer_sparsity": layer_sparsity(masks_from_zeros(sparse_layers(model))),
+                 "input": asdict(up.inputs)}).record()
 
 
 def fit_augmented(opts: LinearOptions, up: FrozenUpstream, *, extractor: Extractor, num_classes: int,

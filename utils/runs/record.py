@@ -15,7 +15,7 @@ from utils.data import DatasetSplits, content_fingerprint
 from utils.distributed import barrier, shutdown
 from utils.errors import UserError
 from utils.runs.dirs import environment_info, now_iso, record_result
-from utils.runs.kinds import InputSettings, RunResult
+from utils.runs.kinds import InputSettings, ResultRow, RunResult
 from utils.runs.options import FullOptions
 from utils.runs.plan import Plan
 from utils.runs.setup import Upstream
@@ -87,20 +87,18 @@ def finish(opts: FullOptions, plan: Plan, *, upstream: Upstream, masks: dict[str
                            masks=masks, normalization=upstream.normalization, interpolation=inputs.interpolation,
                            extra=extra)
     sparsity = final_sparsity if opts.recipe else loaded_sparsity
-    record = {
-        "dset": dataset_name, "model": label,
-        "sparsity": opts.sparsity_label if opts.sparsity_label is not None else round(sparsity, 2),
-        "seed": opts.seed, "val_acc": metrics.get("test_acc", ""), "test_loss": metrics["test_loss"],
-        "precision": precision,
-        **task_columns(metrics),
-        "finetuning": "full", "arch": upstream.arch, "checkpoint": opts.from_checkpoint_path or "",
-        "flavour": upstream.flavour or "", "recipe": opts.recipe or "", "solver": "", "lr": hyper["lr_peak"],
-        "lr_initial": hyper["lr_initial"], "weight_decay": hyper["weight_decay"],
-        "epochs": epochs, "batch_size": plan.batch_size, "measured_sparsity": final_sparsity,
-        "run_dir": str(plan.run_dir), "git_commit": git_commit, "finished_at": now_iso(),
-        "per_layer_sparsity": layer_sparsity(masks), "loaded_sparsity": loaded_sparsity,
-        "input": asdict(inputs),
-    }
+    scores = task_columns(metrics)
+    record = ResultRow(
+        dset=dataset_name, model=label,
+        sparsity=opts.sparsity_label if opts.sparsity_label is not None else round(sparsity, 2),
+        seed=opts.seed, val_acc=metrics.get("test_acc", ""), finetuning="full", arch=upstream.arch,
+        checkpoint=opts.from_checkpoint_path or "", flavour=upstream.flavour or "", recipe=opts.recipe or "",
+        solver="", lr=hyper["lr_peak"], epochs=epochs, batch_size=plan.batch_size, measured_sparsity=final_sparsity,
+        run_dir=str(plan.run_dir), git_commit=git_commit, finished_at=now_iso(), task=scores.pop("task"),
+        map=scores.pop("map"), map50=scores.pop("map50"), precision=precision,
+        details={"test_loss": metrics["test_loss"], **scores, "lr_initial": hyper["lr_initial"],
+                 "weight_decay": hyper["weight_decay"], "per_layer_sparsity": layer_sparsity(masks),
+                 "loaded_sparsity": loaded_sparsity, "input": asdict(inputs)}).record()
     record_result(plan.run_dir, plan.experiment_root, record)
     barrier(plan.dist)
     shutdown(plan.dist)
