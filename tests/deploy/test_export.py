@@ -158,6 +158,14 @@ def test_main_with_a_sparse_transfer_qat_recipe_resume_then_export(tmp_path, cap
     assert (run_dir / "model_export" / "model_int8.onnx").exists()
     assert "top-1 agreement" in capsys.readouterr().out
 
+    # the sparse engine runs the INT8 file itself (int8, fp32 sparse or dense per layer), as near torch as ORT
+    report = export_main([str(run_dir / "model.pt"), "--num_samples", "32", "--engine", "sparse", "--latency"])
+    assert report["int8"]["engines"]["sparse"]["top1_agreement"] >= min(0.9, report["int8"]["top1_agreement"])
+    ways = report["sparse_layers_int8"]["ways"]
+    assert set(ways) <= {"int8", "sparse", "dense"} and sum(ways.values()) == report["sparse_layers_int8"][
+        "weight_layers"] > 5
+    assert "sparse engine, INT8 file: of " in capsys.readouterr().out
+
 
 @pytest.mark.parametrize("flags, message", [
     (["--num_samples", "0"], "--num_samples 0: compare on at least 1 input"),

@@ -2,6 +2,7 @@
 models), each checked against the torch model in ONNX Runtime, and the compressed (bitmask + nonzeros) size."""
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -79,11 +80,22 @@ def add_latency_(report: dict[str, Any], *, engines: list[str] | None = None) ->
     timed, used = engines_latency_ms(files, images, chosen, layers=layers)
     report["latency_ms"] = timed["onnxruntime"]
     report["engine_latency_ms"], report["engine_precision"] = timed, used
-    if layers.get("sparse", {}).get("fp32"):
-        rows, whole = layers["sparse"]["fp32"]["layers"], layers["sparse"]["fp32"]["whole_graph"]
-        report["sparse_layers"] = {"sparse": sum(r["runs"] == "sparse" for r in rows), "weight_layers": len(rows),
-                                   "graph": next(iter(whole.values()), {}), "layers": rows}
+    for kind, key in (("fp32", "sparse_layers"), ("int8", "sparse_layers_int8")):
+        if layers.get("sparse", {}).get(kind):
+            rows, whole = layers["sparse"][kind]["layers"], layers["sparse"][kind]["whole_graph"]
+            report[key] = {"sparse": sum(r["runs"] == "sparse" for r in rows), "weight_layers": len(rows),
+                           "ways": dict(Counter(r["runs"] for r in rows)), "graph": next(iter(whole.values()), {}),
+                           "layers": rows}
     return report
+
+
+WAY_NAMES = {"int8": "in the int8 kernels", "sparse": "in the fp32 sparse kernels", "dense": "dense (torch)"}
+
+
+def _whole_graph(r: dict[str, Any]) -> str:
+    graph = r.get("graph", {})
+    return (f"; the whole graph ran in ONNX Runtime, measured faster ({graph.get('onnxruntime_ms')} vs "
+            f"{graph.get('sparse_ms')} ms)" if graph.get("runs") == "onnxruntime" else "")
 
 
 def describe_deployment(report: dict[str, Any]) -> list[str]:
@@ -109,12 +121,13 @@ def describe_deployment(report: dict[str, Any]) -> list[str]:
                          + (f"  (INT8 {timed['fp32'] / timed['int8']:.2f}x fp32)" if "int8" in timed else ""))
     if "sparse_layers" in report:
         r = report["sparse_layers"]
-        graph = r.get("graph", {})
-        whole = (f"; the whole graph ran in ONNX Runtime, measured faster ({graph.get('onnxruntime_ms')} vs "
-                 f"{graph.get('sparse_ms')} ms)" if graph.get("runs") == "onnxruntime" else "")
         total = r.get("weight_layers", r.get("conv_layers"))         # conv_layers: a report from before linear layers
         lines.append(f"sparse engine: {r['sparse']} of {total} layers (convolutions and linear) run sparse (the others "
-                     f"were measured faster dense){whole}; per-layer times in export_report.json")
+                     f"were measured faster dense){_whole_graph(r)}; per-layer times in export_report.json")
+    if "sparse_layers_int8" in report:
+        r = report["sparse_layers_int8"]
+        ways = ", ".join(f"{n} {WAY_NAMES.get(way, way)}" for way, n in r["ways"].items())
+        lines.append(f"sparse engine, INT8 file: of {r['weight_layers']} layers {ways}{_whole_graph(r)}")
     s = report["size"]
     lines.append(f"checkpoint: dense {s['dense_bytes'] / 1e6:.2f} MB, bitmask+nonzeros "
                  f"{s['compressed_bytes'] / 1e6:.2f} MB ({s['ratio']:.2f}x smaller)")
