@@ -44,7 +44,7 @@ def test_full_fine_tuning_uses_the_size_the_checkpoint_records_unless_given(tmp_
 
 def test_linear_probing_uses_the_size_the_checkpoint_records(tmp_path, caplog):
     ckpt = upstream_trained_at(tmp_path / "up.pt", 20)
-    with caplog.at_level("INFO", logger="utils.runs.linear"):
+    with caplog.at_level("INFO", logger="utils.runs"):
         linear_entry.main(["--dataset", "synthetic", "--from_checkpoint_path", str(ckpt), "--workers", "0",
                            "--features_cache", str(tmp_path / "cache"), "--experiment_root_path", str(tmp_path / "exp"),
                            "--no_progress", "--exp_name", "probe"])

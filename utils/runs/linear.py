@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 
 from policies.trainer import TrainerConfig
-from utils.checkpoints import LoadedCheckpoint, check_dense_label, file_sha256, load_checkpoint
+from utils.checkpoints import check_dense_label
 from utils.config import load_config
 from utils.data import IMAGENET_MEAN, IMAGENET_STD, DatasetSplits, content_fingerprint, load_datasets
 from utils.data.seeded import SampleSeeded
@@ -53,7 +53,7 @@ from utils.runs.dirs import (
 from utils.runs.kinds import InputSettings, ResultRow, RunResult
 from utils.runs.options import LinearOptions
 from utils.runs.plan import checkpoint_label
-from utils.runs.setup import chosen_image_size, loader_workers, pick_device
+from utils.runs.setup import Upstream, load_upstream, loader_workers, pick_device
 from utils.seed import epoch_seed, seed_everything
 from utils.sparsity import layer_sparsity, masks_from_zeros, measured_sparsity, sparse_layers
 
@@ -89,43 +89,23 @@ def solver_settings(opts: LinearOptions) -> SolverSettings:
                           batch_size=opts.batch_size or trainer.batch_size)
 
 
-@dataclass(frozen=True)
-class FrozenUpstream:
-    """The frozen backbone and what its features depend on."""
-
-    loaded: LoadedCheckpoint
-    checkpoint: dict[str, Any]  # path, content hash, flavour, arch: the cache's checkpoint key
-    inputs: InputSettings
-
-    @property
-    def model(self) -> torch.nn.Module:
-        return self.loaded.model
-
-    def data_kwargs(self) -> dict[str, Any]:
-        mean, std = self.inputs.mean_std()
-        return {"image_size": self.inputs.image_size, "interpolation": self.inputs.interpolation,
-                "mean": mean, "std": std}
-
-
 def load_frozen(path: str, *, flavour: str | None, normalization: str, image_size: int | None,
-                interpolation: str | None) -> FrozenUpstream:
-    """The checkpoint in eval mode with gradients off, and the inputs its features are extracted from.
+                interpolation: str | None) -> tuple[Upstream, InputSettings]:
+    """The checkpoint frozen (eval mode, gradients off), and the inputs its features are extracted from.
 
     normalization 'imagenet' uses ImageNet's statistics (the study's pre-extraction); 'checkpoint' the file's.
     """
-    loaded = load_checkpoint(path, flavour=flavour)
-    loaded.model.eval()
-    for p in loaded.model.parameters():
-        p.requires_grad_(False)
-    checkpoint = {"path": str(Path(path).resolve()), "sha256": file_sha256(path), "flavour": loaded.flavour.name,
-                  "arch": loaded.arch, "arch_kwargs": dict(loaded.arch_kwargs or {})}
+    up = load_upstream(checkpoint_path=path, flavour=flavour, arch=None).freeze()
     stats = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)} if normalization == "imagenet" \
-        else loaded.normalization
-    size, source = chosen_image_size(image_size, recorded=loaded.input_size, default=loaded.model.default_input_size)
-    log.info("image size %d px (%s)", size, source)
-    inputs = InputSettings(image_size=size,
-                           interpolation=interpolation or loaded.interpolation, normalization=stats)
-    return FrozenUpstream(loaded=loaded, checkpoint=checkpoint, inputs=inputs)
+        else up.normalization
+    return up, InputSettings(image_size=up.image_size(image_size), interpolation=interpolation or up.interpolation,
+                             normalization=stats)
+
+
+def data_kwargs(inputs: InputSettings) -> dict[str, Any]:
+    """load_datasets' arguments for these inputs."""
+    mean, std = inputs.mean_std()
+    return {"image_size": inputs.image_size, "interpolation": inputs.interpolation, "mean": mean, "std": std}
 
 
 def run_linear_finetuning(opts: LinearOptions) -> RunResult:
@@ -149,28 +129,30 @@ def fit_probe(opts: LinearOptions, run_dir: Path) -> RunResult:
         return finished_result(run_dir, experiment_root)
 
     seed_everything(opts.seed)
-    up = load_frozen(opts.from_checkpoint_path, flavour=opts.checkpoint_flavour, normalization=opts.normalization,
-                     image_size=opts.image_size, interpolation=opts.interpolation)
+    up, inputs = load_frozen(opts.from_checkpoint_path, flavour=opts.checkpoint_flavour,
+                             normalization=opts.normalization, image_size=opts.image_size,
+                             interpolation=opts.interpolation)
     data = load_datasets(opts.dataset, opts.dataset_path, augment=False, max_train_samples=opts.max_train_samples,
-                         seed=opts.seed, **up.data_kwargs())
+                         seed=opts.seed, **data_kwargs(inputs))
     extractor = Extractor(backend=opts.feature_backend, model=up.model, device=device,
-                          workdir=Path(opts.features_cache) / "onnx", input_size=up.inputs.image_size)
-    splits = {split: cached_split(opts, up, data, split, extractor)
+                          workdir=Path(opts.features_cache) / "onnx", input_size=inputs.image_size)
+    source = up.source
+    splits = {split: cached_split(opts, up.model, source, data, split, extractor)
               for split in (["test"] if opts.augment else ["train", "test"])}
-    resolved = resolved_config(opts, up, data=data, settings=settings, splits=splits, device=device)
+    resolved = resolved_config(opts, source, inputs, data=data, settings=settings, splits=splits, device=device)
     write_run_config(run_dir, resolved, check_existing=False)
 
     metrics_path = run_dir / "metrics.jsonl"
     metrics_path.unlink(missing_ok=True)
     settings = dataclasses.replace(settings, on_epoch_end=epoch_logger(metrics_path, splits["test"]))
     if opts.augment:
-        classifier = fit_augmented(opts, up, extractor=extractor, num_classes=data.num_classes, device=device,
-                                   settings=settings)
+        classifier = fit_augmented(opts, up.model, inputs, extractor=extractor, num_classes=data.num_classes,
+                                   device=device, settings=settings)
     else:
         classifier = SOLVERS.get(opts.solver)(splits["train"].features, splits["train"].labels,
                                               num_classes=data.num_classes, seed=opts.seed, device=device,
                                               settings=settings)
-    return finish(opts, up, classifier, splits=splits, settings=settings, num_classes=data.num_classes,
+    return finish(opts, up, inputs, classifier, splits=splits, settings=settings, num_classes=data.num_classes,
                   run_dir=run_dir, experiment_root=experiment_root, git_commit=resolved["git_commit"])
 
 
@@ -189,25 +171,25 @@ class Extractor:
                              input_size=self.input_size)
 
 
-def cached_split(opts: LinearOptions, up: FrozenUpstream, data: DatasetSplits, split: str,
+def cached_split(opts: LinearOptions, model: torch.nn.Module, source: dict[str, Any], data: DatasetSplits, split: str,
                  extractor: Extractor) -> FeatureSet:
-    """One split's features from the cache, extracted first if needed."""
+    """One split's features from the cache (keyed by the checkpoint's `source`), extracted first if needed."""
     dataset = getattr(data, split)
-    description = describe_split(checkpoint=up.checkpoint, dataset_meta=data.meta, split=split, dataset=dataset,
+    description = describe_split(checkpoint=source, dataset_meta=data.meta, split=split, dataset=dataset,
                                  backend=opts.feature_backend, extra={"content": content_fingerprint(dataset)})
     return cached_features(extractor.build, dataset, cache_root=opts.features_cache, description=description,
-                           dim=up.model.num_features, batch_size=opts.extract_batch_size,
+                           dim=model.num_features, batch_size=opts.extract_batch_size,
                            workers=loader_workers(opts.workers), progress=opts.progress)
 
 
-def resolved_config(opts: LinearOptions, up: FrozenUpstream, *, data: DatasetSplits, settings: SolverSettings,
-                    splits: dict[str, FeatureSet], device: torch.device) -> dict[str, Any]:
+def resolved_config(opts: LinearOptions, source: dict[str, Any], inputs: InputSettings, *, data: DatasetSplits,
+                    settings: SolverSettings, splits: dict[str, FeatureSet], device: torch.device) -> dict[str, Any]:
     """config.yaml: the options, probe and trainer configs, checkpoint, data, features the run used."""
     return {
         "options": opts.model_dump(), "probe": settings.probe.model_dump(),
-        "trainer": settings.trainer.model_dump() if settings.trainer else None, "checkpoint": up.checkpoint,
+        "trainer": settings.trainer.model_dump() if settings.trainer else None, "checkpoint": source,
         "dataset": {"name": data.spec.name, "layout": data.layout, "num_classes": data.num_classes,
-                    "train_size": len(data.train), "test_size": len(data.test), **up.data_kwargs(),
+                    "train_size": len(data.train), "test_size": len(data.test), **data_kwargs(inputs),
                     "content": {name: fs.meta.get("content") for name, fs in splits.items()}},
         "features": {name: {"path": str(fs.path), "reused": fs.reused, "count": int(fs.meta["count"]),
                             "dim": int(fs.meta["dim"])} for name, fs in splits.items()},
@@ -227,7 +209,8 @@ def epoch_logger(metrics_path: Path, test: FeatureSet) -> Callable[[int, dict, L
     return log_epoch
 
 
-def finish(opts: LinearOptions, up: FrozenUpstream, classifier: LinearClassifier, *, splits: dict[str, FeatureSet],
+def finish(opts: LinearOptions, up: Upstream, inputs: InputSettings, classifier: LinearClassifier, *,
+           splits: dict[str, FeatureSet],
            settings: SolverSettings, num_classes: int, run_dir: Path, experiment_root: Path,
            git_commit: str) -> RunResult:
     """Score the test split once, save the classifier, record the result."""
@@ -236,25 +219,26 @@ def finish(opts: LinearOptions, up: FrozenUpstream, classifier: LinearClassifier
                                                  "val_loss": entry["loss"]})
     final = score(classifier, splits["test"].features, splits["test"].labels)  # the test set's only use
     atomic_torch_save(run_dir / "classifier.pt", {**classifier.state_dict(), "info": classifier.info,
-                                                  "num_classes": num_classes, "checkpoint": up.checkpoint})
-    record = result_record(opts, up, classifier, final, settings=settings, run_dir=run_dir, git_commit=git_commit,
-                           splits=splits)
+                                                  "num_classes": num_classes, "checkpoint": up.source})
+    record = result_record(opts, up, inputs, classifier, final, settings=settings, run_dir=run_dir,
+                           git_commit=git_commit, splits=splits)
     record_result(run_dir, experiment_root, record)
-    return RunResult(record=record, run_dir=run_dir, input=up.inputs)
+    return RunResult(record=record, run_dir=run_dir, input=inputs)
 
 
-def result_record(opts: LinearOptions, up: FrozenUpstream, classifier: LinearClassifier, final: dict, *,
+def result_record(opts: LinearOptions, up: Upstream, inputs: InputSettings, classifier: LinearClassifier,
+                  final: dict, *,
                   settings: SolverSettings, run_dir: Path, git_commit: str, splits: dict) -> dict[str, Any]:
     """The result: the same keys as full fine-tuning's, finetuning=linear, plus the probe's."""
-    model, flavour = up.model, up.loaded.flavour
+    model = up.model
     sparsity = measured_sparsity(model)
     if not opts.model_label:
-        check_dense_label(up.loaded.method, sparsity, opts.from_checkpoint_path)
+        check_dense_label(up.method, sparsity, opts.from_checkpoint_path)
     return ResultRow(
-        dset=opts.dataset_label(), model=opts.model_label or up.loaded.method,
+        dset=opts.dataset_label(), model=opts.model_label or up.method,
         sparsity=opts.sparsity_label if opts.sparsity_label is not None else round(sparsity, 2),
-        seed=opts.seed, val_acc=final["acc"], finetuning="linear", arch=up.loaded.arch,
-        checkpoint=opts.from_checkpoint_path, flavour=flavour.name or "", recipe="", solver=opts.solver,
+        seed=opts.seed, val_acc=final["acc"], finetuning="linear", arch=up.arch,
+        checkpoint=opts.from_checkpoint_path, flavour=up.flavour or "", recipe="", solver=opts.solver,
         lr=settings.trainer.optimizer.lr if settings.trainer else "", epochs=settings.epochs or "",
         batch_size=settings.batch_size or "", measured_sparsity=sparsity, run_dir=str(run_dir),
         git_commit=git_commit, finished_at=now_iso(), task="classification", map="", map50="", precision="",
@@ -262,16 +246,17 @@ def result_record(opts: LinearOptions, up: FrozenUpstream, classifier: LinearCla
                  "feature_backend": opts.feature_backend, "augment": opts.augment,
                  "features_reused": {name: fs.reused for name, fs in splits.items()},
                  "per_layer_sparsity": layer_sparsity(masks_from_zeros(sparse_layers(model))),
-                 "input": asdict(up.inputs)}).record()
+                 "input": asdict(inputs)}).record()
 
 
-def fit_augmented(opts: LinearOptions, up: FrozenUpstream, *, extractor: Extractor, num_classes: int,
+def fit_augmented(opts: LinearOptions, model: torch.nn.Module, inputs: InputSettings, *, extractor: Extractor,
+                  num_classes: int,
                   device: torch.device, settings: SolverSettings) -> LinearClassifier:
     """SGD on features of freshly augmented training images each epoch, through the frozen backbone."""
     data = load_datasets(opts.dataset, opts.dataset_path, augment=True, max_train_samples=opts.max_train_samples,
-                         seed=opts.seed, **up.data_kwargs())
+                         seed=opts.seed, **data_kwargs(inputs))
     run = extractor.build()
-    dim = up.model.num_features
+    dim = model.num_features
 
     def epoch_features(epoch: int):
         # each image's augmentation from (seed, epoch, index): the same with any number of workers

@@ -1,9 +1,11 @@
 """The pieces a training run is built from: device, upstream model, transfer set-up, data loaders."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from models import build_model
-from utils.checkpoints import load_checkpoint
+from utils.checkpoints import file_sha256, load_checkpoint
 from utils.data.seeded import SampleSeeded
 from utils.distributed import DistInfo
 from utils.errors import UserError
@@ -56,6 +58,7 @@ class Upstream:
     classes: list[str] | None = None         # the class names its head was trained on (native files)
     recipe: str | None = None                # the recipe text the file carries (SparseML files): --recipe checkpoint
     input_size: int | None = None            # the checkpoint's image size (recorded by a run, else its flavour's)
+    path: str | None = None                  # the checkpoint file (None: built from scratch)
 
     def image_size(self, given: int | None) -> int:
         """The size a run feeds this model: `given`, else the size the checkpoint records, else the architecture's
@@ -66,7 +69,22 @@ class Upstream:
 
     def describe(self) -> dict[str, Any]:
         """The upstream as config.yaml records it."""
-        return {k: v for k, v in asdict(self).items() if k not in ("model", "classes", "recipe")}
+        return {k: v for k, v in asdict(self).items() if k not in ("model", "classes", "recipe", "path")}
+
+    @functools.cached_property
+    def source(self) -> dict[str, Any]:
+        """The checkpoint as a features cache keys it: path, content hash, flavour, architecture (hashed once)."""
+        if self.path is None:
+            raise UserError("a model built from scratch has no checkpoint to key features by")
+        return {"path": str(Path(self.path).resolve()), "sha256": file_sha256(self.path), "flavour": self.flavour,
+                "arch": self.arch, "arch_kwargs": dict(self.arch_kwargs or {})}
+
+    def freeze(self) -> "Upstream":
+        """The model in eval mode with gradients off (a linear probe's backbone); returns self."""
+        self.model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        return self
 
 
 def chosen_image_size(given: int | None, *, recorded: int | None, default: int) -> tuple[int, str]:
@@ -88,7 +106,7 @@ def load_upstream(*, checkpoint_path: str | None, flavour: str | None, arch: str
                         method=loaded.method,
                         interpolation=loaded.interpolation, normalization=loaded.normalization,
                         classes=loaded.extra.get("classes"), recipe=loaded.recipe,
-                        input_size=loaded.input_size)
+                        input_size=loaded.input_size, path=str(checkpoint_path))
     if arch:
         return Upstream(model=build_model(arch, num_classes=1), arch=arch)
     raise UserError("give --from_checkpoint_path (fine-tune a checkpoint) or --arch (train from scratch)")
