@@ -223,6 +223,13 @@ def check_results_table(experiment_root: Path, *, detection: bool = False) -> No
                     table, line, fields, expected, aside)
 
 
+def already_finished(run_dir: Path, experiment_root: Path, settings: dict[str, Any]) -> RunResult:
+    """A finished run's result (either kind), once its recorded `settings` are checked to be these."""
+    check_same_settings(run_dir, settings)
+    log.info("%s is already finished; reporting its result", run_dir)
+    return finished_result(run_dir, experiment_root)
+
+
 def finished_result(run_dir: Path, experiment_root: Path) -> RunResult:
     """A finished run's result; re-appends its results.csv row if a crash came between the two writes, and records
     where the run is now (absolute) in its row and result.json when it was moved or copied since."""

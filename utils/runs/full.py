@@ -10,7 +10,7 @@ import logging
 import torch
 
 from utils.checkpoints import check_dense_label
-from utils.runs.dirs import check_same_settings, finished_result, run_lock, write_run_config
+from utils.runs.dirs import already_finished, run_lock, write_run_config
 from utils.runs.downstream import (
     check_mosaic,
     fit_anchors_,
@@ -22,7 +22,7 @@ from utils.runs.downstream import (
 from utils.runs.evaluate import evaluate_only
 from utils.runs.kinds import RunResult
 from utils.runs.options import FullOptions
-from utils.runs.plan import Plan, plan_run, run_dir_of
+from utils.runs.plan import plan_run, run_dir_of
 from utils.runs.record import check_sparsity, finish, resolved_config
 from utils.runs.setup import load_upstream
 from utils.runs.training import (
@@ -53,7 +53,9 @@ def fine_tune(opts: FullOptions) -> RunResult:
     """The run itself, with the run directory held: plan, load, prepare, fit, record."""
     plan = plan_run(opts)
     if plan.status == "finished":
-        return already_finished(opts, plan)
+        return already_finished(plan.run_dir, plan.experiment_root,
+                                {"options": opts.model_dump(exclude={"resume", "progress"}),
+                                 "trainer": plan.trainer.model_dump()})
     seed_everything(opts.seed)
     upstream = load_upstream(checkpoint_path=opts.from_checkpoint_path, flavour=opts.checkpoint_flavour,
                              arch=opts.arch, keep_classifier=opts.eval_only)
@@ -96,12 +98,3 @@ def fine_tune(opts: FullOptions) -> RunResult:
                   extra={"classes": data.classes, **({"removed_layers": removed} if removed else {})},
                   loaded_sparsity=loaded_sparsity, epochs=epochs, git_commit=resolved["git_commit"],
                   dataset_name=opts.dataset_label(), precision=precision, hyper=hyper_parameters_used(plan, schedule))
-
-
-def already_finished(opts: FullOptions, plan: Plan) -> RunResult:
-    """A finished run's result, once its recorded settings are checked to be these."""
-    check_same_settings(plan.run_dir, {"options": opts.model_dump(exclude={"resume", "progress"}),
-                                       "trainer": plan.trainer.model_dump()})
-    log.info("%s is already finished; reporting its result", plan.run_dir)
-    return finished_result(plan.run_dir, plan.experiment_root)
-

@@ -39,10 +39,9 @@ from utils.linear import (
 )
 from utils.onnx.engines import missing
 from utils.runs.dirs import (
+    already_finished,
     check_results_table,
-    check_same_settings,
     environment_info,
-    finished_result,
     now_iso,
     prepare_run_dir,
     record_result,
@@ -52,7 +51,7 @@ from utils.runs.dirs import (
 )
 from utils.runs.kinds import InputSettings, ResultRow, RunResult
 from utils.runs.options import LinearOptions
-from utils.runs.plan import checkpoint_label
+from utils.runs.plan import default_exp_name
 from utils.runs.setup import Upstream, load_upstream, loader_workers, pick_device
 from utils.seed import epoch_seed, seed_everything
 from utils.sparsity import layer_sparsity, masks_from_zeros, measured_sparsity, sparse_layers
@@ -60,10 +59,11 @@ from utils.sparsity import layer_sparsity, masks_from_zeros, measured_sparsity, 
 log = logging.getLogger(__name__)
 
 
-def default_exp_name(opts: LinearOptions) -> str:
+def run_name(opts: LinearOptions) -> str:
+    """The run's default name: full fine-tuning's, with the probe's variant (linear-SOLVER[-aug][-BACKEND])."""
     variant = opts.solver + ("-aug" if opts.augment else "") + (
         f"-{opts.feature_backend}" if opts.feature_backend != "torch" else "")
-    return f"{opts.dataset_label()}_{checkpoint_label(opts.from_checkpoint_path)}_linear-{variant}_seed{opts.seed}"
+    return default_exp_name(opts.dataset_label(), opts.from_checkpoint_path, opts.seed, f"linear-{variant}")
 
 
 def check_options(opts: LinearOptions) -> None:
@@ -111,7 +111,7 @@ def data_kwargs(inputs: InputSettings) -> dict[str, Any]:
 def run_linear_finetuning(opts: LinearOptions) -> RunResult:
     """Freeze the checkpoint's backbone, fit a linear classifier on its features; returns the result."""
     check_options(opts)
-    run_dir = run_dir_for(opts.experiment_root_path, opts.exp_name or default_exp_name(opts))
+    run_dir = run_dir_for(opts.experiment_root_path, opts.exp_name or run_name(opts))
     with run_lock(run_dir):
         return fit_probe(opts, run_dir)
 
@@ -123,10 +123,9 @@ def fit_probe(opts: LinearOptions, run_dir: Path) -> RunResult:
     experiment_root = Path(opts.experiment_root_path)
     check_results_table(experiment_root)
     if prepare_run_dir(run_dir, resume=opts.resume) == "finished":
-        check_same_settings(run_dir, {"options": opts.model_dump(), "probe": settings.probe.model_dump(),
-                                      "trainer": settings.trainer.model_dump() if settings.trainer else None})
-        log.info("%s is already finished; reporting its result", run_dir)
-        return finished_result(run_dir, experiment_root)
+        return already_finished(run_dir, experiment_root,
+                                {"options": opts.model_dump(), "probe": settings.probe.model_dump(),
+                                 "trainer": settings.trainer.model_dump() if settings.trainer else None})
 
     seed_everything(opts.seed)
     up, inputs = load_frozen(opts.from_checkpoint_path, flavour=opts.checkpoint_flavour,

@@ -49,10 +49,11 @@ def checkpoint_label(path: str) -> str:
     return p.stem
 
 
-def default_exp_name(dataset_label: str, source: str | None, seed: int) -> str:
-    """DATASET_CHECKPOINT_seedSEED (checkpoint_label; the architecture's name when training from scratch); the
-    dataset as RunOptions.dataset_label names it."""
-    return f"{dataset_label}_{checkpoint_label(source) if source else 'model'}_seed{seed}"
+def default_exp_name(dataset_label: str, source: str | None, seed: int, variant: str = "") -> str:
+    """DATASET_CHECKPOINT[_VARIANT]_seedSEED (checkpoint_label; the architecture's name when training from scratch;
+    a linear probe's variant, e.g. linear-lbfgs); the dataset as RunOptions.dataset_label names it."""
+    label = checkpoint_label(source) if source else "model"
+    return f"{dataset_label}_{label}{'_' + variant if variant else ''}_seed{seed}"
 
 
 def plan_run(opts: FullOptions) -> Plan:
