@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -20,6 +20,18 @@ class Batch:
     targets: torch.Tensor
     logits: torch.Tensor
     loss: torch.Tensor
+
+
+@dataclass
+class RunContext:
+    """What a run offers its policies at Event.INIT, so they wire themselves instead of the run reaching into the
+    policy list: the policies, a way to load a model from a checkpoint path (the runs layer's loader, which policies
+    may not import), the teacher the user named (a path, or a model in a user's loop) and the run's class count."""
+
+    policies: list["Policy"] = field(default_factory=list)
+    load_model: Callable[[str], nn.Module] | None = None
+    teacher: str | nn.Module | None = None
+    num_classes: int | None = None
 
 
 @dataclass
@@ -41,6 +53,7 @@ class TrainState:
     train_loader: Any = None            # the training data (second-order pruning samples gradients from it)
     task: Any = None                    # the run's policies.tasks.Task (its loss), set by the Manager
     eval_model: nn.Module | None = None  # what evaluation scores instead of forward_model (an EMA of the weights)
+    context: RunContext = field(default_factory=RunContext)     # what INIT offers (Driver.wire)
 
     @property
     def total_steps(self) -> int:
@@ -80,6 +93,11 @@ class Policy:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume exactly; schedules that are pure functions need nothing."""
+        return {}
+
+    def facts(self) -> dict[str, Any]:
+        """What this policy says about the finished run, for its records (merged in policy order, later policies
+        winning): e.g. the LR that drove it, the layers it removed, the pruning method."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

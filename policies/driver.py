@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Mapping
 
-from policies.base import Policy, TrainState, in_phase_order
+from policies.base import Policy, RunContext, TrainState, in_phase_order
 from policies.events import Event
 from utils.seed import seed_epoch
 
@@ -20,6 +20,19 @@ class Driver:
     def add(self, policy: Policy) -> None:
         """One more policy, in its phase's place (after those of its phase already there)."""
         self.policies = in_phase_order([*self.policies, policy])
+
+    def wire(self, context: RunContext) -> None:
+        """INIT: every policy (the list as it stands now) wires itself from `context`."""
+        context.policies = list(self.policies)
+        self.state.context = context
+        self.emit(Event.INIT)
+
+    def facts(self) -> dict[str, Any]:
+        """What the policies say about the run (Policy.facts), merged in their order."""
+        out: dict[str, Any] = {}
+        for policy in self.policies:
+            out.update(getattr(policy, "facts", dict)())
+        return out
 
     def emit(self, event: Event) -> None:
         for policy in self.policies:

@@ -56,6 +56,10 @@ class EmaPolicy(Policy):
         self.ema: nn.Module | None = None
         self.saved: dict[str, Any] | None = None
 
+    def on_init(self, state: TrainState) -> None:
+        """The masks the average must hold too: every mask policy of the run."""
+        self.mask_policies = [p for p in state.context.policies if isinstance(p, MaskPolicy)]
+
     def on_fit_start(self, state: TrainState) -> None:
         if self.saved is not None:
             self.enabled, self.updates = self.saved["enabled"], self.saved["updates"]

@@ -7,6 +7,8 @@ from enum import Enum
 class Event(Enum):
     """The training loop, as pseudocode (policies hook in at each named point):
 
+    INIT                                    # policies assembled: each wires itself from state.context (the
+                                            # other policies, a model loader, the run's flags)
     FIT_START                               # masks applied, optimizer/schedule state restored
     for epoch in range(start_epoch, num_epochs):
         EPOCH_START                         # RNG for shuffling/augmentation seeded from (seed, epoch)
@@ -25,6 +27,7 @@ class Event(Enum):
     FIT_END                                 # sparsity verified, final model and result written
     """
 
+    INIT = "init"
     FIT_START = "fit_start"
     EPOCH_START = "epoch_start"
     BATCH_START = "batch_start"

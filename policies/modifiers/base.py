@@ -49,6 +49,10 @@ class Modifier(Policy):
             raise UserError(f"{source}: end_epoch {args.end_epoch} is before start_epoch {args.start_epoch}")
         self.setup(model)
 
+
+    def facts(self) -> dict[str, Any]:
+        """A pruning modifier names the run's method (the last one in the recipe wins)."""
+        return {"method": self.method} if self.method else {}
     def setup(self, model: nn.Module) -> None:
         """Resolve parameter names etc. against the model (errors surface before training starts)."""
 

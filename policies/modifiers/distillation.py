@@ -56,6 +56,23 @@ class DistillationModifier(Modifier):
         """The checkpoint the run must load as the teacher (None: given otherwise, or `self`)."""
         return None if self.self_teacher else self.args.teacher
 
+    def on_init(self, state: TrainState) -> None:
+        """The teacher: a model the user's loop gave, else the checkpoint the run names (its flag over the recipe's
+        `teacher:`), loaded by the run's loader; it must predict the run's classes."""
+        given = state.context.teacher
+        if isinstance(given, nn.Module):
+            self.teacher, self.self_teacher = given, False
+            return
+        path = given or self.teacher_path
+        if path is None or state.context.load_model is None:
+            return          # "self", or on_fit_start reports the missing teacher
+        teacher = state.context.load_model(path)
+        classes, wanted = teacher.get_classifier().out_features, state.context.num_classes
+        if wanted is not None and classes != wanted:
+            raise UserError(f"{path}: the distillation teacher predicts {classes} classes, the student {wanted}; "
+                            "use a teacher fine-tuned on this dataset")
+        self.teacher, self.self_teacher = teacher, False
+
     def active(self, step: int) -> bool:
         return step >= self.start_step and (self.end_step is None or step <= self.end_step)
 

@@ -44,6 +44,9 @@ class LayerPruningModifier(Modifier):
         """The layers bypassed right now."""
         return list(self.hooks)
 
+    def facts(self) -> dict[str, Any]:
+        return {"removed_layers": [*self.removed]} if self.removed else {}
+
     def removed_at(self, step: int) -> bool:
         return step >= self.start_step and (self.end_step is None or step < self.end_step)
 

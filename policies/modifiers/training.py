@@ -214,6 +214,9 @@ class RecipeSchedule(Policy):
         assert self.table is not None, "on_fit_start first"
         return float(self.table[min(step, len(self.table) - 1), group, KEYS.index(key)])
 
+    def facts(self) -> dict[str, Any]:
+        return {"hyper": self.used()} if self.table is not None else {}
+
     def used(self) -> dict[str, float]:
         """What the run trained with, for its records: param group 0's LR at the first step and at its peak, and
         the largest weight decay any group had (YOLO's first groups are BN weights and biases, undecayed)."""

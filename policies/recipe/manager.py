@@ -43,7 +43,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from policies.base import Batch, Policy, TrainState
+from policies.base import Batch, Policy, RunContext, TrainState
 from policies.driver import Driver
 from policies.events import Event
 from policies.masking import MaskPolicy
@@ -110,13 +110,11 @@ class RecipeManager:
         if not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
             raise UserError(f"steps_per_epoch must be a positive int (len(train_loader)), got {steps_per_epoch!r}")
         policies, epochs = build_recipe_policies(self.recipe, model=model, steps_per_epoch=steps_per_epoch)
-        for distill in (p for p in policies if isinstance(p, DistillationModifier)):
-            if teacher is not None:
-                distill.teacher, distill.self_teacher = teacher, False
         device = next(model.parameters()).device
         state = TrainState(model=model, forward_model=model, optimizer=optimizer, device=device,
                            steps_per_epoch=steps_per_epoch, num_epochs=epochs, seed=seed or 0, train_loader=loader)
         self.driver, self.loader, self._seeded = Driver(state, policies), loader, seed is not None
+        self.driver.wire(RunContext(teacher=teacher))        # a DistillationModifier takes the teacher given
         if self._saved is not None:
             self._restore(self._saved)
         elif start_epoch:

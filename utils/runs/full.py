@@ -27,10 +27,9 @@ from utils.runs.record import check_sparsity, finish, resolved_config
 from utils.runs.setup import load_upstream
 from utils.runs.training import (
     fit,
-    hyper_parameters_used,
     main_process_observers,
-    method_label,
-    removed_layers,
+    run_context,
+    run_facts,
     run_precision,
     train_state,
     training_schedule,
@@ -87,14 +86,15 @@ def fine_tune(opts: FullOptions) -> RunResult:
         upstream.model.to(memory_format=torch.channels_last)
         task.channels_last = True
     precision = run_precision(opts.precision, plan.device)
-    metrics = fit(state, schedule + main_process_observers(opts, plan, resolved), plan=plan, loaders=loaders,
-                  precision=precision, frozen=frozen, task=task)
+    metrics, facts = fit(state, schedule + main_process_observers(opts, plan, resolved), plan=plan,
+                         loaders=loaders, precision=precision, frozen=frozen, task=task,
+                         context=run_context(opts, upstream.model))
     masks = check_sparsity(upstream.model, masks, recipe=opts.recipe is not None, loaded_sparsity=loaded_sparsity)
-    label = method_label(opts, schedule, upstream.method)
-    if label == upstream.method and opts.from_checkpoint_path:
-        check_dense_label(label, loaded_sparsity, opts.from_checkpoint_path)
-    removed = removed_layers(schedule)
-    return finish(opts, plan, upstream=upstream, masks=masks, metrics=metrics, inputs=inputs, label=label,
+    said = run_facts(opts, plan, facts, upstream.method)
+    if said["label"] == upstream.method and opts.from_checkpoint_path:
+        check_dense_label(said["label"], loaded_sparsity, opts.from_checkpoint_path)
+    removed = said["removed_layers"]
+    return finish(opts, plan, upstream=upstream, masks=masks, metrics=metrics, inputs=inputs, label=said["label"],
                   extra={"classes": data.classes, **({"removed_layers": removed} if removed else {})},
                   loaded_sparsity=loaded_sparsity, epochs=epochs, git_commit=resolved["git_commit"],
-                  dataset_name=opts.dataset_label(), precision=precision, hyper=hyper_parameters_used(plan, schedule))
+                  dataset_name=opts.dataset_label(), precision=precision, hyper=said["hyper"])

@@ -10,14 +10,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from policies.base import Policy, TrainState
+from policies.base import Policy, RunContext, TrainState
 from policies.ema import EmaPolicy
 from policies.loggers import CheckpointSaver, MetricsLogger, ProgressBar, WandbLogger
 from policies.manager import Manager
-from policies.masking import FixedMaskPolicy, MaskPolicy
-from policies.modifiers import RecipeSchedule, recipe_method
-from policies.modifiers.distillation import DistillationModifier
-from policies.modifiers.layers import LayerPruningModifier
+from policies.masking import FixedMaskPolicy
 from policies.tasks import Task, fastest_precision
 from policies.trainer import LRSchedulePolicy, build_optimizer
 from utils.errors import UserError
@@ -48,39 +45,42 @@ def main_process_observers(opts: FullOptions, plan: Plan, resolved: dict[str, An
 
 
 def fit(state: TrainState, policies: list[Policy], *, plan: Plan, loaders: tuple, precision: str,
-        frozen: list[nn.Module], task: Task) -> dict[str, Any]:
-    """Run (or resume) the loop; returns the final epoch's metrics."""
+        frozen: list[nn.Module], task: Task, context: RunContext) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run (or resume) the loop, the policies wired from `context` first (Event.INIT); returns the final epoch's
+    metrics and what the policies say about the run (Policy.facts)."""
     trainer = plan.trainer
     manager = Manager(state=state, policies=policies, train_loader=loaders[0], test_loader=loaders[1],
                       eval_every_epochs=trainer.eval_every_epochs, grad_clip_norm=trainer.grad_clip_norm,
                       precision=precision, accumulate_steps=plan.accumulate, frozen_modules=frozen, task=task)
     if plan.dist.is_main:
         manager.add(CheckpointSaver(plan.run_dir / "checkpoint.pt", manager.training_state))
+    manager.wire(context)
     if plan.status == "resume":
         manager.restore(torch.load(plan.run_dir / "checkpoint.pt", map_location=state.device, weights_only=True))
         log.info("resuming %s at epoch %d (step %d)", plan.run_dir, state.epoch, state.step)
     if precision == "fp16" and state.device.type != "cuda":
         log.warning("--precision fp16 needs CUDA; training in fp32 on %s (bf16 runs on CPUs)", state.device)
-    return manager.fit()
+    return manager.fit(), manager.facts()
 
 
-def removed_layers(policies: list[Policy]) -> list[str]:
-    """The layers a recipe's LayerPruningModifier removed."""
-    return [name for p in policies if isinstance(p, LayerPruningModifier) for name in p.removed]
+def run_context(opts: FullOptions, model: nn.Module) -> RunContext:
+    """What the run offers its policies at INIT: the checkpoint loader (a distillation teacher), --distill_teacher,
+    the student's class count."""
+    def load_model(path: str) -> nn.Module:
+        return load_upstream(checkpoint_path=path, flavour=None, arch=None, keep_classifier=True).model
+
+    return RunContext(load_model=load_model, teacher=opts.distill_teacher,
+                      num_classes=model.get_classifier().out_features)
 
 
-def method_label(opts: FullOptions, policies: list[Policy], upstream_method: str) -> str:
-    """The run's method label: --model_label, else what the recipe's pruning modifiers name, else the upstream's."""
-    return opts.model_label or recipe_method(policies) or upstream_method
-
-
-def hyper_parameters_used(plan: Plan, policies: list[Policy]) -> dict[str, float]:
-    """The LR (first and peak) and weight decay that drove training: a recipe's replayed schedule where it has
-    one (its LR modifiers override the trainer config's), else the trainer config's (its schedule peaks at lr)."""
-    recipe = next((p for p in policies if isinstance(p, RecipeSchedule)), None)
-    if recipe is not None:
-        return recipe.used()
-    return {"lr_initial": plan.lr, "lr_peak": plan.lr, "weight_decay": plan.weight_decay}
+def run_facts(opts: FullOptions, plan: Plan, facts: dict[str, Any], upstream_method: str) -> dict[str, Any]:
+    """The run's record from what its policies said: the method label (--model_label, else the recipe's pruning
+    method, else the upstream's), the layers a recipe removed, and the LR (first and peak) and weight decay that
+    drove training (a recipe's replayed schedule where it has one, else the trainer config's, which peaks at lr)."""
+    return {"label": opts.model_label or facts.get("method") or upstream_method,
+            "removed_layers": facts.get("removed_layers", []),
+            "hyper": facts.get("hyper") or {"lr_initial": plan.lr, "lr_peak": plan.lr,
+                                            "weight_decay": plan.weight_decay}}
 
 
 def training_schedule(opts: FullOptions, plan: Plan, *, model: nn.Module, masks: dict[str, torch.Tensor],
@@ -90,7 +90,7 @@ def training_schedule(opts: FullOptions, plan: Plan, *, model: nn.Module, masks:
     policies, epochs = schedule_policies(opts, plan, model=model, masks=masks, steps_per_epoch=steps_per_epoch,
                                          embedded_recipe=embedded_recipe)
     if plan.trainer.ema is not None:
-        policies.append(EmaPolicy(plan.trainer.ema, mask_policies=[p for p in policies if isinstance(p, MaskPolicy)]))
+        policies.append(EmaPolicy(plan.trainer.ema))         # it finds the masks to hold at INIT
     return policies, epochs
 
 
@@ -102,8 +102,6 @@ def schedule_policies(opts: FullOptions, plan: Plan, *, model: nn.Module, masks:
                                                steps_per_epoch=steps_per_epoch, run_dir=plan.run_dir,
                                                resuming=plan.status == "resume", epochs_flag=opts.epochs,
                                                embedded=embedded_recipe, checkpoint=opts.from_checkpoint_path)
-        for distill in (p for p in policies if isinstance(p, DistillationModifier)):
-            attach_teacher(distill, opts.distill_teacher, num_classes=model.get_classifier().out_features)
         return policies, epochs
     if opts.distill_teacher:
         raise UserError("--distill_teacher needs a --recipe with a DistillationModifier")
@@ -114,19 +112,6 @@ def schedule_policies(opts: FullOptions, plan: Plan, *, model: nn.Module, masks:
     schedule = LRSchedulePolicy(base_lr=plan.lr, cfg=plan.trainer.schedule,
                                 momentum=optimizer.momentum if optimizer.name == "sgd" else None)
     return [schedule, FixedMaskPolicy(masks)], plan.epochs
-
-
-def attach_teacher(distill: DistillationModifier, flag: str | None, *, num_classes: int) -> None:
-    """Load the teacher (the flag's checkpoint over the recipe's); it must predict the same classes."""
-    path = flag or distill.teacher_path
-    if path is None:
-        return      # "self", or the modifier reports the missing teacher when training starts
-    teacher = load_upstream(checkpoint_path=path, flavour=None, arch=None, keep_classifier=True).model
-    classes = teacher.get_classifier().out_features
-    if classes != num_classes:
-        raise UserError(f"{path}: the distillation teacher predicts {classes} classes, the student {num_classes}; "
-                        "use a teacher fine-tuned on this dataset")
-    distill.teacher, distill.self_teacher = teacher, False
 
 
 def train_state(model: nn.Module, plan: Plan, *, epochs: int, steps_per_epoch: int, seed: int,
