@@ -205,8 +205,6 @@ static int64_t stream_bytes(void) {
     return bytes;
 }
 
-int64_t spconv_stream_bytes_now(void) { return stream_bytes(); }
-
 /* Set the output size from which stores stream (bytes; 0: back to the default); the previous one is returned. */
 int64_t spconv_stream_bytes(int64_t bytes) {
     const int64_t before = stream_bytes();
@@ -228,6 +226,20 @@ int spconv_isa(int isa) {
 
 int spconv_has_avx512(int isa) { return pick(isa) == row_tile_avx512; }
 
+tile_plan spconv_plan(int images, int ho, int wq, int co, int threads, int64_t y_plane, const float *res,
+                      int64_t res_plane) {
+    tile_plan p;
+    p.grid = (int64_t)ho * wq;
+    p.tiles = (int)((p.grid + TILE - 1) / TILE);
+    p.blocks = 1;
+    while ((int64_t)images * p.tiles * p.blocks < 4 * (int64_t)threads && p.blocks * 8 < co) p.blocks *= 2;
+    p.per_block = (co + p.blocks - 1) / p.blocks;
+    p.items = (int64_t)images * p.tiles * p.blocks;
+    p.big = (int64_t)images * co * y_plane * (int64_t)sizeof(float) >= stream_bytes();
+    p.room = res && res_plane < y_plane ? res_plane : y_plane;
+    return p;
+}
+
 /* y[n, co, oh, ow] = act(bias[co] + sum_j val[j] * x[n, off[j] + oh * wq + ow] (+ res[n, co, oh, ow])).
  * x: prepared inputs (x_stride floats apart, each with TILE + max offset slack past the grid);
  * row_ptr: co + 1 entries into off/val; y and res: per image (y_stride / res_stride floats apart) co planes of
@@ -238,33 +250,25 @@ void spconv_run(const float *x, int64_t x_stride, int images, const int32_t *row
                 int64_t y_plane, const float *res, int64_t res_stride, int64_t res_plane, int act, int threads,
                 int isa) {
     const row_tile_fn tile_fn = pick(isa);
-    const int64_t grid = (int64_t)ho * wq;
-    const int tiles = (int)((grid + TILE - 1) / TILE);
-    int blocks = 1;            /* split output channels when there are too few tiles for the threads */
-    while ((int64_t)images * tiles * blocks < 4 * (int64_t)threads && blocks * 8 < co) blocks *= 2;
-    const int per_block = (co + blocks - 1) / blocks;
-    const int64_t items = (int64_t)images * tiles * blocks;
-    const int big = (int64_t)images * co * y_plane * (int64_t)sizeof(float) >= stream_bytes();
-    /* the room a tile may fill in each output (and residual) plane */
-    const int64_t room = res && res_plane < y_plane ? res_plane : y_plane;
+    const tile_plan plan = spconv_plan(images, ho, wq, co, threads, y_plane, res, res_plane);
+    const int64_t grid = plan.grid, room = plan.room;
+    const int big = plan.big;
 #pragma omp parallel num_threads(threads)
     {
 #pragma omp for schedule(static)
-        for (int64_t item = 0; item < items; item++) {
+        for (int64_t item = 0; item < plan.items; item++) {
             float acc[TILE] __attribute__((aligned(64)));
-            const int n = (int)(item / ((int64_t)tiles * blocks));
-            const int t = (int)((item / blocks) % tiles);
-            const int b = (int)(item % blocks);
-            const int64_t q0 = (int64_t)t * TILE;
+            const tile_item it = spconv_item(&plan, item, co);
+            const int n = it.n, c_end = it.c1;
+            const int64_t q0 = it.q0;
             const float *xt = x + n * x_stride + q0;
-            const int c_end = (b + 1) * per_block < co ? (b + 1) * per_block : co;
             /* the whole tile is contiguous output (valid, or padding): the tile function stores it, activated */
             const int direct = wq == wo && q0 + TILE <= room;
             __mmask16 masks[TILE / 16];
             int64_t dest[TILE / 16];
             const int packed = !direct && tile_fn == row_tile_avx512;
             if (packed) spconv_tile_masks(q0, grid, wq, wo, masks, dest);
-            for (int c = b * per_block; c < c_end; c++) {
+            for (int c = it.c0; c < c_end; c++) {
                 float *yc = y + n * y_stride + c * y_plane;
                 const float *rc = res ? res + n * res_stride + c * res_plane : 0;
                 const float bc = bias ? bias[c] : 0.0f;

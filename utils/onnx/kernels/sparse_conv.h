@@ -87,6 +87,34 @@ static inline __m256 silu_avx2(__m256 x) {
     return _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
 }
 
+/* How a layer call's work is split between threads (spconv_run and spq_run): items of (image, tile of TILE grid
+ * positions, block of output channels); output channels are split into blocks only when there are too few tiles
+ * for the threads. `big`: the output goes around the caches (stream stores); `room`: the positions a tile may fill
+ * in each output (and residual) plane. */
+typedef struct {
+    int64_t grid, items, room;
+    int tiles, blocks, per_block, big;
+} tile_plan;
+
+/* One item of a plan: image n, the tile starting at grid position q0, output channels c0 .. c1 - 1. */
+typedef struct {
+    int n, c0, c1;
+    int64_t q0;
+} tile_item;
+
+tile_plan spconv_plan(int images, int ho, int wq, int co, int threads, int64_t y_plane, const float *res,
+                      int64_t res_plane);
+
+static inline tile_item spconv_item(const tile_plan *p, int64_t item, int co) {
+    tile_item it;
+    const int b = (int)(item % p->blocks);
+    it.n = (int)(item / ((int64_t)p->tiles * p->blocks));
+    it.q0 = (int64_t)((item / p->blocks) % p->tiles) * TILE;
+    it.c0 = b * p->per_block;
+    it.c1 = (b + 1) * p->per_block < co ? (b + 1) * p->per_block : co;
+    return it;
+}
+
 /* Helpers of sparse_conv.c the int8 kernels use too (documented there). */
 void spconv_prepare_row(const float *src, float *drow, int r, int h, int w, int s, int b, int pl, int wq);
 void spconv_store_tile(const float *acc, int64_t q0, int64_t grid, int wq, int wo, float *yc, const float *rc,
@@ -95,7 +123,6 @@ __attribute__((target("avx512f")))
 void spconv_store_packed_avx512(const float *acc, const __mmask16 *masks, const int64_t *dest, float *yc,
                                 const float *rc, float bias, int act);
 void spconv_tile_masks(int64_t q0, int64_t grid, int wq, int wo, __mmask16 *masks, int64_t *dest);
-int64_t spconv_stream_bytes_now(void);
 int spconv_has_avx512(int isa);
 
 #endif

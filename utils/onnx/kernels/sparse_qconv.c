@@ -226,31 +226,24 @@ void spq_run(const uint32_t *x, int64_t x_stride, int images, const int32_t *row
     const int fold_relu = out_scale > 0.0f && act == ACT_RELU && !res;     /* max(v, 0) is then lo = 0 */
     const int tile_act = fold_relu ? ACT_NONE : act;
     const qtile_fn tile_fn = wide ? qtile_avx512 : qtile_generic;
-    const int64_t grid = (int64_t)ho * wq;
-    const int tiles = (int)((grid + TILE - 1) / TILE);
-    int blocks = 1;
-    while ((int64_t)images * tiles * blocks < 4 * (int64_t)threads && blocks * 8 < co) blocks *= 2;
-    const int per_block = (co + blocks - 1) / blocks;
-    const int64_t items = (int64_t)images * tiles * blocks;
-    const int big = (int64_t)images * co * y_plane * (int64_t)sizeof(float) >= spconv_stream_bytes_now();
-    const int64_t room = res && res_plane < y_plane ? res_plane : y_plane;
+    const tile_plan plan = spconv_plan(images, ho, wq, co, threads, y_plane, res, res_plane);
+    const int64_t grid = plan.grid, room = plan.room;
+    const int big = plan.big;
 #pragma omp parallel num_threads(threads)
     {
 #pragma omp for schedule(static)
-        for (int64_t item = 0; item < items; item++) {
+        for (int64_t item = 0; item < plan.items; item++) {
             float acc[TILE] __attribute__((aligned(64)));
-            const int n = (int)(item / ((int64_t)tiles * blocks));
-            const int t = (int)((item / blocks) % tiles);
-            const int b = (int)(item % blocks);
-            const int64_t q0 = (int64_t)t * TILE;
+            const tile_item it = spconv_item(&plan, item, co);
+            const int n = it.n;
+            const int64_t q0 = it.q0;
             const uint32_t *xt = x + n * x_stride + q0;
-            const int c_end = (b + 1) * per_block < co ? (b + 1) * per_block : co;
             const int direct = wq == wo && q0 + TILE <= room;
             const int packed = !direct && wide;
             __mmask16 masks[TILE / 16];
             int64_t dest[TILE / 16];
             if (packed) spconv_tile_masks(q0, grid, wq, wo, masks, dest);
-            for (int c = b * per_block; c < c_end; c++) {
+            for (int c = it.c0; c < it.c1; c++) {
                 float *yc = y + n * y_stride + c * y_plane;
                 const float *rc = res ? res + n * res_stride + c * res_plane : 0;
                 const float bc = bias ? bias[c] : 0.0f, fold = out_scale > 0.0f ? inverse : 1.0f;
