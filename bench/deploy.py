@@ -29,13 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import matmul_gflops  # noqa: E402
 
 from models import build_model, model_task  # noqa: E402
-from policies.qat.modules import (  # noqa: E402
-    freeze_bn_stats_,
-    load_qat_state_,
-    prepare_qat_,
-    quantizable_modules,
-    set_observers_,
-)
+from policies.qat.modules import calibrated_qat_, load_qat_state_  # noqa: E402
 from utils.checkpoints import load_checkpoint  # noqa: E402
 from utils.deploy import compressed_size_report, export_onnx  # noqa: E402
 from utils.onnx.engines import ENGINES, load_engine, median_latency_ms, missing  # noqa: E402
@@ -77,14 +71,7 @@ def qat_twin(model: torch.nn.Module, arch: str, size: int) -> torch.nn.Module:
     """A copy with fake quantization, its observers calibrated on random batches, then frozen."""
     qat = build_model(arch, num_classes=classes(arch))
     qat.load_state_dict(model.state_dict())
-    prepare_qat_(qat, quantizable_modules(qat))
-    qat.train()
-    freeze_bn_stats_(qat)
-    with torch.no_grad():
-        for _ in range(3):
-            qat(torch.randn(4, 3, size, size))
-    set_observers_(qat, False)
-    return qat.eval()
+    return calibrated_qat_(qat, (torch.randn(4, 3, size, size) for _ in range(3)))
 
 
 def variants(args: argparse.Namespace) -> list[tuple[str, torch.nn.Module, torch.nn.Module]]:

@@ -215,6 +215,20 @@ def freeze_bn_stats_(model: nn.Module, frozen: bool = True) -> None:
             m.freeze_bn_stats = frozen
 
 
+def calibrated_qat_(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
+    """Fake quantization in every quantizable module of `model`, its observers calibrated on `batches` with the
+    BatchNorm statistics frozen, then the observers frozen too; returns the model in eval mode (post-training
+    quantization without training: the deployment benchmarks' INT8 twins)."""
+    prepare_qat_(model, quantizable_modules(model))
+    model.train()
+    freeze_bn_stats_(model)
+    with torch.no_grad():
+        for batch in batches:
+            model(batch)
+    set_observers_(model, False)
+    return model.eval()
+
+
 def qat_state(model: nn.Module) -> dict[str, Any]:
     """Everything the QAT modules hold outside `state_dict`: the scheme, module names, flags, quantization
     parameters."""

@@ -20,6 +20,8 @@ from utils.onnx.kernels import PackedConv, PackedLinear, sparse_conv, sparse_lin
 from utils.onnx.layers import ConvLayer
 from utils.sparsity import magnitude_prune_
 
+from .models import real_statistics_
+
 RTOL = 1e-4
 ISAS = [0, 1, 2]      # scalar, AVX2+FMA, AVX-512 (capped at what this CPU runs)
 
@@ -92,15 +94,7 @@ def test_whole_models_equal_onnx_runtime(tmp_path, arch, size, classes, sparsity
     model = build_model(arch, num_classes=classes).eval()
     if sparsity:
         magnitude_prune_(model, sparsity, scope="layer")     # global pruning of a fresh net empties whole layers
-    with torch.no_grad():           # statistics of real activations: a fresh deep net's outputs barely vary
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.reset_running_stats()
-                module.momentum = None
-                module.bias.uniform_(-0.1, 0.3)
-        model.train()
-        model(torch.rand(8, 3, size, size))
-        model.eval()
+    real_statistics_(model, size)
     path = export_onnx(model, tmp_path / f"{arch}.onnx", input_size=size)
     x = np.random.default_rng(0).random((2, 3, size, size)).astype(np.float32)
     want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
 from models import build_model
-from policies.qat.modules import freeze_bn_stats_, prepare_qat_, quantizable_modules, set_observers_
+from policies.qat.modules import calibrated_qat_
 from utils.deploy import export_onnx
 from utils.onnx import SparseEngine
 from utils.onnx.engines import load_engine
@@ -21,6 +21,8 @@ from utils.onnx.kernels.quantized import PackedQConv, Quantizer, qisa, sparse_qc
 from utils.onnx.qlayers import QConvLayer, fake_quantize
 from utils.sparsity import magnitude_prune_
 from utils.sparsity.structured import make_masks, parse_mask_type
+
+from .models import real_statistics_
 
 ISAS = sorted({0, qisa(2)})           # portable C, and AVX-512 VNNI where this CPU has it
 
@@ -156,22 +158,8 @@ def qat_model(arch: str, size: int, sparsity: float, mask: str) -> torch.nn.Modu
         with torch.no_grad():
             for name, m in make_masks(params, sparsity, mask_type=parse_mask_type(mask), global_scope=False).items():
                 params[name].mul_(m)
-    with torch.no_grad():           # statistics of real activations: a fresh deep net's outputs barely vary
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.reset_running_stats()
-                module.momentum = None
-                module.bias.uniform_(-0.1, 0.3)
-        model.train()
-        model(torch.rand(8, 3, size, size))
-    prepare_qat_(model, quantizable_modules(model))
-    model.train()
-    freeze_bn_stats_(model)
-    with torch.no_grad():
-        for _ in range(2):
-            model(torch.rand(4, 3, size, size))
-    set_observers_(model, False)
-    return model.eval()
+    real_statistics_(model, size)
+    return calibrated_qat_(model, (torch.rand(4, 3, size, size) for _ in range(2)))
 
 
 @pytest.mark.parametrize("arch, size, sparsity, mask", [

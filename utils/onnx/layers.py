@@ -78,6 +78,28 @@ class Buffers:
         return self._scratch.ctypes.data
 
 
+def run_bound(bound: dict, bind, x: torch.Tensor, residual: torch.Tensor | None, memory: Buffers, *,
+              reads_in_place: bool = False) -> torch.Tensor:
+    """A convolution's compiled call for `x`'s shape and layout (bound once by `bind(shape, strides)` and kept in
+    `bound`), run into a buffer of `memory`, with `residual` added; `reads_in_place`: the call may read `x` where it
+    lies when the buffer has slack past its end."""
+    x, x_strides = planes(x)
+    key = (tuple(x.shape), x_strides)
+    if key not in bound:
+        bound[key] = bind(key[0], x_strides)
+    call = bound[key]
+    out = memory.take(call.out_shape)
+    res = None
+    if residual is not None:
+        residual, res_strides = planes(residual)         # held: the kernel reads its address
+        res = (residual.data_ptr(), *res_strides)
+    address = x.data_ptr()
+    slack = {"x_has_slack": memory.has_slack(address)} if reads_in_place else {}
+    call(address, **slack, residual=res, out=(out.data_ptr(), *planes(out)[1]),
+         scratch_address=memory.scratch(call.scratch_floats))
+    return out
+
+
 @dataclass
 class ConvLayer:
     """One Conv node and what is fused into it; runs sparse or dense as calibrated."""
@@ -107,21 +129,9 @@ class ConvLayer:
     def run_sparse(self, x: torch.Tensor, residual: torch.Tensor | None, threads: int, isa: int,
                    memory: "Buffers") -> torch.Tensor:
         """The sparse kernels, into a buffer of `memory` (the executor gives it back after the output's last use)."""
-        x, x_strides = planes(x)
-        key = (tuple(x.shape), x_strides)
-        if key not in self.bound:
-            self.bound[key] = BoundConv(self.packed, key[0], x_strides=x_strides, act=self.act, threads=threads,
-                                        isa=isa)
-        call = self.bound[key]
-        out = memory.take(call.out_shape)
-        res = None
-        if residual is not None:
-            residual, res_strides = planes(residual)         # held: the kernel reads its address
-            res = (residual.data_ptr(), *res_strides)
-        address = x.data_ptr()
-        call(address, x_has_slack=memory.has_slack(address), residual=res,
-             out=(out.data_ptr(), *planes(out)[1]), scratch_address=memory.scratch(call.scratch_floats))
-        return out
+        return run_bound(self.bound, lambda shape, strides: BoundConv(self.packed, shape, x_strides=strides,
+                                                                      act=self.act, threads=threads, isa=isa),
+                         x, residual, memory, reads_in_place=True)
 
     def run_dense(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
         p = self.packed

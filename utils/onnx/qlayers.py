@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from utils.onnx.kernels.quantized import BoundQConv, PackedQConv, Quantizer
-from utils.onnx.layers import Buffers, ConvLayer, planes
+from utils.onnx.layers import Buffers, ConvLayer, run_bound
 
 
 def fake_quantize(x: torch.Tensor, q: Quantizer) -> torch.Tensor:
@@ -65,20 +65,9 @@ class QConvLayer:
     def run_int8(self, x: torch.Tensor, residual: torch.Tensor | None, threads: int, isa: int,
                  memory: Buffers) -> torch.Tensor:
         """The int8 kernels, into a buffer of `memory`."""
-        x, x_strides = planes(x)
-        key = (tuple(x.shape), x_strides)
-        if key not in self.bound:
-            self.bound[key] = BoundQConv(self.packed, key[0], x_strides=x_strides, act=self.act, threads=threads,
-                                         isa=isa)
-        call = self.bound[key]
-        out = memory.take(call.out_shape)
-        res = None
-        if residual is not None:
-            residual, res_strides = planes(residual)
-            res = (residual.data_ptr(), *res_strides)
-        call(x.data_ptr(), residual=res, out=(out.data_ptr(), *planes(out)[1]),
-             scratch_address=memory.scratch(call.scratch_floats))
-        return out
+        return run_bound(self.bound, lambda shape, strides: BoundQConv(self.packed, shape, x_strides=strides,
+                                                                       act=self.act, threads=threads, isa=isa),
+                         x, residual, memory)
 
     def _epilogue(self, y: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
         if self.packed.output_q is not None:
