@@ -28,9 +28,9 @@ from models import build_model  # noqa: E402
 from policies.base import TrainState  # noqa: E402
 from policies.events import Event  # noqa: E402
 from policies.qat.modules import prepare_qat_, quantizable_modules, set_observers_  # noqa: E402
-from policies.trainer import yolov5_param_groups  # noqa: E402
 from utils.deploy import export_onnx, onnx_session  # noqa: E402
 from utils.detection import YoloLoss  # noqa: E402
+from utils.detection.task import yolov5_param_groups  # noqa: E402
 
 
 class Trainer:

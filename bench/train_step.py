@@ -36,9 +36,9 @@ from models import build_model, model_task  # noqa: E402
 from policies.base import TrainState  # noqa: E402
 from policies.events import Event  # noqa: E402
 from policies.tasks import autocast_for  # noqa: E402
-from policies.trainer import yolov5_param_groups  # noqa: E402
 from utils.data import build_transforms  # noqa: E402
 from utils.detection import YoloLoss  # noqa: E402
+from utils.detection.task import yolov5_param_groups  # noqa: E402
 
 
 class Step:

@@ -53,6 +53,10 @@ class Task:
     # accumulated batches then add their losses as they are, as one batch of their combined size would.
     loss_grows_with_batch = False
 
+    def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict] | None:
+        """The optimizer's parameter groups this task wants (None: the trainer config's)."""
+        return None
+
     def to_device(self, inputs: Any, targets: Any, device: torch.device) -> tuple[Any, Any]:
         inputs = inputs.to(device, non_blocking=True)
         if self.channels_last and inputs.dim() == 4:

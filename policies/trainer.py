@@ -5,7 +5,7 @@ Schedules are pure functions of the optimizer step, so resuming needs no hidden 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, PositiveInt, model_validator
@@ -101,30 +101,13 @@ def build_adamw(groups: list[dict], cfg: OptimizerConfig) -> torch.optim.Optimiz
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 
-def yolov5_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """YOLOv5's three groups, in its order (recipes' `param_groups` index them): 0 BatchNorm weights without
-    decay, 1 other weights with decay, 2 biases without decay."""
-    norms, weights, biases = [], [], []
-    for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            if not p.requires_grad:
-                continue
-            if name == "bias":
-                biases.append(p)
-            elif isinstance(module, torch.nn.modules.batchnorm._NormBase):
-                norms.append(p)
-            else:
-                weights.append(p)
-    return [{"params": norms, "weight_decay": 0.0}, {"params": weights, "weight_decay": weight_decay},
-            {"params": biases, "weight_decay": 0.0, "name": BIAS_GROUP}]
-
-
-def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    """Optimizer over trainable parameters; optionally no weight decay on BN weights and biases. A detector
-    (YOLOv5) gets YOLOv5's three parameter groups."""
+def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig, task: Any = None) -> torch.optim.Optimizer:
+    """Optimizer over trainable parameters: the parameter groups the run's task wants (Task.param_groups: a
+    detector's are YOLOv5's three), else one group, optionally without weight decay on BN weights and biases."""
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if getattr(model, "task", None) == "detection":
-        return OPTIMIZERS.get(cfg.name)(yolov5_param_groups(model, cfg.weight_decay), cfg)
+    wanted = task.param_groups(model, cfg.weight_decay) if task is not None else None
+    if wanted is not None:
+        return OPTIMIZERS.get(cfg.name)(wanted, cfg)
     if cfg.no_weight_decay_on_bn_and_bias:
         decay = [p for _, p in params if p.ndim > 1]
         no_decay = [p for _, p in params if p.ndim <= 1]

@@ -33,7 +33,8 @@ def test_yolov5_warmup_momentum_bias_lr_and_minimum_steps():
 
     from models import build_model
     from policies.base import TrainState
-    from policies.trainer import LRSchedulePolicy, yolov5_param_groups
+    from policies.trainer import LRSchedulePolicy
+    from utils.detection.task import yolov5_param_groups
 
     cfg = ScheduleConfig(name="cosine", warmup_epochs=3, warmup_min_steps=100, warmup_momentum=0.8,
                          warmup_bias_lr=0.1, final_lr=0.0001)

@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from policies.tasks import Task, autocast_for
+from policies.trainer import BIAS_GROUP
 from utils.detection.loss import YoloLoss
 from utils.detection.metrics import DetectionMetric
 from utils.detection.postprocess import non_max_suppression
@@ -28,6 +29,9 @@ class DetectionTask(Task):
     def __init__(self, model: nn.Module, *, imgsz: int, conf_thres: float = 0.001, iou_thres: float = 0.6):
         self.criterion = YoloLoss(model.get_classifier(), imgsz=imgsz)
         self.conf_thres, self.iou_thres = conf_thres, iou_thres
+
+    def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict]:
+        return yolov5_param_groups(model, weight_decay)
 
     def loss(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
         return self.criterion(raw_outputs(outputs), targets)
@@ -56,3 +60,21 @@ class DetectionTask(Task):
         result = metric.compute()
         return {"test_loss": total_loss / max(seen, 1), "map": result["map"], "map50": result["map50"],
                 "map75": result["map75"], "ap_per_class": result["ap_per_class"]}
+
+
+def yolov5_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """YOLOv5's three groups, in its order (recipes' `param_groups` index them): 0 BatchNorm weights without
+    decay, 1 other weights with decay, 2 biases without decay."""
+    norms, weights, biases = [], [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            if name == "bias":
+                biases.append(p)
+            elif isinstance(module, torch.nn.modules.batchnorm._NormBase):
+                norms.append(p)
+            else:
+                weights.append(p)
+    return [{"params": norms, "weight_decay": 0.0}, {"params": weights, "weight_decay": weight_decay},
+            {"params": biases, "weight_decay": 0.0, "name": BIAS_GROUP}]

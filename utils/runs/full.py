@@ -75,13 +75,13 @@ def fine_tune(opts: FullOptions) -> RunResult:
     loaders, steps_per_epoch = run_loaders(data, plan, workers=opts.workers)
     schedule, epochs = training_schedule(opts, plan, model=upstream.model, masks=masks,
                                          steps_per_epoch=steps_per_epoch, embedded_recipe=upstream.recipe)
-    state = train_state(upstream.model, plan, epochs=epochs, steps_per_epoch=steps_per_epoch, seed=opts.seed,
-                        compile_model=opts.compile)
+    task = task_for(upstream.model, image_size=inputs.image_size, label_smoothing=plan.trainer.label_smoothing)
+    state = train_state(upstream.model, plan, task=task, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                        seed=opts.seed, compile_model=opts.compile)
     resolved = resolved_config(opts, plan, upstream=upstream, data=data, inputs=inputs, state=state,
                                loaded_sparsity=loaded_sparsity)
     if plan.dist.is_main:
         write_run_config(plan.run_dir, resolved, check_existing=plan.status == "resume")
-    task = task_for(upstream.model, image_size=inputs.image_size, label_smoothing=plan.trainer.label_smoothing)
     if opts.channels_last:
         upstream.model.to(memory_format=torch.channels_last)
         task.channels_last = True

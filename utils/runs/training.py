@@ -114,12 +114,14 @@ def schedule_policies(opts: FullOptions, plan: Plan, *, model: nn.Module, masks:
     return [schedule, FixedMaskPolicy(masks)], plan.epochs
 
 
-def train_state(model: nn.Module, plan: Plan, *, epochs: int, steps_per_epoch: int, seed: int,
+def train_state(model: nn.Module, plan: Plan, *, task: Task, epochs: int, steps_per_epoch: int, seed: int,
                 compile_model: bool = False) -> TrainState:
-    """The loop's state: the optimizer over the model, and the model wrapped for several devices if asked, or
-    compiled (torch.compile; the parameters, so the masks and the optimizer, are the model's own)."""
+    """The loop's state: the optimizer over the model (in the parameter groups `task` wants), and the model wrapped
+    for several devices if asked, or compiled (torch.compile; the parameters, so the masks and the optimizer, are
+    the model's own)."""
     optimizer = build_optimizer(model, plan.trainer.optimizer.model_copy(update={"lr": plan.lr,
-                                                                                "weight_decay": plan.weight_decay}))
+                                                                                "weight_decay": plan.weight_decay}),
+                                task=task)
     if plan.dist.enabled:
         forward_model = nn.parallel.DistributedDataParallel(model, device_ids=plan.gpus or None)
     else:
