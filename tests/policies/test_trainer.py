@@ -127,3 +127,22 @@ def test_linear_schedule_is_yolov5s_default_line():
     cfg = ScheduleConfig(name="linear", final_lr=0.0001)
     at = lambda epoch: lr_at(epoch * 10, steps_per_epoch=10, total_epochs=50, base_lr=0.01, cfg=cfg)
     assert at(0) == 0.01 and math.isclose(at(25), (0.01 + 0.0001) / 2) and math.isclose(at(50), 0.0001)
+
+
+def test_the_optimizer_takes_the_parameter_groups_the_task_wants():
+    import torch
+
+    from policies.tasks import ClassificationTask
+    from policies.trainer import OptimizerConfig, build_optimizer
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    cfg = OptimizerConfig(name="sgd", lr=0.1, momentum=0.9, weight_decay=1e-3)
+
+    class TwoGroups(ClassificationTask):
+        def param_groups(self, model, weight_decay):
+            params = list(model.parameters())
+            return [{"params": params[:1], "weight_decay": weight_decay}, {"params": params[1:], "weight_decay": 0.0}]
+
+    assert len(build_optimizer(model, cfg, task=ClassificationTask()).param_groups) == 1     # the config's
+    groups = build_optimizer(model, cfg, task=TwoGroups()).param_groups
+    assert [len(g["params"]) for g in groups] == [1, 3] and [g["weight_decay"] for g in groups] == [1e-3, 0.0]
