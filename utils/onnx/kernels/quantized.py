@@ -74,7 +74,8 @@ class PackedQConv:
                    int(np.count_nonzero(weight)))
 
     @property
-    def groups(self) -> int:
+    def channel_groups(self) -> int:
+        """Groups of 4 input channels (the last padded with channels whose weights are 0)."""
         return -(-self.in_channels // 4)
 
     @property
@@ -92,7 +93,7 @@ class PackedQConv:
     @property
     def block_density(self) -> float:
         """The fraction of 4-channel blocks holding a nonzero: the work the kernel does against a dense one."""
-        return self.blocks / max(self.out_channels * self.groups * self.kernel[0] * self.kernel[1], 1)
+        return self.blocks / max(self.out_channels * self.channel_groups * self.kernel[0] * self.kernel[1], 1)
 
     def geometry(self, h: int, w: int) -> Geometry:
         """As PackedConv.geometry, in prepared words (4 channels each) instead of floats."""
@@ -103,9 +104,9 @@ class PackedQConv:
             plane = hq * wq
             phase = (self.kh % s) * s + (self.kw % s)
             phases = int(phase.max()) + 1 if phase.size else 1
-            offsets = (phase * self.groups + self.group) * plane + (self.kh // s) * wq + self.kw // s
+            offsets = (phase * self.channel_groups + self.group) * plane + (self.kh // s) * wq + self.kw // s
             tile = library().spconv_tile()
-            words = padded_plane(phases * self.groups * plane + 2 * tile + wq * (kh // s + 1) + 64)
+            words = padded_plane(phases * self.channel_groups * plane + 2 * tile + wq * (kh // s + 1) + 64)
             self._geometry[(h, w)] = Geometry(ho, wo, hq, wq, offsets.astype(np.int32), words, phases)
         return self._geometry[(h, w)]
 
