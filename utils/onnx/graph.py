@@ -59,6 +59,7 @@ class SparseGraph:
         nodes = [n for n in graph.node if not all(o in self.consts for o in n.output)]
         here, tail = self._split(nodes)
         self.steps = self._plan(here)
+        self.int8_weights.clear()                 # packed into the int8 layers
         self.tail = self._tail_session(model, tail) if tail else None
         self.memory = Buffers()
         # operators with a compiled kernel besides Conv (None from one: these attributes or inputs are not its own)
