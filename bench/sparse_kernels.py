@@ -2,6 +2,7 @@
 measurements behind the kernels' choices.
 
     python bench/sparse_kernels.py [--sparsity 0.9] [--batch 1] [--threads 2] [--rounds 5]
+    SPARSE_ISA=avx2 python bench/sparse_kernels.py     # as a CPU without AVX-512 (and VNNI) would run them
 
 Builds utils/onnx/kernels/sparse_conv.c with the system C compiler into a temporary folder, as `make kernels` does,
 once per other tile size (-DTILE=16, 32, 128) and once with the tile loops left rolled (-DUNROLL=), then for each
@@ -45,6 +46,8 @@ TILES = [64, 16, 32, 128]                     # the default first
 # variant builds: label -> compiler flags; the default (`make kernels`) first
 BUILDS = {**{f"tile {t}": [f"-DTILE={t}"] for t in TILES}, "64 rolled": ["-DUNROLL="]}
 SOURCES = ("sparse_conv.c", "sparse_qconv.c")    # as the Makefile's KERNEL_SOURCES
+# the instruction sets the kernels may use: the best this CPU has, capped by SPARSE_ISA=avx2|scalar as in the engine
+ISA = {"scalar": 0, "avx2": 1}.get(os.environ.get("SPARSE_ISA", "").lower(), 2)
 SLACK = 4096                                  # floats past every buffer: the largest tile reads past a grid's end
 
 
@@ -98,7 +101,7 @@ class Layer:
             source, stride = self.prepared.ctypes.data, g.image_floats
         lib.spconv_run(source, stride, self.batch, p.row_ptr.ctypes.data, self.offsets.ctypes.data,
                        p.values.ctypes.data, co, p.bias.ctypes.data, g.ho, g.wq, g.wo, self.y.ctypes.data,
-                       co * g.ho * g.wo, g.ho * g.wo, None, 0, 0, 1, self.threads, 2)
+                       co * g.ho * g.wo, g.ho * g.wo, None, 0, 0, 1, self.threads, ISA)
 
 
 class QLayer:
@@ -130,21 +133,21 @@ class QLayer:
         g, p = self.g, self.packed
         lib.spq_prepare(self.x.ctypes.data, ci * px * px, px * px, self.batch, ci, px, px, s, p.pads[0], p.pads[1],
                         g.hq, g.wq, g.phases, p.input_q.scale, p.input_q.zero_point, self.prepared.ctypes.data,
-                        g.image_floats, self.threads, 2)
+                        g.image_floats, self.threads, ISA)
 
     def kernel(self, lib: ctypes.CDLL) -> None:
         co, g, p = self.shape[1], self.g, self.packed
         lib.spq_run(self.prepared.ctypes.data, g.image_floats, self.batch, p.row_ptr.ctypes.data,
                     g.offsets.ctypes.data, p.words.ctypes.data, co, p.scale.ctypes.data, p.comp.ctypes.data,
                     p.bias.ctypes.data, p.output_q.scale, float(p.output_q.zero_point), g.ho, g.wq, g.wo,
-                    self.y.ctypes.data, co * g.ho * g.wo, g.ho * g.wo, None, 0, 0, 1, self.threads, 2)
+                    self.y.ctypes.data, co * g.ho * g.wo, g.ho * g.wo, None, 0, 0, 1, self.threads, ISA)
 
 
 def int8_against_fp32(lib: ctypes.CDLL, args: argparse.Namespace) -> None:
     """The int8 kernels against the fp32 ones on the same weights, per ResNet-50 shape, for unstructured masks at
     --sparsity and block-4 masks at 80%: ms per call (fp32: prepare included where the layer needs one; int8: its
     input's preparation and the kernel apart, and ns per block and tile of 64 per thread), and totals per pass."""
-    isa = ["portable C", "", "AVX-512 VNNI"][lib.spq_isa(2)]
+    isa = ["portable C", "", "AVX-512 VNNI"][lib.spq_isa(ISA)]
     for mask, sparsity in (("unstructured", args.sparsity), ("block4", 0.8)):
         print(f"\nint8 kernels ({isa}) against fp32 on the same weights, {mask} {sparsity:.0%}, batch {args.batch}, "
               f"ms per call:")
@@ -193,7 +196,7 @@ def main() -> None:
         libs = {label: build(label, flags, Path(tmp)) for label, flags in BUILDS.items()}
         default = libs["tile 64"]
         print(f"ResNet-50 convolutions at {args.sparsity:.0%} sparsity, batch {args.batch}, {args.threads} threads, "
-              f"{['scalar', 'AVX2+FMA', 'AVX-512'][default.spconv_isa(2)]}; ms per call by tile size "
+              f"{['scalar', 'AVX2+FMA', 'AVX-512'][default.spconv_isa(ISA)]}; ms per call by tile size "
               f"(64 = `make kernels`; '64 rolled': its tile loops left rolled, accumulators on the stack), GFLOP/s "
               f"and ns per nonzero-tile per thread for 64")
         print(f"{'shape (in->out k/stride @px xcount)':36}" + "".join(f"{label:>10}" for label in BUILDS)

@@ -200,3 +200,16 @@ def test_resnet_small_int8_keeps_the_class(tmp_path):
     assert (own.argmax(1) == want.argmax(1)).all()
     for force in ("int8", "sparse", "dense"):
         assert (SparseGraph(path, threads=2, force=force).run(x)[0].argmax(1) == want.argmax(1)).all(), force
+
+
+def test_without_vnni_the_calibration_leaves_the_int8_kernels_out(tmp_path, monkeypatch):
+    """Portable C int8 blocks are far slower than the fp32 kernels: a CPU without AVX-512 VNNI never calibrates
+    them (the layer runs its fp32 ways), and its numbers stay the QDQ graph's."""
+    path = qdq_conv_model(tmp_path / "q.onnx", activation_type=TensorProto.UINT8, per_channel=True)
+    x = np.random.default_rng(0).standard_normal((2, 6, 10, 10)).astype(np.float32)
+    monkeypatch.setenv("SPARSE_ISA", "avx2")
+    graph = SparseGraph(path, threads=2)
+    assert not graph.int8_vnni
+    got = graph.run(x)[0]
+    assert {way for r in graph.report() for way in r if way.endswith("_ms")} == {"sparse_ms", "dense_ms"}
+    assert_qdq_equal(got, ort_reference(path, x)[0], 0.05)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from utils.onnx.kernels import PackedConv, PackedLinear, max_isa, max_pool, pool_size
-from utils.onnx.kernels.quantized import PackedQConv, Quantizer
+from utils.onnx.kernels.quantized import PackedQConv, Quantizer, qisa
 from utils.onnx.layers import Buffers, ConvLayer, LinearLayer, planes
 from utils.onnx.ops import OPS, SUPPORTED_IF, attributes
 from utils.onnx.qlayers import QConvLayer
@@ -44,6 +44,9 @@ class SparseGraph:
 
         self.threads = threads or torch.get_num_threads()
         self.isa, self.force = max_isa(), force
+        # the int8 kernels are a way only with VNNI: in portable C they ran 8-20x slower than the fp32 kernels
+        # (bench/sparse_kernels.py with SPARSE_ISA=avx2), so calibrating them would only cost time (force still can)
+        self.int8_vnni = qisa(self.isa) == 2
         model = onnx.load(str(path))
         graph = model.graph
         self.consts = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in graph.initializer}
@@ -359,7 +362,7 @@ class SparseGraph:
         """Time both ways on this input (median of a few runs) and keep the faster for this input shape."""
         runs = {way: (lambda way=way: self.memory.give_back(layer.run(way, x, residual, self.threads, self.isa,
                                                                        self.memory)))
-                for way in layer.ways}
+                for way in layer.ways if way != "int8" or self.int8_vnni}
         times: dict[str, list[float]] = {k: [] for k in runs}
         for _ in range(CALIBRATION_RUNS):
             for way, run in runs.items():
