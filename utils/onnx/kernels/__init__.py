@@ -166,17 +166,26 @@ class PackedConv(_Nonzeros):
     def geometry(self, h: int, w: int) -> Geometry:
         """Output size and offsets for an h x w input (cached per size)."""
         if (h, w) not in self._geometry:
-            (kh, kw), s, (pt, pl, pb, pr) = self.kernel, self.stride, self.pads
-            ho, wo = (h + pt + pb - kh) // s + 1, (w + pl + pr - kw) // s + 1
-            hq, wq = ho + (kh - 1) // s, wo + (kw - 1) // s
-            plane = hq * wq
-            phase = (self.kh % s) * s + (self.kw % s)
-            phases = int(phase.max()) + 1 if phase.size else 1
-            offsets = ((phase * self.in_channels + self.channel) * plane + (self.kh // s) * wq + self.kw // s)
-            tile = library().spconv_tile()
-            image_floats = padded_plane(phases * self.in_channels * plane + 2 * tile + wq * (kh // s + 1) + 64)
-            self._geometry[(h, w)] = Geometry(ho, wo, hq, wq, offsets.astype(np.int32), image_floats, phases)
+            self._geometry[(h, w)] = grid_geometry(h, w, kernel=self.kernel, stride=self.stride, pads=self.pads,
+                                                   kh=self.kh, kw=self.kw, planes=self.in_channels,
+                                                   plane_of=self.channel)
         return self._geometry[(h, w)]
+
+
+def grid_geometry(h: int, w: int, *, kernel: tuple[int, int], stride: int, pads: tuple[int, int, int, int],
+                  kh: np.ndarray, kw: np.ndarray, planes: int, plane_of: np.ndarray) -> Geometry:
+    """Where a convolution reads and writes for an h x w input (see sparse_conv.c's layout): each stored weight's
+    offset into an input prepared as `planes` planes per stride phase, the weight at (kh, kw) reading plane
+    `plane_of` -- an input channel for the fp32 kernels, a group of 4 channels for the int8 ones."""
+    (kh_, kw_), s, (pt, pl, pb, pr) = kernel, stride, pads
+    ho, wo = (h + pt + pb - kh_) // s + 1, (w + pl + pr - kw_) // s + 1
+    hq, wq = ho + (kh_ - 1) // s, wo + (kw_ - 1) // s
+    plane = hq * wq
+    phase = (kh % s) * s + (kw % s)
+    phases = int(phase.max()) + 1 if phase.size else 1
+    offsets = (phase * planes + plane_of) * plane + (kh // s) * wq + kw // s
+    size = padded_plane(phases * planes * plane + 2 * library().spconv_tile() + wq * (kh_ // s + 1) + 64)
+    return Geometry(ho, wo, hq, wq, offsets.astype(np.int32), size, phases)
 
 
 def slack_floats() -> int:

@@ -13,8 +13,8 @@ from utils.onnx.kernels import (
     _row_ptr,
     aligned_empty,
     empty_with_slack,
+    grid_geometry,
     library,
-    padded_plane,
 )
 
 ISA_NAMES = {0: "portable C", 2: "AVX-512 VNNI"}
@@ -98,16 +98,9 @@ class PackedQConv:
     def geometry(self, h: int, w: int) -> Geometry:
         """As PackedConv.geometry, in prepared words (4 channels each) instead of floats."""
         if (h, w) not in self._geometry:
-            (kh, kw), s, (pt, pl, pb, pr) = self.kernel, self.stride, self.pads
-            ho, wo = (h + pt + pb - kh) // s + 1, (w + pl + pr - kw) // s + 1
-            hq, wq = ho + (kh - 1) // s, wo + (kw - 1) // s
-            plane = hq * wq
-            phase = (self.kh % s) * s + (self.kw % s)
-            phases = int(phase.max()) + 1 if phase.size else 1
-            offsets = (phase * self.channel_groups + self.group) * plane + (self.kh // s) * wq + self.kw // s
-            tile = library().spconv_tile()
-            words = padded_plane(phases * self.channel_groups * plane + 2 * tile + wq * (kh // s + 1) + 64)
-            self._geometry[(h, w)] = Geometry(ho, wo, hq, wq, offsets.astype(np.int32), words, phases)
+            self._geometry[(h, w)] = grid_geometry(h, w, kernel=self.kernel, stride=self.stride, pads=self.pads,
+                                                   kh=self.kh, kw=self.kw, planes=self.channel_groups,
+                                                   plane_of=self.group)
         return self._geometry[(h, w)]
 
 
