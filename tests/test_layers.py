@@ -27,7 +27,8 @@ LAYERS = {
     "utils.onnx": set(),            # the CPU engines for ONNX files (one registry), the exporter, the sparse engine
     "utils.linear": {"policies", "utils.onnx"},   # the trainer's optimizer and LR functions (the sgd solver)
     "utils.detection": {"policies"},
-    "utils.tasks": {"models", "utils.data"},     # which task an arch / dataset / model / record belongs to
+    # the task plug-ins (which task a thing belongs to; its data, loop task, anchors, export check)
+    "utils.tasks": {"models", "utils.data", "policies", "utils.detection"},
     "utils.runs": {"utils.sparsity", "models", "policies", "utils.data", "utils.checkpoints", "utils.linear",
                    "utils.detection", "utils.onnx", "utils.tasks"},   # onnx: the linear kind's --feature_backend
     "utils.deploy": {"utils.checkpoints", "policies", "utils.detection", "utils.onnx", "utils.tasks"},

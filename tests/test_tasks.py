@@ -6,16 +6,17 @@ import pytest
 
 from models import build_model
 from utils.paths import REPO_ROOT
-from utils.tasks import CLASSIFICATION, DETECTION, TASKS, is_detection, task_of
+from utils.tasks import CLASSIFICATION, DETECTION, TASKS, task, task_of
 
 
 def test_task_of_each_kind_of_thing():
     assert task_of(arch="yolov5n") == DETECTION and task_of(arch="resnet_small") == CLASSIFICATION
     assert task_of(dataset="yolo") == DETECTION and task_of(dataset="/data/parts/data.yaml") == DETECTION
     assert task_of(dataset="cifar10") == CLASSIFICATION
-    assert is_detection(model=build_model("yolov5n", num_classes=2))
-    assert not is_detection(model=build_model("resnet_small", num_classes=2))
-    assert is_detection(record={"task": "detection"}) and task_of(record={"val_acc": 0.9}) == CLASSIFICATION
+    assert task_of(model=build_model("yolov5n", num_classes=2)) == DETECTION
+    assert task_of(model=build_model("resnet_small", num_classes=2)) == CLASSIFICATION
+    assert task_of(record={"task": "detection"}) == DETECTION and task_of(record={"val_acc": 0.9}) == CLASSIFICATION
+    assert task(arch="yolov5n") is TASKS.get(DETECTION) and task(dataset="cifar10") is TASKS.get(CLASSIFICATION)
     assert TASKS.get(DETECTION).score == "map" and TASKS.get(CLASSIFICATION).score == "val_acc"
 
 
@@ -31,7 +32,7 @@ def test_the_stages_ask_task_of_instead_of_comparing_strings():
     own specifics are its methods (a detector's parameter groups: DetectionTask.param_groups), not string checks.
     The definitions themselves are not decisions."""
     pattern = re.compile(r'== "detection"|!= "detection"|is_detection_dataset\(|model_task\(|startswith\("yolo|'
-                         r'\.layout == |get\("task"\)')
+                         r'\.layout == |get\("task"\)|[=!]= "yolo"|is_detection\(|\.task == ')
     allowed = {"utils/analysis/plots.py", "utils/analysis/results.py",
                "utils/data/yolo.py", "models/base.py"}        # the last two: the definitions
     found = sorted({str(p.relative_to(REPO_ROOT)) for top in ("models", "policies", "utils")

@@ -14,7 +14,7 @@ from utils.deploy.compress import compressed_size_report
 from utils.deploy.onnx import compare_with_torch, export_onnx
 from utils.io import atomic_write_json
 from utils.onnx.engines import available_engines, engines_latency_ms
-from utils.tasks import is_detection
+from utils.tasks import task
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, flavour: str | None = None,
@@ -31,8 +31,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, flavour: s
     model, quant = loaded.model.eval(), loaded.extra.get("quantization")
     size = image_size or (inputs.shape[-1] if inputs is not None else loaded.input_size)   # the trained size
     if inputs is None:     # detectors take [0, 1] pixels; classifiers normalised ones
-        draw = torch.rand if is_detection(model=model) else torch.randn
-        inputs = draw(num_samples, 3, size, size, generator=torch.Generator().manual_seed(seed))
+        inputs = task(model=model).sample_inputs(num_samples, size, seed=seed)
     report: dict[str, Any] = {"checkpoint": str(checkpoint), "input_size": size}
     fp32 = export_onnx(model, out_dir / "model_fp32.onnx", input_size=size)
     report["fp32"] = {"path": str(fp32), "bytes": fp32.stat().st_size,

@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils.deploy.detect import DecodedOnly, compare_detections, is_detector
 from utils.errors import UserError
 from utils.onnx.engines import load_engine, median_latency_ms
 from utils.onnx.export import OPSET, export_module
+from utils.tasks import task
 
 
 def _onnx():
@@ -28,7 +28,8 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_size: int, channels
     onnx, _ = _onnx()
     device = next(model.parameters()).device
     example = torch.randn(1, channels, input_size, input_size, device=device)
-    exported, output = (DecodedOnly(model), "predictions") if is_detector(model) else (model, "logits")
+    kind = task(model=model)
+    exported, output = kind.export_module(model), kind.output_name
     was_training = model.training
     try:
         path = export_module(exported, path, example=example, input_name="input", output_name=output, opset=opset)
@@ -101,22 +102,11 @@ def onnx_latency_ms(paths: dict[str, Path | str], batch: torch.Tensor, *, warmup
 
 @torch.no_grad()
 def compare_with_torch(model: nn.Module, onnx_path: str | Path, inputs: torch.Tensor, *,
-                       batch_size: int = 32, engine: str = "onnxruntime", precision: str = "default"
+                       engine: str = "onnxruntime", precision: str = "default"
                        ) -> dict[str, float]:
-    """Max |logit difference| and top-1 agreement between the torch model and its ONNX twin run by `engine` (a
-    detector: decoded outputs and box agreement after NMS, see utils.deploy.detect), and the precision the
-    engine used."""
+    """How far the ONNX twin run by `engine` is from the torch model, as the model's task checks it (a classifier:
+    max |logit difference| and top-1 agreement; a detector: decoded outputs and box agreement after NMS), and the
+    precision the engine used."""
     runner = load_engine(engine, onnx_path, precision=precision)
-    if is_detector(model):
-        return {**compare_detections(model, lambda x: runner.run(x)[0], inputs), "precision": runner.precision}
-    model.eval()
-    device = next(model.parameters()).device
-    diffs, agree = [], []
-    for start in range(0, len(inputs), batch_size):
-        x = inputs[start:start + batch_size]
-        ref = model(x.to(device)).float().cpu().numpy()
-        out = runner.run(x.cpu().numpy())[0]
-        diffs.append(float(np.abs(out - ref).max()))
-        agree.append(out.argmax(1) == ref.argmax(1))
-    return {"max_abs_diff": max(diffs), "top1_agreement": float(np.concatenate(agree).mean()),
-            "num_samples": int(len(inputs)), "precision": runner.precision}
+    return {**task(model=model).compare_exported(model, lambda x: runner.run(x)[0], inputs),
+            "precision": runner.precision}

@@ -201,7 +201,7 @@ def environment_info() -> dict[str, Any]:
             "cuda": torch.version.cuda if torch.cuda.is_available() else None}
 
 
-def check_results_table(experiment_root: Path, *, detection: bool = False) -> None:
+def check_results_table(experiment_root: Path, *, extra_columns: bool = False) -> None:
     """Fail before training if <experiment_root>/results.csv could not take this run's row."""
     table = Path(experiment_root) / "results.csv"
     if not table.exists():
@@ -212,7 +212,7 @@ def check_results_table(experiment_root: Path, *, detection: bool = False) -> No
         raise UserError(f"{table}: not valid UTF-8 text (byte {err.start}); move it aside or choose another "
                         "--experiment_root_path") from None
     missing = [c for c in RESULT_COLUMNS if c not in (header or [])
-               and (c not in OPTIONAL_COLUMNS or (detection and c in DETECTION_COLUMNS))]
+               and (c not in OPTIONAL_COLUMNS or (extra_columns and c in DETECTION_COLUMNS))]
     if header and missing:
         raise UserError(f"{table}: its header lacks the columns {missing[:5]} this run writes; move it aside or "
                         "choose another --experiment_root_path")

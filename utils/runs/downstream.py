@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from models import build_model
-from policies.tasks import ClassificationTask, Task
-from utils.data import DatasetSplits, load_datasets, load_detection_datasets
-from utils.data.verify import image_sizes
-from utils.detection import DetectionTask
-from utils.detection.anchors import check_anchors_
+from policies.tasks import Task
+from utils.data import DatasetSplits
 from utils.errors import UserError
 from utils.runs.kinds import InputSettings
 from utils.runs.options import TransferConfig
 from utils.runs.plan import Plan
 from utils.runs.setup import Upstream, freeze_, make_loaders, reinitialize_unloaded_
-from utils.sparsity import masks_from_zeros, sparse_layers
-from utils.tasks import is_detection
+from utils.sparsity import masks_from_zeros, measured_sparsity, sparse_layers
+from utils.tasks import task
 
 log = logging.getLogger(__name__)
 
@@ -30,47 +26,38 @@ def load_data(upstream: Upstream, *, dataset: str, dataset_path: str | None, ima
               interpolation: str | None, max_train_samples: int | None, seed: int,
               mosaic: float = 0.0, checkpoint: str | None = None) -> tuple[DatasetSplits, InputSettings]:
     """The downstream splits, prepared as the upstream expects (its resize and normalisation unless overridden)."""
-    detector = is_detection(arch=upstream.arch)
-    if detector != is_detection(dataset=dataset):
-        data = dataset_path if dataset == "yolo" and dataset_path else dataset
+    kind, data_kind = task(arch=upstream.arch), task(dataset=dataset)
+    if kind is not data_kind:
+        data = data_kind.data_source(dataset, dataset_path) or dataset
         model = f"the checkpoint {checkpoint} holds {upstream.arch}" if checkpoint else upstream.arch
-        raise UserError(f"{model}, a {'detector' if detector else 'classifier'}, and the data {data!r} is a "
-                        f"{'classification' if detector else 'detection'} dataset; detectors (yolov5*) train on YOLO "
-                        "data (a data.yaml), classifiers on image datasets: give a checkpoint of the data's task")
-    inputs = InputSettings(image_size=upstream.image_size(image_size),
-                           interpolation=interpolation or upstream.interpolation,
-                           normalization=upstream.normalization)
-    if detector:
-        path = dataset if dataset != "yolo" else dataset_path
-        if path is None:
-            raise UserError("--dset yolo needs --dset_path pointing at the dataset's data.yaml")
-        data = load_detection_datasets(path, imgsz=inputs.image_size, max_train_samples=max_train_samples, seed=seed,
-                                       mosaic=mosaic)
-        return data, InputSettings(image_size=inputs.image_size, interpolation="bilinear",
-                                   normalization={"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]})
+        raise UserError(f"{model}, a {kind.model_noun}, and the data {data!r} is a {data_kind.name} dataset; "
+                        "detectors (yolov5*) train on YOLO data (a data.yaml), classifiers on image datasets: give a "
+                        "checkpoint of the data's task")
+    inputs = InputSettings(**{"image_size": upstream.image_size(image_size),
+                              "interpolation": interpolation or upstream.interpolation,
+                              "normalization": upstream.normalization, **kind.fixed_inputs})
     mean, std = inputs.mean_std()
-    data = load_datasets(dataset, dataset_path, image_size=inputs.image_size, interpolation=inputs.interpolation,
-                         mean=mean, std=std, max_train_samples=max_train_samples, seed=seed)
+    data = kind.load_splits(dataset, dataset_path, image_size=inputs.image_size, interpolation=inputs.interpolation,
+                            mean=mean, std=std, max_train_samples=max_train_samples, seed=seed, mosaic=mosaic)
     return data, inputs
 
 
 def check_mosaic(mosaic: float, *, arch: str, trainer_config: str | None) -> None:
     """Mosaic is detection augmentation: a classifier's trainer config may not ask for it."""
-    if mosaic and not is_detection(arch=arch):
+    if mosaic and not task(arch=arch).accepts_mosaic:
         raise UserError(f"{trainer_config}: 'mosaic: {mosaic}' is detection augmentation and {arch} is a classifier; "
                         "remove the key (or set it to 0)")
 
 
 def task_for(model: nn.Module, *, image_size: int, label_smoothing: float) -> Task:
     """What the run learns: a detector's loss and mAP, or a classifier's cross-entropy and accuracy."""
-    if is_detection(model=model):
-        return DetectionTask(model, imgsz=image_size)
-    return ClassificationTask(label_smoothing=label_smoothing)
+    return task(model=model).loop_task(model, image_size=image_size, label_smoothing=label_smoothing)
 
 
 def prepare_model_(upstream: Upstream, *, num_classes: int, transfer: TransferConfig,
-                   device: torch.device) -> tuple[dict[str, torch.Tensor], list[nn.Module]]:
-    """New head, optional re-initialisation and freezing; returns (the masks to hold, the frozen modules).
+                   device: torch.device) -> tuple[dict[str, torch.Tensor], list[nn.Module], float]:
+    """New head, optional re-initialisation and freezing; returns (the masks to hold, the frozen modules, the
+    loaded sparsity).
 
     The mask held during fine-tuning is the loaded zeros (the loader checked they agree with any stored
     mask), so the sparsity pattern is kept exactly, zero for zero.
@@ -84,17 +71,15 @@ def prepare_model_(upstream: Upstream, *, num_classes: int, transfer: TransferCo
     masks = masks_from_zeros(sparse_layers(model))
     frozen = freeze_(model, transfer)
     model.to(device)
-    return masks, frozen
+    return masks, frozen, measured_sparsity(model)
 
 
 def fit_anchors_(upstream: Upstream, data: DatasetSplits, *, image_size: int, seed: int) -> None:
-    """A detector's anchors checked against the data's boxes (YOLOv5's autoanchor), refitted where they fit badly;
-    nothing for a classifier."""
-    if not is_detection(arch=upstream.arch):
-        return
-    known = image_sizes([Path(image) for image, _ in data.train.items], root=data.root)   # the check's cache
-    log.info("%s", check_anchors_(upstream.model.get_classifier(), data.train.items, data.train.labels,
-                                  imgsz=image_size, seed=seed, image_wh=known))
+    """The model adapted to the data before training, as its task does (a detector's anchors checked against the
+    data's boxes, YOLOv5's autoanchor; nothing for a classifier)."""
+    done = task(arch=upstream.arch).fit_to_data_(upstream.model, data, image_size=image_size, seed=seed)
+    if done:
+        log.info("%s", done)
 
 
 def run_loaders(data: DatasetSplits, plan: Plan, *, workers: int) -> tuple[tuple, int]:

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from utils.registry import Registry
 from utils.runs.options import RunOptions
-from utils.tasks import TASKS, is_detection, task_of
+from utils.tasks import task
 
 
 @dataclass(frozen=True)
@@ -89,14 +89,13 @@ class RunResult:
     @property
     def score(self) -> tuple[str, float]:
         """(name, value) of the run's result: a classifier's accuracy, a detector's mAP@0.5:0.95."""
-        spec = TASKS.get(task_of(record=self.record))
-        return spec.short, float(self.record[spec.score])
+        kind = task(record=self.record)
+        return kind.short, float(self.record[kind.score])
 
     def summary(self) -> dict[str, Any]:
         """The line a command prints at the end: what was run and its result (a detector's mAPs, a classifier's
         accuracy), the sparsity measured and where the run lives."""
-        keys = ("dset", "model", "sparsity", "seed", "map", "map50") if is_detection(record=self.record) \
-            else ("dset", "model", "sparsity", "seed", "val_acc")
+        keys = ("dset", "model", "sparsity", "seed", *task(record=self.record).summary_fields.values())
         return {k: self.record[k] for k in (*keys, "measured_sparsity", "run_dir") if k in self.record}
 
     @property

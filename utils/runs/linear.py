@@ -39,21 +39,20 @@ from utils.linear import (
 )
 from utils.onnx.engines import missing
 from utils.runs.dirs import (
-    already_finished,
     check_results_table,
     environment_info,
     now_iso,
     prepare_run_dir,
     record_result,
     run_dir_for,
-    run_lock,
     write_run_config,
 )
 from utils.runs.kinds import InputSettings, ResultRow, RunResult
 from utils.runs.options import LinearOptions
 from utils.runs.plan import default_exp_name
 from utils.runs.setup import Upstream, load_upstream, loader_workers, pick_device
-from utils.seed import epoch_seed, seed_everything
+from utils.runs.skeleton import RunSteps, run_steps
+from utils.seed import epoch_seed
 from utils.sparsity import layer_sparsity, masks_from_zeros, measured_sparsity, sparse_layers
 
 log = logging.getLogger(__name__)
@@ -89,17 +88,14 @@ def solver_settings(opts: LinearOptions) -> SolverSettings:
                           batch_size=opts.batch_size or trainer.batch_size)
 
 
-def load_frozen(path: str, *, flavour: str | None, normalization: str, image_size: int | None,
-                interpolation: str | None) -> tuple[Upstream, InputSettings]:
-    """The checkpoint frozen (eval mode, gradients off), and the inputs its features are extracted from.
-
-    normalization 'imagenet' uses ImageNet's statistics (the study's pre-extraction); 'checkpoint' the file's.
-    """
-    up = load_upstream(checkpoint_path=path, flavour=flavour, arch=None).freeze()
+def probe_inputs(up: Upstream, *, normalization: str, image_size: int | None,
+                 interpolation: str | None) -> InputSettings:
+    """The inputs the frozen upstream's features are extracted from: normalization 'imagenet' uses ImageNet's
+    statistics (the study's pre-extraction); 'checkpoint' the file's."""
     stats = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)} if normalization == "imagenet" \
         else up.normalization
-    return up, InputSettings(image_size=up.image_size(image_size), interpolation=interpolation or up.interpolation,
-                             normalization=stats)
+    return InputSettings(image_size=up.image_size(image_size), interpolation=interpolation or up.interpolation,
+                         normalization=stats)
 
 
 def data_kwargs(inputs: InputSettings) -> dict[str, Any]:
@@ -111,48 +107,62 @@ def data_kwargs(inputs: InputSettings) -> dict[str, Any]:
 def run_linear_finetuning(opts: LinearOptions) -> RunResult:
     """Freeze the checkpoint's backbone, fit a linear classifier on its features; returns the result."""
     check_options(opts)
-    run_dir = run_dir_for(opts.experiment_root_path, opts.exp_name or run_name(opts))
-    with run_lock(run_dir):
-        return fit_probe(opts, run_dir)
+    return run_steps(LinearSteps(opts, run_dir_for(opts.experiment_root_path, opts.exp_name or run_name(opts))))
 
 
-def fit_probe(opts: LinearOptions, run_dir: Path) -> RunResult:
-    """The run itself, with the run directory held."""
-    settings = solver_settings(opts)
-    device, _ = pick_device(cpu=opts.cpu, gpus=opts.gpus)
-    experiment_root = Path(opts.experiment_root_path)
-    check_results_table(experiment_root)
-    if prepare_run_dir(run_dir, resume=opts.resume) == "finished":
-        return already_finished(run_dir, experiment_root,
-                                {"options": opts.model_dump(), "probe": settings.probe.model_dump(),
-                                 "trainer": settings.trainer.model_dump() if settings.trainer else None})
+class LinearSteps(RunSteps):
+    """The run skeleton's steps for a linear probe: the upstream frozen, its features cached, a classifier fitted."""
 
-    seed_everything(opts.seed)
-    up, inputs = load_frozen(opts.from_checkpoint_path, flavour=opts.checkpoint_flavour,
-                             normalization=opts.normalization, image_size=opts.image_size,
-                             interpolation=opts.interpolation)
-    data = load_datasets(opts.dataset, opts.dataset_path, augment=False, max_train_samples=opts.max_train_samples,
-                         seed=opts.seed, **data_kwargs(inputs))
-    extractor = Extractor(backend=opts.feature_backend, model=up.model, device=device,
-                          workdir=Path(opts.features_cache) / "onnx", input_size=inputs.image_size)
-    source = up.source
-    splits = {split: cached_split(opts, up.model, source, data, split, extractor)
-              for split in (["test"] if opts.augment else ["train", "test"])}
-    resolved = resolved_config(opts, source, inputs, data=data, settings=settings, splits=splits, device=device)
-    write_run_config(run_dir, resolved, check_existing=False)
+    opts: LinearOptions
 
-    metrics_path = run_dir / "metrics.jsonl"
-    metrics_path.unlink(missing_ok=True)
-    settings = dataclasses.replace(settings, on_epoch_end=epoch_logger(metrics_path, splits["test"]))
-    if opts.augment:
-        classifier = fit_augmented(opts, up.model, inputs, extractor=extractor, num_classes=data.num_classes,
-                                   device=device, settings=settings)
-    else:
-        classifier = SOLVERS.get(opts.solver)(splits["train"].features, splits["train"].labels,
-                                              num_classes=data.num_classes, seed=opts.seed, device=device,
-                                              settings=settings)
-    return finish(opts, up, inputs, classifier, splits=splits, settings=settings, num_classes=data.num_classes,
-                  run_dir=run_dir, experiment_root=experiment_root, git_commit=resolved["git_commit"])
+    def plan(self) -> str:
+        self.settings = solver_settings(self.opts)
+        self.device, _ = pick_device(cpu=self.opts.cpu, gpus=self.opts.gpus)
+        check_results_table(self.experiment_root)
+        return prepare_run_dir(self.run_dir, resume=self.opts.resume)
+
+    def recorded_settings(self) -> dict[str, Any]:
+        trainer = self.settings.trainer
+        return {"options": self.opts.model_dump(), "probe": self.settings.probe.model_dump(),
+                "trainer": trainer.model_dump() if trainer else None}
+
+    def upstream(self) -> Upstream:
+        return load_upstream(checkpoint_path=self.opts.from_checkpoint_path, flavour=self.opts.checkpoint_flavour,
+                             arch=None).freeze()
+
+    def data(self, upstream: Upstream) -> tuple[DatasetSplits, InputSettings]:
+        opts = self.opts
+        inputs = probe_inputs(upstream, normalization=opts.normalization, image_size=opts.image_size,
+                              interpolation=opts.interpolation)
+        return load_datasets(opts.dataset, opts.dataset_path, augment=False, max_train_samples=opts.max_train_samples,
+                             seed=opts.seed, **data_kwargs(inputs)), inputs
+
+    def fit(self, upstream: Upstream, data: DatasetSplits, inputs: InputSettings) -> dict[str, Any]:
+        """The features of each split (cached), config.yaml, then the solver (or SGD on augmented features)."""
+        opts, device, settings = self.opts, self.device, self.settings
+        extractor = Extractor(backend=opts.feature_backend, model=upstream.model, device=device,
+                              workdir=Path(opts.features_cache) / "onnx", input_size=inputs.image_size)
+        splits = {split: cached_split(opts, upstream.model, upstream.source, data, split, extractor)
+                  for split in (["test"] if opts.augment else ["train", "test"])}
+        resolved = resolved_config(opts, upstream.source, inputs, data=data, settings=settings, splits=splits,
+                                   device=device)
+        write_run_config(self.run_dir, resolved, check_existing=False)
+        metrics_path = self.run_dir / "metrics.jsonl"
+        metrics_path.unlink(missing_ok=True)
+        settings = dataclasses.replace(settings, on_epoch_end=epoch_logger(metrics_path, splits["test"]))
+        if opts.augment:
+            classifier = fit_augmented(opts, upstream.model, inputs, extractor=extractor,
+                                       num_classes=data.num_classes, device=device, settings=settings)
+        else:
+            classifier = SOLVERS.get(opts.solver)(splits["train"].features, splits["train"].labels,
+                                                  num_classes=data.num_classes, seed=opts.seed, device=device,
+                                                  settings=settings)
+        return {"classifier": classifier, "splits": splits, "settings": settings, "git_commit": resolved["git_commit"]}
+
+    def record(self, upstream: Upstream, data: DatasetSplits, inputs: InputSettings, fitted: dict) -> RunResult:
+        return finish(self.opts, upstream, inputs, fitted["classifier"], splits=fitted["splits"],
+                      settings=fitted["settings"], num_classes=data.num_classes, run_dir=self.run_dir,
+                      experiment_root=self.experiment_root, git_commit=fitted["git_commit"])
 
 
 @dataclass(frozen=True)

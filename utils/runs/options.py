@@ -7,15 +7,13 @@ Inside the code a dataset is `dataset`/`dataset_path`, a seed is `seed` and a tr
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from utils.config import MIN_IMAGE_SIZE, StrictModel
-from utils.data.yolo import yolo_dataset_name
 from utils.paths import PROBE_DIR, TRAINER_DIR
-from utils.tasks import is_detection
+from utils.tasks import task
 
 
 class TransferConfig(StrictModel):
@@ -66,12 +64,7 @@ class RunOptions(StrictModel):
         share a run or a result row; else the registry name (cifar10, ...)."""
         if self.dataset_name:
             return self.dataset_name
-        if is_detection(dataset=self.dataset):
-            data_yaml = self.dataset if self.dataset != "yolo" else self.dataset_path
-            return yolo_dataset_name(data_yaml) if data_yaml else self.dataset
-        if self.dataset == "imagefolder" and self.dataset_path:
-            return Path(self.dataset_path).expanduser().resolve().name or self.dataset
-        return self.dataset
+        return task(dataset=self.dataset).dataset_label(self.dataset, self.dataset_path)
 
 
 class FullOptions(RunOptions):

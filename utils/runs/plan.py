@@ -13,7 +13,7 @@ from utils.distributed import DistInfo, barrier, init_distributed
 from utils.runs.dirs import check_results_table, prepare_run_dir, run_dir_for
 from utils.runs.options import FullOptions, TransferConfig
 from utils.runs.setup import per_rank_batch_size, pick_device
-from utils.tasks import is_detection
+from utils.tasks import task
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def plan_run(opts: FullOptions) -> Plan:
             device, gpus = torch.device(f"cuda:{dist_info.local_rank}"), [dist_info.local_rank]
     experiment_root, run_dir = Path(opts.experiment_root_path), run_dir_of(opts)
     if dist_info.is_main:
-        check_results_table(experiment_root, detection=is_detection(dataset=opts.dataset))
+        check_results_table(experiment_root, extra_columns=task(dataset=opts.dataset).extra_columns)
     status = "new" if opts.eval_only else prepare_run_dir(run_dir, resume=opts.resume)
     barrier(dist_info)  # every rank has decided new/resume/finished before the main one writes
     return Plan(trainer=trainer, transfer=transfer, epochs=opts.epochs or trainer.epochs, batch_size=batch_size,

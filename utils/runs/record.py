@@ -14,7 +14,7 @@ from utils.checkpoints import save_native_checkpoint
 from utils.data import DatasetSplits, content_fingerprint
 from utils.distributed import barrier, shutdown
 from utils.errors import UserError
-from utils.runs.dirs import environment_info, now_iso, record_result
+from utils.runs.dirs import environment_info, now_iso, record_result, write_run_config
 from utils.runs.kinds import InputSettings, ResultRow, RunResult
 from utils.runs.options import FullOptions
 from utils.runs.plan import Plan
@@ -39,6 +39,14 @@ def resolved_config(opts: FullOptions, plan: Plan, *, upstream: Upstream, data: 
                     "loaded_sparsity": loaded_sparsity},
         **environment_info(),
     }
+
+
+def write_resolved_config(opts: FullOptions, plan: Plan, **what: Any) -> dict[str, Any]:
+    """The run's config.yaml written (by the main process; a resumed run's is checked to be the same), and returned."""
+    resolved = resolved_config(opts, plan, **what)
+    if plan.dist.is_main:
+        write_run_config(plan.run_dir, resolved, check_existing=plan.status == "resume")
+    return resolved
 
 
 def data_content(data: DatasetSplits) -> dict[str, str | None]:

@@ -17,6 +17,7 @@ from policies.manager import Manager
 from policies.masking import FixedMaskPolicy
 from policies.tasks import Task, fastest_precision
 from policies.trainer import LRSchedulePolicy, build_optimizer
+from utils.checkpoints import check_dense_label
 from utils.errors import UserError
 from utils.runs.options import FullOptions
 from utils.runs.plan import Plan
@@ -73,11 +74,16 @@ def run_context(opts: FullOptions, model: nn.Module) -> RunContext:
                       num_classes=model.get_classifier().out_features)
 
 
-def run_facts(opts: FullOptions, plan: Plan, facts: dict[str, Any], upstream_method: str) -> dict[str, Any]:
+def run_facts(opts: FullOptions, plan: Plan, facts: dict[str, Any], upstream_method: str, *,
+              loaded_sparsity: float) -> dict[str, Any]:
     """The run's record from what its policies said: the method label (--model_label, else the recipe's pruning
-    method, else the upstream's), the layers a recipe removed, and the LR (first and peak) and weight decay that
-    drove training (a recipe's replayed schedule where it has one, else the trainer config's, which peaks at lr)."""
-    return {"label": opts.model_label or facts.get("method") or upstream_method,
+    method, else the upstream's: checked against the sparsity it was loaded with), the layers a recipe removed, and
+    the LR (first and peak) and weight decay that drove training (a recipe's replayed schedule where it has one,
+    else the trainer config's, which peaks at lr)."""
+    label = opts.model_label or facts.get("method") or upstream_method
+    if label == upstream_method and opts.from_checkpoint_path:
+        check_dense_label(label, loaded_sparsity, opts.from_checkpoint_path)
+    return {"label": label,
             "removed_layers": facts.get("removed_layers", []),
             "hyper": facts.get("hyper") or {"lr_initial": plan.lr, "lr_peak": plan.lr,
                                             "weight_decay": plan.weight_decay}}

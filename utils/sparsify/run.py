@@ -16,7 +16,7 @@ from policies.recipe.load import load_recipe
 from utils.checkpoints import load_checkpoint
 from utils.cli import quietly
 from utils.config import MIN_IMAGE_SIZE, StrictModel
-from utils.data import DatasetSplits, load_datasets, load_detection_datasets
+from utils.data import DatasetSplits
 from utils.deploy import export_checkpoint, export_onnx
 from utils.errors import UserError
 from utils.io import atomic_write_json, atomic_write_text
@@ -26,7 +26,7 @@ from utils.runs import RUNS, InputSettings, RunResult, checkpoint_label
 from utils.sparsify.optim import OptimTarget, Selection, optim_target, select_model
 from utils.sparsify.use_cases import UseCase, resolve_use_case
 from utils.sparsify.zoo import ZooEntry, backbone_params, default_zoo_path, load_zoo
-from utils.tasks import DETECTION, is_detection, task_of
+from utils.tasks import TASKS, task, task_of
 
 log = logging.getLogger(__name__)
 # what says "loaded ..." when data or a checkpoint is read: quiet when this command reads them a second time
@@ -70,9 +70,7 @@ class SparseTransferOptions(StrictModel):
 def check_data(case: UseCase, path: str | Path, **kwargs: Any) -> DatasetSplits:
     """The use case's datasets read from `path` (the tree is validated); errors name --data."""
     try:
-        if case.task == DETECTION:
-            return load_detection_datasets(path, imgsz=kwargs.get("image_size") or 640)
-        return load_datasets(case.dataset, path, **kwargs)
+        return TASKS.get(case.task).load_splits(case.dataset, str(path), **kwargs)
     except UserError as err:
         raise UserError(f"--data: {err}") from None
 
@@ -265,9 +263,7 @@ def onnx_check(report: dict[str, Any]) -> dict[str, Any]:
 
 def score(result: RunResult) -> dict[str, Any]:
     """The summary's quality figures: a classifier's accuracy, a detector's mAP@0.5:0.95 and mAP@0.5."""
-    if is_detection(record=result.record):
-        return {"map": float(result.record["map"]), "map50": float(result.record["map50"])}
-    return {"accuracy": result.val_acc}
+    return task(record=result.record).summary(result.record)
 
 
 def transfer(opts: SparseTransferOptions, *, case: UseCase, chosen: ZooEntry, recipe: str, run_dir: Path) -> RunResult:

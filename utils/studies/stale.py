@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from utils.config import read_yaml
-from utils.data import content_fingerprint, load_datasets, load_detection_datasets
+from utils.data import content_fingerprint
 from utils.errors import UserError
 from utils.io import drop_csv_rows, read_json
 from utils.runs.dirs import same_run
 from utils.studies.cells import Cell
-from utils.tasks import is_detection
+from utils.tasks import task
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +47,7 @@ def data_key(cell: Cell) -> DataKey:
 def current_content(key: DataKey) -> dict[str, str | None]:
     """The split fingerprints of the data as it is now (its files listed and stat'ed, no image decoded)."""
     name, path, max_train_samples, seed = key
-    if is_detection(dataset=name):
-        splits = load_detection_datasets(path if name == "yolo" else name, imgsz=32, verify=False,
-                                         max_train_samples=max_train_samples, seed=seed)
-    else:
-        splits = load_datasets(name, path, max_train_samples=max_train_samples, seed=seed, verify=False)
+    splits = task(dataset=name).load_splits(name, path, max_train_samples=max_train_samples, seed=seed, verify=False)
     return {"train": content_fingerprint(splits.train), "test": content_fingerprint(splits.test)}
 
 

@@ -1,15 +1,16 @@
-"""The tasks this project trains -- image classification and object detection -- and the one place that decides
-which task an architecture, a dataset argument, a built model or a result record belongs to (`task_of`). What
-differs between them (splits, loss and evaluation, parameter groups, result fields, the export check) still lives
-with each stage; this is where a stage asks.
+"""The tasks this project trains -- image classification and object detection -- as plug-ins, and the one place
+that decides which task an architecture, a dataset argument, a built model or a result record belongs to.
 
-    task_of(arch="yolov5s")          # 'detection' (the architecture's factory says so)
-    task_of(dataset="data.yaml")     # 'detection' (--dset yolo, or a data.yaml given as --dset)
-    is_detection(record=row)         # a results row: its `task` column
+    kind = task(arch="yolov5s")              # the Detection plug-in (the architecture's factory says so)
+    kind = task(dataset="data.yaml")         # --dset yolo, or a data.yaml given as --dset
+    kind.load_splits(...), kind.loop_task(...), kind.compare_exported(...), kind.summary(record)
+    task_of(record=row)                      # a results row: its `task` column -> 'classification'
+
+What differs between tasks is a method of the plug-in (`utils/tasks/base.py` lists them); a new task is a
+subclass registered here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Mapping
 
 from torch import nn
@@ -17,29 +18,21 @@ from torch import nn
 from models import model_task
 from utils.data import is_detection_dataset
 from utils.registry import Registry
+from utils.tasks.base import TaskKind
+from utils.tasks.classification import Classification
+from utils.tasks.detection import Detection
 
-CLASSIFICATION, DETECTION = "classification", "detection"
+CLASSIFICATION, DETECTION = Classification.name, Detection.name
 
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """What a task's results are scored by: the result record's column (results.csv's) and its short name (a
-    command's closing line). The analysis labels the same columns itself: it reads results without torch."""
-
-    name: str
-    score: str
-    short: str
-
-
-TASKS: Registry[TaskSpec] = Registry("task")
-TASKS.add(CLASSIFICATION, TaskSpec(CLASSIFICATION, "val_acc", "acc"))
-TASKS.add(DETECTION, TaskSpec(DETECTION, "map", "mAP"))
+TASKS: Registry[TaskKind] = Registry("task")
+TASKS.add(CLASSIFICATION, Classification())
+TASKS.add(DETECTION, Detection())
 
 
 def task_of(*, arch: str | None = None, dataset: str | None = None, model: nn.Module | None = None,
             record: Mapping[str, Any] | None = None) -> str:
-    """The task of exactly one of: an architecture name, a dataset argument (`--dset`), a built model, a result
-    record (result.json / a results.csv row)."""
+    """The task's name for exactly one of: an architecture name, a dataset argument (`--dset`), a built model, a
+    result record (result.json / a results.csv row)."""
     given = [k for k, v in (("arch", arch), ("dataset", dataset), ("model", model), ("record", record))
              if v is not None]
     if len(given) != 1:
@@ -53,9 +46,9 @@ def task_of(*, arch: str | None = None, dataset: str | None = None, model: nn.Mo
     return record.get("task") or CLASSIFICATION
 
 
-def is_detection(**one: Any) -> bool:
-    """task_of(...) == DETECTION."""
-    return task_of(**one) == DETECTION
+def task(**one: Any) -> TaskKind:
+    """The plug-in of task_of(...)."""
+    return TASKS.get(task_of(**one))
 
 
-__all__ = ["CLASSIFICATION", "DETECTION", "TASKS", "TaskSpec", "is_detection", "task_of"]
+__all__ = ["CLASSIFICATION", "DETECTION", "TASKS", "TaskKind", "task", "task_of"]

@@ -9,8 +9,7 @@ import torch
 from torch import nn
 from torchvision.ops import box_iou
 
-from utils.detection import non_max_suppression
-from utils.tasks import is_detection
+from utils.detection.postprocess import non_max_suppression
 
 # a box "agrees" when the other side has one of the same class at this IoU or more (COCO's match)
 MATCH_IOU = 0.5
@@ -58,7 +57,3 @@ def compare_detections(model: nn.Module, run: Callable[[np.ndarray], np.ndarray]
     agreement, boxes = box_agreement(ort_dets, ref_dets)
     return {"max_abs_diff": max(diffs), "box_agreement": agreement, "boxes": boxes, "num_samples": int(len(inputs)),
             "top1_agreement": agreement}
-
-
-def is_detector(model: nn.Module) -> bool:
-    return is_detection(model=model)
