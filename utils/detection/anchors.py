@@ -59,7 +59,8 @@ def evolve_anchors(wh: np.ndarray, n: int, *, imgsz: int, anchor_t: float = 4.0,
     if len(wh) >= n:
         sigma = wh.std(0) + 1e-9
         seed = int(rng.integers(2**31))
-        from sklearn.cluster import KMeans     # here, not at the top: a second of import for every command
+        # imported here, not at the top: a second of import for every command that never refits anchors
+        from sklearn.cluster import KMeans
         k = KMeans(n_clusters=n, n_init=1, max_iter=30, random_state=seed).fit(wh / sigma).cluster_centers_ * sigma
     else:
         k = np.sort(rng.random(n * 2)).reshape(n, 2) * imgsz
