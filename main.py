@@ -14,6 +14,26 @@ from utils.cli import options_from_args, setup_logging
 from utils.errors import exit_on_user_error
 
 
+class ListArchs(argparse.Action):
+    """--list-archs: every architecture --arch (and a checkpoint's config) may name, then exit."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from models import MODELS  # here, not at the top: --help stays fast
+        from models.external import PREFIXES, list_external
+        from utils.errors import UserError
+
+        print("\n".join(MODELS.names()))
+        for prefix, library in PREFIXES.items():
+            try:
+                print("\n".join(list_external(prefix)))
+            except UserError:
+                print(f"({prefix}:NAME needs the {library} package: pip install {library})")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("the study's flags")
@@ -47,7 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     o = p.add_argument_group("additions")
     o.add_argument("--checkpoint_flavour", help="flavour name or YAML path (auto-detected when omitted)")
     o.add_argument("--resume", action="store_true", help="continue the run in the run directory")
-    o.add_argument("--arch", help="train this architecture from scratch instead of loading a checkpoint")
+    o.add_argument("--arch", help="train this architecture from scratch instead of loading a checkpoint: one of "
+                                  "the project's (resnet50, mobilenet, yolov5s...), 'timm:NAME' (any timm model, e.g. "
+                                  "timm:deit_small_patch16_224) or 'tv:NAME' (torchvision, e.g. tv:convnext_tiny)")
+    o.add_argument("--list-archs", action=ListArchs, help="list every architecture name --arch takes, and exit")
     o.add_argument("--lr", type=float, help="override the trainer config's learning rate")
     o.add_argument("--accumulate_steps", type=int,
                    help="gradient accumulation: one optimizer step per N batches (their mean gradient; the batch "

@@ -5,6 +5,7 @@ Every registered model is an `nn.Module` with:
   num_features        width of the pooled features fed to the classifier
   default_input_size  the input side length it was designed for (224, or 32 for small nets)
   forward_features(x) -> (N, num_features) globally average-pooled features
+  pooled_features(x)  -> the same: what the classifier reads (timm and torchvision models: models/external.py)
   reset_classifier(n) replaces the classifier with a fresh dense nn.Linear(num_features, n)
 Detectors (`task = "detection"`, models/yolov5.py) share classifier_name / get_classifier / reset_classifier
 (their head is the Detect layer) and default_input_size, not the pooled features.
@@ -34,6 +35,11 @@ class ClassifierMixin:
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def pooled_features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the classifier reads (a linear probe's features): here the pooled forward_features; timm models
+        keep their own forward_features (unpooled) and pool in their head (models/external.py)."""
+        return self.forward_features(x)
 
     def get_classifier(self) -> nn.Module:
         return self.get_submodule(self.classifier_name)

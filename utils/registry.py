@@ -18,6 +18,7 @@ class Registry(Generic[T]):
         self.kind = kind
         self._items: dict[str, T] = {}
         self._loader = loader
+        self._resolvers: dict[str, Callable[[str], T]] = {}
 
     def _load(self) -> None:
         if self._loader is not None:
@@ -46,9 +47,20 @@ class Registry(Generic[T]):
             raise ValueError(f"duplicate {self.kind} name {name!r}")
         self._items[name] = obj
 
+    def add_resolver(self, prefix: str, resolve: Callable[[str], T]) -> None:
+        """Names 'prefix:rest' are looked up by `resolve(rest)` (a library's own catalogue: timm, torchvision),
+        which raises a UserError for an unknown one."""
+        self._resolvers[prefix] = resolve
+
+    def prefixes(self) -> list[str]:
+        return sorted(self._resolvers)
+
     def get(self, name: str) -> T:
         """Look up `name`; an unknown name raises a UserError listing valid names."""
         self._load()
+        prefix, colon, rest = str(name).partition(":")
+        if colon and prefix in self._resolvers:
+            return self._resolvers[prefix](rest)
         if name not in self._items:
             raise UserError(unknown_name_message(self.kind, name, self.names()))
         return self._items[name]

@@ -38,7 +38,7 @@ class Backbone(nn.Module):
         self.model = model
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_features(images)
+        return self.model.pooled_features(images)
 
 
 def state_sha256(model: nn.Module) -> str:
@@ -90,7 +90,7 @@ def torch_backend(model: nn.Module, *, device: torch.device, workdir: Path, inpu
     def run(images: torch.Tensor) -> np.ndarray:
         model.eval()  # cheap, and robust to anyone switching the shared model to training mode
         with torch.inference_mode():
-            return model.forward_features(images.to(device, non_blocking=True)).float().cpu().numpy()
+            return model.pooled_features(images.to(device, non_blocking=True)).float().cpu().numpy()
 
     return run
 

@@ -108,7 +108,10 @@ def load_upstream(*, checkpoint_path: str | None, flavour: str | None, arch: str
                         classes=loaded.extra.get("classes"), recipe=loaded.recipe,
                         input_size=loaded.input_size, path=str(checkpoint_path))
     if arch:
-        return Upstream(model=build_model(arch, num_classes=1), arch=arch)
+        model = build_model(arch, num_classes=1)
+        given = getattr(model, "input_config", None) or {}      # timm / torchvision: their pretrained config's
+        return Upstream(model=model, arch=arch, **{k: v for k, v in given.items()
+                                                   if k in ("interpolation", "normalization")})
     raise UserError("give --from_checkpoint_path (fine-tune a checkpoint) or --arch (train from scratch)")
 
 

@@ -1,0 +1,191 @@
+"""timm and torchvision architectures by name (issue 29): built tiny from their configs with random weights
+(nothing downloads), given the project's model interface, and taken through the study's protocols: full
+fine-tuning with masks kept bit for bit, a GMP recipe on a ViT's Linear layers, a linear probe on cached
+features, export with the agreement check."""
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import finetune_pre_extracted_features as linear_entry
+import main
+from models import MODELS, build_model, head_key_patterns, model_task
+from utils.checkpoints import save_native_checkpoint
+from utils.deploy import export_checkpoint
+from utils.errors import UserError
+from utils.sparsity import magnitude_prune_, prunable_parameters
+
+# Tiny versions of today's families: (architecture, model arguments, input size).
+TINY = {
+    "vit": ("timm:vit_tiny_patch16_224", {"img_size": 32, "patch_size": 8, "depth": 2}, 32),
+    "deit-distilled": ("timm:deit_tiny_distilled_patch16_224", {"img_size": 32, "patch_size": 8, "depth": 1}, 32),
+    "convnext": ("timm:convnext_atto", {"depths": [1, 1, 1, 1]}, 32),
+    "efficientnet": ("timm:efficientnet_b0", {}, 32),
+    "swin": ("timm:swin_tiny_patch4_window7_224",
+             {"img_size": 32, "window_size": 2, "depths": [1, 1, 1, 1], "embed_dim": 24, "num_heads": [1, 1, 1, 1]},
+             32),
+    "tv-convnext": ("tv:convnext_tiny", {"stochastic_depth_prob": 0.0}, 32),
+}
+
+TRAINER = """
+epochs: 1
+batch_size: 8
+optimizer: {name: sgd, lr: 0.01, momentum: 0.9, weight_decay: 0.0005}
+schedule: {name: step, milestones_epochs: [1]}
+"""
+
+
+@pytest.mark.parametrize("family", sorted(TINY))
+def test_each_family_builds_with_the_project_interface(family, one_torch_thread):
+    arch, args, size = TINY[family]
+    model = build_model(arch, num_classes=5, **args).eval()
+    x = torch.randn(2, 3, size, size)
+    assert model_task(arch) == "classification"
+    assert model.pooled_features(x).shape == (2, model.num_features)     # what the classifier reads
+    model.reset_classifier(3)
+    logits = model(x)
+    assert (logits[0] if isinstance(logits, tuple) else logits).shape == (2, 3)
+    assert model.get_classifier().out_features == 3
+    assert model.classifier_name in dict(model.named_modules())
+    head = model.classifier_name + "."
+    prunable = prunable_parameters(model, exclude_prefixes=[model.classifier_name])
+    assert prunable and not [n for n in prunable if n.startswith(head)]
+    assert any(re.search(p, head + "weight") for p in head_key_patterns(model))     # a transfer replaces it
+    assert model.input_config["interpolation"] in ("bilinear", "bicubic")
+    assert len(model.input_config["normalization"]["mean"]) == 3
+
+
+def test_a_vit_built_small_knows_its_size_and_its_prunable_layers(one_torch_thread):
+    """The patch embedding fixes a ViT's input size; its prunable layers are the patch embedding (a conv) and the
+    Linear layers of its blocks (qkv, proj, fc1, fc2), the head excluded as the study excludes the classifier."""
+    model = build_model("timm:vit_tiny_patch16_224", num_classes=4, img_size=32, patch_size=8, depth=2)
+    assert model.default_input_size == 32 and model.input_config["interpolation"] == "bicubic"
+    names = set(prunable_parameters(model, exclude_prefixes=[model.classifier_name]))
+    layers = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+    blocks = {f"blocks.{i}.{layer}.weight" for i in range(2) for layer in layers}
+    assert names == blocks | {"patch_embed.proj.weight"}
+
+
+@pytest.mark.parametrize("name, hint", [("timm:vit_tiny_patch16_22", "timm:vit_tiny_patch16_224"),
+                                        ("tv:resnet_18", "tv:resnet18")])
+def test_a_typo_gets_did_you_mean_in_one_line(name, hint):
+    with pytest.raises(UserError, match="did you mean") as err:
+        MODELS.get(name)
+    assert hint in str(err.value) and "\n" not in str(err.value) and "--list-archs" in str(err.value)
+
+
+def test_list_archs_lists_the_projects_timms_and_torchvisions(capsys):
+    with pytest.raises(SystemExit) as done:
+        main.main(["--list-archs"])
+    names = capsys.readouterr().out.split()
+    assert done.value.code == 0
+    assert {"resnet50", "timm:deit_small_patch16_224", "tv:convnext_tiny"} <= set(names) and len(names) > 1000
+
+
+def sparse_checkpoint(path, arch, args, *, sparsity=0.5, num_classes=6):
+    """A seeded model of `arch`, magnitude-pruned, saved natively (with its pretrained config's input settings)."""
+    torch.manual_seed(0)
+    model = build_model(arch, num_classes=num_classes, **args)
+    masks = magnitude_prune_(model, sparsity)
+    save_native_checkpoint(path, model, arch=arch, arch_kwargs=args, masks=masks,
+                           normalization=model.input_config["normalization"],
+                           interpolation=model.input_config["interpolation"])
+    return masks
+
+
+def fine_tune(tmp_path, ckpt, trainer, size, *extra):
+    return main.main(["--dset", "synthetic", "--config_path", str(trainer), "--from_checkpoint_path", str(ckpt),
+                      "--experiment_root_path", str(tmp_path / "exp"), "--workers", "0", "--no_progress",
+                      "--image_size", str(size), "--max_train_samples", "16", *extra])
+
+
+@pytest.mark.parametrize("family", ["vit", "convnext", "swin"])
+def test_full_fine_tuning_keeps_the_masks_bit_for_bit(family, tmp_path, trainer_config, one_torch_thread):
+    arch, args, size = TINY[family]
+    ckpt = tmp_path / "up.pt"
+    masks = sparse_checkpoint(ckpt, arch, args)
+    result = fine_tune(tmp_path, ckpt, trainer_config(TRAINER), size, "--exp_name", "ft")
+    run_dir = tmp_path / "exp" / "ft"
+    final = torch.load(run_dir / "model.pt", weights_only=True)["state_dict"]
+    for name, mask in masks.items():
+        assert torch.equal(final[name] == 0, ~mask), name
+    assert result["measured_sparsity"] == pytest.approx(0.5, abs=0.01)
+    recorded = json.loads((run_dir / "result.json").read_text())
+    assert recorded["arch"] == arch and recorded["input"]["interpolation"] == "bicubic"
+    assert recorded["input"]["image_size"] == size
+
+
+GMP = """
+num_epochs: 2
+final_sparsity: 0.75
+training_modifiers:
+  - !EpochRangeModifier
+    start_epoch: 0
+    end_epoch: eval(num_epochs)
+  - !LearningRateFunctionModifier
+    start_epoch: 0
+    end_epoch: eval(num_epochs)
+    lr_func: linear
+    init_lr: 0.01
+    final_lr: 0.001
+pruning_modifiers:
+  - !GMPruningModifier
+    init_sparsity: 0.05
+    final_sparsity: eval(final_sparsity)
+    start_epoch: 0
+    end_epoch: 1
+    update_frequency: 0.5
+    params: ['re:blocks\\.\\d+\\.(attn\\.(qkv|proj)|mlp\\.fc\\d)\\.weight']
+"""
+
+
+def test_a_gmp_recipe_prunes_a_vits_linear_layers_and_holds_them(tmp_path, trainer_config, one_torch_thread):
+    """CAP's layer set (qkv, proj, fc1, fc2 of every block) through SparseML's `re:` patterns on timm's names; the
+    patch embedding and the head stay dense."""
+    arch, args, size = TINY["vit"]
+    ckpt = tmp_path / "dense.pt"
+    torch.manual_seed(0)
+    model = build_model(arch, num_classes=6, **args)
+    save_native_checkpoint(ckpt, model, arch=arch, arch_kwargs=args)
+    recipe = tmp_path / "gmp.yaml"
+    recipe.write_text(GMP)
+    result = fine_tune(tmp_path, ckpt, trainer_config(TRAINER), size, "--recipe", str(recipe), "--exp_name", "gmp")
+    final = torch.load(tmp_path / "exp" / "gmp" / "model.pt", weights_only=True)["state_dict"]
+    for i in range(2):
+        for layer in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"):
+            weight = final[f"blocks.{i}.{layer}.weight"]
+            assert float((weight == 0).float().mean()) == pytest.approx(0.75, abs=0.01), layer
+    assert float((final["patch_embed.proj.weight"] == 0).float().mean()) < 0.01
+    assert result["measured_sparsity"] > 0.5
+
+
+def test_a_linear_probe_reads_the_models_own_pooled_features_and_reuses_them(tmp_path, one_torch_thread):
+    arch, args, size = TINY["vit"]
+    ckpt = tmp_path / "vit.pt"
+    sparse_checkpoint(ckpt, arch, args)
+
+    def probe(name):
+        return linear_entry.main(["--dataset", "synthetic", "--from_checkpoint_path", str(ckpt), "--workers", "0",
+                                  "--features_cache", str(tmp_path / "cache"), "--no_progress",
+                                  "--experiment_root_path", str(tmp_path / "exp"), "--image_size", str(size),
+                                  "--max_train_samples", "16", "--exp_name", name])
+
+    first, second = probe("first"), probe("second")
+    assert 0 <= first["val_acc"] <= 1 and second["val_acc"] == first["val_acc"]
+    reused = {name: json.loads((tmp_path / "exp" / name / "result.json").read_text())["features_reused"]
+              for name in ("first", "second")}
+    assert reused == {"first": {"train": False, "test": False}, "second": {"train": True, "test": True}}
+    features = sorted((tmp_path / "cache").rglob("features.npy"))
+    assert features and all(f.stat().st_size > 0 for f in features)
+    assert np.load(features[0]).shape[1] == 192       # the ViT's CLS-token width, pooled as timm defines
+
+
+@pytest.mark.parametrize("family", ["vit", "convnext"])
+def test_export_agrees_with_torch(family, tmp_path, one_torch_thread):
+    arch, args, size = TINY[family]
+    ckpt = tmp_path / "up.pt"
+    sparse_checkpoint(ckpt, arch, args)
+    report = export_checkpoint(ckpt, tmp_path / "onnx", image_size=size, num_samples=8, engines=["onnxruntime"])
+    assert report["fp32"]["top1_agreement"] == 1.0 and report["fp32"]["max_abs_diff"] < 1e-3
