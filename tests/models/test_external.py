@@ -12,7 +12,8 @@ import torch
 import finetune_pre_extracted_features as linear_entry
 import main
 from models import MODELS, build_model, head_key_patterns, model_task
-from utils.checkpoints import save_native_checkpoint
+from utils.checkpoints import load_checkpoint, save_native_checkpoint
+from utils.checkpoints.__main__ import main as checkpoints_cli
 from utils.deploy import export_checkpoint
 from utils.errors import UserError
 from utils.sparsity import magnitude_prune_, prunable_parameters
@@ -189,3 +190,97 @@ def test_export_agrees_with_torch(family, tmp_path, one_torch_thread):
     sparse_checkpoint(ckpt, arch, args)
     report = export_checkpoint(ckpt, tmp_path / "onnx", image_size=size, num_samples=8, engines=["onnxruntime"])
     assert report["fp32"]["top1_agreement"] == 1.0 and report["fp32"]["max_abs_diff"] < 1e-3
+
+
+# --- checkpoints as people have them -----------------------------------------------------------------------------
+
+VIT_ARGS = {"img_size": 32, "patch_size": 8, "depth": 2}
+
+
+def pruned_timm_vit(sparsity=0.5):
+    """A seeded timm ViT (timm's own object, as a user's script has it), half its block weights zeroed."""
+    import timm
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", num_classes=4, **VIT_ARGS).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("blocks.") and p.dim() == 2:
+                p.mul_(p.abs() > p.abs().flatten().kthvalue(int(sparsity * p.numel())).values)
+    return model
+
+
+def saved_as(model, fmt, tmp_path):
+    """`model` written the way `fmt` names; the path a user would pass."""
+    from safetensors.torch import save_file
+    from timm.models import save_for_hf
+    if fmt in ("hf-safetensors", "hf-bin"):
+        save_for_hf(model, tmp_path / "folder", model_args=VIT_ARGS, safe_serialization=fmt == "hf-safetensors")
+        return tmp_path / "folder"
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if fmt == "safetensors":
+        save_file(state, tmp_path / "model.safetensors")
+        return tmp_path / "model.safetensors"
+    path = tmp_path / "weights.pth"
+    torch.save({"state_dict": state, "epoch": 3} if fmt == "wrapped-pth" else state, path)
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["hf-safetensors", "hf-bin", "safetensors", "pth", "wrapped-pth"])
+def test_a_timm_checkpoint_loads_in_every_format_with_its_zeros_as_masks(fmt, tmp_path, one_torch_thread):
+    model = pruned_timm_vit()
+    path = saved_as(model, fmt, tmp_path)
+    if not fmt.startswith("hf"):      # no model folder: a config.json beside the file names the architecture
+        (tmp_path / "config.json").write_text(json.dumps({"architecture": "vit_tiny_patch16_224",
+                                                          "num_classes": 4, "model_args": VIT_ARGS}))
+    loaded = load_checkpoint(path, keep_classifier=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded.model.eval()(x), model(x), atol=1e-5)
+    assert loaded.arch == "timm:vit_tiny_patch16_224"
+    assert set(loaded.masks) == {f"blocks.{i}.{layer}.weight" for i in range(2)
+                                 for layer in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")}
+    for name, mask in loaded.masks.items():
+        assert torch.equal(~mask, model.state_dict()[name] == 0), name
+    if fmt.startswith("hf"):      # the pretrained config's input settings come along
+        assert loaded.interpolation == "bicubic" and loaded.normalization["mean"] == [0.5, 0.5, 0.5]
+        assert loaded.input_size == 32
+
+
+def test_a_file_that_names_no_architecture_says_to_pass_arch(tmp_path):
+    path = saved_as(pruned_timm_vit(), "safetensors", tmp_path)
+    with pytest.raises(UserError, match="pass --arch") as err:
+        load_checkpoint(path)
+    assert "\n" not in str(err.value)
+    plain = saved_as(pruned_timm_vit(), "pth", tmp_path)
+    with pytest.raises(UserError, match="--arch timm:NAME"):
+        load_checkpoint(plain)
+
+
+def test_a_torchvision_state_dict_loads_with_arch(tmp_path, one_torch_thread):
+    import torchvision
+    torch.manual_seed(0)
+    model = torchvision.models.convnext_tiny(num_classes=5).eval()
+    torch.save(model.state_dict(), tmp_path / "convnext.pth")
+    loaded = load_checkpoint(tmp_path / "convnext.pth", keep_classifier=True, arch="tv:convnext_tiny")
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded.model.eval()(x), model(x), atol=1e-5)
+    assert loaded.model.classifier_name == "classifier.2" and loaded.num_classes == 5
+
+
+def test_the_checkpoint_command_reports_a_model_folders_sparsity(tmp_path, capsys):
+    folder = saved_as(pruned_timm_vit(), "hf-safetensors", tmp_path)
+    checkpoints_cli([str(folder)])
+    out = capsys.readouterr().out
+    assert "blocks.0.attn.qkv.weight" in out and "timm:vit_tiny_patch16_224" in out
+
+
+def test_fine_tuning_starts_from_a_hugging_face_folder(tmp_path, trainer_config, one_torch_thread):
+    model = pruned_timm_vit()
+    folder = saved_as(model, "hf-safetensors", tmp_path)
+    result = fine_tune(tmp_path, folder, trainer_config(TRAINER), 32, "--exp_name", "hf")
+    final = torch.load(tmp_path / "exp" / "hf" / "model.pt", weights_only=True)["state_dict"]
+    for name, value in model.state_dict().items():
+        if name.startswith("blocks.") and value.dim() == 2:
+            assert torch.equal(final[name] == 0, value == 0), name
+    assert result["measured_sparsity"] > 0.4

@@ -48,7 +48,9 @@ def format_report(loaded: LoadedCheckpoint) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m utils.checkpoints", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("path", nargs="?", help="checkpoint file to inspect")
+    parser.add_argument("path", nargs="?", help="checkpoint file (or timm / Hugging Face model folder) to inspect")
+    parser.add_argument("--arch", help="the architecture of a plain state dict or safetensors file without config.json "
+                                       "(timm:NAME, tv:NAME, or one of `python main.py --list-archs`)")
     parser.add_argument("--checkpoint_flavour", "--flavour", dest="flavour",
                         help="flavour name or YAML path (default: auto-detect)")
     parser.add_argument("--list", action="store_true", help="list the registered flavours and exit")
@@ -75,10 +77,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.sparsity is None:
             parser.error("--prune needs --sparsity")
         achieved = prune_checkpoint(args.path, args.prune, sparsity=args.sparsity, scope=args.scope,
-                                    flavour=args.flavour)
+                                    flavour=args.flavour, arch=args.arch)
         print(f"wrote {args.prune}: global sparsity {achieved:.4f} (classifier excluded)")
         return
-    print(format_report(load_checkpoint(args.path, flavour=args.flavour, keep_classifier=True)))
+    print(format_report(load_checkpoint(args.path, flavour=args.flavour, keep_classifier=True, arch=args.arch)))
 
 
 if __name__ == "__main__":

@@ -87,4 +87,5 @@ def detect_flavour(raw: Mapping, *, source: str = "") -> Flavour:
                         f"model; use the run's finished model {model} (written when the run ends)")
     top = sorted(map(str, raw))[:8] if isinstance(raw, Mapping) else type(raw).__name__
     raise UserError(f"{where}could not recognise the checkpoint format (top-level keys: {top}); pass "
-                    f"--checkpoint_flavour NAME (one of: {', '.join(names)}) or a flavour YAML path")
+                    f"--checkpoint_flavour NAME (one of: {', '.join(names)}) or a flavour YAML path; a plain state "
+                    "dict of a timm or torchvision model: pass --arch timm:NAME or tv:NAME")

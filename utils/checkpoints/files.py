@@ -26,11 +26,16 @@ NUMPY_DATA_GLOBALS = [f"{core}.multiarray.{name}" for core in ("numpy.core", "nu
 
 
 def file_sha256(path: str | Path, *, chunk_bytes: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's content, read in chunks."""
+    """Hex SHA-256 of a file's content, read in chunks; of a model folder (timm / Hugging Face), of its files'
+    names and contents in name order."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_bytes):
-            digest.update(chunk)
+    path = Path(path)
+    for file in sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]:
+        if path.is_dir():
+            digest.update(f"{file.name}\n".encode())
+        with open(file, "rb") as f:
+            while chunk := f.read(chunk_bytes):
+                digest.update(chunk)
     return digest.hexdigest()
 
 

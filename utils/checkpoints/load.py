@@ -18,6 +18,7 @@ from torch import nn
 
 from models import build_model, classes_from_head, head_key_patterns
 from utils.checkpoints.detect import detect_flavour, flavour_matches
+from utils.checkpoints.external import read_external, state_dict_of
 from utils.checkpoints.files import read_checkpoint_file
 from utils.checkpoints.flavours import FLAVOURS, Flavour, all_module_globals, all_trusted_globals, load_flavour
 from utils.checkpoints.native import NATIVE_VERSION, NativeHeader
@@ -216,18 +217,28 @@ def _choose_flavour(raw: Any, flavour: Flavour | None, source: str) -> Flavour:
 
 
 def load_checkpoint(path: str | Path, *, flavour: str | None = None, num_classes: int | None = None,
-                    keep_classifier: bool = False) -> LoadedCheckpoint:
-    """Read `path` with `flavour` (auto-detected when None) into one of our models, strictly.
+                    keep_classifier: bool = False, arch: str | None = None) -> LoadedCheckpoint:
+    """Read `path` with `flavour` (auto-detected when None) into one of our models, strictly. `path` may also be a
+    timm / Hugging Face model folder or file (utils.checkpoints.external; `arch` names the architecture of one
+    without config.json).
 
     keep_classifier=False: the file's classifier is dropped and a fresh dense one with `num_classes`
     outputs (default: the file's count) is built. keep_classifier=True loads it (num_classes must match).
     """
     path, source = Path(path), str(path)
     named = load_flavour(flavour) if flavour else None
-    raw = read_checkpoint_file(path, trusted_globals=named.trusted_globals if named else all_trusted_globals(),
-                               module_globals=named.module_globals if named else all_module_globals(),
-                               flavour_name=named.name if named and named.name in FLAVOURS else None)
-    chosen = _choose_flavour(raw, named, source)
+    raw = read_external(path, arch=arch) if named is None else None
+    if raw is None:
+        raw = read_checkpoint_file(path, trusted_globals=named.trusted_globals if named else all_trusted_globals(),
+                                   module_globals=named.module_globals if named else all_module_globals(),
+                                   flavour_name=named.name if named and named.name in FLAVOURS else None)
+    try:
+        chosen = _choose_flavour(raw, named, source)
+    except UserError:
+        plain = state_dict_of(path, arch) if named is None else None   # a timm / torchvision state dict
+        if plain is None:
+            raise
+        raw, chosen = plain, _choose_flavour(plain, None, source)
     arch, arch_kwargs, header = _resolve_arch(chosen, raw, source)
     if header:  # the returned flavour describes this file (callers read interpolation etc. from it)
         with torch.device("meta"):

@@ -74,7 +74,7 @@ def check_options(opts: LinearOptions) -> None:
     if opts.augment and opts.solver != "sgd":
         raise UserError(f"--augment feeds new features every epoch, which only the sgd solver can use; "
                         f"got --solver {opts.solver}")
-    if not Path(opts.from_checkpoint_path).is_file():
+    if not Path(opts.from_checkpoint_path).exists():       # a file, or a timm / Hugging Face model folder
         raise UserError(f"--from_checkpoint_path {opts.from_checkpoint_path}: file not found")
 
 

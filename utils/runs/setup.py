@@ -100,7 +100,7 @@ def load_upstream(*, checkpoint_path: str | None, flavour: str | None, arch: str
                   keep_classifier: bool = False) -> Upstream:
     """The upstream model: a checkpoint (any flavour), or a fresh architecture to train from scratch."""
     if checkpoint_path:
-        loaded = load_checkpoint(checkpoint_path, flavour=flavour, keep_classifier=keep_classifier)
+        loaded = load_checkpoint(checkpoint_path, flavour=flavour, keep_classifier=keep_classifier, arch=arch)
         return Upstream(model=loaded.model, arch=loaded.arch, arch_kwargs=dict(loaded.arch_kwargs),
                         flavour=loaded.flavour.name,
                         method=loaded.method,
