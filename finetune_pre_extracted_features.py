@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gpus", nargs="+", help="GPU id to use (the first is used)")
     o = p.add_argument_group("additions")
     o.add_argument("--checkpoint_flavour", help="flavour name or YAML path (auto-detected when omitted)")
+    o.add_argument("--arch", help="the architecture of a bare state dict without config.json (timm:NAME, tv:NAME; "
+                                  "python main.py --list-archs)")
     o.add_argument("--solver", default="lbfgs", help="lbfgs (default), sklearn or sgd")
     o.add_argument("--features_cache", default="features_cache", help="features cache directory")
     o.add_argument("--probe_config_path", help="lbfgs/sklearn settings (default: configs/probes/lbfgs.yaml)")

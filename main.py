@@ -67,9 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     o = p.add_argument_group("additions")
     o.add_argument("--checkpoint_flavour", help="flavour name or YAML path (auto-detected when omitted)")
     o.add_argument("--resume", action="store_true", help="continue the run in the run directory")
-    o.add_argument("--arch", help="train this architecture from scratch instead of loading a checkpoint: one of "
-                                  "the project's (resnet50, mobilenet, yolov5s...), 'timm:NAME' (any timm model, e.g. "
-                                  "timm:deit_small_patch16_224) or 'tv:NAME' (torchvision, e.g. tv:convnext_tiny)")
+    o.add_argument("--arch", help="train this architecture from scratch instead of loading a checkpoint (or name the "
+                                  "architecture of a bare state dict): one of the project's (resnet50, mobilenet, "
+                                  "yolov5s...), 'timm:NAME' (any timm model, e.g. timm:deit_small_patch16_224) or "
+                                  "'tv:NAME' (torchvision, e.g. tv:convnext_tiny)")
     o.add_argument("--list-archs", action=ListArchs, help="list every architecture name --arch takes, and exit")
     o.add_argument("--lr", type=float, help="override the trainer config's learning rate")
     o.add_argument("--accumulate_steps", type=int,

@@ -284,3 +284,18 @@ def test_fine_tuning_starts_from_a_hugging_face_folder(tmp_path, trainer_config,
         if name.startswith("blocks.") and value.dim() == 2:
             assert torch.equal(final[name] == 0, value == 0), name
     assert result["measured_sparsity"] > 0.4
+
+
+def test_a_linear_probe_on_a_bare_torchvision_state_dict_names_it_with_arch(tmp_path, one_torch_thread):
+    import torchvision
+    torch.manual_seed(0)
+    torch.save(torchvision.models.efficientnet_b0(num_classes=7).state_dict(), tmp_path / "b0.pth")
+    result = linear_entry.main(["--dataset", "synthetic", "--from_checkpoint_path", str(tmp_path / "b0.pth"),
+                                "--arch", "tv:efficientnet_b0", "--workers", "0",
+                                "--features_cache", str(tmp_path / "cache"),
+                                "--no_progress", "--experiment_root_path", str(tmp_path / "exp"), "--image_size", "32",
+                                "--max_train_samples", "16"])
+    recorded = json.loads((tmp_path / "exp" / "synthetic_b0_linear-lbfgs_seed0" / "result.json").read_text())
+    assert recorded["arch"] == "tv:efficientnet_b0" and 0 <= result["val_acc"] <= 1
+    features = sorted((tmp_path / "cache").rglob("features.npy"))
+    assert features and np.load(features[0]).shape[1] == 1280

@@ -216,6 +216,25 @@ def _choose_flavour(raw: Any, flavour: Flavour | None, source: str) -> Flavour:
     return flavour
 
 
+def _read(path: Path, named: Flavour | None, *, arch: str | None) -> tuple[Any, Flavour]:
+    """The file's content and its flavour: a timm / Hugging Face folder or file as a native mapping; else the
+    torch file, its flavour named or detected; a state dict no flavour knows, as the architecture a config.json
+    beside it or `arch` names."""
+    source = str(path)
+    raw = read_external(path, arch=arch) if named is None else None
+    if raw is None:
+        raw = read_checkpoint_file(path, trusted_globals=named.trusted_globals if named else all_trusted_globals(),
+                                   module_globals=named.module_globals if named else all_module_globals(),
+                                   flavour_name=named.name if named and named.name in FLAVOURS else None)
+    try:
+        return raw, _choose_flavour(raw, named, source)
+    except UserError:
+        plain = state_dict_of(path, arch) if named is None else None   # a timm / torchvision state dict
+        if plain is None:
+            raise
+        return plain, _choose_flavour(plain, None, source)
+
+
 def load_checkpoint(path: str | Path, *, flavour: str | None = None, num_classes: int | None = None,
                     keep_classifier: bool = False, arch: str | None = None) -> LoadedCheckpoint:
     """Read `path` with `flavour` (auto-detected when None) into one of our models, strictly. `path` may also be a
@@ -227,19 +246,11 @@ def load_checkpoint(path: str | Path, *, flavour: str | None = None, num_classes
     """
     path, source = Path(path), str(path)
     named = load_flavour(flavour) if flavour else None
-    raw = read_external(path, arch=arch) if named is None else None
-    if raw is None:
-        raw = read_checkpoint_file(path, trusted_globals=named.trusted_globals if named else all_trusted_globals(),
-                                   module_globals=named.module_globals if named else all_module_globals(),
-                                   flavour_name=named.name if named and named.name in FLAVOURS else None)
-    try:
-        chosen = _choose_flavour(raw, named, source)
-    except UserError:
-        plain = state_dict_of(path, arch) if named is None else None   # a timm / torchvision state dict
-        if plain is None:
-            raise
-        raw, chosen = plain, _choose_flavour(plain, None, source)
-    arch, arch_kwargs, header = _resolve_arch(chosen, raw, source)
+    raw, chosen = _read(path, named, arch=arch)
+    hint, (arch, arch_kwargs, header) = arch, _resolve_arch(chosen, raw, source)
+    if hint and hint != arch:
+        log.warning("%s names its architecture (%s, flavour %r): --arch %s is not used", source, arch, chosen.name,
+                    hint)
     if header:  # the returned flavour describes this file (callers read interpolation etc. from it)
         with torch.device("meta"):
             shape = build_model(arch, num_classes=1, **arch_kwargs)

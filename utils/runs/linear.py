@@ -128,7 +128,7 @@ class LinearSteps(RunSteps):
 
     def upstream(self) -> Upstream:
         return load_upstream(checkpoint_path=self.opts.from_checkpoint_path, flavour=self.opts.checkpoint_flavour,
-                             arch=None).freeze()
+                             arch=self.opts.arch).freeze()
 
     def data(self, upstream: Upstream) -> tuple[DatasetSplits, InputSettings]:
         opts = self.opts

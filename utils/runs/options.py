@@ -72,7 +72,7 @@ class FullOptions(RunOptions):
 
     trainer_config_path: str                   # the optimizer, batch size, epochs, LR schedule
     transfer_config_path: str | None = None
-    arch: str | None = None                    # train this architecture from scratch (no checkpoint)
+    arch: str | None = None                    # train it from scratch (no checkpoint), or a bare state dict's
     lr: float | None = Field(default=None, gt=0)
     accumulate_steps: int | None = Field(default=None, gt=0)   # batches per optimizer step (default: the config's)
     use_wandb: bool = False
@@ -105,6 +105,7 @@ class LinearOptions(RunOptions):
     """Linear fine-tuning (finetune_pre_extracted_features.py): a probe on the frozen backbone's features."""
 
     from_checkpoint_path: str
+    arch: str | None = None                    # the architecture of a bare state dict (timm:NAME, tv:NAME, ...)
     trainer_config_path: str = str(TRAINER_DIR / "study_linear_sgd.yaml")   # the sgd solver's protocol
     probe_config_path: str = str(PROBE_DIR / "lbfgs.yaml")                  # the lbfgs/sklearn settings
     solver: str = "lbfgs"
