@@ -8,11 +8,12 @@ among the family's names that hint at a small size (tiny, small, nano, b0, ...),
 Random weights, nothing downloads. Stages, each only after the one before passed:
 
   build    `build_model("timm:NAME", num_classes=10)`: the project's interface (classifier, pooled features)
-  load     written with timm's `save_for_hf` (config.json + model.safetensors), read back by `load_checkpoint`:
-           the same logits
+  load     written with timm's `save_for_hf` (config.json + model.safetensors; pytorch_model.bin for models with
+           tied weights, which safetensors refuses), read back by `load_checkpoint`: the same logits
   prune    SparseML's GMPruningModifier at 50% on `__ALL_PRUNABLE__` through `RecipeManager` in a training step
   step     a second SGD step: every pruned weight still zero
-  export   fp32 ONNX, ONNX Runtime's logits against torch's: top-1 agreement 1.0 and max |diff| < 1e-3
+  export   fp32 ONNX, ONNX Runtime's logits against torch's: top-1 agreement 1.0 and max |diff| under 1e-4 of the
+           largest logit (random weights give logits of any magnitude)
 
 Prints a table per family (the stage it stopped at and why) and the totals; `--out` writes it as CSV.
 """
@@ -84,7 +85,12 @@ def run_family(name: str, workdir: Path) -> tuple[str, str]:
             reference = logits(model, x)
         assert model.pooled_features(x).shape[-1] == model.num_features, "pooled width != num_features"
         passed = "build"
-        save_for_hf(model, workdir / "hf", safe_serialization=True)
+        try:
+            save_for_hf(model, workdir / "hf", safe_serialization=True)
+        except RuntimeError as err:       # tied weights: safetensors refuses shared tensors; timm then writes .bin
+            if "share memory" not in str(err):
+                raise
+            save_for_hf(model, workdir / "hf", safe_serialization=False)
         loaded = load_checkpoint(workdir / "hf", keep_classifier=True).model.eval()
         with torch.no_grad():
             assert torch.allclose(logits(loaded, x), reference, atol=1e-4, rtol=1e-4), "reloaded logits differ"
@@ -111,7 +117,10 @@ def run_family(name: str, workdir: Path) -> tuple[str, str]:
         model.eval()
         path = export_onnx(model, workdir / "model.onnx", input_size=size)
         check = compare_with_torch(model, path, x)
-        assert check["top1_agreement"] == 1.0 and check["max_abs_diff"] < 1e-3, f"ONNX disagrees: {check}"
+        with torch.no_grad():
+            scale = float(logits(model, x).abs().max()) or 1.0     # random weights: logits of any magnitude
+        relative = check["max_abs_diff"] / scale
+        assert check["top1_agreement"] == 1.0 and relative < 1e-4, f"ONNX disagrees: {check}, relative {relative:.1e}"
         passed = "export"
         return passed, ""
     except Exception as err:  # noqa: BLE001 -- the table reports every failure, one line each

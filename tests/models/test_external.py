@@ -2,12 +2,14 @@
 (nothing downloads), given the project's model interface, and taken through the study's protocols: full
 fine-tuning with masks kept bit for bit, a GMP recipe on a ViT's Linear layers, a linear probe on cached
 features, export with the agreement check."""
+import csv
 import json
 import re
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import finetune_pre_extracted_features as linear_entry
 import main
@@ -299,3 +301,21 @@ def test_a_linear_probe_on_a_bare_torchvision_state_dict_names_it_with_arch(tmp_
     assert recorded["arch"] == "tv:efficientnet_b0" and 0 <= result["val_acc"] <= 1
     features = sorted((tmp_path / "cache").rglob("features.npy"))
     assert features and np.load(features[0]).shape[1] == 1280
+
+
+def test_a_study_takes_a_hugging_face_folder_as_an_upstream(tmp_path, one_torch_thread):
+    """configs/studies/vit_transfer.yaml's shape on a tiny ViT folder: full and linear cells, one row each."""
+    import sweep
+    folder = saved_as(pruned_timm_vit(), "hf-safetensors", tmp_path)
+    (tmp_path / "trainer.yaml").write_text(TRAINER)
+    study = {"name": "vit", "experiment_root": str(tmp_path / "exp"), "seeds": [1],
+             "upstreams": [{"name": "vit_50", "model": "GMP", "sparsity": 0.5, "path": str(folder)}],
+             "datasets": [{"name": "synthetic"}], "full": {"trainer_config_path": str(tmp_path / "trainer.yaml")},
+             "linear": {"solver": "lbfgs", "options": {"normalization": "checkpoint"}},
+             "options": {"image_size": 32, "workers": 0, "max_train_samples": 16}}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    counts = sweep.main([str(tmp_path / "study.yaml"), "--no-report", "--jobs", "1"])
+    assert counts["done"] == 2 and counts["failed"] == 0
+    rows = list(csv.DictReader(open(tmp_path / "exp" / "results.csv")))
+    assert sorted(r["finetuning"] for r in rows) == ["full", "linear"]
+    assert {r["arch"] for r in rows} == {"timm:vit_tiny_patch16_224"} and {r["model"] for r in rows} == {"GMP"}

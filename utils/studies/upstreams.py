@@ -133,7 +133,7 @@ def _existing(study: Study, u: UpstreamSpec, *, source: Path | None | bool,
     """An upstream's checkpoint when it exists without being made now (given by path, or made earlier)."""
     if u.path is not None:
         path = Path(u.path)
-        if not path.is_file():
+        if not path.exists():                  # a file, or a timm / Hugging Face model folder
             progress(f"upstream {u.name}: checkpoint {path} not found (fill in the path in the study file)")
             return None
         return path
