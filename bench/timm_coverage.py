@@ -83,7 +83,7 @@ def run_family(name: str, workdir: Path) -> tuple[str, str]:
         x = torch.randn(2, 3, size, size)
         with torch.no_grad():
             reference = logits(model, x)
-        assert model.pooled_features(x).shape[-1] == model.num_features, "pooled width != num_features"
+        assert model.pooled_features(x).shape[-1] == model.feature_dim, "pooled width != feature_dim"
         passed = "build"
         try:
             save_for_hf(model, workdir / "hf", safe_serialization=True)

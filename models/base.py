@@ -6,6 +6,7 @@ Every registered model is an `nn.Module` with:
   default_input_size  the input side length it was designed for (224, or 32 for small nets)
   forward_features(x) -> (N, num_features) globally average-pooled features
   pooled_features(x)  -> the same: what the classifier reads (timm and torchvision models: models/external.py)
+  feature_dim         its width (num_features here; a timm model with a pre-logits layer: that layer's)
   reset_classifier(n) replaces the classifier with a fresh dense nn.Linear(num_features, n)
 Detectors (`task = "detection"`, models/yolov5.py) share classifier_name / get_classifier / reset_classifier
 (their head is the Detect layer) and default_input_size, not the pooled features.
@@ -35,6 +36,10 @@ class ClassifierMixin:
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    @property
+    def feature_dim(self) -> int:
+        return self.num_features
 
     def pooled_features(self, x: torch.Tensor) -> torch.Tensor:
         """What the classifier reads (a linear probe's features): here the pooled forward_features; timm models

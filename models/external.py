@@ -5,7 +5,8 @@ they are); this module gives each built model the interface of the project's own
 
   classifier_name      timm's `pretrained_cfg["classifier"]` (ViT 'head', ConvNeXt 'head.fc', EfficientNet
                        'classifier'); torchvision's last nn.Linear ('fc', 'classifier.2', 'heads.head')
-  num_features         the width of the classifier's input
+  feature_dim          the width of the classifier's input (timm: its `head_hidden_size`, which differs from its
+                       `num_features` where a pre-logits layer sits before the classifier, as in MobileNetV3)
   pooled_features(x)   what the classifier reads: timm's `forward_head(forward_features(x), pre_logits=True)`
                        (the model's own pooling: CLS token or mean, as it defines); torchvision's classifier input
   reset_classifier(n)  timm's own; torchvision's last Linear replaced
@@ -141,6 +142,10 @@ class TimmModel:
         return self.forward_head(self.forward_features(x), pre_logits=True)
 
     @property
+    def feature_dim(self) -> int:
+        return int(getattr(self, "head_hidden_size", None) or self.num_features)
+
+    @property
     def default_input_size(self) -> int:
         size = getattr(getattr(self, "patch_embed", None), "img_size", None)
         if size:
@@ -174,6 +179,10 @@ class TorchvisionModel:
     @property
     def num_features(self) -> int:
         return self.get_classifier().in_features
+
+    @property
+    def feature_dim(self) -> int:
+        return self.num_features
 
     def reset_classifier(self, num_classes: int) -> None:
         """The last Linear replaced by a fresh one with `num_classes` outputs."""

@@ -30,6 +30,8 @@ TINY = {
              {"img_size": 32, "window_size": 2, "depths": [1, 1, 1, 1], "embed_dim": 24, "num_heads": [1, 1, 1, 1]},
              32),
     "tv-convnext": ("tv:convnext_tiny", {"stochastic_depth_prob": 0.0}, 32),
+    # a pre-logits layer between pooling and classifier: what the classifier reads is its output
+    "mobilenetv3": ("timm:mobilenetv3_small_050", {}, 32),
 }
 
 TRAINER = """
@@ -46,7 +48,7 @@ def test_each_family_builds_with_the_project_interface(family, one_torch_thread)
     model = build_model(arch, num_classes=5, **args).eval()
     x = torch.randn(2, 3, size, size)
     assert model_task(arch) == "classification"
-    assert model.pooled_features(x).shape == (2, model.num_features)     # what the classifier reads
+    assert model.pooled_features(x).shape == (2, model.feature_dim)      # what the classifier reads
     model.reset_classifier(3)
     logits = model(x)
     assert (logits[0] if isinstance(logits, tuple) else logits).shape == (2, 3)

@@ -187,7 +187,7 @@ def cached_split(opts: LinearOptions, model: torch.nn.Module, source: dict[str, 
     description = describe_split(checkpoint=source, dataset_meta=data.meta, split=split, dataset=dataset,
                                  backend=opts.feature_backend, extra={"content": content_fingerprint(dataset)})
     return cached_features(extractor.build, dataset, cache_root=opts.features_cache, description=description,
-                           dim=model.num_features, batch_size=opts.extract_batch_size,
+                           dim=model.feature_dim, batch_size=opts.extract_batch_size,
                            workers=loader_workers(opts.workers), progress=opts.progress)
 
 
@@ -265,7 +265,7 @@ def fit_augmented(opts: LinearOptions, model: torch.nn.Module, inputs: InputSett
     data = load_datasets(opts.dataset, opts.dataset_path, augment=True, max_train_samples=opts.max_train_samples,
                          seed=opts.seed, **data_kwargs(inputs))
     run = extractor.build()
-    dim = model.num_features
+    dim = model.feature_dim
 
     def epoch_features(epoch: int):
         # each image's augmentation from (seed, epoch, index): the same with any number of workers
