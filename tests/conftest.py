@@ -26,6 +26,17 @@ def write_sparse_checkpoint(path: Path, *, sparsity: float = 0.8, seed: int = 0,
     return masks
 
 
+# The longest tests (commands run as subprocesses, a notebook kernel): started first, so that with one pytest-xdist
+# worker per core (make test) none of them is left running alone at the end while the other cores idle.
+SLOW_FIRST = ("tests/sparseml/test_notebook.py", "tests/sparseml/test_cli.py", "tests/runs/test_launchers.py",
+              "tests/runs/test_distributed.py", "tests/studies/test_parallel.py", "tests/studies/test_sweep.py",
+              "tests/detection/test_yolov5_cli.py", "tests/analysis/test_notebook.py")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: not item.nodeid.startswith(SLOW_FIRST))     # stable: the rest keep their order
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory):
     """Caches that live under the user's home (image verification) go to a temporary folder in tests."""
