@@ -321,3 +321,56 @@ def test_a_study_takes_a_hugging_face_folder_as_an_upstream(tmp_path, one_torch_
     rows = list(csv.DictReader(open(tmp_path / "exp" / "results.csv")))
     assert sorted(r["finetuning"] for r in rows) == ["full", "linear"]
     assert {r["arch"] for r in rows} == {"timm:vit_tiny_patch16_224"} and {r["model"] for r in rows} == {"GMP"}
+
+
+BLOCK_LINEAR = r"re:blocks\.\d+\.(attn\.(qkv|proj)|mlp\.fc\d)\.weight"
+RECIPE_HEAD = """
+training_modifiers:
+  - !EpochRangeModifier
+    start_epoch: 0
+    end_epoch: 2
+  - !SetLearningRateModifier
+    start_epoch: 0
+    learning_rate: 0.01
+pruning_modifiers:
+"""
+CAP_SETTINGS = {
+    "gmp-block4": ("GMPruningModifier", "    mask_type: block4\n"),
+    "gmp-2:4": ("GMPruningModifier", "    mask_type: '2:4'\n"),
+    "obs": ("OBSPruningModifier", "    num_grads: 4\n    damp: 0.001\n    fisher_block_size: 16\n"),
+    "mfac": ("MFACPruningModifier", "    num_grads: 4\n    damp: 0.001\n    fisher_block_size: 16\n"),
+    "acdc": ("ACDCPruningModifier", None),
+}
+
+
+@pytest.mark.parametrize("setting", sorted(CAP_SETTINGS))
+def test_recipes_prune_a_vits_linear_layers_with_each_mask_and_method(setting, tmp_path, trainer_config,
+                                                                      one_torch_thread):
+    """GMP with block-4 and 2:4 masks, OBS and M-FAC (second order), AC/DC: on the block Linear layers of a ViT, by
+    SparseML's `re:` patterns on timm's names, to 50%, through main.py; the masks' structure checked."""
+    arch, args, size = TINY["vit"]
+    torch.manual_seed(0)
+    model = build_model(arch, num_classes=6, **args)
+    save_native_checkpoint(tmp_path / "dense.pt", model, arch=arch, arch_kwargs=args)
+    name, extra = CAP_SETTINGS[setting]
+    if name == "ACDCPruningModifier":
+        body = (f"  - !ACDCPruningModifier\n    compression_sparsity: 0.5\n    start_epoch: 0\n    end_epoch: 2\n"
+                f"    update_frequency: 1\n    params: ['{BLOCK_LINEAR}']\n")
+    else:
+        body = (f"  - !{name}\n    init_sparsity: 0.5\n    final_sparsity: 0.5\n    start_epoch: 0\n    end_epoch: 1\n"
+                f"    update_frequency: 1\n    params: ['{BLOCK_LINEAR}']\n{extra}")
+    (tmp_path / "recipe.yaml").write_text(RECIPE_HEAD + body)
+    fine_tune(tmp_path, tmp_path / "dense.pt", trainer_config(TRAINER), size, "--recipe", str(tmp_path / "recipe.yaml"),
+              "--exp_name", "r")
+    final = torch.load(tmp_path / "exp" / "r" / "model.pt", weights_only=True)["state_dict"]
+    zeros = [final[f"blocks.{i}.{layer}.weight"] == 0 for i in range(2)
+             for layer in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")]
+    overall = sum(int(z.sum()) for z in zeros) / sum(z.numel() for z in zeros)   # global methods vary per layer
+    assert overall == pytest.approx(0.5, abs=0.01), setting
+    for zero in zeros:
+        groups = zero.reshape(zero.shape[0], -1, 4)          # 4 neighbouring inputs of one output
+        if setting == "gmp-block4":
+            assert bool((groups.all(-1) | ~groups.any(-1)).all())        # whole blocks of 4
+        if setting == "gmp-2:4":
+            assert bool((groups.sum(-1) == 2).all())                      # 2 of every 4
+    assert float((final["patch_embed.proj.weight"] == 0).float().mean()) < 0.01
