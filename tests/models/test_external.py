@@ -374,3 +374,37 @@ def test_recipes_prune_a_vits_linear_layers_with_each_mask_and_method(setting, t
         if setting == "gmp-2:4":
             assert bool((groups.sum(-1) == 2).all())                      # 2 of every 4
     assert float((final["patch_embed.proj.weight"] == 0).float().mean()) < 0.01
+
+
+QAT = """
+training_modifiers:
+  - !EpochRangeModifier
+    start_epoch: 0
+    end_epoch: 2
+  - !SetLearningRateModifier
+    start_epoch: 0
+    learning_rate: 0.001
+quantization_modifiers:
+  - !QuantizationModifier
+    start_epoch: 0
+    disable_quantization_observer_epoch: 1
+    freeze_bn_stats_epoch: 1
+"""
+
+
+@pytest.mark.parametrize("family", ["vit", "convnext"])
+def test_quantization_aware_training_exports_int8_that_agrees(family, tmp_path, trainer_config, one_torch_thread):
+    """A QAT recipe on a sparse timm model (its Conv and Linear layers get fake quantization), then the INT8 QDQ
+    file checked against torch as for the study's models; the zeros survive quantization-aware training."""
+    arch, args, size = TINY[family]
+    masks = sparse_checkpoint(tmp_path / "up.pt", arch, args)
+    (tmp_path / "qat.yaml").write_text(QAT)
+    fine_tune(tmp_path, tmp_path / "up.pt", trainer_config(TRAINER), size, "--recipe", str(tmp_path / "qat.yaml"),
+              "--exp_name", "q")
+    model_pt = tmp_path / "exp" / "q" / "model.pt"
+    final = torch.load(model_pt, weights_only=True)["state_dict"]
+    for name, mask in masks.items():
+        assert torch.equal(final[name] == 0, ~mask), name
+    report = export_checkpoint(model_pt, tmp_path / "onnx", image_size=size, num_samples=16, engines=["onnxruntime"])
+    assert report["int8"]["quantized_modules"] >= 5 and report["int8"]["bytes"] < report["fp32"]["bytes"]
+    assert report["int8"]["top1_agreement"] >= 0.75        # INT8 vs fp32 top-1 of a random tiny net
