@@ -16,7 +16,7 @@ import main
 from models import MODELS, build_model, head_key_patterns, model_task
 from utils.checkpoints import load_checkpoint, save_native_checkpoint
 from utils.checkpoints.__main__ import main as checkpoints_cli
-from utils.deploy import export_checkpoint
+from utils.deploy import export_checkpoint, export_onnx
 from utils.errors import UserError
 from utils.sparsity import magnitude_prune_, prunable_parameters
 
@@ -408,3 +408,35 @@ def test_quantization_aware_training_exports_int8_that_agrees(family, tmp_path, 
     report = export_checkpoint(model_pt, tmp_path / "onnx", image_size=size, num_samples=16, engines=["onnxruntime"])
     assert report["int8"]["quantized_modules"] >= 5 and report["int8"]["bytes"] < report["fp32"]["bytes"]
     assert report["int8"]["top1_agreement"] >= 0.75        # INT8 vs fp32 top-1 of a random tiny net
+
+
+@pytest.mark.parametrize("family", ["vit", "swin", "deit-distilled"])
+def test_the_sparse_engine_runs_a_transformer_with_its_linear_layers_sparse(family, tmp_path):
+    """A transformer's graph runs in the sparse engine itself (its shape arithmetic, attention, LayerNorm, GELU as
+    torch operators), and every Linear layer of its blocks -- a MatMul by a constant weight in ONNX -- is a sparse
+    linear layer; forced sparse, forced dense and calibrated, it equals ONNX Runtime within 1e-4."""
+    import onnxruntime as ort
+
+    from utils.onnx import SparseEngine
+    from utils.onnx.engines import load_engine, missing
+    from utils.onnx.graph import SparseGraph
+    assert missing("sparse") is None, missing("sparse")          # make test builds the kernels first
+    arch, args, size = TINY[family]
+    torch.manual_seed(0)
+    model = build_model(arch, num_classes=5, **args).eval()
+    magnitude_prune_(model, 0.8, scope="layer")
+    path = export_onnx(model, tmp_path / "model.onnx", input_size=size)
+    x = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    graph = SparseGraph(path, threads=2)
+    assert graph.tail is None                          # nothing left to ONNX Runtime
+    blocks = [layer for layer in graph.layers() if layer.kind == "linear" and "blocks" in layer.name]
+    assert len(blocks) >= 4 and all(layer.packed.sparsity > 0.75 for layer in blocks)
+    for force in ("sparse", "dense", None):
+        SparseEngine.force = force
+        try:
+            engine = load_engine("sparse", path, threads=2)
+        finally:
+            SparseEngine.force = None
+        got = engine.run(x)[0]
+        assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max(), force

@@ -139,12 +139,17 @@ class SparseGraph:
                 skip.update(id(n) for n in chain[:-1])
             elif node.op_type == "Gemm" and (linear := self._linear(node)) is not None:
                 emit_at[id(node)] = linear
+            elif node.op_type == "MatMul" and (linear := self._matmul(node)) is not None:
+                emit_at[id(node)] = linear
         steps: list = []
         for node in nodes:
             if id(node) in emit_at:
                 steps.append(("layer", emit_at[id(node)]))
             elif id(node) not in skip:
-                steps.append(("op", node, attributes(node)))
+                a = attributes(node)
+                if node.op_type == "Split":
+                    a.setdefault("num_outputs", len(node.output))
+                steps.append(("op", node, a))
         return steps
 
     def _conv(self, node, only_use: Callable, consumers: dict) -> tuple[ConvLayer, list]:
@@ -253,6 +258,17 @@ class SparseGraph:
         return LinearLayer(node.name or node.output[0], [node.input[0]], node.output[0], packed, weight, bias,
                            weight_name=node.input[1])
 
+    def _matmul(self, node) -> LinearLayer | None:
+        """A MatMul of activations by a constant 2-D weight (K, N) -- how a Linear layer on tokens exports, e.g. a
+        transformer's qkv, proj, fc1, fc2 -- as a layer over the rows of its input; None otherwise (q @ k^T)."""
+        weight = self.consts.get(node.input[1])
+        if weight is None or weight.dim() != 2 or node.input[0] in self.consts:
+            return None
+        weight = weight.t().float().contiguous()                          # (N, K): a linear layer's layout
+        packed = PackedLinear.from_dense(weight.numpy(), None)
+        return LinearLayer(node.name or node.output[0], [node.input[0]], node.output[0], packed, weight, None,
+                           weight_name=node.input[1])
+
     def _tail_session(self, model, tail: list):
         import onnx
         import onnxruntime as ort
@@ -294,7 +310,13 @@ class SparseGraph:
                     inputs = [env[i] if i else None for i in node.input]
                     compiled = self.compiled_ops.get(node.op_type)
                     value = compiled(a, *inputs) if compiled else None
-                    name, value = node.output[0], OPS[node.op_type](a, *inputs) if value is None else value
+                    value = OPS[node.op_type](a, *inputs) if value is None else value
+                    if isinstance(value, tuple):              # Split: one tensor per output
+                        for name, part in zip(node.output[1:], value[1:]):
+                            env[name] = part
+                            self.memory.hold(part)
+                        value = value[0]
+                    name = node.output[0]
                 env[name] = value
                 self.memory.hold(value)
                 for gone in self.last_use.get(index, ()):           # its last reader has run

@@ -150,7 +150,8 @@ class ConvLayer:
 
 @dataclass
 class LinearLayer:
-    """One Gemm node with constant weights (a classifier): y = x W^T + b, sparse or dense as calibrated."""
+    """One Gemm node with constant weights (a classifier): y = x W^T + b, or one MatMul by a constant weight (a
+    Linear layer on tokens: x of any rank, its last dimension multiplied), sparse or dense as calibrated."""
 
     name: str
     inputs: list[str]
@@ -166,9 +167,10 @@ class LinearLayer:
     run = ConvLayer.run
 
     def run_sparse(self, x: torch.Tensor, residual: None, threads: int, isa: int, memory: Buffers) -> torch.Tensor:
-        out = memory.take((x.shape[0], self.packed.out_features))
-        sparse_linear(x.contiguous().numpy(), self.packed, out=out.numpy(), threads=threads, isa=isa)
-        return out
+        rows = x.reshape(-1, x.shape[-1])                       # every leading dimension is a row
+        out = memory.take((rows.shape[0], self.packed.out_features))
+        sparse_linear(rows.contiguous().numpy(), self.packed, out=out.numpy(), threads=threads, isa=isa)
+        return out.view(*x.shape[:-1], self.packed.out_features)
 
     def run_dense(self, x: torch.Tensor, residual: None) -> torch.Tensor:
         if self.weight is None:
