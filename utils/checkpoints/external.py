@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
+from models import build_model, head_key_patterns
+from models.external import library, list_external
 from utils.checkpoints.files import read_checkpoint_file
 from utils.checkpoints.native import NATIVE_FORMAT, NATIVE_VERSION
 from utils.errors import UserError
@@ -31,6 +34,21 @@ WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 STATE_KEYS = ("state_dict", "model", "state_dict_ema")     # where training scripts wrap the weights
 INTERPOLATIONS = ("bilinear", "bicubic")
+# torchvision's first parameter per architecture family (their names carry no pretrained config to read it from)
+TORCHVISION_FIRST = {name: first for first, names in {
+    "conv1": ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d",
+              "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2", "googlenet", "shufflenet_v2_x0_5",
+              "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0"),
+    "features.0.0": ("convnext_tiny", "convnext_small", "convnext_base", "convnext_large", "efficientnet_b0",
+                     "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_b4", "efficientnet_b5",
+                     "efficientnet_b6", "efficientnet_b7", "efficientnet_v2_s", "efficientnet_v2_m",
+                     "efficientnet_v2_l", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "swin_t",
+                     "swin_s", "swin_b", "swin_v2_t", "swin_v2_s", "swin_v2_b"),
+    "conv_proj": ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14"),
+    "stem.0": ("regnet_y_400mf", "regnet_y_800mf", "regnet_y_1_6gf", "regnet_y_3_2gf", "regnet_y_8gf",
+               "regnet_y_16gf", "regnet_y_32gf", "regnet_x_400mf", "regnet_x_800mf", "regnet_x_1_6gf",
+               "regnet_x_3_2gf", "regnet_x_8gf", "regnet_x_16gf", "regnet_x_32gf"),
+}.items() for name in names}
 
 
 def weights_file(path: Path) -> Path:
@@ -61,22 +79,92 @@ def read_external(path: str | Path, *, arch: str | None = None) -> dict[str, Any
     if config is not None:
         return native_mapping(state, config_arch(config, config_path), config.get("model_args") or {},
                               config.get("pretrained_cfg") or {}, num_classes=config.get("num_classes"))
-    if arch is None:
-        raise UserError(f"{path}: no config.json beside it names the architecture; pass --arch with the one it was "
-                        "saved from (timm:NAME, tv:NAME, or one of `python main.py --list-archs`)")
-    return native_mapping(state, arch, {}, {}, num_classes=None)
+    return native_mapping(state, arch or detect_arch(state, source=path), {}, {}, num_classes=None)
 
 
-def state_dict_of(path: str | Path, arch: str | None) -> dict[str, Any] | None:
-    """A .pth / .pt / .bin state dict no flavour recognised, read as the weights of the architecture a config.json
-    beside it names, else of `arch` (--arch); None when neither says."""
+def state_dict_of(path: str | Path, raw: Any, arch: str | None) -> dict[str, Any] | None:
+    """A .pth / .pt / .bin file's content `raw` that no flavour recognised, as the weights of the architecture a
+    config.json beside it names, else of `arch` (--arch), else of the one architecture with its keys; None when it
+    is not a state dict at all (the flavours' word on it stands)."""
     path = Path(path)
+    state = unwrapped_state(raw)
+    if state is None:
+        return None
     config_path = path.parent / "config.json"
     if config_path.is_file():
         config = read_config(config_path)
-        return native_mapping(read_weights(path), config_arch(config, config_path), config.get("model_args") or {},
+        return native_mapping(state, config_arch(config, config_path), config.get("model_args") or {},
                               config.get("pretrained_cfg") or {}, num_classes=config.get("num_classes"))
-    return native_mapping(read_weights(path), arch, {}, {}, num_classes=None) if arch else None
+    return native_mapping(state, arch or detect_arch(state, source=path), {}, {}, num_classes=None)
+
+
+# architectures built (on the meta device: no memory) to compare keys with, at most: 0.1-1 s each. torchvision's
+# families narrow to a few dozen; timm's ViT-like files (patch_embed + head) match about 290, EfficientNet-like 170.
+MAX_CANDIDATES = 60
+
+
+def detect_arch(state: Mapping[str, torch.Tensor], *, source: Path) -> str:
+    """The one timm or torchvision architecture (default arguments) whose state-dict keys and shapes are the file's,
+    classifier aside; a UserError naming the candidates when several are, or --arch when none is."""
+    keys = {k for k in state if not k.endswith("num_batches_tracked")}
+    candidates = arch_candidates(keys)
+    hint = ("pass --arch with the architecture it was saved from (timm:NAME, tv:NAME; `python main.py --list-archs`)"
+            ", or put timm's config.json beside it")
+    if not candidates or len(candidates) > MAX_CANDIDATES:
+        why = f"{len(candidates)} architectures have its first layer and head" if candidates else \
+            "no timm / torchvision architecture has its first layer and head"
+        raise UserError(f"{source}: no config.json names its architecture and {why}; {hint}")
+    log.info("%s names no architecture: comparing its keys with %d timm / torchvision architectures", source,
+             len(candidates))
+    matches = [name for name in candidates if same_layout(name, state, keys)]
+    if len(matches) == 1:
+        log.info("%s: its keys and shapes are those of %s", source, matches[0])
+        return matches[0]
+    if not matches:
+        raise UserError(f"{source}: no config.json names its architecture and no timm / torchvision architecture with "
+                        f"default arguments has its keys and shapes; {hint}")
+    raise UserError(f"{source}: no config.json names its architecture and {len(matches)} have its keys and shapes "
+                    f"({', '.join(matches[:6])}{', ...' if len(matches) > 6 else ''}): they differ in their "
+                    "pretrained settings (normalisation, resize); pass --arch with the one it was saved from")
+
+
+def arch_candidates(keys: set[str]) -> list[str]:
+    """Architectures whose first layer and classifier (timm's pretrained config; torchvision's by TORCHVISION_FIRST)
+    are among the file's keys."""
+    out = []
+    try:
+        timm = library("timm")
+        for name in timm.list_models():
+            cfg = timm.get_pretrained_cfg(name)
+            heads = cfg.classifier if cfg is not None else None
+            heads = heads if isinstance(heads, (tuple, list)) else [heads]
+            if cfg is not None and cfg.first_conv and f"{cfg.first_conv}.weight" in keys \
+                    and all(h and f"{h}.weight" in keys for h in heads):
+                out.append(f"timm:{name}")
+    except UserError:
+        pass
+    try:
+        out += [n for n in list_external("tv") if n.split(":")[1] in TORCHVISION_FIRST
+                and f"{TORCHVISION_FIRST[n.split(':')[1]]}.weight" in keys]
+    except UserError:
+        pass
+    return out
+
+
+def same_layout(arch: str, state: Mapping[str, torch.Tensor], keys: set[str]) -> bool:
+    """Whether `arch` (default arguments, built on the meta device) has exactly these keys and shapes, its classifier
+    aside (its class count is the file's own)."""
+    try:
+        with torch.device("meta"):
+            model = build_model(arch, num_classes=1000)
+    except Exception:  # noqa: BLE001 -- an architecture that does not build with defaults is not this file's
+        return False
+    heads = [re.compile(p) for p in head_key_patterns(model)]
+    theirs = {k: v.shape for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    if set(theirs) != keys:
+        return False
+    return all(tuple(state[k].shape) == tuple(shape) for k, shape in theirs.items()
+               if not any(h.search(k) for h in heads))
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -110,14 +198,22 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path), device="cpu")
         except Exception as err:  # noqa: BLE001 -- the library's errors for a damaged file vary
             raise UserError(f"{path}: not a readable safetensors file ({str(err).splitlines()[0][:160]})") from None
-    raw = read_checkpoint_file(path)
+    state = unwrapped_state(read_checkpoint_file(path))
+    if state is None:
+        raise UserError(f"{path}: expected a state dict (names -> tensors), plain or under one of {list(STATE_KEYS)}")
+    return state
+
+
+def unwrapped_state(raw: Any) -> dict[str, torch.Tensor] | None:
+    """A state dict, plain or under a training script's key ('module.' prefixes of DDP dropped); None for other
+    content."""
     for key in STATE_KEYS:
         if isinstance(raw, Mapping) and isinstance(raw.get(key), Mapping):
             raw = raw[key]
             break
     if not isinstance(raw, Mapping) or not raw or not all(isinstance(v, torch.Tensor) for v in raw.values()):
-        raise UserError(f"{path}: expected a state dict (names -> tensors), plain or under one of {list(STATE_KEYS)}")
-    return {k.removeprefix("module."): v for k, v in raw.items()}
+        return None
+    return {str(k).removeprefix("module."): v for k, v in raw.items()}
 
 
 def native_mapping(state: dict[str, torch.Tensor], arch: str, model_args: Mapping[str, Any],

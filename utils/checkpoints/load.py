@@ -229,7 +229,7 @@ def _read(path: Path, named: Flavour | None, *, arch: str | None) -> tuple[Any, 
     try:
         return raw, _choose_flavour(raw, named, source)
     except UserError:
-        plain = state_dict_of(path, arch) if named is None else None   # a timm / torchvision state dict
+        plain = state_dict_of(path, raw, arch) if named is None else None   # a timm / torchvision state dict
         if plain is None:
             raise
         return plain, _choose_flavour(plain, None, source)
