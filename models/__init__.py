@@ -5,6 +5,7 @@ from models.base import (
                          architectures,
                          build_model,
                          classes_from_head,
+                         classifier_outputs,
                          head_key_patterns,
                          model_task,
 )
@@ -16,5 +17,5 @@ from models.external import PREFIXES, resolve  # noqa: E402  isort: skip
 for _prefix in PREFIXES:
     MODELS.add_resolver(_prefix, lambda name, prefix=_prefix: resolve(prefix, name))
 
-__all__ = ["MODELS", "ClassifierMixin", "architectures", "build_model", "classes_from_head", "head_key_patterns",
-           "model_task"]
+__all__ = ["MODELS", "ClassifierMixin", "architectures", "build_model", "classes_from_head", "classifier_outputs",
+           "head_key_patterns", "model_task"]

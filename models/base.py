@@ -64,6 +64,16 @@ class ClassifierMixin:
         return self.get_classifier()(self.forward_features(x))
 
 
+def classifier_outputs(model: nn.Module) -> int:
+    """How many outputs the classifier has: a Linear's out_features, or a 1x1 conv head's out_channels (timm's DLA,
+    DPN)."""
+    head = model.get_classifier()
+    outputs = getattr(head, "out_features", None) or getattr(head, "out_channels", None)
+    if outputs is None:
+        raise TypeError(f"{type(head).__name__} classifier: neither out_features nor out_channels")
+    return int(outputs)
+
+
 def head_key_patterns(model: nn.Module) -> list[str]:
     """Regexes of the state-dict keys of the classifier a transfer replaces (a detector: its Detect convs)."""
     explicit = getattr(model, "head_keys", None)

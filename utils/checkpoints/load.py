@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from models import build_model, classes_from_head, head_key_patterns
+from models import build_model, classes_from_head, classifier_outputs, head_key_patterns
 from utils.checkpoints.detect import detect_flavour, flavour_matches
 from utils.checkpoints.external import read_external, state_dict_of
 from utils.checkpoints.files import read_checkpoint_file
@@ -279,7 +279,7 @@ def load_checkpoint(path: str | Path, *, flavour: str | None = None, num_classes
     masks = _remove_layers_(model, masks, header.get("extra", {}).get("removed_layers", []))
     return LoadedCheckpoint(
         model=model, masks=masks, flavour=chosen, arch=arch, arch_kwargs=arch_kwargs, report=report,
-        source_path=path, num_classes=model.get_classifier().out_features, classifier_loaded=keep_classifier,
+        source_path=path, num_classes=classifier_outputs(model), classifier_loaded=keep_classifier,
         interpolation=chosen.interpolation, normalization=chosen.normalization,
         # native files record the size they were trained at; otherwise the model's own default
         input_size=(header.get("extra", {}).get("input_size", model.default_input_size) if header

@@ -7,6 +7,7 @@ from typing import Any, Literal, Mapping
 import torch
 from torch import nn
 
+from models import classifier_outputs
 from utils.checkpoints.flavours import Normalization
 from utils.config import StrictModel, validate
 from utils.io import atomic_torch_save
@@ -41,10 +42,9 @@ def save_native_checkpoint(path: str | Path, model: nn.Module, *, arch: str, arc
                            masks: Mapping[str, torch.Tensor] | None = None, normalization: Any = None,
                            interpolation: str = "bilinear", extra: Mapping[str, Any] | None = None) -> None:
     """Write `model` in this project's format (atomically); `load_checkpoint` reads it with flavour 'native'."""
-    head = model.get_classifier() if hasattr(model, "get_classifier") else getattr(model, "fc")
     payload = {
         "format": NATIVE_FORMAT, "version": NATIVE_VERSION, "arch": arch, "arch_kwargs": dict(arch_kwargs or {}),
-        "num_classes": int(head.out_features),
+        "num_classes": classifier_outputs(model) if hasattr(model, "get_classifier") else int(model.fc.out_features),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "normalization": normalization if normalization is not None else "dataset",
         "interpolation": interpolation,

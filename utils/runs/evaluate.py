@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from models import classifier_outputs
 from policies.tasks import ClassificationTask, Task
 from utils.data import DatasetSplits
 from utils.errors import UserError
@@ -22,7 +23,7 @@ def evaluate_only(upstream: Upstream, data: DatasetSplits, *, opts: FullOptions,
                   run_dir: Path, task: Task | None = None) -> RunResult:
     """--eval_only: score a model that already has its downstream head on the test split."""
     model = upstream.model
-    out_features = getattr(model.get_classifier(), "out_features", None)
+    out_features = classifier_outputs(model)
     if out_features != data.num_classes:
         raise UserError(f"{opts.from_checkpoint_path}: classifier has {out_features} outputs but dataset "
                         f"{opts.dataset!r} has {data.num_classes} classes; --eval_only needs a fine-tuned checkpoint")

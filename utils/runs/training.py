@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from models import classifier_outputs
 from policies.base import Policy, RunContext, TrainState
 from policies.ema import EmaPolicy
 from policies.loggers import CheckpointSaver, MetricsLogger, ProgressBar, WandbLogger
@@ -71,7 +72,7 @@ def run_context(opts: FullOptions, model: nn.Module) -> RunContext:
         return load_upstream(checkpoint_path=path, flavour=None, arch=None, keep_classifier=True).model
 
     return RunContext(load_model=load_model, teacher=opts.distill_teacher,
-                      num_classes=model.get_classifier().out_features)
+                      num_classes=classifier_outputs(model))
 
 
 def run_facts(opts: FullOptions, plan: Plan, facts: dict[str, Any], upstream_method: str, *,
