@@ -24,6 +24,7 @@ import torch
 
 from models import build_model, head_key_patterns
 from models.external import library, list_external
+from utils.checkpoints.detect import TRAINING_STATE_KEYS
 from utils.checkpoints.files import read_checkpoint_file
 from utils.checkpoints.native import NATIVE_FORMAT, NATIVE_VERSION
 from utils.errors import UserError
@@ -87,8 +88,8 @@ def state_dict_of(path: str | Path, raw: Any, arch: str | None) -> dict[str, Any
     config.json beside it names, else of `arch` (--arch), else of the one architecture with its keys; None when it
     is not a state dict at all (the flavours' word on it stands)."""
     path = Path(path)
-    state = unwrapped_state(raw)
-    if state is None:
+    state = None if isinstance(raw, Mapping) and TRAINING_STATE_KEYS <= set(raw) else unwrapped_state(raw)
+    if state is None:                      # (a run's training state: the flavours' message points to its model)
         return None
     config_path = path.parent / "config.json"
     if config_path.is_file():
