@@ -457,3 +457,71 @@ def test_a_bare_state_dict_names_its_architecture_by_its_keys_where_only_one_has
     with pytest.raises(UserError, match="architectures have its first layer and head; pass --arch") as err:
         load_checkpoint(tmp_path / "vit.pth")
     assert "\n" not in str(err.value)
+
+
+def sparseml_vit_recipe_form(blocks: int) -> str:
+    """A recipe written the way SparseML's timm ViT recipe is (integrations/rwightman-timm/recipes/
+    vit_base.85.recal.config.yaml in SparseML's repository: `version`, a flat `modifiers:` list, every block's Linear
+    weight named, GMP's logging and scoring keys, a StepLR LearningRateModifier after a SetLearningRateModifier),
+    with epochs a test can afford: pruning from 25% at epoch 1, its cubic curve falling toward 3% (the recipe's
+    recalibration) until epoch 3, 4 epochs."""
+    names = "\n".join(f"            - blocks.{i}.{layer}.weight" for i in range(blocks)
+                      for layer in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"))
+    return f"""version: 1.1.0
+
+modifiers:
+    - !GMPruningModifier
+        end_epoch: 3.0
+        final_sparsity: 0.03
+        global_sparsity: False
+        init_sparsity: 0.25
+        inter_func: cubic
+        leave_enabled: True
+        log_types: __ALL__
+        mask_type: unstructured
+        params:
+{names}
+        phased: False
+        score_type: magnitude
+        start_epoch: 1.0
+        update_frequency: 0.5
+
+    - !EpochRangeModifier
+        end_epoch: 4.0
+        start_epoch: 0.0
+
+    - !SetLearningRateModifier
+        constant_logging: False
+        end_epoch: -1
+        learning_rate: 0.0025
+        log_types: __ALL__
+        start_epoch: 0.0
+
+    - !LearningRateModifier
+        constant_logging: False
+        end_epoch: -1.0
+        init_lr: 0.0006
+        log_types: __ALL__
+        lr_class: StepLR
+        lr_kwargs: {{'step_size': 1, 'gamma': 0.25}}
+        start_epoch: 2.0
+        update_frequency: -1.0
+"""
+
+
+def test_a_recipe_in_sparsemls_timm_vit_form_runs_on_a_timm_vit(tmp_path, trainer_config, one_torch_thread):
+    arch, args, size = TINY["vit"]
+    torch.manual_seed(0)
+    model = build_model(arch, num_classes=6, **args)
+    save_native_checkpoint(tmp_path / "dense.pt", model, arch=arch, arch_kwargs=args)
+    (tmp_path / "recipe.yaml").write_text(sparseml_vit_recipe_form(blocks=2))
+    fine_tune(tmp_path, tmp_path / "dense.pt", trainer_config(TRAINER), size, "--recipe", str(tmp_path / "recipe.yaml"),
+              "--exp_name", "sm")
+    final = torch.load(tmp_path / "exp" / "sm" / "model.pt", weights_only=True)["state_dict"]
+    for i in range(2):
+        for layer in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"):
+            share = float((final[f"blocks.{i}.{layer}.weight"] == 0).float().mean())
+            assert share == pytest.approx(0.03, abs=0.005), layer        # the curve's end, held after it
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "exp" / "sm" / "metrics.jsonl").read_text().splitlines()
+           if "lr" in json.loads(line)]
+    assert lrs[0] == pytest.approx(0.0025) and lrs[-1] < 0.0025
