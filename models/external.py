@@ -60,30 +60,22 @@ def resolve(prefix: str, name: str) -> Callable[..., nn.Module]:
                         f"`python main.py --list-archs` lists all {len(known)}")
 
     def factory(num_classes: int, **model_args: Any) -> nn.Module:
-        build = build_timm if prefix == "timm" else build_torchvision
-        return build(name, num_classes, model_args)
+        return build(prefix, name, num_classes, model_args)
 
     factory.task = "classification"
     return factory
 
 
-def build_timm(name: str, num_classes: int, model_args: dict[str, Any]) -> nn.Module:
-    timm = library("timm")
+def build(prefix: str, name: str, num_classes: int, model_args: dict[str, Any]) -> nn.Module:
+    """The library's model, random weights, with the project's interface; one line for arguments it refuses."""
+    lib = library(prefix)
     try:
-        model = timm.create_model(name, pretrained=False, num_classes=num_classes, **model_args)
+        if prefix == "timm":
+            return adapt(lib.create_model(name, pretrained=False, num_classes=num_classes, **model_args), TimmModel)
+        model = adapt(lib.get_model(name, weights=None, num_classes=num_classes, **model_args), TorchvisionModel)
     except TypeError as err:
-        raise UserError(f"timm:{name}: model arguments {sorted(model_args)} not accepted ({err})") from None
-    return adapt(model, TimmModel)
-
-
-def build_torchvision(name: str, num_classes: int, model_args: dict[str, Any]) -> nn.Module:
-    models = library("tv")
-    try:
-        model = models.get_model(name, weights=None, num_classes=num_classes, **model_args)
-    except TypeError as err:
-        raise UserError(f"tv:{name}: model arguments {sorted(model_args)} not accepted ({err})") from None
-    model = adapt(model, TorchvisionModel)
-    model.input_config, model.default_input_size = torchvision_inputs(models, name)
+        raise UserError(f"{prefix}:{name}: model arguments {sorted(model_args)} not accepted ({err})") from None
+    model.input_config, model.default_input_size = torchvision_inputs(lib, name)
     if "image_size" in model_args:          # a ViT built for another size
         model.default_input_size = int(model_args["image_size"])
     return model
