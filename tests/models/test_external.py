@@ -321,6 +321,7 @@ def test_a_study_takes_a_hugging_face_folder_as_an_upstream(tmp_path, one_torch_
     rows = list(csv.DictReader(open(tmp_path / "exp" / "results.csv")))
     assert sorted(r["finetuning"] for r in rows) == ["full", "linear"]
     assert {r["arch"] for r in rows} == {"timm:vit_tiny_patch16_224"} and {r["model"] for r in rows} == {"GMP"}
+    assert {r["flavour"] for r in rows} == {"external"}
 
 
 BLOCK_LINEAR = r"re:blocks\.\d+\.(attn\.(qkv|proj)|mlp\.fc\d)\.weight"

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 STATE_KEYS = ("state_dict", "model", "state_dict_ema")     # where training scripts wrap the weights
+SOURCE_FORMAT = "external"    # these files' flavour name in reports and results (timm / Hugging Face / torchvision)
 INTERPOLATIONS = ("bilinear", "bicubic")
 # torchvision's first parameter per architecture family (their names carry no pretrained config to read it from)
 TORCHVISION_FIRST = {name: first for first, names in {
@@ -232,6 +233,7 @@ def native_mapping(state: dict[str, torch.Tensor], arch: str, model_args: Mappin
                "normalization": ({"mean": list(pretrained["mean"]), "std": list(pretrained["std"])}
                                  if "mean" in pretrained and "std" in pretrained else "dataset")}
     size = model_args.get("img_size") or model_args.get("image_size") or (pretrained.get("input_size") or [None])[-1]
+    mapping["source_format"] = SOURCE_FORMAT          # the flavour name it is reported under
     mapping["extra"] = {"method": "timm" if arch.startswith("timm:") else "state dict",
                         **({"input_size": int(size[-1] if isinstance(size, (list, tuple)) else size)} if size else {})}
     return mapping

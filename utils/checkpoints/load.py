@@ -226,13 +226,22 @@ def _read(path: Path, named: Flavour | None, *, arch: str | None) -> tuple[Any, 
         raw = read_checkpoint_file(path, trusted_globals=named.trusted_globals if named else all_trusted_globals(),
                                    module_globals=named.module_globals if named else all_module_globals(),
                                    flavour_name=named.name if named and named.name in FLAVOURS else None)
+    if isinstance(raw, Mapping) and raw.get("source_format"):
+        return raw, _external_flavour(raw)
     try:
         return raw, _choose_flavour(raw, named, source)
     except UserError:
         plain = state_dict_of(path, raw, arch) if named is None else None   # a timm / torchvision state dict
         if plain is None:
             raise
-        return plain, _choose_flavour(plain, None, source)
+        return plain, _external_flavour(plain)
+
+
+def _external_flavour(raw: Mapping) -> Flavour:
+    """The native layout's flavour, named for a file read by utils.checkpoints.external."""
+    return FLAVOURS.get("native").model_copy(update={
+        "name": raw["source_format"], "description": "a timm, Hugging Face or torchvision file, read as the native "
+                                                     "layout (utils/checkpoints/external.py)"})
 
 
 def load_checkpoint(path: str | Path, *, flavour: str | None = None, num_classes: int | None = None,
