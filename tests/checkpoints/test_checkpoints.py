@@ -517,3 +517,30 @@ def test_a_pruned_file_in_a_dense_flavour_is_named_once(tmp_path, caplog):
     assert len(warned) == 1 and "pruned_r18.pth is 80.0% sparse" in warned[0] and "--model_label" in warned[0]
     from utils.checkpoints.__main__ import format_report  # `python -m utils.checkpoints FILE` says so too
     assert "note: the flavour labels it 'Dense'" in format_report(loaded) and "note:" not in format_report(plain)
+
+
+def test_non_finite_weights_are_refused_but_a_models_infinite_bounds_are_not(tmp_path):
+    """NaN or inf in a weight or a BatchNorm statistic: a corrupt file or a diverged run, refused in one line; +inf in
+    another buffer is a model's own constant (timm's Gemma-4 ViT keeps clip bounds so) and loads."""
+    from models import build_model
+    from utils.checkpoints import load_checkpoint, save_native_checkpoint
+    from utils.errors import UserError
+
+    model = build_model("resnet_small", num_classes=3)
+    with torch.no_grad():
+        model.fc.weight[0, 0] = float("nan")
+    save_native_checkpoint(tmp_path / "nan.pt", model, arch="resnet_small", arch_kwargs={})
+    with pytest.raises(UserError, match="NaN or infinite values in 1 tensor") as err:
+        load_checkpoint(tmp_path / "nan.pt", keep_classifier=True)
+    assert "fc.weight" in str(err.value) and "\n" not in str(err.value)
+    model = build_model("resnet_small", num_classes=3)
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.running_var[0] = float("inf")
+    save_native_checkpoint(tmp_path / "inf_stat.pt", model, arch="resnet_small", arch_kwargs={})
+    with pytest.raises(UserError, match="NaN or infinite"):
+        load_checkpoint(tmp_path / "inf_stat.pt")
+    from utils.checkpoints.load import _check_finite
+    bounds = {"w": torch.ones(2), "clip_max": torch.full((4,), float("inf"))}
+    _check_finite(bounds, {"w"}, "f")                        # a buffer's +inf: the model's own constant
+    with pytest.raises(UserError, match="clip_max"):
+        _check_finite({**bounds, "clip_max": torch.full((4,), float("nan"))}, {"w"}, "f")     # NaN never

@@ -281,7 +281,7 @@ def load_checkpoint(path: str | Path, *, flavour: str | None = None, num_classes
             mine.update(theirs)
     _check_keys(model, state.tensors, allowed_missing=set() if keep_classifier else head_keys,
                 flavour=chosen, arch=arch, source=source)
-    _check_finite(state.tensors, source)
+    _check_finite(state.tensors, {n for n, _ in model.named_parameters()}, source)
     model.load_state_dict({**model.state_dict(), **state.tensors})
     masks, report = _masks_and_report(model, state, file_head, mask_source=mask_source,
                                       keep_classifier=keep_classifier, flavour=chosen, source=source)
@@ -310,8 +310,17 @@ def _file_classes(file_head, arch: str, header: dict, *, keep_classifier: bool, 
     return file_classes
 
 
-def _check_finite(tensors: dict[str, torch.Tensor], source: str) -> None:
-    broken = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+def _check_finite(tensors: dict[str, torch.Tensor], parameters: set[str], source: str) -> None:
+    """Weights and normalisation statistics must be finite (NaN or inf there: a corrupt file or a diverged run);
+    other buffers may hold +-inf (a model's clip bounds: timm's Gemma-4 ViT), never NaN."""
+    def broken_tensor(name: str, v: torch.Tensor) -> bool:
+        if not v.is_floating_point():
+            return False
+        if name in parameters or name.endswith(("running_mean", "running_var")):
+            return not bool(torch.isfinite(v).all())
+        return bool(torch.isnan(v).any())
+
+    broken = [k for k, v in tensors.items() if broken_tensor(k, v)]
     if broken:
         raise UserError(f"{source}: holds NaN or infinite values in {len(broken)} tensor(s) ({_first(broken)}); the "
                         "file is corrupt or was saved from a run that diverged")
