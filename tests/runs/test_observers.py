@@ -65,8 +65,10 @@ def offline_runs(run_dir: Path) -> list[dict]:
         info = {"id": path.stem.removeprefix("run-"), "config": {}, "history": []}
         for record in wandb_records(path):
             kind = record.WhichOneof("record_type")
-            if kind == "run":
-                info["config"] = {u.key: json.loads(u.value_json) for u in record.run.config.update}
+            if kind == "run":           # the config: in the run record, or in config records after it (wandb
+                info["config"].update({u.key: json.loads(u.value_json) for u in record.run.config.update})
+            elif kind == "config":      # sends it so when its service is slow to start, as under a busy machine)
+                info["config"].update({u.key: json.loads(u.value_json) for u in record.config.update})
             elif kind == "history":
                 info["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json)
                                         for i in record.history.item})
