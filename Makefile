@@ -52,7 +52,7 @@ demo-detection: venv data kernels
 # style by check, not habit: ruff (line length, import order, pyflakes; pyproject.toml) before the suite.
 # The suite runs one pytest-xdist worker per core, each with one BLAS/OpenMP thread: most of its time is
 # commands started as subprocesses (about 4 s of importing torch each), which then share the cores instead
-# of waiting in turn (measured 3.6 min against 5.6 in one process on 2 cores; workers left at 2 threads each
+# of waiting in turn (measured 3.6-3.9 min against 5.6 in one process on 2 cores with 904 tests; workers left at 2 threads each
 # ran slower than one process; work-stealing keeps both busy to the end: 3.7 min against 3.9 with its default).
 TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
 test: venv data kernels
