@@ -418,8 +418,8 @@ def test_the_sparse_engine_runs_a_transformer_with_its_linear_layers_sparse(fami
     linear layer; forced sparse, forced dense and calibrated, it equals ONNX Runtime within 1e-4."""
     import onnxruntime as ort
 
-    from utils.onnx import SparseEngine
-    from utils.onnx.engines import load_engine, missing
+    from tests.onnx.models import sparse_engine_forced
+    from utils.onnx.engines import missing
     from utils.onnx.graph import SparseGraph
     assert missing("sparse") is None, missing("sparse")          # make test builds the kernels first
     arch, args, size = TINY[family]
@@ -434,12 +434,7 @@ def test_the_sparse_engine_runs_a_transformer_with_its_linear_layers_sparse(fami
     blocks = [layer for layer in graph.layers() if layer.kind == "linear" and "blocks" in layer.name]
     assert len(blocks) >= 4 and all(layer.packed.sparsity > 0.75 for layer in blocks)
     for force in ("sparse", "dense", None):
-        SparseEngine.force = force
-        try:
-            engine = load_engine("sparse", path, threads=2)
-        finally:
-            SparseEngine.force = None
-        got = engine.run(x)[0]
+        got = sparse_engine_forced(path, force).run(x)[0]
         assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max(), force
 
 

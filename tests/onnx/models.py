@@ -1,5 +1,8 @@
-"""Small models for the engine tests, with activations that depend on the input."""
+"""Small models for the engine tests, with activations that depend on the input; the sparse engine, forced."""
 import torch
+
+from utils.onnx import SparseEngine
+from utils.onnx.engines import load_engine
 
 
 def real_statistics_(model: torch.nn.Module, size: int) -> torch.nn.Module:
@@ -14,3 +17,12 @@ def real_statistics_(model: torch.nn.Module, size: int) -> torch.nn.Module:
         model.train()
         model(torch.rand(8, 3, size, size))
     return model.eval()
+
+
+def sparse_engine_forced(path, force: str | None):
+    """The sparse engine on `path` with every layer forced sparse or dense (None: calibrated), threads 2."""
+    SparseEngine.force = force
+    try:
+        return load_engine("sparse", path, threads=2)
+    finally:
+        SparseEngine.force = None

@@ -20,7 +20,7 @@ from utils.onnx.kernels import PackedConv, PackedLinear, sparse_conv, sparse_lin
 from utils.onnx.layers import ConvLayer
 from utils.sparsity import magnitude_prune_
 
-from .models import real_statistics_
+from .models import real_statistics_, sparse_engine_forced
 
 RTOL = 1e-4
 ISAS = [0, 1, 2]      # scalar, AVX2+FMA, AVX-512 (capped at what this CPU runs)
@@ -100,11 +100,7 @@ def test_whole_models_equal_onnx_runtime(tmp_path, arch, size, classes, sparsity
     want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})
     assert not np.allclose(want[0][0], want[0][1], rtol=1e-3)      # the outputs depend on the input
     for force in ("sparse", "dense", None):
-        SparseEngine.force = force
-        try:
-            engine = load_engine("sparse", path, threads=2)
-        finally:
-            SparseEngine.force = None
+        engine = sparse_engine_forced(path, force)
         for got, ref in zip(engine.run(x), want):
             assert got.shape == ref.shape and relative_error(got, ref) < RTOL, (force, relative_error(got, ref))
     layers = engine.report()
