@@ -325,16 +325,15 @@ def test_a_study_takes_a_hugging_face_folder_as_an_upstream(tmp_path, one_torch_
 
 
 BLOCK_LINEAR = r"re:blocks\.\d+\.(attn\.(qkv|proj)|mlp\.fc\d)\.weight"
-RECIPE_HEAD = """
-training_modifiers:
-  - !EpochRangeModifier
-    start_epoch: 0
-    end_epoch: 2
-  - !SetLearningRateModifier
-    start_epoch: 0
-    learning_rate: 0.01
-pruning_modifiers:
-"""
+
+
+def two_epochs(lr: float) -> str:
+    """A recipe's training modifiers: 2 epochs at a constant `lr` (a test adds its pruning or QAT group)."""
+    return ("training_modifiers:\n  - !EpochRangeModifier\n    start_epoch: 0\n    end_epoch: 2\n"
+            f"  - !SetLearningRateModifier\n    start_epoch: 0\n    learning_rate: {lr}\n")
+
+
+RECIPE_HEAD = two_epochs(0.01) + "pruning_modifiers:\n"
 CAP_SETTINGS = {
     "gmp-block4": ("GMPruningModifier", "    mask_type: block4\n"),
     "gmp-2:4": ("GMPruningModifier", "    mask_type: '2:4'\n"),
@@ -377,15 +376,7 @@ def test_recipes_prune_a_vits_linear_layers_with_each_mask_and_method(setting, t
     assert float((final["patch_embed.proj.weight"] == 0).float().mean()) < 0.01
 
 
-QAT = """
-training_modifiers:
-  - !EpochRangeModifier
-    start_epoch: 0
-    end_epoch: 2
-  - !SetLearningRateModifier
-    start_epoch: 0
-    learning_rate: 0.001
-quantization_modifiers:
+QAT = two_epochs(0.001) + """quantization_modifiers:
   - !QuantizationModifier
     start_epoch: 0
     disable_quantization_observer_epoch: 1
