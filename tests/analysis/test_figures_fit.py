@@ -132,7 +132,7 @@ def test_the_notebooks_own_figures_keep_their_text_on_the_canvas(monkeypatch):
             [("dense fp32", 120.0, 2900.0), ("90% sparse fp32", 118.0, 2900.0), ("90% sparse INT8", 150.0, 800.0),
              ("90% sparse, sparse engine", 60.0, 2900.0)]]
     monkeypatch.setattr(plt, "show", lambda: None)
-    scope = {"plt": plt, "rows": rows}
+    scope = {"plt": plt, "rows": rows, "THREADS": 2}
     exec(cell, scope)
     assert texts_off_canvas(scope["fig"], dpi=100) == []
     plt.close("all")
