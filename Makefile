@@ -54,6 +54,8 @@ demo-detection: venv data kernels
 # commands started as subprocesses (about 4 s of importing torch each), which then share the cores instead
 # of waiting in turn (measured 3.6-3.9 min against 5.6 in one process on 2 cores with 904 tests; workers left at 2 threads each
 # ran slower than one process; work-stealing keeps both busy to the end: 3.7 min against 3.9 with its default).
+# A test's command that sets its own thread count above one shares a core with the other worker: the notebook's
+# fixed two threads made its training 58x slower (113 s); with 946 tests 3.3 min, 4.8 from a fresh clone.
 TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
 test: venv data kernels
 	$(PY) -m ruff check --quiet .
