@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--jobs", type=int, default=0,
                    help="local: runs at once (default 0: one per GPU, else one per core up to 4, each with its share "
                         "of the cores)")
-    p.add_argument("--dry-run", action="store_true", help="print what is done / to do / failed; run nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list each cell: done / queued / running (Slurm's view) / to do / failed; run nothing")
     p.add_argument("--retry-failed", action="store_true", help="run failed cells again")
     p.add_argument("--rerun-stale", action="store_true",
                    help="run again the done cells whose data changed after they ran (their runs are set aside)")
@@ -34,9 +35,12 @@ def main(argv: list[str] | None = None) -> dict:
     counts = run_study(args.study, executor=args.executor, jobs=args.jobs, dry_run=args.dry_run,
                        retry_failed=args.retry_failed, wait=not args.no_wait, report=not args.no_report,
                        rerun_stale=args.rerun_stale, progress=print)
-    if not args.dry_run and (counts["failed"] or counts["blocked"]):
-        print(f"error: sweep incomplete: {counts['failed']} cell(s) failed, {counts['blocked']} upstream(s) missing "
-              "(each named above); fix them and run the sweep again: finished cells are skipped", file=sys.stderr)
+    if not args.dry_run and (counts["failed"] or counts["blocked"] or counts["interrupted"]):
+        lost = (f", {counts['interrupted']} job(s) ended without a result (cancelled or killed: they resume from "
+                "their last checkpoint)" if counts["interrupted"] else "")
+        print(f"error: sweep incomplete: {counts['failed']} cell(s) failed, {counts['blocked']} upstream(s) missing"
+              f"{lost} (each named above); fix them and run the sweep again: finished cells are skipped",
+              file=sys.stderr)
         sys.exit(1)
     return counts
 

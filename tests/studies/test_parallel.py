@@ -87,7 +87,8 @@ def test_two_studies_share_one_pool_and_make_their_upstreams_in_parallel(tmp_pat
     paths = [write_study(tmp_path, "a"), write_study(tmp_path, "b", train_options={"channels_last": True})]
     lines: list[str] = []
     counts = run_studies(paths, jobs=2, progress=lines.append, report=False)
-    assert all(c == {"done": 6, "todo": 0, "failed": 0, "blocked": 0} for c in counts.values()), counts
+    assert all(c == {"done": 6, "queued": 0, "running": 0, "todo": 0, "failed": 0, "blocked": 0, "interrupted": 0}
+               for c in counts.values()), counts
     assert any(line.startswith("[a] upstream gmp: ") for line in lines)
     assert any(line.startswith("[b] [6/6] done") for line in lines)
     for path in paths:

@@ -91,14 +91,14 @@ def test_submitit_path_with_local_executor(tmp_path, two_upstreams, capsys, monk
     monkeypatch.chdir(tmp_path)                     # jobs import the repository from any directory
     monkeypatch.delenv("PYTHONPATH", raising=False)
     counts = sweep.main([str(path), "--executor", "submitit-local", "--no-report"])
-    assert counts == {"done": 1, "todo": 0, "failed": 0, "blocked": 0}
+    assert counts == {"done": 1, "queued": 0, "running": 0, "todo": 0, "failed": 0, "blocked": 0, "interrupted": 0}
     assert list((tmp_path / "exp" / "slurm_logs").glob("*_0_log.out"))
 
 
 def test_dry_run_runs_nothing(tmp_path, two_upstreams, capsys):
     path = write_study(tmp_path, two_upstreams)
     counts = sweep.main([str(path), "--dry-run"])
-    assert counts == {"done": 0, "todo": 4, "failed": 0, "blocked": 0}
+    assert counts == {"done": 0, "queued": 0, "running": 0, "todo": 4, "failed": 0, "blocked": 0, "interrupted": 0}
     assert "to do: full" in capsys.readouterr().out
     assert not (tmp_path / "exp" / "results.csv").exists()
 

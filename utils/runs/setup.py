@@ -138,8 +138,12 @@ def freeze_(model: nn.Module, transfer: TransferConfig) -> list[nn.Module]:
 
 
 def usable_cores() -> int:
-    """The cores this process may run on (its affinity mask, e.g. a Slurm allocation), not the machine's count."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """The cores this process may run on (its affinity mask, e.g. a Slurm allocation), not the machine's count;
+    inside a Slurm job also at most its `--cpus-per-task` (clusters without core binding leave the mask whole,
+    and N jobs that each take every core run many times slower than N jobs on one core each)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    given = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    return min(cores, int(given)) if given.isdigit() and int(given) > 0 else cores
 
 
 _CAPPED_SAID: set[tuple[int, int]] = set()

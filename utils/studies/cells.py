@@ -18,7 +18,7 @@ from typing import Any
 from utils.checkpoints import file_sha256
 from utils.errors import UserError
 from utils.io import atomic_write_json, read_json
-from utils.runs import RUNS
+from utils.runs import RUNS, RunResult
 from utils.studies.study import DatasetEntry, Study, UpstreamSpec
 
 CONFIG_FILE_OPTIONS = ("trainer_config_path", "transfer_config_path", "recipe", "probe_config_path")
@@ -120,6 +120,18 @@ def cell_status(cell: Cell) -> str:
 
 def read_error(cell: Cell) -> str:
     return read_json(cell.run_dir / "error.json").get("error", "?")
+
+
+def recorded_outcome(cell: Cell) -> dict[str, Any] | None:
+    """A finished cell's outcome from its run folder (what `run_cell` returned, less the seconds): None when it
+    has neither a result nor an error."""
+    status = cell_status(cell)
+    if status == "done":
+        metric, value = RunResult(record=read_json(cell.run_dir / "result.json"), run_dir=cell.run_dir).score
+        return {"status": "done", "val_acc": value, "metric": metric}
+    if status == "failed":
+        return {"status": "failed", "error": read_error(cell)}
+    return None
 
 
 def run_cell(cell: Cell) -> dict[str, Any]:

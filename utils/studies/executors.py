@@ -7,6 +7,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import subprocess
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
@@ -15,10 +16,13 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from utils.errors import UserError
+from utils.cli import setup_logging
+from utils.errors import UserError, one_line
+from utils.io import atomic_write_json
 from utils.registry import Registry
 from utils.runs.setup import usable_cores
-from utils.studies.cells import Cell, run_cell
+from utils.studies.cells import Cell, recorded_outcome, run_cell
+from utils.studies.slurm import ACTIVE, STOPPED, never_starts, record_job, recorded_job, squeue_states
 from utils.studies.study import SlurmSpec
 
 log = logging.getLogger(__name__)
@@ -182,8 +186,33 @@ def _importable_from_anywhere() -> Iterator[None]:
             os.environ["PYTHONPATH"] = old
 
 
+class CellJob:
+    """A cell as a submitit job. Torch takes the job's cores (`--cpus-per-task`), not the whole node's; the run's
+    log lines (data, resuming at epoch N, each epoch) go to the job's log. Slurm's SIGTERM (scancel, a requeue,
+    the end of the time limit) stops the run at once -- submitit would let it go on until SIGKILL, KillWait
+    later -- keeping the checkpoint of the last finished epoch. `checkpoint` makes the job requeueable by
+    submitit (its USR2 before a time limit or a preemption): the requeued job runs the cell again, which resumes."""
+
+    def __call__(self, cell: Cell) -> dict[str, Any]:
+        setup_logging()
+        signal.signal(signal.SIGTERM, _stop_on_term)
+        torch.set_num_threads(usable_cores())
+        log.info("cell %s in %s, %d torch thread(s)", cell.label, cell.run_dir, torch.get_num_threads())
+        return run_cell(cell)
+
+    def checkpoint(self, cell: Cell) -> Any:
+        import submitit
+
+        log.info("cell %s: requeued by submitit; it resumes from its last checkpoint", cell.label)
+        return submitit.helpers.DelayedSubmission(self, cell)
+
+
+def _stop_on_term(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)        # not an Exception: the cell is not marked failed, only stopped
+
+
 def _submitit(cells: list[Cell], *, cluster: str | None, slurm: SlurmSpec, log_folder: Path,
-              wait: bool = True) -> Iterator[Outcome]:
+              wait: bool = True, running: list[Cell] = ()) -> Iterator[Outcome]:
     try:
         import submitit
     except ImportError:
@@ -194,18 +223,27 @@ def _submitit(cells: list[Cell], *, cluster: str | None, slurm: SlurmSpec, log_f
                               "gpus_per_node": slurm.gpus_per_job, "tasks_per_node": 1, "nodes": 1}
     if slurm.mem_gb:
         params["mem_gb"] = slurm.mem_gb
-    if executor.cluster == "slurm":
+    on_slurm = executor.cluster == "slurm"
+    if on_slurm:
         params.update(slurm_array_parallelism=slurm.array_parallelism, name="sparse-transfer",
                       slurm_additional_parameters=dict(slurm.additional_parameters))
         if slurm.partition:
             params["slurm_partition"] = slurm.partition
     executor.update_parameters(**params)
-    with _importable_from_anywhere():
-        jobs = executor.map_array(run_cell, cells)  # one job array
-    log.info("submitted %d cells as job array %s (logs in %s)", len(jobs), jobs[0].job_id if jobs else "-", log_folder)
+    jobs = []
+    if cells:
+        with _importable_from_anywhere():
+            jobs = executor.map_array(CellJob(), cells)  # one job array
+        log.info("submitted %d cells as job array %s (logs in %s)", len(jobs), jobs[0].job_id, log_folder)
+    if on_slurm:
+        for cell, job in zip(cells, jobs):
+            record_job(cell, job_id=job.job_id, stdout=job.paths.stdout, stderr=job.paths.stderr)
     if not wait:
         for cell, job in zip(cells, jobs):
             yield cell, {"status": "submitted", "job_id": job.job_id}
+        return
+    if on_slurm:
+        yield from follow_slurm_jobs([(c, None) for c in running] + list(zip(cells, jobs)))
         return
     pending = dict(zip(jobs, cells))
     while pending:
@@ -220,11 +258,78 @@ def _submitit(cells: list[Cell], *, cluster: str | None, slurm: SlurmSpec, log_f
             time.sleep(2)
 
 
+def follow_slurm_jobs(cells_jobs: list[tuple[Cell, Any]], *, poll_s: float = 2.0, grace_s: float = 15.0,
+                      silent_s: float = 120.0) -> Iterator[Outcome]:
+    """Each cell's outcome once `squeue` no longer shows its job queued or running (a requeued job is
+    followed through its next start): submitit's result where the job wrote one, else the cell's own files;
+    a job gone without either (cancelled, killed, out of time) is `lost` -- its cell resumes from its last
+    checkpoint next time. `cells_jobs`: (cell, its submitit job or None for a job an earlier sweep submitted).
+    Never asks `sacct` (clusters without an accounting database have none)."""
+    ended_at: dict[str, float] = {}
+    last_answer = time.monotonic()
+    pending = {cell.key: (cell, job) for cell, job in cells_jobs}
+    ids = {cell.key: (job.job_id if job is not None else recorded_job(cell)["job_id"]) for cell, job in cells_jobs}
+    while pending:
+        states = squeue_states(ids[key] for key in pending)
+        now = time.monotonic()
+        if states is None:
+            if now - last_answer > silent_s:
+                raise UserError(f"squeue has not answered for {silent_s:.0f} s: the jobs go on without this sweep; "
+                                "run it again later to follow them (finished cells are skipped)")
+            time.sleep(poll_s)
+            continue
+        last_answer = now
+        for key, (cell, job) in list(pending.items()):
+            job_id, state = ids[key], states.get(ids[key], "no longer listed")
+            if (why := never_starts(state)) is not None:
+                yield cell, _never_started(cell, job_id, f"{state.partition(' ')[2]}: {why}")
+                del pending[key]
+                continue
+            if state.split(" ")[0] in ACTIVE:
+                ended_at.pop(job_id, None)            # back in the queue after a requeue
+                continue
+            outcome = _finished_outcome(cell, job)
+            if outcome is None and state not in STOPPED and now - ended_at.setdefault(job_id, now) < grace_s:
+                continue                               # its files may reach this node's view a moment later
+            del pending[key]
+            yield cell, outcome or {"status": "lost", "job_id": job_id,
+                                    "error": f"job {job_id} ended ({state}) without a result (log: "
+                                             f"{recorded_job(cell)['stderr']}); it resumes from its last "
+                                             "checkpoint when the sweep runs again"}
+        if pending:
+            time.sleep(poll_s)
+
+
+def _never_started(cell: Cell, job_id: str, why: str) -> dict[str, Any]:
+    """A job Slurm will never start as submitted: cancelled, its cell failed with the reason (after the study
+    file is fixed, --retry-failed submits it again)."""
+    subprocess.run(["scancel", job_id], capture_output=True, timeout=60)
+    error = f"Slurm would never start job {job_id} ({why}); it was cancelled"
+    atomic_write_json(cell.run_dir / "error.json", {"error": error, "cell": cell.label})
+    return {"status": "failed", "error": error, "job_id": job_id}
+
+
+def _finished_outcome(cell: Cell, job: Any) -> dict[str, Any] | None:
+    """submitit's result of the job where it wrote one, else what the cell's folder holds (None: nothing). A job
+    that failed outside its run (its environment, submitit) fails its cell in the cell's folder too, so that the
+    sweep's counts, its exit code and --retry-failed see it."""
+    if job is not None and job.paths.result_pickle.exists():
+        try:
+            return job.result()
+        except Exception as err:  # noqa: BLE001 -- a job that raised outside run_cell fails its cell only
+            error = f"job {job.job_id}: {type(err).__name__}: {one_line(str(err))} (log: {job.paths.stderr})"
+            if recorded_outcome(cell) is None:
+                atomic_write_json(cell.run_dir / "error.json", {"error": error, "cell": cell.label})
+            return {"status": "failed", "error": error}
+    return recorded_outcome(cell)
+
+
 @EXECUTORS.register("slurm")
 def run_slurm(cells: list[Cell], *, slurm: SlurmSpec, log_folder: Path, wait: bool = True,
-              **_: Any) -> Iterator[Outcome]:
-    """A Slurm job array through submitit (partition, time limit, GPUs/CPUs per job from the study file)."""
-    return _submitit(cells, cluster="slurm", slurm=slurm, log_folder=log_folder, wait=wait)
+              running: list[Cell] = (), **_: Any) -> Iterator[Outcome]:
+    """A Slurm job array through submitit (partition, time limit, GPUs/CPUs per job from the study file); with
+    `wait`, also follows `running`: cells an earlier sweep submitted whose jobs are still queued or running."""
+    return _submitit(cells, cluster="slurm", slurm=slurm, log_folder=log_folder, wait=wait, running=running)
 
 
 @EXECUTORS.register("submitit-local")

@@ -19,6 +19,7 @@ from utils.io import exclusive_lock
 from utils.runs import RUNS
 from utils.studies.cells import Cell, cell_status, expand, read_error
 from utils.studies.executors import FairPool, Lane, default_jobs, get_executor, worker_pool
+from utils.studies.slurm import active_jobs, recorded_job
 from utils.studies.stale import set_aside, stale_cells
 from utils.studies.study import Study, load_study
 from utils.studies.upstreams import resolve_upstreams
@@ -91,6 +92,9 @@ def sweep(study: Study, *, study_path: str | Path, executor: str, jobs: int, dry
                       shared=pool is not None, rerun_stale=rerun_stale)
 
 
+STATES = ("done", "queued", "running", "todo", "failed")
+
+
 def _sweep(study: Study, *, study_path: str | Path, executor: str, jobs: int, dry_run: bool, retry_failed: bool,
            wait: bool, report: bool, progress: Callable[[str], None], pool: Executor | Lane | None,
            shared: bool, rerun_stale: bool) -> dict[str, int]:
@@ -101,23 +105,23 @@ def _sweep(study: Study, *, study_path: str | Path, executor: str, jobs: int, dr
     phases = {"upstreams": time.perf_counter() - start}
     cells, blocked = expand(study, paths)
     validate_cells(cells, source=str(study_path))
-    status = {c.key: cell_status(c) for c in cells}
-    check_stale(cells, status, rerun=rerun_stale and not dry_run, progress=progress)
-    counts = {s: sum(v == s for v in status.values()) for s in ("done", "todo", "failed")}
+    status = cell_states(cells, rerun_stale=rerun_stale and not dry_run, progress=progress)
+    counts = {s: sum(v == s for v in status.values()) for s in STATES}
     planned = len(study.upstreams) * len(study.datasets) * sum(len(study.seeds_for(m)) for m in study.modes)
-    progress(f"study {study.name}: grid of {planned} cells; {len(cells)} ready -- {counts['done']} done, "
-             f"{counts['todo']} to do, "
-             f"{counts['failed']} failed" + (f"; upstreams not available yet: {', '.join(blocked)} (their cells "
-                                             "are not counted)" if blocked else ""))
+    waiting = f"; upstreams not available yet: {', '.join(blocked)} (their cells are not counted)" if blocked else ""
+    progress(f"study {study.name}: grid of {planned} cells; {len(cells)} ready -- {describe(counts)}{waiting}")
     for c in cells:
         if status[c.key] == "failed":
             progress(f"  failed: {c.label}: {read_error(c)}")
     todo = [c for c in cells if status[c.key] == "todo" or (retry_failed and status[c.key] == "failed")]
     if dry_run:
-        for c in todo:
-            progress(f"  to do: {c.label}  -> {c.run_dir}")
-        return {**counts, "blocked": len(blocked)}
-    phases |= run_cells(todo, run, study=study, jobs=jobs, wait=wait, progress=progress, pool=pool)
+        list_cells(cells, status, progress=progress)
+        return {**counts, "blocked": len(blocked), "interrupted": 0}
+    # with --wait, cells an earlier submission still has on Slurm are followed to their end, not submitted again
+    running = [c for c in cells if status[c.key] in ("queued", "running")] if wait and executor == "slurm" else []
+    times, ended = run_cells(todo, run, study=study, jobs=jobs, wait=wait, progress=progress, pool=pool,
+                             running=running)
+    phases |= times
     progress(f"took {time.perf_counter() - start:.0f} s")
     root = Path(study.experiment_root)
     if report and (root / "results.csv").exists():
@@ -126,11 +130,40 @@ def _sweep(study: Study, *, study_path: str | Path, executor: str, jobs: int, dr
         phases["report"] = time.perf_counter() - began
     total = time.perf_counter() - start
     progress(phase_line(phases, total))
-    failed = [c for c in cells if cell_status(c) == "failed"]
-    for c in failed:
-        progress(f"failed: {c.label}: {read_error(c)} (see {c.run_dir / 'error.json'})")
-    counts = {s: sum(cell_status(c) == s for c in cells) for s in ("done", "todo", "failed")}
-    return {**counts, "blocked": len(blocked)}
+    status = cell_states(cells, rerun_stale=False, progress=lambda _: None)
+    for c in cells:
+        if status[c.key] == "failed":
+            progress(f"failed: {c.label}: {read_error(c)} (see {c.run_dir / 'error.json'})")
+    counts = {s: sum(v == s for v in status.values()) for s in STATES}
+    return {**counts, "blocked": len(blocked), "interrupted": ended.get("lost", 0)}
+
+
+def describe(counts: dict[str, int]) -> str:
+    """'3 done, 2 queued, 1 running, 4 to do, 0 failed' (queued and running only when there are some)."""
+    shown = [s for s in STATES if counts[s] or s not in ("queued", "running")]
+    return ", ".join(f"{counts[s]} {'to do' if s == 'todo' else s}" for s in shown)
+
+
+def cell_states(cells: list[Cell], *, rerun_stale: bool, progress: Callable[[str], None]) -> dict[str, str]:
+    """{cell key: done | queued | running | todo | failed}: the run folders' view, then Slurm's for the cells
+    a submission left there (a queued or running job is neither to do nor failed: it is not submitted twice)."""
+    status = {c.key: cell_status(c) for c in cells}
+    check_stale(cells, status, rerun=rerun_stale, progress=progress)
+    for key, (state, _job_id) in active_jobs(cells).items():
+        status[key] = state
+    return status
+
+
+def list_cells(cells: list[Cell], status: dict[str, str], *, progress: Callable[[str], None]) -> None:
+    """A dry run's list: every cell with its state (a Slurm job's id beside the queued and running ones)."""
+    for c in cells:
+        state = status[c.key]
+        if state in ("queued", "running"):
+            progress(f"  {state}: {c.label}  (Slurm job {recorded_job(c)['job_id']})")
+        elif state == "todo":
+            progress(f"  to do: {c.label}  -> {c.run_dir}")
+        elif state == "done":
+            progress(f"  done: {c.label}")
 
 
 def check_stale(cells: list[Cell], status: dict[str, str], *, rerun: bool, progress: Callable[[str], None]) -> None:
@@ -157,22 +190,27 @@ def phase_line(phases: dict[str, float], total: float) -> str:
 
 
 def run_cells(todo: list[Cell], run: Callable, *, study: Study, jobs: int, wait: bool,
-              progress: Callable[[str], None], pool: Executor | Lane | None = None) -> dict[str, float]:
-    """Run the cells through the executor, one progress line each; returns the seconds spent per mode."""
+              progress: Callable[[str], None], pool: Executor | Lane | None = None,
+              running: list[Cell] = ()) -> tuple[dict[str, float], dict[str, int]]:
+    """Run the cells through the executor (and follow `running`, cells already on Slurm), one progress line
+    each; returns the seconds spent per mode and how many cells ended each way."""
     log_folder = Path(study.slurm.log_folder or Path(study.experiment_root) / "slurm_logs")
-    finished = {"done": 0, "failed": 0, "submitted": 0}
+    finished = {"done": 0, "failed": 0, "submitted": 0, "lost": 0}
     seconds: dict[str, float] = {}
-    outcomes = run(todo, jobs=jobs, slurm=study.slurm, log_folder=log_folder, wait=wait, pool=pool)
+    total = len(todo) + len(running)
+    more = {"running": running} if running else {}
+    outcomes = run(todo, jobs=jobs, slurm=study.slurm, log_folder=log_folder, wait=wait, pool=pool, **more)
     for i, (cell, outcome) in enumerate(outcomes, 1):
         state = outcome["status"]
         finished[state] = finished.get(state, 0) + 1
         seconds[f"{cell.mode} cells"] = seconds.get(f"{cell.mode} cells", 0.0) + outcome.get("seconds", 0.0)
         detail = (f"{outcome.get('metric', 'acc')} {outcome['val_acc']:.4f}" if state == "done"
                   else outcome.get("error", outcome.get("job_id", "")))
-        progress(f"[{i}/{len(todo)}] {state:<9} {cell.label}  {detail}  ({outcome.get('seconds', 0):.1f} s)")
-    progress(f"ran {len(todo)} cells: {finished['done']} done, {finished['failed']} failed"
+        progress(f"[{i}/{total}] {state:<9} {cell.label}  {detail}  ({outcome.get('seconds', 0):.1f} s)")
+    progress(f"ran {total} cells: {finished['done']} done, {finished['failed']} failed"
+             + (f", {finished['lost']} ended without a result" if finished["lost"] else "")
              + (f", {finished['submitted']} submitted" if finished["submitted"] else ""))
-    return seconds
+    return seconds, finished
 
 
 def write_study_report(study: Study, *, progress: Callable[[str], None] = log.info) -> Path:
