@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-requirements
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo demo-detection test venv data bench clean-demo sparseml-commands kernels
+.PHONY: demo demo-detection test venv data slurm bench clean-demo sparseml-commands kernels
 
 venv: $(STAMP)
 
@@ -42,6 +42,20 @@ data:
 	  fi; \
 	fi
 
+# Debian's Slurm (slurmctld, slurmd, munge) for the tests that run studies on a real one-node cluster
+# (tests/slurm/cluster.sh starts one in a temporary folder): installed when apt is available and we are root.
+SLURM_PACKAGES := slurmctld slurmd slurm-client munge
+slurm:
+	@if ! command -v sbatch >/dev/null 2>&1 || [ ! -x /usr/sbin/slurmd ]; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's Slurm for the Slurm tests ($(SLURM_PACKAGES))"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      $(SLURM_PACKAGES) >/dev/null; \
+	  else \
+	    echo "Slurm missing: the Slurm tests will say so and not run (sudo apt-get install $(SLURM_PACKAGES))"; \
+	  fi; \
+	fi
+
 demo: venv data kernels
 	$(PY) -m utils.studies
 
@@ -57,7 +71,7 @@ demo-detection: venv data kernels
 # A test's command that sets its own thread count above one shares a core with the other worker: the notebook's
 # fixed two threads made its training 58x slower (113 s); with 946 tests 3.3 min, 4.8 from a fresh clone.
 TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
-test: venv data kernels
+test: venv data kernels slurm
 	$(PY) -m ruff check --quiet .
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal
 

@@ -26,15 +26,24 @@ def write_sparse_checkpoint(path: Path, *, sparsity: float = 0.8, seed: int = 0,
     return masks
 
 
-# The longest tests (commands run as subprocesses, a notebook kernel): started first, so that with one pytest-xdist
-# worker per core (make test) none of them is left running alone at the end while the other cores idle.
+# The longest tests: commands run as subprocesses, a notebook kernel, and the Slurm tests (mostly waiting on jobs
+# of a real one-node cluster). pytest-xdist's worksteal hands each of the N workers (make test: one per core) a
+# contiguous share of the list and lets a worker that is done take tests from the end of another's: the Slurm
+# tests open the first share, the other long tests the second, so neither worker is left with all of them.
+SLURM_FIRST = ("tests/slurm/",)
 SLOW_FIRST = ("tests/sparseml/test_notebook.py", "tests/sparseml/test_cli.py", "tests/runs/test_launchers.py",
               "tests/runs/test_distributed.py", "tests/studies/test_parallel.py", "tests/studies/test_sweep.py",
               "tests/detection/test_yolov5_cli.py", "tests/analysis/test_notebook.py")
 
 
-def pytest_collection_modifyitems(items):
-    items.sort(key=lambda item: not item.nodeid.startswith(SLOW_FIRST))     # stable: the rest keep their order
+def pytest_collection_modifyitems(config, items):
+    slurm = [i for i in items if i.nodeid.startswith(SLURM_FIRST)]
+    slow = [i for i in items if i.nodeid.startswith(SLOW_FIRST)]
+    rest = [i for i in items if not i.nodeid.startswith(SLURM_FIRST + SLOW_FIRST)]
+    workers = getattr(config.option, "numprocesses", None) or 1
+    share = len(items) // workers if isinstance(workers, int) else len(items) // 2
+    before = rest[:max(0, share - len(slurm))]
+    items[:] = slurm + before + slow + rest[len(before):]
 
 
 @pytest.fixture(autouse=True, scope="session")

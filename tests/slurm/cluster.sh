@@ -105,15 +105,19 @@ start() {
 }
 
 stop() {
-    export PATH=$PATH:/usr/sbin
-    scontrol shutdown >/dev/null 2>&1 || true
+    local pids=() pid alive
     for pidfile in "$dir/slurmd.pid" "$dir/slurmctld.pid" "$dir/munge/munged.pid"; do
-        [ -f "$pidfile" ] || continue
-        pid=$(cat "$pidfile")
-        for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; kill "$pid" 2>/dev/null || true; sleep 0.25; done
-        kill -9 "$pid" 2>/dev/null || true
-        rm -f "$pidfile"
+        [ -f "$pidfile" ] && { pids+=("$(cat "$pidfile")"); rm -f "$pidfile"; }
     done
+    [ ${#pids[@]} -gt 0 ] || return 0
+    kill "${pids[@]}" 2>/dev/null || true
+    for _ in $(seq 1 50); do
+        alive=0
+        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ $alive = 0 ] && return 0
+        sleep 0.1
+    done
+    kill -9 "${pids[@]}" 2>/dev/null || true
 }
 
 case $action in

@@ -21,9 +21,9 @@ from utils.studies.slurm import recorded_job
 TINY = {"num_classes": 3, "widths": [8, 8, 8]}
 QUICK = "epochs: 1\nbatch_size: 32\noptimizer: {name: sgd, lr: 0.05}\nschedule: {name: constant}\n"
 # digits at 16 px: about 0.4 s an epoch on one core, so a job can be stopped between two of them
-EPOCHS = 8
+EPOCHS = 6
 LONG = (f"epochs: {EPOCHS}\nbatch_size: 32\noptimizer: {{name: sgd, lr: 0.05, momentum: 0.9}}\n"
-        "schedule: {name: step, milestones_epochs: [4]}\n")
+        "schedule: {name: step, milestones_epochs: [3]}\n")
 
 
 @pytest.fixture()
@@ -154,6 +154,8 @@ def test_a_cancelled_and_a_requeued_job_resume_from_their_checkpoints_to_the_uni
         assert slurm_cluster.state(ids[cell.seed]) == "RUNNING"          # stopped mid-training, past an epoch
         subprocess.run([*action, ids[cell.seed]], check=True)
 
+    for cell in (cancelled, requeued):                   # meanwhile, each cell run here without a stop
+        straight_weights(tmp_path, cell)
     following.join(180)          # the sweep follows the requeued job through its second start, to its end
     out, err = capsys.readouterr()
     assert not following.is_alive() and following.code == 1 and "1 job(s) ended without a result" in err, out + err
@@ -173,38 +175,32 @@ def test_a_cancelled_and_a_requeued_job_resume_from_their_checkpoints_to_the_uni
 
 def test_two_sweeps_at_once_run_no_cell_twice_and_the_dry_run_shows_slurms_view(slurm_cluster, tmp_path,
                                                                                 upstreams, capsys):
-    # two waiting sweeps started together: one holds the study, the other stops at once, naming the holder
-    path = write_study(tmp_path, upstreams, seeds=[1])
-    sweeps = [Background([str(path), "--executor", "slurm", "--no-report"]) for _ in range(2)]
-    wait_until(lambda: any(not s.is_alive() for s in sweeps), timeout_s=60, what="one of two sweeps to stop")
-    stopped = next(s for s in sweeps if not s.is_alive())
-    assert stopped.code == 2 and "is in use by" in capsys.readouterr().err
-    for s in sweeps:
-        s.join(180)
-    assert sorted((r["model"], r["seed"]) for r in rows(tmp_path)) == [("Dense", "1"), ("GMP", "1")]
-
-    # a sweep that submits and leaves, then another: the second finds the cells on Slurm and submits nothing
-    later = tmp_path / "later"
-    later.mkdir()
-    path = write_study(later, upstreams, seeds=[1], slurm={"partition": "short", "timeout_min": 20, "cpus_per_job": 1,
-                                                           "gpus_per_job": 0, "array_parallelism": 1})
+    path = write_study(tmp_path, upstreams, seeds=[1], slurm={"partition": "short", "timeout_min": 20,
+                                                              "cpus_per_job": 1, "gpus_per_job": 0,
+                                                              "array_parallelism": 1})
     cells = cells_of(path)
-    sweep.main([str(path), "--executor", "slurm", "--no-wait", "--no-report"])
+    sweep.main([str(path), "--executor", "slurm", "--no-wait", "--no-report"])   # submits and leaves
     submitted = {c.key: recorded_job(c)["job_id"] for c in cells}
-    again = sweep.main([str(path), "--executor", "slurm", "--no-wait", "--no-report"])
-    assert again["todo"] == 0 and again["queued"] + again["running"] + again["done"] == 2
-    assert {c.key: recorded_job(c)["job_id"] for c in cells} == submitted        # nothing submitted twice
+    # a waiting sweep finds both cells on Slurm: it submits nothing and follows them
+    following = Background([str(path), "--executor", "slurm", "--no-report"])
+    wait_until(lambda: "queued" in capsys.readouterr().out or not following.is_alive(), timeout_s=60,
+               what="the second sweep to read the study")
+    # ... and a third, started while the second holds the study, stops at once naming the holder
+    with pytest.raises(SystemExit) as end:
+        sweep.main([str(path), "--executor", "slurm", "--no-report"])
+    assert end.value.code == 2 and "is in use by" in capsys.readouterr().err
     wait_until(lambda: slurm_cluster.state(submitted[cells[0].key]) == "RUNNING", what="the first task to start")
-    capsys.readouterr()
-    listing = sweep.main([str(path), "--dry-run"])
+    listing = sweep.main([str(path), "--dry-run"])                 # needs no lock: Slurm's view, as it is now
     out = capsys.readouterr().out
     assert listing["running"] == 1 and listing["queued"] == 1, out             # array_parallelism 1: one at a time
     assert f"  running: {cells[0].label}  (Slurm job {submitted[cells[0].key]})" in out
     assert f"  queued: {cells[1].label}  (Slurm job {submitted[cells[1].key]})" in out
-    # a waiting sweep follows the jobs submitted before it to their end; each row is there once
-    counts = sweep.main([str(path), "--executor", "slurm", "--no-report"])
-    assert counts["done"] == 2 and "ran 2 cells: 2 done" in capsys.readouterr().out
-    assert sorted((r["model"], r["seed"]) for r in rows(later)) == [("Dense", "1"), ("GMP", "1")]
+
+    following.join(180)
+    assert following.code is None and following.counts["done"] == 2 and "ran 2 cells: 2 done" in \
+        capsys.readouterr().out
+    assert {c.key: recorded_job(c)["job_id"] for c in cells} == submitted        # nothing submitted twice
+    assert sorted((r["model"], r["seed"]) for r in rows(tmp_path)) == [("Dense", "1"), ("GMP", "1")]
     sweep.main([str(path), "--dry-run"])
     assert capsys.readouterr().out.count("  done: ") == 2
 
