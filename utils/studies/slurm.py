@@ -30,6 +30,8 @@ ACTIVE = {"PENDING": "queued", "REQUEUED": "queued", "REQUEUE_HOLD": "queued", "
 NEVER_STARTS = {
     "PartitionTimeLimit": "its time limit is over the partition's: lower the study's slurm: timeout_min",
     "PartitionNodeLimit": "it asks for more nodes than the partition has",
+    "PartitionConfig": "it asks for more than the partition's nodes have or allow (CPUs, GPUs, memory, time): see "
+                       "the study's slurm: section",
     "BadConstraints": "no node has what it asks for (CPUs, GPUs, memory): see the study's slurm: section",
     "InvalidAccount": "its account is not valid here", "InvalidQOS": "its QOS is not valid here",
     "QOSMaxWallDurationPerJobLimit": "its time limit is over its QOS's: lower the study's slurm: timeout_min",
