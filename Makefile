@@ -69,7 +69,9 @@ demo-detection: venv data kernels
 # of waiting in turn (measured 3.6-3.9 min against 5.6 in one process on 2 cores with 904 tests; workers left at 2 threads each
 # ran slower than one process; work-stealing keeps both busy to the end: 3.7 min against 3.9 with its default).
 # A test's command that sets its own thread count above one shares a core with the other worker: the notebook's
-# fixed two threads made its training 58x slower (113 s); with 946 tests 3.3 min, 4.8 from a fresh clone.
+# fixed two threads made its training 58x slower (113 s); with 946 tests 3.3 min, 4.8 from a fresh clone. The Slurm
+# tests (tests/slurm: a real one-node cluster, mostly waiting on its jobs) added 0.8-1.1 min: 950 tests 4.1-4.4 min,
+# 5.9 from a fresh clone (Slurm already installed).
 TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
 test: venv data kernels slurm
 	$(PY) -m ruff check --quiet .
