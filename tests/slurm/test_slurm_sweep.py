@@ -216,3 +216,15 @@ def test_a_job_slurm_would_never_start_is_cancelled_and_its_cell_fails_naming_wh
     assert "would never start job" in out and ("PartitionTimeLimit" in out or "PartitionConfig" in out), out
     (cell,) = cells_of(path)
     assert cell_status(cell) == "failed" and slurm_cluster.state(recorded_job(cell)["job_id"]) == "CANCELLED"
+
+
+def test_a_job_array_sbatch_refuses_is_one_line_and_nothing_is_recorded(slurm_cluster, tmp_path, upstreams, capsys):
+    path = write_study(tmp_path, upstreams[:1], seeds=[1], slurm={"partition": "nosuch", "timeout_min": 20,
+                                                                  "cpus_per_job": 1, "gpus_per_job": 0})
+    with pytest.raises(SystemExit) as end:
+        sweep.main([str(path), "--executor", "slurm", "--no-report"])
+    err = capsys.readouterr().err
+    assert end.value.code == 2 and "error: the job array of 1 cells was not submitted: " in err, err
+    assert "invalid partition" in err.lower() and "Traceback" not in err
+    (cell,) = cells_of(path)
+    assert cell_status(cell) == "todo" and recorded_job(cell) is None

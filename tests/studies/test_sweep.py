@@ -194,3 +194,17 @@ def test_cells_whose_data_changed_are_named_and_rerun_on_request(tmp_path, two_u
     assert len(rows) == 1 and Path(rows[0]["run_dir"]).exists(), "the set-aside run's row left the table"
     sweep.main([str(path), "--no-report", "--jobs", "1"])
     assert "data changed" not in capsys.readouterr().out
+
+
+def test_a_slurm_sweep_that_cannot_submit_says_so_in_one_line(tmp_path, two_upstreams, capsys, monkeypatch):
+    """No Slurm here (no sbatch on the PATH)."""
+    monkeypatch.setenv("PATH", str(tmp_path / "no-tools"))
+    path = write_study(tmp_path, two_upstreams[:1], seeds=[5])
+    with pytest.raises(SystemExit) as end:
+        sweep.main([str(path), "--executor", "slurm", "--no-report"])
+    err = capsys.readouterr().err
+    assert end.value.code == 2 and "error: --executor slurm: no sbatch on this machine's PATH" in err, err
+    assert "Traceback" not in err
+    study = load_study(path)
+    (cell,) = expand(study, resolve_upstreams(study, make=False, progress=lambda s: None))[0]
+    assert cell_status(cell) == "todo" and not (cell.run_dir / "slurm_job.json").exists()

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -218,6 +219,9 @@ def _submitit(cells: list[Cell], *, cluster: str | None, slurm: SlurmSpec, log_f
     except ImportError:
         raise UserError("the slurm executor needs submitit: pip install submitit") from None
 
+    if cluster == "slurm" and shutil.which("sbatch") is None:
+        raise UserError("--executor slurm: no sbatch on this machine's PATH (Slurm's commands): run the sweep where "
+                        "jobs are submitted (a login node), or use --executor local")
     executor = submitit.AutoExecutor(folder=str(log_folder), cluster=cluster)
     params: dict[str, Any] = {"timeout_min": slurm.timeout_min, "cpus_per_task": slurm.cpus_per_job,
                               "gpus_per_node": slurm.gpus_per_job, "tasks_per_node": 1, "nodes": 1}
@@ -233,7 +237,13 @@ def _submitit(cells: list[Cell], *, cluster: str | None, slurm: SlurmSpec, log_f
     jobs = []
     if cells:
         with _importable_from_anywhere():
-            jobs = executor.map_array(CellJob(), cells)  # one job array
+            try:
+                jobs = executor.map_array(CellJob(), cells)  # one job array
+            except (submitit.core.utils.FailedJobError, OSError) as err:
+                said = [line for line in str(err).splitlines() if line.strip()]
+                raise UserError(f"the job array of {len(cells)} cells was not submitted: "
+                                f"{said[-1] if said else type(err).__name__} (`sinfo` should list the cluster's "
+                                "partitions from here; the study's slurm: section sets the jobs' options)") from None
         log.info("submitted %d cells as job array %s (logs in %s)", len(jobs), jobs[0].job_id, log_folder)
     if on_slurm:
         for cell, job in zip(cells, jobs):

@@ -61,14 +61,20 @@ def squeue_states(job_ids: Iterable[str]) -> dict[str, str] | None:
     wanted = set(job_ids)
     if not wanted or shutil.which("squeue") is None:
         return None if wanted else {}
+    arrays = sorted({job_id.split("_")[0] for job_id in wanted})     # only these jobs: a cluster may hold many
     try:
-        out = subprocess.run(["squeue", "--noheader", "--array", "--states=all", "--format=%i|%T|%r"],
-                             capture_output=True, text=True, timeout=60, check=True).stdout
+        done = subprocess.run(["squeue", "--noheader", "--array", "--states=all", "--format=%i|%T|%r",
+                               f"--jobs={','.join(arrays)}"], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError) as err:
         log.warning("squeue did not answer (%s): the sweep cannot see which cells Slurm is running", err)
         return None
+    if done.returncode and "Invalid job id" in done.stderr:
+        return {}                                      # none of them is known any more: all have ended
+    if done.returncode:
+        log.warning("squeue failed (%s): the sweep cannot see which cells Slurm is running", done.stderr.strip())
+        return None
     states = {}
-    for line in out.splitlines():
+    for line in done.stdout.splitlines():
         job_id, _, rest = line.strip().partition("|")
         state, _, reason = rest.partition("|")
         if job_id in wanted:

@@ -105,7 +105,8 @@ def _sweep(study: Study, *, study_path: str | Path, executor: str, jobs: int, dr
     phases = {"upstreams": time.perf_counter() - start}
     cells, blocked = expand(study, paths)
     validate_cells(cells, source=str(study_path))
-    status = cell_states(cells, rerun_stale=rerun_stale and not dry_run, progress=progress)
+    status = cell_states(cells)
+    check_stale(cells, status, rerun=rerun_stale and not dry_run, progress=progress)
     counts = {s: sum(v == s for v in status.values()) for s in STATES}
     planned = len(study.upstreams) * len(study.datasets) * sum(len(study.seeds_for(m)) for m in study.modes)
     waiting = f"; upstreams not available yet: {', '.join(blocked)} (their cells are not counted)" if blocked else ""
@@ -130,7 +131,7 @@ def _sweep(study: Study, *, study_path: str | Path, executor: str, jobs: int, dr
         phases["report"] = time.perf_counter() - began
     total = time.perf_counter() - start
     progress(phase_line(phases, total))
-    status = cell_states(cells, rerun_stale=False, progress=lambda _: None)
+    status = cell_states(cells)
     for c in cells:
         if status[c.key] == "failed":
             progress(f"failed: {c.label}: {read_error(c)} (see {c.run_dir / 'error.json'})")
@@ -144,11 +145,10 @@ def describe(counts: dict[str, int]) -> str:
     return ", ".join(f"{counts[s]} {'to do' if s == 'todo' else s}" for s in shown)
 
 
-def cell_states(cells: list[Cell], *, rerun_stale: bool, progress: Callable[[str], None]) -> dict[str, str]:
+def cell_states(cells: list[Cell]) -> dict[str, str]:
     """{cell key: done | queued | running | todo | failed}: the run folders' view, then Slurm's for the cells
     a submission left there (a queued or running job is neither to do nor failed: it is not submitted twice)."""
     status = {c.key: cell_status(c) for c in cells}
-    check_stale(cells, status, rerun=rerun_stale, progress=progress)
     for key, (state, _job_id) in active_jobs(cells).items():
         status[key] = state
     return status
