@@ -218,41 +218,22 @@ def _submitit(cells: list[Cell], *, cluster: str | None, slurm: SlurmSpec, log_f
         import submitit
     except ImportError:
         raise UserError("the slurm executor needs submitit: pip install submitit") from None
-
     if cluster == "slurm" and shutil.which("sbatch") is None:
         raise UserError("--executor slurm: no sbatch on this machine's PATH (Slurm's commands): run the sweep where "
                         "jobs are submitted (a login node), or use --executor local")
     executor = submitit.AutoExecutor(folder=str(log_folder), cluster=cluster)
-    params: dict[str, Any] = {"timeout_min": slurm.timeout_min, "cpus_per_task": slurm.cpus_per_job,
-                              "gpus_per_node": slurm.gpus_per_job, "tasks_per_node": 1, "nodes": 1}
-    if slurm.mem_gb:
-        params["mem_gb"] = slurm.mem_gb
-    on_slurm = executor.cluster == "slurm"
-    if on_slurm:
-        params.update(slurm_array_parallelism=slurm.array_parallelism, name="sparse-transfer",
-                      slurm_additional_parameters=dict(slurm.additional_parameters))
-        if slurm.partition:
-            params["slurm_partition"] = slurm.partition
-    executor.update_parameters(**params)
-    jobs = []
-    if cells:
-        with _importable_from_anywhere():
-            try:
-                jobs = executor.map_array(CellJob(), cells)  # one job array
-            except (submitit.core.utils.FailedJobError, OSError) as err:
-                said = [line for line in str(err).splitlines() if line.strip()]
-                raise UserError(f"the job array of {len(cells)} cells was not submitted: "
-                                f"{said[-1] if said else type(err).__name__} (`sinfo` should list the cluster's "
-                                "partitions from here; the study's slurm: section sets the jobs' options)") from None
-        log.info("submitted %d cells as job array %s (logs in %s)", len(jobs), jobs[0].job_id, log_folder)
-    if on_slurm:
+    executor.update_parameters(**_job_options(slurm, on_slurm=executor.cluster == "slurm"))
+    jobs = _submit_array(submitit, executor, cells) if cells else []
+    log.info("submitted %d cells as job array %s (logs in %s)", len(jobs), jobs[0].job_id if jobs else "-",
+             log_folder)
+    if executor.cluster == "slurm":
         for cell, job in zip(cells, jobs):
             record_job(cell, job_id=job.job_id, stdout=job.paths.stdout, stderr=job.paths.stderr)
     if not wait:
         for cell, job in zip(cells, jobs):
             yield cell, {"status": "submitted", "job_id": job.job_id}
         return
-    if on_slurm:
+    if executor.cluster == "slurm":
         yield from follow_slurm_jobs([(c, None) for c in running] + list(zip(cells, jobs)))
         return
     pending = dict(zip(jobs, cells))
@@ -266,6 +247,32 @@ def _submitit(cells: list[Cell], *, cluster: str | None, slurm: SlurmSpec, log_f
                     yield cell, {"status": "failed", "error": f"job {job.job_id}: {type(err).__name__}: {err}"}
         if pending:
             time.sleep(2)
+
+
+def _job_options(slurm: SlurmSpec, *, on_slurm: bool) -> dict[str, Any]:
+    """submitit's parameters from the study's slurm: section (sbatch's options on a cluster)."""
+    params: dict[str, Any] = {"timeout_min": slurm.timeout_min, "cpus_per_task": slurm.cpus_per_job,
+                              "gpus_per_node": slurm.gpus_per_job, "tasks_per_node": 1, "nodes": 1}
+    if slurm.mem_gb:
+        params["mem_gb"] = slurm.mem_gb
+    if on_slurm:
+        params.update(slurm_array_parallelism=slurm.array_parallelism, name="sparse-transfer",
+                      slurm_additional_parameters=dict(slurm.additional_parameters))
+        if slurm.partition:
+            params["slurm_partition"] = slurm.partition
+    return params
+
+
+def _submit_array(submitit: Any, executor: Any, cells: list[Cell]) -> list[Any]:
+    """The cells as one job array; sbatch's refusal (no controller, an unknown partition, ...) as one line."""
+    with _importable_from_anywhere():
+        try:
+            return executor.map_array(CellJob(), cells)
+        except (submitit.core.utils.FailedJobError, OSError) as err:
+            said = [line for line in str(err).splitlines() if line.strip()]
+            raise UserError(f"the job array of {len(cells)} cells was not submitted: "
+                            f"{said[-1] if said else type(err).__name__} (`sinfo` should list the cluster's "
+                            "partitions from here; the study's slurm: section sets the jobs' options)") from None
 
 
 def follow_slurm_jobs(cells_jobs: list[tuple[Cell, Any]], *, poll_s: float = 2.0, grace_s: float = 15.0,
