@@ -71,7 +71,7 @@ demo-detection: venv data kernels
 # A test's command that sets its own thread count above one shares a core with the other worker: the notebook's
 # fixed two threads made its training 58x slower (113 s); with 946 tests 3.3 min, 4.8 from a fresh clone. The Slurm
 # tests (tests/slurm: a real one-node cluster, mostly waiting on its jobs) added 0.8-1.1 min: 950 tests 4.1-4.4 min,
-# 5.9 from a fresh clone (Slurm already installed).
+# 5.9-6.1 from a fresh clone (Slurm already installed).
 TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
 test: venv data kernels slurm
 	$(PY) -m ruff check --quiet .
